@@ -1,0 +1,105 @@
+//! The common result schema every phase's agent emits: one JSON line per matched hop of a moment
+//! (documented in docs/results-schema.md).
+
+use crate::truth::Dir;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::io::{BufRead, Write};
+
+/// One side of a hop: who read or wrote the moment, and when (ns, CLOCK_MONOTONIC of its node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sighting {
+    pub pid: u32,
+    pub comm: String,
+    pub fd: i32,
+    pub dir: Dir,
+    pub t_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HopKind {
+    /// Write in one component → read in the next.
+    Transit,
+    /// Read → write inside one component.
+    Residence,
+    /// Write → write: a tracer that sees only writes (transit plus residence).
+    WriteToWrite,
+    /// Read → read: a tracer that sees only reads.
+    ReadToRead,
+}
+
+impl HopKind {
+    pub fn of(from: Dir, to: Dir) -> Self {
+        match (from, to) {
+            (Dir::Write, Dir::Read) => Self::Transit,
+            (Dir::Read, Dir::Write) => Self::Residence,
+            (Dir::Write, Dir::Write) => Self::WriteToWrite,
+            (Dir::Read, Dir::Read) => Self::ReadToRead,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopRecord {
+    /// The moment's 64-bit signature as 16 hex digits (JSON numbers lose bits past 2^53).
+    #[serde(serialize_with = "hex_ser", deserialize_with = "hex_de")]
+    pub signature: u64,
+    pub kind: HopKind,
+    pub from: Sighting,
+    pub to: Sighting,
+    /// `to.t_ns - from.t_ns`.
+    pub latency_ns: i64,
+}
+
+impl HopRecord {
+    pub fn new(signature: u64, from: Sighting, to: Sighting) -> Self {
+        let latency_ns = to.t_ns as i64 - from.t_ns as i64;
+        Self { signature, kind: HopKind::of(from.dir, to.dir), from, to, latency_ns }
+    }
+}
+
+fn hex_ser<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:016x}"))
+}
+
+fn hex_de<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    u64::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+}
+
+pub fn write_jsonl(out: &mut impl Write, records: &[HopRecord]) -> Result<()> {
+    for r in records {
+        serde_json::to_writer(&mut *out, r)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+pub fn read_jsonl(input: impl BufRead) -> Result<Vec<HopRecord>> {
+    input
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !matches!(l, Ok(l) if l.trim().is_empty()))
+        .map(|(i, l)| serde_json::from_str(&l?).with_context(|| format!("result line {}", i + 1)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_full_64_bit_signatures() {
+        let s = |dir, t_ns| Sighting { pid: 7, comm: "hx-c0-src".into(), fd: 1, dir, t_ns, node: None };
+        let r = HopRecord::new(0xFFFF_FFFF_FFFF_FFF1, s(Dir::Write, 100), s(Dir::Read, 350));
+        let mut buf = Vec::new();
+        write_jsonl(&mut buf, std::slice::from_ref(&r)).unwrap();
+        let text = String::from_utf8(buf.clone()).unwrap();
+        assert!(text.contains(r#""signature":"fffffffffffffff1""#), "{text}");
+        assert!(text.contains(r#""kind":"transit""#), "{text}");
+        assert_eq!(read_jsonl(&buf[..]).unwrap(), vec![r]);
+    }
+}

@@ -1,0 +1,99 @@
+//! Ground truth: what the harness's own components record of every read and write they make.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads on the same node.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Bytes `flow_off..flow_off+len` of a flow carry bytes `audio_off..audio_off+len` of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub flow_off: u64,
+    pub call: u32,
+    pub audio_off: u64,
+    pub len: u64,
+}
+
+/// One read or write syscall. Writes are stamped right before the call, reads right after it
+/// returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Io {
+    pub t_ns: u64,
+    pub dir: Dir,
+    pub fd: i32,
+    /// The link this fd is an end of (scenario-wide name).
+    pub link: String,
+    pub flow_off: u64,
+    pub len: u64,
+    /// The audio these bytes carry; bytes not covered are headers.
+    pub segments: Vec<Segment>,
+}
+
+/// Everything one component process recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentLog {
+    pub name: String,
+    pub pid: u32,
+    pub comm: String,
+    pub ios: Vec<Io>,
+}
+
+impl ComponentLog {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, serde_json::to_vec(self)?).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading ground truth {}", path.display()))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+/// One point of a call's path where its audio is observable: a component reading or writing a link.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Point {
+    pub component: String,
+    pub dir: Dir,
+    pub link: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CallTruth {
+    pub call: u32,
+    /// The call's audio as the source sent it.
+    pub wav: PathBuf,
+    /// Every point the call's audio passes, in order.
+    pub path: Vec<Point>,
+}
+
+/// The whole ground truth of one scenario run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroundTruth {
+    pub scenario: String,
+    pub calls: Vec<CallTruth>,
+    pub components: Vec<ComponentLog>,
+}
+
+impl GroundTruth {
+    pub fn component(&self, name: &str) -> Option<&ComponentLog> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    pub fn component_by_pid(&self, pid: u32) -> Option<&ComponentLog> {
+        self.components.iter().find(|c| c.pid == pid)
+    }
+}

@@ -1,0 +1,151 @@
+//! The executable definition of an audio "moment" (BRIEF §3).
+//!
+//! A moment is a window of `window` bytes of a byte stream that ends at an *anchor*: a byte equal
+//! to [`MARKER`] for which the window
+//!   1. is loud, smooth audio on at least one of the two byte parities ([`is_loud_audio`]),
+//!   2. does not repeat itself within its own length ([`is_periodic`]: tones, digital patterns),
+//!   3. is kept by hash-based consistent sampling: the top byte of its signature is below
+//!      `keep_per_256`.
+//!
+//! Its signature is xxh64 of the window's bytes with [`SEED`]. Everything depends only on the
+//! window's bytes, so every component that sees the same audio picks the same moments whatever the
+//! syscall boundaries, envelope sizes, header lengths or stream offsets ([`Scanner`] carries the
+//! last `window - 1` bytes of a flow so that a window split over calls is found as if it had
+//! arrived whole).
+//!
+//! The eBPF C side implements the same definition (`bpf/fingerprint.bpf.h`) and takes its
+//! constants from `bpf/fingerprint_consts.h`, which [`c_header`] renders and a test checks.
+
+mod c_header;
+mod scanner;
+
+pub use c_header::c_header;
+pub use scanner::{scan, Moment, Scanner};
+
+/// Anchor byte value. In little-endian PCM16 it lands mostly in the noisy low byte of a sample;
+/// `0x80` there means |sample| >= 128, so quiet audio (and ASCII text) almost never offers one.
+pub const MARKER: u8 = 0x80;
+/// Seed of the xxh64 signature ("AUDIOMOM").
+pub const SEED: u64 = 0x4155_4449_4F4D_4F4D;
+/// Largest window the C side reserves room for.
+pub const WINDOW_MAX: usize = 256;
+/// Smallest window the definition allows (the study measures from here up).
+pub const WINDOW_MIN: usize = 16;
+
+/// The cluster-wide fingerprint settings; every node must use the same values (BRIEF §3.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FingerprintConfig {
+    /// Window length in bytes: a multiple of 8 in `WINDOW_MIN..=WINDOW_MAX`.
+    /// Default 32 (16 samples, 2 ms at 8 kHz): the smallest window with no chance duplicate in
+    /// real speech (docs/fingerprint.md).
+    pub window: usize,
+    /// Consistent-sampling density: a candidate moment is kept when the top byte of its
+    /// signature is below this value (1..=256; 256 keeps all). Default 256: about 20 moments
+    /// per second of 8 kHz speech, which is what coverage of every non-silent second needs.
+    pub keep_per_256: u16,
+    /// A window is quiet when no sample reaches this magnitude. Default 300 (about -41 dBFS):
+    /// telephony comfort noise (sigma up to 30) stays under it.
+    pub quiet_threshold: u16,
+    /// Largest difference between adjacent samples that still counts as audio. Default 16384:
+    /// rejects 0.08 % of loud speech windows and all but ~1e-5 of random (ciphertext) windows.
+    pub max_step: u16,
+}
+
+impl Default for FingerprintConfig {
+    fn default() -> Self {
+        Self { window: 32, keep_per_256: 256, quiet_threshold: 300, max_step: 16384 }
+    }
+}
+
+impl FingerprintConfig {
+    pub fn with_window(self, window: usize) -> Self {
+        Self { window, ..self }
+    }
+
+    /// Checks the ranges the C side relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window % 8 != 0 || !(WINDOW_MIN..=WINDOW_MAX).contains(&self.window) {
+            return Err(format!(
+                "window must be a multiple of 8 in {WINDOW_MIN}..={WINDOW_MAX}, got {}",
+                self.window
+            ));
+        }
+        if !(1..=256).contains(&self.keep_per_256) {
+            return Err(format!("keep_per_256 must be in 1..=256, got {}", self.keep_per_256));
+        }
+        if self.quiet_threshold == 0 || self.quiet_threshold > 32767 {
+            return Err(format!("quiet_threshold must be in 1..=32767, got {}", self.quiet_threshold));
+        }
+        if self.max_step == 0 {
+            return Err("max_step must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// xxh64 of the window's bytes: the moment's signature.
+pub fn signature(window: &[u8]) -> u64 {
+    xxhash_rust::xxh64::xxh64(window, SEED)
+}
+
+/// Peak |sample| and largest |step| between adjacent samples when `bytes` is read as
+/// little-endian i16 samples starting at byte `parity`.
+pub fn peak_and_max_step(bytes: &[u8], parity: usize) -> (u16, u32) {
+    let mut peak = 0u16;
+    let mut max_step = 0u32;
+    let mut prev: Option<i16> = None;
+    for pair in bytes[parity..].chunks_exact(2) {
+        let s = i16::from_le_bytes([pair[0], pair[1]]);
+        peak = peak.max(s.unsigned_abs());
+        if let Some(p) = prev {
+            max_step = max_step.max((s as i32 - p as i32).unsigned_abs());
+        }
+        prev = Some(s);
+    }
+    (peak, max_step)
+}
+
+/// True when, on at least one byte parity, the window reads as audio that is not quiet (a sample
+/// reaches `quiet_threshold`) and is smooth (no adjacent step above `max_step`). Trying both
+/// parities keeps the test alignment-free; the smoothness bound rejects random bytes.
+pub fn is_loud_audio(window: &[u8], cfg: &FingerprintConfig) -> bool {
+    (0..2).any(|parity| {
+        let (peak, step) = peak_and_max_step(window, parity);
+        peak >= cfg.quiet_threshold && step <= cfg.max_step as u32
+    })
+}
+
+/// True when the window repeats itself at an even byte lag of at most half its length
+/// (a whole number of samples): pure tones with short periods, digital test patterns.
+pub fn is_periodic(window: &[u8]) -> bool {
+    (2..=window.len() / 2).step_by(2).any(|lag| window[lag..] == window[..window.len() - lag])
+}
+
+/// What the definition says of one window ending at a marker byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Quiet, or not audio-like (fails [`is_loud_audio`]).
+    NotLoudAudio,
+    Periodic,
+    /// Eligible but not kept by consistent sampling.
+    Unsampled,
+    Moment(u64),
+}
+
+/// Classifies a window whose last byte is a [`MARKER`].
+pub fn classify(window: &[u8], cfg: &FingerprintConfig) -> Verdict {
+    debug_assert_eq!(window.len(), cfg.window);
+    debug_assert_eq!(window.last(), Some(&MARKER));
+    if !is_loud_audio(window, cfg) {
+        return Verdict::NotLoudAudio;
+    }
+    if is_periodic(window) {
+        return Verdict::Periodic;
+    }
+    let sig = signature(window);
+    if ((sig >> 56) as u16) < cfg.keep_per_256 {
+        Verdict::Moment(sig)
+    } else {
+        Verdict::Unsampled
+    }
+}
