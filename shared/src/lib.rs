@@ -149,3 +149,65 @@ pub fn classify(window: &[u8], cfg: &FingerprintConfig) -> Verdict {
         Verdict::Unsampled
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcm(samples: &[i16]) -> Vec<u8> {
+        samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn loudness_and_smoothness_on_either_parity() {
+        let cfg = FingerprintConfig::default();
+        let ramp: Vec<i16> = (0..16).map(|i| i * 100).collect();
+        assert!(is_loud_audio(&pcm(&ramp), &cfg), "peak 1500, small steps");
+        let quiet: Vec<i16> = (0..16).map(|i| (i % 5) * 50).collect();
+        assert!(!is_loud_audio(&pcm(&quiet), &cfg), "peak 200");
+        let jumpy: Vec<i16> = (0..16).map(|i| if i % 2 == 0 { 14000 } else { -14000 }).collect();
+        assert!(!is_loud_audio(&pcm(&jumpy), &cfg), "steps of 28000");
+        // The same ramp one byte off the sample grid is still found (parity 1).
+        let mut shifted = vec![0x11];
+        shifted.extend(pcm(&ramp));
+        shifted.truncate(32);
+        assert!(is_loud_audio(&shifted, &cfg));
+    }
+
+    #[test]
+    fn periodic_windows_are_recognised() {
+        let tone: Vec<i16> = (0..16).map(|i| [0, 5000, 7000, 5000, 0, -5000, -7000, -5000][i % 8]).collect();
+        assert!(is_periodic(&pcm(&tone)));
+        let ramp: Vec<i16> = (0..16).map(|i| i * 100 + i * i).collect();
+        assert!(!is_periodic(&pcm(&ramp)));
+    }
+
+    #[test]
+    fn sampling_keeps_by_signature() {
+        // A real anchor: the marker is the low byte of the window's last sample, so the window
+        // starts on a high byte (parity 1 holds the whole samples).
+        let mut samples: Vec<i16> = (0..17).map(|i| 1000 + i * 37).collect();
+        samples[16] = (samples[16] & !0xff) | MARKER as i16;
+        let w = pcm(&samples)[1..33].to_vec();
+        let all = FingerprintConfig::default();
+        let Verdict::Moment(sig) = classify(&w, &all) else { panic!("expected a moment") };
+        assert_eq!(sig, signature(&w));
+        let top = (sig >> 56) as u16;
+        let keep_below = FingerprintConfig { keep_per_256: top.max(1), ..all };
+        let keep_above = FingerprintConfig { keep_per_256: top + 1, ..all };
+        assert_eq!(classify(&w, &keep_above), Verdict::Moment(sig));
+        if top > 0 {
+            assert_eq!(classify(&w, &keep_below), Verdict::Unsampled);
+        }
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let d = FingerprintConfig::default();
+        assert!(d.validate().is_ok());
+        assert!(d.with_window(20).validate().is_err());
+        assert!(d.with_window(264).validate().is_err());
+        assert!(FingerprintConfig { keep_per_256: 0, ..d }.validate().is_err());
+        assert!(FingerprintConfig { quiet_threshold: 0, ..d }.validate().is_err());
+    }
+}
