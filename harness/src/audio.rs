@@ -235,6 +235,30 @@ pub fn mulaw_roundtrip(audio: &Audio) -> Audio {
     Audio::new(audio.rate, audio.samples.iter().map(|&x| decode(encode(x))).collect())
 }
 
+/// G.711 A-law encode then decode (the European telephony codec).
+pub fn alaw_roundtrip(audio: &Audio) -> Audio {
+    fn encode(x: i16) -> u8 {
+        let (mask, mag) = if x >= 0 { (0xD5u8, (x >> 3) as i32) } else { (0x55u8, -((x >> 3) as i32) - 1) };
+        let segment = (0..8).find(|&s| mag < (0x20 << s)).unwrap_or(8);
+        if segment == 8 {
+            return 0x7F ^ mask;
+        }
+        let shift = if segment < 2 { 1 } else { segment };
+        (((segment << 4) as i32 | ((mag >> shift) & 0x0F)) as u8) ^ mask
+    }
+    fn decode(a: u8) -> i16 {
+        let a = a ^ 0x55;
+        let segment = (a & 0x70) >> 4;
+        let mut t = ((a & 0x0F) as i32) << 4;
+        t += if segment == 0 { 8 } else { 0x108 };
+        if segment > 1 {
+            t <<= segment - 1;
+        }
+        (if a & 0x80 != 0 { t } else { -t }) as i16
+    }
+    Audio::new(audio.rate, audio.samples.iter().map(|&x| decode(encode(x))).collect())
+}
+
 /// Peak |sample| of each `frame`-sample frame: the harness's notion of where audio is non-silent.
 pub fn frame_peaks(audio: &Audio, frame: usize) -> Vec<u16> {
     audio.samples.chunks(frame).map(|f| f.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0)).collect()
@@ -253,6 +277,17 @@ mod tests {
             assert!(err <= (x as i32).abs() / 16 + 8, "{x} -> {y}");
         }
         assert_eq!(mulaw_roundtrip(&m), m);
+    }
+
+    #[test]
+    fn alaw_roundtrip_is_close_and_idempotent() {
+        let a = speech_like(8000, 1.0, 2);
+        let m = alaw_roundtrip(&a);
+        for (&x, &y) in a.samples.iter().zip(&m.samples) {
+            let err = (x as i32 - y as i32).abs();
+            assert!(err <= (x as i32).abs() / 16 + 16, "{x} -> {y}");
+        }
+        assert_eq!(alaw_roundtrip(&m), m);
     }
 
     #[test]

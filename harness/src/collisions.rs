@@ -130,6 +130,7 @@ pub fn study() -> Result<String> {
     let cfg = FingerprintConfig::default();
     let speech = audio::speech_corpus()?;
     let speech_mulaw: Vec<Audio> = speech.iter().map(audio::mulaw_roundtrip).collect();
+    let speech_alaw: Vec<Audio> = speech.iter().map(audio::alaw_roundtrip).collect();
     let speech16 = audio::speech_16k()?;
     let music = audio::hold_music()?;
     let rate = 8000;
@@ -156,6 +157,7 @@ pub fn study() -> Result<String> {
     let bodies: Vec<(String, &[Audio])> = vec![
         (format!("real speech 8 kHz ({:.1} min)", minutes(&speech)), &speech),
         (format!("same, through G.711 µ-law ({:.1} min)", minutes(&speech_mulaw)), &speech_mulaw),
+        (format!("same, through G.711 A-law ({:.1} min)", minutes(&speech_alaw)), &speech_alaw),
         (format!("real speech 16 kHz ({:.1} min)", minutes(&speech16)), &speech16),
     ];
     writeln!(out, "| window (bytes) | audio | non-quiet windows | chance repeats | shared-content repeats |")?;
@@ -193,17 +195,20 @@ pub fn study() -> Result<String> {
         }
     }
 
-    writeln!(out, "\n### Density (window {}), real speech 8 kHz\n", cfg.window)?;
-    writeln!(out, "| keep_per_256 | moments per non-silent second | non-silent seconds with a moment |")?;
-    writeln!(out, "| ---: | ---: | ---: |")?;
-    for keep in [32, 64, 128, 192, 256] {
-        let s = moment_stats(&speech, FingerprintConfig { keep_per_256: keep, ..cfg });
-        writeln!(
-            out,
-            "| {keep} | {:.1} | {} |",
-            s.moments as f64 / s.nonsilent_seconds.max(1) as f64,
-            pct(s.covered_seconds as u64, s.nonsilent_seconds as u64)
-        )?;
+    writeln!(out, "\n### Density (window {}): moments per non-silent second, and share of non-silent seconds with a moment\n", cfg.window)?;
+    writeln!(out, "| keep_per_256 | real speech 8 kHz | µ-law | A-law |")?;
+    writeln!(out, "| ---: | ---: | ---: | ---: |")?;
+    for keep in [8, 16, 24, 32, 48, 64, 128, 256] {
+        let c = FingerprintConfig { keep_per_256: keep, ..cfg };
+        let cell = |body: &[Audio]| {
+            let s = moment_stats(body, c);
+            format!(
+                "{:.1} / {}",
+                s.moments as f64 / s.nonsilent_seconds.max(1) as f64,
+                pct(s.covered_seconds as u64, s.nonsilent_seconds as u64)
+            )
+        };
+        writeln!(out, "| {keep} | {} | {} | {} |", cell(&speech), cell(&speech_mulaw), cell(&speech_alaw))?;
     }
 
     let (json, random) = non_audio(16 << 20, 5);

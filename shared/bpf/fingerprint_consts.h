@@ -4,18 +4,23 @@
 #ifndef FINGERPRINT_CONSTS_H
 #define FINGERPRINT_CONSTS_H
 
-#define FP_MARKER 0x80
-/* MARKER in every byte, and the SWAR "has a zero byte" masks. */
-#define FP_MARKER_BCAST 0x8080808080808080ULL
+/* An anchor byte b has (b & FP_MARKER_MASK) == FP_MARKER_VALUE. */
+#define FP_MARKER_MASK 0xf8
+#define FP_MARKER_VALUE 0x88
+/* The same in every byte of a word, and the SWAR "has a zero byte" masks. */
+#define FP_MARKER_MASK_BCAST 0xf8f8f8f8f8f8f8f8ULL
+#define FP_MARKER_VALUE_BCAST 0x8888888888888888ULL
 #define FP_ONES_BCAST 0x0101010101010101ULL
 #define FP_HIGHS_BCAST 0x8080808080808080ULL
 #define FP_SEED 0x415544494f4d4f4dULL
+/* Sampling gate: (u64 of the 8 bytes ending at the anchor * FP_GATE_MULT) >> 56. */
+#define FP_GATE_MULT 0x9e3779b97f4a7c15ULL
 #define FP_WINDOW_MIN 16
 #define FP_WINDOW_MAX 256
 
 /* Defaults of FingerprintConfig (cluster-wide settings, overridable at load time). */
 #define FP_DEFAULT_WINDOW 32
-#define FP_DEFAULT_KEEP_PER_256 256
+#define FP_DEFAULT_KEEP_PER_256 32
 #define FP_DEFAULT_QUIET_THRESHOLD 300
 #define FP_DEFAULT_MAX_STEP 16384
 

@@ -1,4 +1,4 @@
-use crate::{FingerprintConfig, MARKER, SEED, WINDOW_MAX, WINDOW_MIN};
+use crate::{FingerprintConfig, GATE_MULT, MARKER_MASK, MARKER_VALUE, SEED, WINDOW_MAX, WINDOW_MIN};
 
 /// The constants the eBPF side of the definition needs, as a C header. The committed
 /// `bpf/fingerprint_consts.h` must equal this text (checked by a test), so C and Rust cannot drift.
@@ -12,12 +12,17 @@ pub fn c_header() -> String {
 #ifndef FINGERPRINT_CONSTS_H
 #define FINGERPRINT_CONSTS_H
 
-#define FP_MARKER 0x{MARKER:02x}
-/* MARKER in every byte, and the SWAR "has a zero byte" masks. */
-#define FP_MARKER_BCAST 0x{marker_bcast:016x}ULL
+/* An anchor byte b has (b & FP_MARKER_MASK) == FP_MARKER_VALUE. */
+#define FP_MARKER_MASK 0x{MARKER_MASK:02x}
+#define FP_MARKER_VALUE 0x{MARKER_VALUE:02x}
+/* The same in every byte of a word, and the SWAR "has a zero byte" masks. */
+#define FP_MARKER_MASK_BCAST 0x{mask_bcast:016x}ULL
+#define FP_MARKER_VALUE_BCAST 0x{value_bcast:016x}ULL
 #define FP_ONES_BCAST 0x{ones:016x}ULL
 #define FP_HIGHS_BCAST 0x{highs:016x}ULL
 #define FP_SEED 0x{SEED:016x}ULL
+/* Sampling gate: (u64 of the 8 bytes ending at the anchor * FP_GATE_MULT) >> 56. */
+#define FP_GATE_MULT 0x{GATE_MULT:016x}ULL
 #define FP_WINDOW_MIN {WINDOW_MIN}
 #define FP_WINDOW_MAX {WINDOW_MAX}
 
@@ -36,7 +41,8 @@ pub fn c_header() -> String {
 
 #endif /* FINGERPRINT_CONSTS_H */
 "#,
-        marker_bcast = bcast(MARKER),
+        mask_bcast = bcast(MARKER_MASK),
+        value_bcast = bcast(MARKER_VALUE),
         ones = bcast(0x01),
         highs = bcast(0x80),
         window = d.window,

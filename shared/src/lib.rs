@@ -1,11 +1,12 @@
 //! The executable definition of an audio "moment" (BRIEF §3).
 //!
-//! A moment is a window of `window` bytes of a byte stream that ends at an *anchor*: a byte equal
-//! to [`MARKER`] for which the window
-//!   1. is loud, smooth audio on at least one of the two byte parities ([`is_loud_audio`]),
-//!   2. does not repeat itself within its own length ([`is_periodic`]: tones, digital patterns),
-//!   3. is kept by hash-based consistent sampling: the top byte of its signature is below
-//!      `keep_per_256`.
+//! A moment is a window of `window` bytes of a byte stream that ends at an *anchor*: a byte of
+//! the marker class ([`is_marker`]) for which
+//!   1. the 8 bytes ending at the anchor pass the sampling gate ([`gate`] below `keep_per_256`):
+//!      hash-based consistent sampling, and cheap, so it runs before the window tests;
+//!   2. the window is loud, smooth audio on at least one of the two byte parities
+//!      ([`is_loud_audio`]);
+//!   3. the window does not repeat itself within its own length ([`is_periodic`]: tones).
 //!
 //! Its signature is xxh64 of the window's bytes with [`SEED`]. Everything depends only on the
 //! window's bytes, so every component that sees the same audio picks the same moments whatever the
@@ -22,9 +23,16 @@ mod scanner;
 pub use c_header::c_header;
 pub use scanner::{scan, Moment, Scanner};
 
-/// Anchor byte value. In little-endian PCM16 it lands mostly in the noisy low byte of a sample;
-/// `0x80` there means |sample| >= 128, so quiet audio (and ASCII text) almost never offers one.
-pub const MARKER: u8 = 0x80;
+/// Anchor bytes are those with `byte & MARKER_MASK == MARKER_VALUE`: 0x88..=0x8F. In
+/// little-endian PCM16 they land mostly in the noisy low byte of a sample; there they mean
+/// |sample| >= 113, so quiet audio (and ASCII text) almost never offers one. A class of 8 values
+/// rather than one value because G.711 decoding leaves low bytes of only 4 mod 8 (µ-law) or
+/// 0 mod 8 (A-law): the class holds one of each, and linear, µ-law and A-law speech all offer
+/// anchors at similar rates (docs/fingerprint.md).
+pub const MARKER_MASK: u8 = 0xF8;
+pub const MARKER_VALUE: u8 = 0x88;
+/// Odd multiplier of the sampling gate (2^64 / golden ratio).
+pub const GATE_MULT: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Seed of the xxh64 signature ("AUDIOMOM").
 pub const SEED: u64 = 0x4155_4449_4F4D_4F4D;
 /// Largest window the C side reserves room for.
@@ -39,9 +47,9 @@ pub struct FingerprintConfig {
     /// Default 32 (16 samples, 2 ms at 8 kHz): the smallest window with no chance duplicate in
     /// real speech (docs/fingerprint.md).
     pub window: usize,
-    /// Consistent-sampling density: a candidate moment is kept when the top byte of its
-    /// signature is below this value (1..=256; 256 keeps all). Default 256: about 20 moments
-    /// per second of 8 kHz speech, which is what coverage of every non-silent second needs.
+    /// Consistent-sampling density: an anchor is kept when its [`gate`] is below this value
+    /// (1..=256; 256 keeps all). Default in [`Default`], chosen from the density table of
+    /// docs/fingerprint.md.
     pub keep_per_256: u16,
     /// A window is quiet when no sample reaches this magnitude. Default 300 (about -41 dBFS):
     /// telephony comfort noise (sigma up to 30) stays under it.
@@ -53,7 +61,7 @@ pub struct FingerprintConfig {
 
 impl Default for FingerprintConfig {
     fn default() -> Self {
-        Self { window: 32, keep_per_256: 256, quiet_threshold: 300, max_step: 16384 }
+        Self { window: 32, keep_per_256: 32, quiet_threshold: 300, max_step: 16384 }
     }
 }
 
@@ -81,6 +89,16 @@ impl FingerprintConfig {
         }
         Ok(())
     }
+}
+
+pub fn is_marker(byte: u8) -> bool {
+    byte & MARKER_MASK == MARKER_VALUE
+}
+
+/// The sampling gate of an anchor: the top byte of the 8 bytes ending at it (little-endian),
+/// multiplied by [`GATE_MULT`].
+pub fn gate(last8: [u8; 8]) -> u16 {
+    (u64::from_le_bytes(last8).wrapping_mul(GATE_MULT) >> 56) as u16
 }
 
 /// xxh64 of the window's bytes: the moment's signature.
@@ -127,27 +145,26 @@ pub enum Verdict {
     /// Quiet, or not audio-like (fails [`is_loud_audio`]).
     NotLoudAudio,
     Periodic,
-    /// Eligible but not kept by consistent sampling.
+    /// Not kept by the sampling gate.
     Unsampled,
     Moment(u64),
 }
 
-/// Classifies a window whose last byte is a [`MARKER`].
+/// Classifies a window whose last byte is a marker.
 pub fn classify(window: &[u8], cfg: &FingerprintConfig) -> Verdict {
     debug_assert_eq!(window.len(), cfg.window);
-    debug_assert_eq!(window.last(), Some(&MARKER));
+    debug_assert!(is_marker(window[window.len() - 1]));
+    let last8: [u8; 8] = window[window.len() - 8..].try_into().expect("window >= 8 bytes");
+    if gate(last8) >= cfg.keep_per_256 {
+        return Verdict::Unsampled;
+    }
     if !is_loud_audio(window, cfg) {
         return Verdict::NotLoudAudio;
     }
     if is_periodic(window) {
         return Verdict::Periodic;
     }
-    let sig = signature(window);
-    if ((sig >> 56) as u16) < cfg.keep_per_256 {
-        Verdict::Moment(sig)
-    } else {
-        Verdict::Unsampled
-    }
+    Verdict::Moment(signature(window))
 }
 
 #[cfg(test)]
@@ -183,21 +200,19 @@ mod tests {
     }
 
     #[test]
-    fn sampling_keeps_by_signature() {
+    fn sampling_keeps_by_gate() {
         // A real anchor: the marker is the low byte of the window's last sample, so the window
         // starts on a high byte (parity 1 holds the whole samples).
         let mut samples: Vec<i16> = (0..17).map(|i| 1000 + i * 37).collect();
-        samples[16] = (samples[16] & !0xff) | MARKER as i16;
+        samples[16] = (samples[16] & !0xff) | MARKER_VALUE as i16;
         let w = pcm(&samples)[1..33].to_vec();
-        let all = FingerprintConfig::default();
+        let all = FingerprintConfig { keep_per_256: 256, ..FingerprintConfig::default() };
         let Verdict::Moment(sig) = classify(&w, &all) else { panic!("expected a moment") };
         assert_eq!(sig, signature(&w));
-        let top = (sig >> 56) as u16;
-        let keep_below = FingerprintConfig { keep_per_256: top.max(1), ..all };
-        let keep_above = FingerprintConfig { keep_per_256: top + 1, ..all };
-        assert_eq!(classify(&w, &keep_above), Verdict::Moment(sig));
-        if top > 0 {
-            assert_eq!(classify(&w, &keep_below), Verdict::Unsampled);
+        let g = gate(w[24..].try_into().unwrap());
+        assert_eq!(classify(&w, &FingerprintConfig { keep_per_256: g + 1, ..all }), Verdict::Moment(sig));
+        if g > 0 {
+            assert_eq!(classify(&w, &FingerprintConfig { keep_per_256: g, ..all }), Verdict::Unsampled);
         }
     }
 

@@ -1,4 +1,4 @@
-use crate::{classify, FingerprintConfig, Verdict, MARKER, WINDOW_MAX};
+use crate::{classify, is_marker, FingerprintConfig, Verdict, WINDOW_MAX};
 
 /// A recognised moment of one flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,7 +45,7 @@ impl Scanner {
     pub fn feed(&mut self, bytes: &[u8], mut emit: impl FnMut(Moment)) {
         let w = self.cfg.window;
         let mut window = [0u8; WINDOW_MAX];
-        for (i, _) in bytes.iter().enumerate().filter(|(_, &b)| b == MARKER) {
+        for (i, _) in bytes.iter().enumerate().filter(|(_, &b)| is_marker(b)) {
             let have = self.tail.len() + i + 1;
             if have < w {
                 continue;

@@ -114,6 +114,23 @@ fn speech_is_dense_enough_to_cover_every_nonsilent_second() {
 }
 
 #[test]
+fn speech_through_g711_still_yields_moments() {
+    // Telephony audio is usually G.711 before it becomes PCM: its low bytes are restricted,
+    // which a single-value marker byte would miss entirely.
+    let corpus = audio::speech_corpus().unwrap();
+    for (codec, decoded) in [
+        ("µ-law", corpus.iter().map(audio::mulaw_roundtrip).collect::<Vec<_>>()),
+        ("A-law", corpus.iter().map(audio::alaw_roundtrip).collect()),
+    ] {
+        let s = moment_stats(&decoded, cfg());
+        let per_second = s.moments as f64 / s.nonsilent_seconds as f64;
+        let covered = s.covered_seconds as f64 / s.nonsilent_seconds as f64;
+        assert!(per_second >= 8.0, "{codec}: {per_second:.1} moments per non-silent second");
+        assert!(covered >= 0.99, "{codec}: {:.2} % of non-silent seconds hold a moment", covered * 100.0);
+    }
+}
+
+#[test]
 fn default_window_has_no_chance_repeats_in_real_speech() {
     let corpus = audio::speech_corpus().unwrap();
     let r = repeats(&corpus, cfg().window, cfg().quiet_threshold);
