@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the project needs on Debian (idempotent) and mounts tracefs. Run as root.
+set -euo pipefail
+
+die() { echo "setup: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "must run as root (eBPF programs need CAP_BPF and CAP_PERFMON)"
+command -v cargo >/dev/null || die "cargo not found: install Rust 1.95 (rustup) first"
+
+packages=(
+  # eBPF C toolchain: clang-14 compiles the .bpf.c files in each phase's build.rs
+  clang llvm libbpf-dev linux-libc-dev bpftool
+  # real audio for scenarios and the window study (../shared/audio.md)
+  asterisk-core-sounds-en-wav asterisk-moh-opsound-wav pocketsphinx-testdata
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! mountpoint -q /sys/kernel/tracing; then
+  mount -t tracefs nodev /sys/kernel/tracing || die "cannot mount tracefs on /sys/kernel/tracing"
+fi
