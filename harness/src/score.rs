@@ -168,9 +168,10 @@ pub fn nonsilent_seconds(audio: &Audio, quiet_threshold: u16) -> Vec<bool> {
         .collect()
 }
 
-fn percentile(sorted: &[u64], q: f64) -> u64 {
+/// The nearest-rank `q`-quantile of an ascending slice.
+pub fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]

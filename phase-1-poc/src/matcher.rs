@@ -1,0 +1,113 @@
+//! Matches the same moment across writers: the sightings of a signature within a bounded window
+//! are ordered by time and consecutive writers become hops (write → write).
+
+use crate::event::Phase1Event;
+use harness::schema::{HopRecord, Sighting};
+use harness::truth::Dir;
+use std::collections::{HashMap, VecDeque};
+
+pub struct Matcher {
+    window_ns: u64,
+    open: HashMap<u64, Vec<Phase1Event>>,
+    /// (first sighting, signature), oldest first: when each open signature is due.
+    due: VecDeque<(u64, u64)>,
+    /// Signatures refused as ambiguous: seen twice by one process within the window.
+    pub refused: u64,
+    /// Signatures seen by a single writer only.
+    pub unmatched: u64,
+}
+
+impl Matcher {
+    pub fn new(window_ns: u64) -> Self {
+        Self { window_ns, open: HashMap::new(), due: VecDeque::new(), refused: 0, unmatched: 0 }
+    }
+
+    pub fn push(&mut self, e: Phase1Event) {
+        let due = &mut self.due;
+        self.open
+            .entry(e.signature)
+            .or_insert_with(|| {
+                due.push_back((e.t_ns, e.signature));
+                Vec::new()
+            })
+            .push(e);
+    }
+
+    /// Closes the signatures first seen more than a window before `now_ns`.
+    pub fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
+        while let Some(&(first, sig)) = self.due.front() {
+            if first.saturating_add(self.window_ns) > now_ns {
+                break;
+            }
+            self.due.pop_front();
+            if let Some(sightings) = self.open.remove(&sig) {
+                self.close(sightings, out);
+            }
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<HopRecord>) {
+        self.flush(u64::MAX, out);
+    }
+
+    fn close(&mut self, mut v: Vec<Phase1Event>, out: &mut Vec<HopRecord>) {
+        if v.len() < 2 {
+            self.unmatched += 1;
+            return;
+        }
+        v.sort_by_key(|e| e.t_ns);
+        let mut writers: Vec<u32> = v.iter().map(|e| e.tgid).collect();
+        writers.sort_unstable();
+        if writers.windows(2).any(|w| w[0] == w[1]) {
+            // Repeated content (a loop, a tone) or fan-out by one writer: refuse, do not guess.
+            self.refused += 1;
+            return;
+        }
+        let sighting = |e: &Phase1Event| Sighting {
+            pid: e.tgid,
+            comm: e.comm(),
+            fd: e.fd,
+            dir: Dir::Write,
+            t_ns: e.t_ns,
+            node: None,
+        };
+        out.extend(v.windows(2).map(|w| HopRecord::new(w[0].signature, sighting(&w[0]), sighting(&w[1]))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(signature: u64, tgid: u32, t_ns: u64) -> Phase1Event {
+        Phase1Event { signature, t_ns, end: 0, tgid, tid: tgid, fd: 1, dir: 1, comm: [b'x'; 16] }
+    }
+
+    #[test]
+    fn chains_writers_in_time_order() {
+        let mut m = Matcher::new(1_000);
+        for e in [ev(7, 2, 150), ev(7, 1, 100), ev(7, 3, 400), ev(8, 1, 120)] {
+            m.push(e);
+        }
+        let mut out = Vec::new();
+        m.flush(1_099, &mut out);
+        assert!(out.is_empty(), "nothing is due before the window has passed");
+        m.flush(1_100, &mut out);
+        let hops: Vec<(u32, u32, i64)> = out.iter().map(|h| (h.from.pid, h.to.pid, h.latency_ns)).collect();
+        assert_eq!(hops, vec![(1, 2, 50), (2, 3, 250)]);
+        m.finish(&mut out);
+        assert_eq!(m.unmatched, 1);
+    }
+
+    #[test]
+    fn refuses_a_signature_repeated_by_one_writer() {
+        let mut m = Matcher::new(1_000);
+        for e in [ev(7, 1, 100), ev(7, 2, 150), ev(7, 1, 600)] {
+            m.push(e);
+        }
+        let mut out = Vec::new();
+        m.finish(&mut out);
+        assert!(out.is_empty());
+        assert_eq!(m.refused, 1);
+    }
+}

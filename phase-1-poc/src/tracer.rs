@@ -1,0 +1,114 @@
+//! Loads and attaches phase 1's eBPF program and drains its events.
+
+use crate::counters::{Counters, NAMES};
+use crate::event::{Phase1Event, COMM_LEN};
+use anyhow::{bail, Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use shared::FingerprintConfig;
+use std::path::Path;
+
+const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase1.bpf.o"));
+const PROGRAM: &str = "phase1_write";
+/// Lines of the verifier's log worth showing: its conclusion, not the whole walk.
+const VERIFIER_TAIL: usize = 12;
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+}
+
+/// Fails with one clear line when this machine cannot run the tracer.
+pub fn preflight() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("must run as root: loading eBPF programs needs CAP_BPF and CAP_PERFMON");
+    }
+    if !Path::new("/sys/kernel/tracing/events/syscalls").exists()
+        && !Path::new("/sys/kernel/debug/tracing/events/syscalls").exists()
+    {
+        bail!("tracefs is not mounted (no events/syscalls): mount -t tracefs nodev /sys/kernel/tracing");
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux): build it with CONFIG_DEBUG_INFO_BTF=y");
+    }
+    Ok(())
+}
+
+fn verifier_error(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL)..].join("\n  ");
+            anyhow::anyhow!("the kernel's verifier rejected {PROGRAM} ({io_error}); end of its log:\n  {tail}")
+        }
+        other => anyhow::Error::new(other).context(format!("loading {PROGRAM}")),
+    }
+}
+
+impl Tracer {
+    /// Loads the program with the cluster-wide fingerprint settings and attaches it to
+    /// `write()`. Targets are the tgids added later and, if given, every process whose command
+    /// name starts with `comm_prefix`.
+    pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        preflight()?;
+        let mut comm = [0u8; COMM_LEN];
+        let prefix = comm_prefix.unwrap_or("").as_bytes();
+        if prefix.len() >= COMM_LEN {
+            bail!("--comm {:?} is longer than a command name ({} bytes)", comm_prefix.unwrap(), COMM_LEN - 1);
+        }
+        comm[..prefix.len()].copy_from_slice(prefix);
+        let (window, keep, quiet, step) =
+            (cfg.window as u32, cfg.keep_per_256 as u32, cfg.quiet_threshold as u32, cfg.max_step as u32);
+        let comm_len = prefix.len() as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("fp_window", &window, true)
+            .override_global("fp_keep_per_256", &keep, true)
+            .override_global("fp_quiet_threshold", &quiet, true)
+            .override_global("fp_max_step", &step, true)
+            .override_global("target_comm", &comm[..], true)
+            .override_global("target_comm_len", &comm_len, true)
+            .load(OBJECT)
+            .context("loading the phase 1 eBPF object")?;
+        let program: &mut TracePoint =
+            ebpf.program_mut(PROGRAM).context("program missing from object")?.try_into()?;
+        program.load().map_err(verifier_error)?;
+        program.attach("syscalls", "sys_enter_write").context("attaching to syscalls/sys_enter_write")?;
+        let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
+        Ok(Self { ebpf, events })
+    }
+
+    pub fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
+        let mut targets: HashMap<_, u32, u8> =
+            HashMap::try_from(self.ebpf.map_mut("targets").context("map targets missing")?)?;
+        for &pid in pids {
+            targets.insert(pid, 1, 0).with_context(|| format!("adding target {pid}"))?;
+        }
+        Ok(())
+    }
+
+    /// Hands every event waiting in the ring buffer to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(Phase1Event)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            if let Some(e) = Phase1Event::parse(&item) {
+                f(e);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("fp_counters").context("map fp_counters missing")?)?;
+        let mut c = Counters::default();
+        for (i, slot) in c.0.iter_mut().enumerate().take(NAMES.len()) {
+            *slot = map.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,314 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* The C side of the moment definition (shared/src/lib.rs is the reference; conformance tests
+ * compare the two byte for byte). Every phase's .bpf.c includes this header; phases differ in
+ * hooks and per-flow state, not in the scan.
+ *
+ * A buffer is scanned in chunks of FP_CHUNK bytes copied into a per-CPU scratch area behind the
+ * last window-1 bytes of what came before (the carry), in three passes, each small enough for
+ * the verifier:
+ *   1. SWAR over 8-byte words: which 32-byte groups may hold a marker-class byte;
+ *   2. per marked group (bpf_loop): exact marker bytes, then the 8-byte sampling gate;
+ *   3. per gated candidate (bpf_loop): loudness, periodicity, xxh64, emit.
+ * The includer defines `fp_emit(const struct fp_meta *, __u64 signature, __u64 end)`, called
+ * from a bpf_loop callback. */
+#ifndef FINGERPRINT_BPF_H
+#define FINGERPRINT_BPF_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "fingerprint_consts.h"
+
+#define FP_CHUNK 2048
+#define FP_GROUPS (FP_CHUNK / 32)
+/* Candidates kept per chunk; at keep 32/256 speech has ~3 per 2 KiB, random bytes ~2. */
+#define FP_MAX_CANDIDATES 64
+/* The chunk starts here in the scratch buffer; the carry sits just before it. */
+#define FP_DATA FP_WINDOW_MAX
+/* Slack past the chunk so that every load the verifier cannot relate to `len` stays inside. */
+#define FP_BUF_SIZE (FP_DATA + FP_CHUNK + FP_WINDOW_MAX + 8)
+
+/* Cluster-wide settings (FingerprintConfig), set by the agent at load time. */
+volatile const __u32 fp_window = FP_DEFAULT_WINDOW;
+volatile const __u32 fp_keep_per_256 = FP_DEFAULT_KEEP_PER_256;
+volatile const __u32 fp_quiet_threshold = FP_DEFAULT_QUIET_THRESHOLD;
+volatile const __u32 fp_max_step = FP_DEFAULT_MAX_STEP;
+
+/* What the emitter needs to know about the call being scanned. */
+struct fp_meta {
+	__u64 t_ns;
+	__u64 base;  /* position of the chunk's first byte in the flow (or call) */
+	__u32 tgid;
+	__u32 tid;
+	__s32 fd;
+	__u32 dir;
+};
+
+struct fp_scratch {
+	struct fp_meta meta;
+	__u8 buf[FP_BUF_SIZE];
+	__u8 win[2 * FP_WINDOW_MAX + 8];
+	__u16 cand[FP_MAX_CANDIDATES];
+	__u32 ncand;
+	__u32 carry; /* valid bytes just before FP_DATA */
+	__u32 len;   /* valid bytes from FP_DATA */
+	__u64 group_marks[FP_GROUPS]; /* nonzero: the group may hold a marker byte */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_scratch);
+} fp_scratch_map SEC(".maps");
+
+static __always_inline struct fp_scratch *fp_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&fp_scratch_map, &zero);
+}
+
+/* Counters, per CPU, summed by the agent. */
+enum fp_counter {
+	FP_C_CALLS,       /* traced syscalls */
+	FP_C_BYTES,       /* bytes scanned */
+	FP_C_CANDIDATES,  /* anchors that passed the gate */
+	FP_C_MOMENTS,     /* moments emitted */
+	FP_C_DROPS,       /* moments lost: ring buffer full */
+	FP_C_TRUNCATED,   /* bytes beyond the per-call limit, not scanned */
+	FP_C_CAND_OVERFLOW, /* gated anchors beyond FP_MAX_CANDIDATES in a chunk, not examined */
+	FP_C_READ_ERRORS, /* user buffers that could not be copied */
+	FP_C_NR,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FP_C_NR);
+	__type(key, __u32);
+	__type(value, __u64);
+} fp_counters SEC(".maps");
+
+static __always_inline void fp_count(__u32 counter, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&fp_counters, &counter);
+	if (v)
+		*v += n;
+}
+
+
+static __always_inline __u64 fp_load64(const __u8 *p)
+{
+	return *(const __u64 *)p;
+}
+
+static __always_inline __u64 fp_rotl(__u64 x, int r)
+{
+	return (x << r) | (x >> (64 - r));
+}
+
+static __always_inline __u64 fp_xxh_round(__u64 acc, __u64 input)
+{
+	acc += input * FP_XXH_PRIME64_2;
+	acc = fp_rotl(acc, 31);
+	return acc * FP_XXH_PRIME64_1;
+}
+
+static __always_inline __u64 fp_xxh_merge(__u64 acc, __u64 v)
+{
+	acc ^= fp_xxh_round(0, v);
+	return acc * FP_XXH_PRIME64_1 + FP_XXH_PRIME64_4;
+}
+
+/* xxh64 of win[0..len), len a multiple of 8 in FP_WINDOW_MIN..FP_WINDOW_MAX. */
+static __always_inline __u64 fp_xxh64(const __u8 *win, __u32 len)
+{
+	__u64 h;
+	__u32 i = 0;
+
+	if (len >= 32) {
+		__u64 v1 = FP_SEED + FP_XXH_PRIME64_1 + FP_XXH_PRIME64_2;
+		__u64 v2 = FP_SEED + FP_XXH_PRIME64_2;
+		__u64 v3 = FP_SEED;
+		__u64 v4 = FP_SEED - FP_XXH_PRIME64_1;
+		for (int s = 0; s < FP_WINDOW_MAX / 32; s++) {
+			if (i + 32 > len)
+				break;
+			v1 = fp_xxh_round(v1, fp_load64(win + i));
+			v2 = fp_xxh_round(v2, fp_load64(win + i + 8));
+			v3 = fp_xxh_round(v3, fp_load64(win + i + 16));
+			v4 = fp_xxh_round(v4, fp_load64(win + i + 24));
+			i += 32;
+		}
+		h = fp_rotl(v1, 1) + fp_rotl(v2, 7) + fp_rotl(v3, 12) + fp_rotl(v4, 18);
+		h = fp_xxh_merge(h, v1);
+		h = fp_xxh_merge(h, v2);
+		h = fp_xxh_merge(h, v3);
+		h = fp_xxh_merge(h, v4);
+	} else {
+		h = FP_SEED + FP_XXH_PRIME64_5;
+	}
+	h += len;
+	for (int k = 0; k < 3; k++) {
+		if (i + 8 > len)
+			break;
+		h ^= fp_xxh_round(0, fp_load64(win + i));
+		h = fp_rotl(h, 27) * FP_XXH_PRIME64_1 + FP_XXH_PRIME64_4;
+		i += 8;
+	}
+	h ^= h >> 33;
+	h *= FP_XXH_PRIME64_2;
+	h ^= h >> 29;
+	h *= FP_XXH_PRIME64_3;
+	h ^= h >> 32;
+	return h;
+}
+
+/* 1 when x < 0, branch-free (x fits in 32 bits, held in 64). */
+static __always_inline __u64 fp_negative(__s64 x)
+{
+	__u64 bit = (__u64)x >> 63;
+	asm volatile("" : "+r"(bit));
+	return bit;
+}
+
+/* Loud and smooth on byte parity `parity` (shared::is_loud_audio): some |sample| reaches
+ * fp_quiet_threshold and no adjacent step exceeds fp_max_step. Flags are OR-accumulated
+ * instead of tracking a peak and a maximum: data-dependent branches in this loop multiply
+ * the verifier's states past its budget. */
+static __always_inline int fp_loud_on(const __u8 *win, __u32 len, __u32 parity)
+{
+	__s64 prev = 0;
+	__u64 loud = 0, rough = 0;
+
+	for (__u32 k = 0; k < FP_WINDOW_MAX / 2; k++) {
+		__u32 at = parity + 2 * k;
+		if (at + 2 > len)
+			break;
+		__s64 x = (__s16)(win[at] | (win[at + 1] << 8));
+		__s64 mag = x * (1 - 2 * (__s64)fp_negative(x));
+		loud |= 1 - fp_negative(mag - (__s64)fp_quiet_threshold);
+		if (k > 0) {
+			__s64 d = x - prev;
+			d = d * (1 - 2 * (__s64)fp_negative(d));
+			rough |= fp_negative((__s64)fp_max_step - d);
+		}
+		prev = x;
+	}
+	return loud & (rough ^ 1);
+}
+
+/* The window equals itself shifted by an even lag <= len/2 (shared::is_periodic); compared
+ * word by word without early exits, for the same reason. */
+static __always_inline int fp_periodic(const __u8 *win, __u32 len)
+{
+	__u64 periodic = 0;
+
+	for (__u32 lag = 2; lag <= FP_WINDOW_MAX / 2; lag += 2) {
+		if (lag > len / 2)
+			break;
+		__u32 n = len - lag; /* bytes compared, >= 8 */
+		__u64 diff = 0;
+		for (__u32 i = 0; i < FP_WINDOW_MAX / 8; i++) {
+			/* Words at 0, 8, ... and a last, overlapping one ending at n. */
+			__u32 at = i * 8;
+			if (at >= n)
+				break;
+			if (at + 8 > n)
+				at = n - 8;
+			diff |= fp_load64(win + lag + at) ^ fp_load64(win + at);
+		}
+		periodic |= diff == 0;
+	}
+	return periodic;
+}
+
+static long fp_group_cb(__u64 g, void *unused)
+{
+	struct fp_scratch *s = fp_scratch();
+	if (!s || g >= FP_GROUPS)
+		return 1;
+	if (!s->group_marks[g])
+		return 0;
+	for (__u32 j = 0; j < 32; j++) {
+		__u32 off = g * 32 + j;
+		if (off >= s->len)
+			break;
+		__u32 q = FP_DATA + off;
+		if ((s->buf[q] & FP_MARKER_MASK) != FP_MARKER_VALUE)
+			continue;
+		/* The window must lie in carried + current bytes. */
+		if (off + s->carry + 1 < fp_window)
+			continue;
+		__u64 gate = (fp_load64(&s->buf[q - 7]) * FP_GATE_MULT) >> 56;
+		if (gate >= fp_keep_per_256)
+			continue;
+		__u32 n = s->ncand;
+		if (n >= FP_MAX_CANDIDATES) {
+			fp_count(FP_C_CAND_OVERFLOW, 1);
+			return 1;
+		}
+		s->cand[n] = q;
+		s->ncand = n + 1;
+	}
+	return 0;
+}
+
+static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end);
+
+static long fp_candidate_cb(__u64 i, void *unused)
+{
+	struct fp_scratch *s = fp_scratch();
+	if (!s || i >= FP_MAX_CANDIDATES)
+		return 1;
+	__u32 w = fp_window;
+	__u32 q = s->cand[i];
+	if (w < FP_WINDOW_MIN || w > FP_WINDOW_MAX || q < FP_DATA || q >= FP_DATA + FP_CHUNK)
+		return 1;
+	__u32 start = q + 1 - w;
+	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
+		if (k * 8 >= w)
+			break;
+		*(__u64 *)&s->win[k * 8] = fp_load64(&s->buf[start + k * 8]);
+	}
+	fp_count(FP_C_CANDIDATES, 1);
+	if (!fp_loud_on(s->win, w, 0) && !fp_loud_on(s->win, w, 1))
+		return 0;
+	if (fp_periodic(s->win, w))
+		return 0;
+	fp_emit(&s->meta, fp_xxh64(s->win, w), s->meta.base + (q - FP_DATA) + 1);
+	return 0;
+}
+
+/* Scans s->buf[FP_DATA .. FP_DATA + s->len) with s->carry bytes before it, for the call
+ * described by s->meta. */
+static __always_inline void fp_scan_chunk(struct fp_scratch *s)
+{
+	__u64 any = 0;
+	/* Volatile reads: the loop narrows `len` differently at each exit, so nothing after the
+	 * loop may use (or share a register with) the copy the loop tested. */
+	__u32 len = *(volatile __u32 *)&s->len;
+
+	for (__u32 g = 0; g < FP_GROUPS; g++) {
+		if (g * 32 >= len)
+			break;
+		/* Bit 7 of a byte is set where (byte & mask) ^ value may be zero; false positives
+		 * (only above a true match) are rechecked per byte. Marks go to memory, not into
+		 * a register bitmap: a register that depends on the exit iteration would make the
+		 * verifier re-walk everything after the loop once per exit. */
+		__u64 z = 0;
+		for (__u32 k = 0; k < 4; k++) {
+			__u64 t = (fp_load64(&s->buf[FP_DATA + g * 32 + k * 8]) & FP_MARKER_MASK_BCAST) ^ FP_MARKER_VALUE_BCAST;
+			z |= (t - FP_ONES_BCAST) & ~t & FP_HIGHS_BCAST;
+		}
+		s->group_marks[g] = z;
+		any |= z;
+	}
+	s->ncand = 0;
+	if (!any)
+		return;
+	len = *(volatile __u32 *)&s->len;
+	bpf_loop((len + 31) / 32, fp_group_cb, NULL, 0);
+	if (s->ncand)
+		bpf_loop(s->ncand, fp_candidate_cb, NULL, 0);
+}
+
+#endif /* FINGERPRINT_BPF_H */
