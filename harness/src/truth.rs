@@ -53,8 +53,13 @@ pub struct ComponentLog {
 }
 
 impl ComponentLog {
+    /// Saved through an 8 KiB buffer: the component is traced, and its own bookkeeping should
+    /// not look like one huge write.
     pub fn save(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, serde_json::to_vec(self)?).with_context(|| format!("writing {}", path.display()))
+        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut w, self)?;
+        std::io::Write::flush(&mut w).with_context(|| format!("writing {}", path.display()))
     }
 
     pub fn load(path: &Path) -> Result<Self> {

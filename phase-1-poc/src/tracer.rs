@@ -112,3 +112,24 @@ impl Tracer {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aya_obj::VerifierLog;
+
+    #[test]
+    fn a_verifier_rejection_says_so_with_the_end_of_the_log() {
+        let log: String = (1..=40).map(|i| format!("{i}: (85) call bpf_probe_read_user#112\n")).collect::<String>()
+            + "R2 min value is negative, either use unsigned or 'var &= const'\nprocessed 18503 insns\n";
+        let e = verifier_error(ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: VerifierLog::new(log),
+        });
+        let text = e.to_string();
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with("the kernel's verifier rejected phase1_write (Permission denied"), "{first}");
+        assert!(text.contains("R2 min value is negative"), "{text}");
+        assert_eq!(text.lines().count(), 1 + VERIFIER_TAIL, "{text}");
+    }
+}

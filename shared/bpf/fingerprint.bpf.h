@@ -75,7 +75,7 @@ enum fp_counter {
 	FP_C_MOMENTS,     /* moments emitted */
 	FP_C_DROPS,       /* moments lost: ring buffer full */
 	FP_C_TRUNCATED,   /* bytes beyond the per-call limit, not scanned */
-	FP_C_CAND_OVERFLOW, /* gated anchors beyond FP_MAX_CANDIDATES in a chunk, not examined */
+	FP_C_CANDIDATE_OVERFLOW, /* gated anchors beyond FP_MAX_CANDIDATES in a chunk, not examined */
 	FP_C_READ_ERRORS, /* user buffers that could not be copied */
 	FP_C_NR,
 };
@@ -243,7 +243,7 @@ static long fp_group_cb(__u64 g, void *unused)
 			continue;
 		__u32 n = s->ncand;
 		if (n >= FP_MAX_CANDIDATES) {
-			fp_count(FP_C_CAND_OVERFLOW, 1);
+			fp_count(FP_C_CANDIDATE_OVERFLOW, 1);
 			return 1;
 		}
 		s->cand[n] = q;

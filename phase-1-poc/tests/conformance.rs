@@ -1,0 +1,119 @@
+//! The kernel's moments equal the shared reference's, signature for signature and position for
+//! position, on the same writes (real eBPF program, this kernel, this process as the target).
+
+use harness::audio;
+use harness::truth::monotonic_ns;
+use phase_1_poc::event::Phase1Event;
+use phase_1_poc::tracer::Tracer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use shared::{FingerprintConfig, Scanner};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+/// Phase 1 scans at most this much of one write.
+const MAX_SCANNED: usize = 64 * 1024;
+
+/// (write index, end, signature) of every moment.
+type Found = Vec<(usize, u64, u64)>;
+
+/// Writes `bytes` to /dev/null in pieces of `sizes`, traced; returns what the kernel found and
+/// what the reference finds in each write on its own.
+fn kernel_and_reference(cfg: FingerprintConfig, bytes: &[u8], sizes: &[usize]) -> (Found, Found, u64) {
+    let mut tracer = Tracer::start(&cfg, None).expect("loading phase 1 (run as root)");
+    tracer.add_targets(&[std::process::id()]).unwrap();
+    let sink = File::create("/dev/null").unwrap();
+    let fd = sink.as_raw_fd();
+    let (mut spans, mut expected) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        let piece = &bytes[at..at + n];
+        at += n;
+        let t0 = monotonic_ns();
+        // SAFETY: piece is a valid buffer; fd is open.
+        let written = unsafe { libc::write(fd, piece.as_ptr().cast(), piece.len()) };
+        let t1 = monotonic_ns();
+        assert_eq!(written, n as isize);
+        spans.push((t0, t1));
+        let scanned = &piece[..n.min(MAX_SCANNED)];
+        expected.extend(Scanner::new(cfg).feed_collect(scanned).into_iter().map(|m| (i, m.end, m.signature)));
+    }
+    let mut found = Vec::new();
+    let mut events: Vec<Phase1Event> = Vec::new();
+    tracer.drain(|e| events.push(e));
+    for e in events.iter().filter(|e| e.fd == fd && e.tgid == std::process::id()) {
+        let i = spans.iter().position(|&(t0, t1)| t0 <= e.t_ns && e.t_ns <= t1).expect("event outside any write");
+        found.push((i, e.end, e.signature));
+    }
+    found.sort_unstable();
+    expected.sort_unstable();
+    (found, expected, tracer.counters().unwrap().get("truncated"))
+}
+
+fn real_speech(seconds: f64, seed: u64) -> Vec<u8> {
+    audio::speech_call(&audio::speech_corpus().unwrap(), seconds, seed).to_bytes()
+}
+
+#[test]
+fn same_moments_as_the_reference_on_2048_byte_writes_of_real_speech() {
+    let bytes = real_speech(30.0, 1);
+    let sizes = vec![2048; bytes.len() / 2048];
+    let (found, expected, _) = kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
+    assert!(expected.len() > 500, "{} reference moments", expected.len());
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn same_moments_as_the_reference_on_writes_of_random_sizes() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut bytes = real_speech(40.0, 2);
+    bytes.extend(audio::mulaw_roundtrip(&audio::speech_like(8000, 20.0, 5)).to_bytes());
+    bytes.extend(audio::speech_like(16000, 20.0, 6).to_bytes());
+    let mut sizes = Vec::new();
+    let mut left = bytes.len();
+    while left > 0 {
+        let n = match rng.gen_range(0..10) {
+            0 => rng.gen_range(1..64),
+            1..=6 => rng.gen_range(64..4096),
+            7 | 8 => rng.gen_range(4096..=MAX_SCANNED),
+            _ => rng.gen_range(MAX_SCANNED..100_000),
+        }
+        .min(left);
+        sizes.push(n);
+        left -= n;
+    }
+    let beyond: u64 = sizes.iter().map(|&n| n.saturating_sub(MAX_SCANNED) as u64).sum();
+    assert!(beyond > 0, "some writes must exceed the scan limit");
+    let (found, expected, truncated) = kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
+    assert!(expected.len() > 500);
+    assert_eq!(found, expected);
+    assert!(truncated >= beyond, "truncated {truncated} < {beyond}");
+}
+
+#[test]
+fn same_moments_as_the_reference_with_other_cluster_settings() {
+    let bytes = real_speech(20.0, 3);
+    let sizes = vec![4096; bytes.len() / 4096];
+    for cfg in [
+        FingerprintConfig { window: 64, keep_per_256: 256, ..Default::default() },
+        FingerprintConfig { window: 16, keep_per_256: 8, quiet_threshold: 1000, max_step: 8000 },
+        FingerprintConfig { window: 256, ..Default::default() },
+    ] {
+        let (found, expected, _) = kernel_and_reference(cfg, &bytes, &sizes);
+        assert!(!expected.is_empty(), "{cfg:?}");
+        assert_eq!(found, expected, "{cfg:?}");
+    }
+}
+
+#[test]
+fn quiet_and_non_audio_writes_yield_what_the_reference_yields() {
+    let (json, random) = harness::collisions::non_audio(1 << 20, 8);
+    let mut bytes = audio::comfort_noise(8000, 30.0, 30.0, 4).to_bytes();
+    bytes.extend(audio::tone(8000, 10.0, 1000.0, 8000.0).to_bytes());
+    bytes.extend(json);
+    bytes.extend(random);
+    let sizes = vec![2048; bytes.len() / 2048];
+    let (found, expected, _) = kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
+    assert_eq!(found, expected);
+    assert!(found.len() <= 2, "{} moments in quiet and non-audio bytes", found.len());
+}
