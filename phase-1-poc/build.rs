@@ -8,7 +8,7 @@ fn main() {
     for f in ["bpf/phase1.bpf.c", "bpf/phase1.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
-    for f in ["fingerprint.bpf.h", "fingerprint_consts.h"] {
+    for f in ["fingerprint.bpf.h", "fingerprint_consts.h", "targets.bpf.h"] {
         println!("cargo:rerun-if-changed={}", shared.join(f).display());
     }
     let status = Command::new("clang")

@@ -3,9 +3,10 @@
  * compare the two byte for byte). Every phase's .bpf.c includes this header; phases differ in
  * hooks and per-flow state, not in the scan.
  *
- * A buffer is scanned in chunks of FP_CHUNK bytes copied into a per-CPU scratch area behind the
- * last window-1 bytes of what came before (the carry), in three passes, each small enough for
- * the verifier:
+ * A user buffer is scanned (fp_scan_user) in chunks of FP_CHUNK bytes copied into a per-CPU
+ * scratch area behind the last window-1 bytes of what came before (the carry: earlier chunks,
+ * earlier iovecs, or — restored by the caller from per-flow state — earlier calls), each chunk
+ * in three passes small enough for the verifier:
  *   1. SWAR over 8-byte words: which 32-byte groups may hold a marker-class byte;
  *   2. per marked group (bpf_loop): exact marker bytes, then the 8-byte sampling gate;
  *   3. per gated candidate (bpf_loop): loudness, periodicity, xxh64, emit.
@@ -309,6 +310,71 @@ static __always_inline void fp_scan_chunk(struct fp_scratch *s)
 	bpf_loop((len + 31) / 32, fp_group_cb, NULL, 0);
 	if (s->ncand)
 		bpf_loop(s->ncand, fp_candidate_cb, NULL, 0);
+}
+
+/* After a chunk: keep the last window-1 bytes of carry + chunk in front of FP_DATA. Through
+ * `win` because source and destination overlap when the chunk is shorter than the carry. */
+static __always_inline void fp_shift_carry(struct fp_scratch *s)
+{
+	__u64 keep = fp_window - 1;
+	__u64 have = (__u64)s->carry + s->len;
+	__u64 len = s->len;
+	if (have < keep)
+		keep = have;
+	/* Pin both values so that clang tests the registers it passes on (see fp_chunk_cb). */
+	asm volatile("" : "+r"(keep), "+r"(len));
+	if (keep > FP_WINDOW_MAX - 1 || len > FP_CHUNK || keep > FP_DATA + len)
+		return;
+	/* Bytes from..FP_DATA + len move to to..FP_DATA. The indexes are computed as scalars and
+	 * pinned: a pointer built by subtraction has a negative range the verifier refuses. */
+	__u64 from = FP_DATA + len - keep, to = FP_DATA - keep;
+	asm volatile("" : "+r"(from), "+r"(to));
+	if (from > FP_DATA + FP_CHUNK || to > FP_DATA)
+		return;
+	bpf_probe_read_kernel(s->win, keep, &s->buf[from]);
+	bpf_probe_read_kernel(&s->buf[to], keep, s->win);
+	s->carry = keep;
+}
+
+struct fp_user_ctx {
+	const __u8 *ubuf;
+	__u64 len;
+};
+
+static long fp_chunk_cb(__u64 i, void *ctx)
+{
+	struct fp_user_ctx *u = ctx;
+	struct fp_scratch *s = fp_scratch();
+	if (!s)
+		return 1;
+	__u64 off = i * FP_CHUNK;
+	if (off >= u->len)
+		return 1;
+	__u64 n = u->len - off;
+	if (n > FP_CHUNK)
+		n = FP_CHUNK;
+	/* Keep clang from folding the clamp away: the verifier must see n <= FP_CHUNK. */
+	asm volatile("" : "+r"(n));
+	if (n == 0 || n > FP_CHUNK)
+		return 1;
+	if (bpf_probe_read_user(&s->buf[FP_DATA], n, u->ubuf + off)) {
+		fp_count(FP_C_READ_ERRORS, 1);
+		s->carry = 0;
+		return 1;
+	}
+	s->len = n;
+	fp_scan_chunk(s);
+	fp_shift_carry(s);
+	s->meta.base += n;
+	return 0;
+}
+
+/* Scans `len` bytes at user address `ubuf` as the continuation of s->meta's flow, from flow
+ * position s->meta.base with s->carry bytes carried; advances both. */
+static __always_inline void fp_scan_user(const void *ubuf, __u64 len)
+{
+	struct fp_user_ctx u = { .ubuf = ubuf, .len = len };
+	bpf_loop((len + FP_CHUNK - 1) / FP_CHUNK, fp_chunk_cb, &u, 0);
 }
 
 #endif /* FINGERPRINT_BPF_H */
