@@ -1,24 +1,48 @@
-//! The Rust mirror of `enum fp_counter` in shared/bpf/fingerprint.bpf.h: the kernel side's
-//! per-CPU counters, summed over CPUs.
+//! Kernel-side per-CPU counters, summed over CPUs, by name. `SCAN_COUNTERS` mirrors
+//! `enum fp_counter` of shared/bpf/fingerprint.bpf.h.
 
 use std::fmt;
 
 /// Names in the order of `enum fp_counter`.
-pub const NAMES: [&str; 8] =
+pub const SCAN_COUNTERS: [&str; 8] =
     ["calls", "bytes", "candidates", "moments", "drops", "truncated", "candidate_overflow", "read_errors"];
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters(pub [u64; NAMES.len()]);
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub names: &'static [&'static str],
+    pub values: Vec<u64>,
+}
 
 impl Counters {
     pub fn get(&self, name: &str) -> u64 {
-        NAMES.iter().position(|n| *n == name).map_or(0, |i| self.0[i])
+        self.names.iter().position(|n| *n == name).map_or(0, |i| self.values[i])
     }
+
+    /// Both sets of counters, in order.
+    pub fn and(&self, other: &Counters) -> Vec<(&'static str, u64)> {
+        self.pairs().chain(other.pairs()).collect()
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.names.iter().copied().zip(self.values.iter().copied())
+    }
+}
+
+/// Parses the counter names of a C enum (`PREFIX_NAME,` lines up to `PREFIX_NR`), lower-cased:
+/// how the Rust mirrors are checked against the headers.
+pub fn c_enum_names(header: &str, enum_name: &str, prefix: &str) -> Vec<String> {
+    let body = &header[header.find(&format!("enum {enum_name} {{")).expect("enum in header")..];
+    let body = &body[..body.find("};").expect("end of enum")];
+    body.lines()
+        .filter_map(|l| l.trim().strip_prefix(prefix))
+        .map(|l| l.split(',').next().unwrap().to_lowercase())
+        .filter(|n| n != "nr")
+        .collect()
 }
 
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = NAMES.iter().zip(self.0).map(|(n, v)| format!("{n}={v}")).collect();
+        let parts: Vec<String> = self.pairs().map(|(n, v)| format!("{n}={v}")).collect();
         write!(f, "{}", parts.join(" "))
     }
 }
@@ -28,14 +52,6 @@ mod tests {
     #[test]
     fn names_follow_the_c_enum() {
         let header = include_str!("../../shared/bpf/fingerprint.bpf.h");
-        let body = &header[header.find("enum fp_counter {").unwrap()..];
-        let body = &body[..body.find("};").unwrap()];
-        let c_names: Vec<String> = body
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("FP_C_"))
-            .map(|l| l.split(',').next().unwrap().to_lowercase())
-            .filter(|n| n != "nr")
-            .collect();
-        assert_eq!(c_names, super::NAMES);
+        assert_eq!(super::c_enum_names(header, "fp_counter", "FP_C_"), super::SCAN_COUNTERS);
     }
 }

@@ -2,6 +2,7 @@
 //! buffers target processes write, and an agent that matches the same moment across writers and
 //! reports per-hop latency.
 
+pub mod cli;
 pub mod counters;
 pub mod event;
 pub mod matcher;
@@ -9,7 +10,6 @@ pub mod report;
 pub mod tracer;
 
 use anyhow::Result;
-use counters::Counters;
 use harness::scenario::Scenario;
 use harness::schema::{self, HopRecord};
 use harness::score::{CallTruthIndex, Observes, Score};
@@ -29,10 +29,61 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// Default matching window: a moment's sightings must fall within it.
 pub const MATCH_WINDOW: Duration = Duration::from_secs(1);
 
-/// The agent: drains the tracer, matches, keeps statistics and writes JSON lines.
-pub struct Agent {
+/// Runs a scenario under phase 1 with the default matching window.
+pub fn trace_scenario_phase1(sc: &Scenario, exe: &Path, cfg: &FingerprintConfig) -> Result<TracedRun> {
+    trace_scenario(sc, exe, cfg, OBSERVES, Phase1::start(cfg, None, MATCH_WINDOW)?, "phase-1-poc")
+}
+
+/// What a phase plugs into the agent: its kernel side and its matcher.
+pub trait Tracing: Send {
+    /// Drains the kernel's events into the matcher, then reports the moments that are due
+    /// (`now_ns`) or, with `None`, every open one. Returns the number of events drained.
+    fn drain_and_match(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) -> Result<u64>;
+    fn add_targets(&mut self, pids: &[u32]) -> Result<()>;
+    /// One line of kernel and matcher counters.
+    fn health(&self) -> Result<String>;
+}
+
+/// Phase 1's kernel side and matcher.
+pub struct Phase1 {
     pub tracer: Tracer,
-    matcher: Matcher,
+    pub matcher: Matcher,
+}
+
+impl Phase1 {
+    pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>, window: Duration) -> Result<Self> {
+        Ok(Self { tracer: Tracer::start(cfg, comm_prefix)?, matcher: Matcher::new(window.as_nanos() as u64) })
+    }
+}
+
+impl Tracing for Phase1 {
+    fn drain_and_match(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) -> Result<u64> {
+        let matcher = &mut self.matcher;
+        let n = self.tracer.drain(|e| matcher.push(e)) as u64;
+        match now_ns {
+            Some(now) => matcher.flush(now, out),
+            None => matcher.finish(out),
+        }
+        Ok(n)
+    }
+
+    fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
+        self.tracer.add_targets(pids)
+    }
+
+    fn health(&self) -> Result<String> {
+        Ok(format!(
+            "kernel: {} | agent: refused={} unmatched={}",
+            self.tracer.counters()?,
+            self.matcher.refused,
+            self.matcher.unmatched
+        ))
+    }
+}
+
+/// The agent: drains a phase's tracer, matches, keeps statistics and writes JSON lines.
+pub struct Agent<T: Tracing> {
+    pub tracing: T,
     pub stats: HopStats,
     json: Option<Box<dyn Write + Send>>,
     /// Every hop record, when asked to keep them (demo and tests).
@@ -40,38 +91,30 @@ pub struct Agent {
     pub events: u64,
 }
 
-impl Agent {
-    pub fn new(tracer: Tracer, window: Duration, json: Option<Box<dyn Write + Send>>, keep_records: bool) -> Self {
-        Self {
-            tracer,
-            matcher: Matcher::new(window.as_nanos() as u64),
-            stats: HopStats::default(),
-            json,
-            records: keep_records.then(Vec::new),
-            events: 0,
-        }
+impl<T: Tracing> Agent<T> {
+    pub fn new(tracing: T, json: Option<Box<dyn Write + Send>>, keep_records: bool) -> Self {
+        Self { tracing, stats: HopStats::default(), json, records: keep_records.then(Vec::new), events: 0 }
     }
 
     /// Drains the ring buffer and reports the moments whose matching window has closed.
     pub fn tick(&mut self) -> Result<()> {
-        self.drain_then(|m, out| m.flush(monotonic_ns(), out))
+        self.drain(Some(monotonic_ns()))
     }
 
     /// Drains and closes every open moment.
     pub fn finish(&mut self) -> Result<()> {
-        self.drain_then(|m, out| m.finish(out))
+        self.drain(None)
     }
 
-    fn drain_then(&mut self, close: impl FnOnce(&mut Matcher, &mut Vec<HopRecord>)) -> Result<()> {
-        let matcher = &mut self.matcher;
-        self.events += self.tracer.drain(|e| matcher.push(e)) as u64;
+    fn drain(&mut self, now_ns: Option<u64>) -> Result<()> {
         let mut out = Vec::new();
-        close(matcher, &mut out);
+        self.events += self.tracing.drain_and_match(now_ns, &mut out)?;
         for r in &out {
             self.stats.add(r);
         }
         if let Some(w) = self.json.as_mut() {
             schema::write_jsonl(w, &out)?;
+            w.flush()?;
         }
         if let Some(all) = self.records.as_mut() {
             all.extend(out);
@@ -79,15 +122,8 @@ impl Agent {
         Ok(())
     }
 
-    /// One line of the agent's own health: kernel counters and matcher counters.
     pub fn health(&self) -> Result<String> {
-        Ok(format!(
-            "kernel: {} | agent: events={} refused={} unmatched={}",
-            self.tracer.counters()?,
-            self.events,
-            self.matcher.refused,
-            self.matcher.unmatched
-        ))
+        Ok(format!("{} events={}", self.tracing.health()?, self.events))
     }
 }
 
@@ -100,16 +136,23 @@ pub struct TracedRun {
     pub measured: HopStats,
     /// The same hops as the ground truth has them (the oracle's write → write records).
     pub truth: HopStats,
-    pub counters: Counters,
     pub health: String,
 }
 
 /// Phase 1 sees writes only: its hops are write → write.
 pub const OBSERVES: Observes = Observes::WRITES;
 
-/// Runs `sc` (components launched from `exe`) under phase 1's tracer, draining live.
-pub fn trace_scenario(sc: &Scenario, exe: &Path, cfg: &FingerprintConfig) -> Result<TracedRun> {
-    let agent = Arc::new(Mutex::new(Agent::new(Tracer::start(cfg, None)?, MATCH_WINDOW, None, true)));
+/// Runs `sc` (components launched from `exe`) under a phase's tracing, draining live, and
+/// scores what it reported against the ground truth, seen as `observes` sees it.
+pub fn trace_scenario<T: Tracing + 'static>(
+    sc: &Scenario,
+    exe: &Path,
+    cfg: &FingerprintConfig,
+    observes: Observes,
+    tracing: T,
+    name: &str,
+) -> Result<TracedRun> {
+    let agent = Arc::new(Mutex::new(Agent::new(tracing, None, true)));
     let done = Arc::new(AtomicBool::new(false));
     let drainer = {
         let (agent, done) = (agent.clone(), done.clone());
@@ -121,8 +164,8 @@ pub fn trace_scenario(sc: &Scenario, exe: &Path, cfg: &FingerprintConfig) -> Res
             Ok(())
         })
     };
-    let dir = harness::run::workdir(&format!("phase1-{}", sc.id))?;
-    let gt = harness::run::run(sc, exe, &dir, |t| agent.lock().unwrap().tracer.add_targets(&t.pids));
+    let dir = harness::run::workdir(&format!("{name}-{}", sc.id))?;
+    let gt = harness::run::run(sc, exe, &dir, |t| agent.lock().unwrap().tracing.add_targets(&t.pids));
     done.store(true, Ordering::Relaxed);
     drainer.join().expect("drain thread panicked")?;
     let gt = gt?;
@@ -131,11 +174,11 @@ pub fn trace_scenario(sc: &Scenario, exe: &Path, cfg: &FingerprintConfig) -> Res
     let records = agent.records.take().unwrap_or_default();
     let calls = CallTruthIndex::build(&gt, *cfg)?;
     std::fs::remove_dir_all(&dir).ok();
-    let score = harness::score::score_indexed(&gt, &calls, &records, OBSERVES, *cfg, "phase-1-poc");
+    let score = harness::score::score_indexed(&gt, &calls, &records, observes, *cfg, name);
     let mut truth = HopStats::default();
-    for r in harness::oracle::records(&gt, &calls, OBSERVES) {
+    for r in harness::oracle::records(&gt, &calls, observes) {
         truth.add(&r);
     }
     let measured = std::mem::take(&mut agent.stats);
-    Ok(TracedRun { gt, records, score, measured, truth, counters: agent.tracer.counters()?, health: agent.health()? })
+    Ok(TracedRun { gt, records, score, measured, truth, health: agent.health()? })
 }

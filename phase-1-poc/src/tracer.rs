@@ -1,6 +1,6 @@
 //! Loads and attaches phase 1's eBPF program and drains its events.
 
-use crate::counters::{Counters, NAMES};
+use crate::counters::{Counters, SCAN_COUNTERS};
 use crate::event::{Phase1Event, COMM_LEN};
 use anyhow::{bail, Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
@@ -36,16 +36,66 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-fn verifier_error(e: ProgramError) -> anyhow::Error {
+/// A verifier rejection as one line, then the end of the verifier's log.
+pub fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL)..].join("\n  ");
-            anyhow::anyhow!("the kernel's verifier rejected {PROGRAM} ({io_error}); end of its log:\n  {tail}")
+            anyhow::anyhow!("the kernel's verifier rejected {program} ({io_error}); end of its log:\n  {tail}")
         }
-        other => anyhow::Error::new(other).context(format!("loading {PROGRAM}")),
+        other => anyhow::Error::new(other).context(format!("loading {program}")),
     }
+}
+
+/// Loads an object built on shared/bpf with the cluster-wide fingerprint settings and the
+/// command-name target prefix as `.rodata` globals (after the preflight checks).
+pub fn load_object(object: &[u8], cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Ebpf> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    preflight()?;
+    let mut comm = [0u8; COMM_LEN];
+    let prefix = comm_prefix.unwrap_or("").as_bytes();
+    if prefix.len() >= COMM_LEN {
+        bail!("--comm {:?} is longer than a command name ({} bytes)", comm_prefix.unwrap(), COMM_LEN - 1);
+    }
+    comm[..prefix.len()].copy_from_slice(prefix);
+    let (window, keep, quiet, step) =
+        (cfg.window as u32, cfg.keep_per_256 as u32, cfg.quiet_threshold as u32, cfg.max_step as u32);
+    let comm_len = prefix.len() as u32;
+    EbpfLoader::new()
+        .override_global("fp_window", &window, true)
+        .override_global("fp_keep_per_256", &keep, true)
+        .override_global("fp_quiet_threshold", &quiet, true)
+        .override_global("fp_max_step", &step, true)
+        .override_global("target_comm", &comm[..], true)
+        .override_global("target_comm_len", &comm_len, true)
+        .load(object)
+        .context("loading the eBPF object")
+}
+
+/// Loads the tracepoint program `program` and attaches it to syscalls/`tracepoint`.
+pub fn attach_syscall(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<()> {
+    let p: &mut TracePoint = ebpf.program_mut(program).with_context(|| format!("{program} missing"))?.try_into()?;
+    p.load().map_err(|e| verifier_error(program, e))?;
+    p.attach("syscalls", tracepoint).with_context(|| format!("attaching to syscalls/{tracepoint}"))?;
+    Ok(())
+}
+
+/// Adds tgids to the shared `targets` map (shared/bpf/targets.bpf.h).
+pub fn add_targets(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
+    let mut targets: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("targets").context("map targets missing")?)?;
+    for &pid in pids {
+        targets.insert(pid, 1, 0).with_context(|| format!("adding target {pid}"))?;
+    }
+    Ok(())
+}
+
+/// Sums a per-CPU counter array over CPUs.
+pub fn read_counters(ebpf: &Ebpf, map: &str, names: &'static [&'static str]) -> Result<Counters> {
+    let array: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(map).with_context(|| format!("map {map} missing"))?)?;
+    let values = (0..names.len()).map(|i| Ok(array.get(&(i as u32), 0)?.iter().sum())).collect::<Result<_>>()?;
+    Ok(Counters { names, values })
 }
 
 impl Tracer {
@@ -53,41 +103,14 @@ impl Tracer {
     /// `write()`. Targets are the tgids added later and, if given, every process whose command
     /// name starts with `comm_prefix`.
     pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
-        cfg.validate().map_err(anyhow::Error::msg)?;
-        preflight()?;
-        let mut comm = [0u8; COMM_LEN];
-        let prefix = comm_prefix.unwrap_or("").as_bytes();
-        if prefix.len() >= COMM_LEN {
-            bail!("--comm {:?} is longer than a command name ({} bytes)", comm_prefix.unwrap(), COMM_LEN - 1);
-        }
-        comm[..prefix.len()].copy_from_slice(prefix);
-        let (window, keep, quiet, step) =
-            (cfg.window as u32, cfg.keep_per_256 as u32, cfg.quiet_threshold as u32, cfg.max_step as u32);
-        let comm_len = prefix.len() as u32;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("fp_window", &window, true)
-            .override_global("fp_keep_per_256", &keep, true)
-            .override_global("fp_quiet_threshold", &quiet, true)
-            .override_global("fp_max_step", &step, true)
-            .override_global("target_comm", &comm[..], true)
-            .override_global("target_comm_len", &comm_len, true)
-            .load(OBJECT)
-            .context("loading the phase 1 eBPF object")?;
-        let program: &mut TracePoint =
-            ebpf.program_mut(PROGRAM).context("program missing from object")?.try_into()?;
-        program.load().map_err(verifier_error)?;
-        program.attach("syscalls", "sys_enter_write").context("attaching to syscalls/sys_enter_write")?;
+        let mut ebpf = load_object(OBJECT, cfg, comm_prefix)?;
+        attach_syscall(&mut ebpf, PROGRAM, "sys_enter_write")?;
         let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
         Ok(Self { ebpf, events })
     }
 
     pub fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
-        let mut targets: HashMap<_, u32, u8> =
-            HashMap::try_from(self.ebpf.map_mut("targets").context("map targets missing")?)?;
-        for &pid in pids {
-            targets.insert(pid, 1, 0).with_context(|| format!("adding target {pid}"))?;
-        }
-        Ok(())
+        add_targets(&mut self.ebpf, pids)
     }
 
     /// Hands every event waiting in the ring buffer to `f`; returns how many there were.
@@ -103,13 +126,7 @@ impl Tracer {
     }
 
     pub fn counters(&self) -> Result<Counters> {
-        let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("fp_counters").context("map fp_counters missing")?)?;
-        let mut c = Counters::default();
-        for (i, slot) in c.0.iter_mut().enumerate().take(NAMES.len()) {
-            *slot = map.get(&(i as u32), 0)?.iter().sum();
-        }
-        Ok(c)
+        read_counters(&self.ebpf, "fp_counters", &SCAN_COUNTERS)
     }
 }
 
@@ -122,7 +139,7 @@ mod tests {
     fn a_verifier_rejection_says_so_with_the_end_of_the_log() {
         let log: String = (1..=40).map(|i| format!("{i}: (85) call bpf_probe_read_user#112\n")).collect::<String>()
             + "R2 min value is negative, either use unsigned or 'var &= const'\nprocessed 18503 insns\n";
-        let e = verifier_error(ProgramError::LoadError {
+        let e = verifier_error(PROGRAM, ProgramError::LoadError {
             io_error: std::io::Error::from_raw_os_error(libc::EACCES),
             verifier_log: VerifierLog::new(log),
         });

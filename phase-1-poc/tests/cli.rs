@@ -48,7 +48,7 @@ fn a_missing_pid_is_one_clear_line() {
 fn an_unknown_scenario_is_one_clear_line() {
     let o = agent(&["--scenario", "S99"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o), "phase-1-poc: unknown scenario \"S99\"; phase 1's demo runs S1 or S2\n");
+    assert_eq!(stderr(&o), "phase-1-poc: unknown scenario \"S99\"; `harness list` shows the catalogue\n");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use harness::scenario;
 use harness::score::SAME_NODE_BAR;
-use phase_1_poc::trace_scenario;
+use phase_1_poc::trace_scenario_phase1 as trace_scenario;
 use shared::FingerprintConfig;
 use std::path::Path;
 
@@ -14,8 +14,7 @@ fn s1_every_hop_found_accurately_with_no_false_match() {
     eprintln!("{}\n{}", run.score, run.health);
     assert_eq!(run.score.hops_exist, 4, "source → relay 1 → relay 2, two calls");
     assert!(run.score.misses(&SAME_NODE_BAR).is_empty(), "{:?}", run.score.misses(&SAME_NODE_BAR));
-    assert_eq!(run.counters.get("drops"), 0);
-    assert_eq!(run.counters.get("truncated"), 0);
+    assert!(run.health.contains(" drops=0 ") && run.health.contains(" truncated=0 "), "{}", run.health);
 }
 
 /// Re-chunking to 160/1000/3001 bytes: phase 1 scans each write on its own, so a moment that

@@ -17,6 +17,7 @@
 //! The eBPF C side implements the same definition (`bpf/fingerprint.bpf.h`) and takes its
 //! constants from `bpf/fingerprint_consts.h`, which [`c_header`] renders and a test checks.
 
+pub mod bpf_build;
 mod c_header;
 mod scanner;
 

@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Phase 2: moments in every byte target processes read or write through write/writev/sendto/
+ * sendmsg and read/readv/recvfrom/recvmsg, with scan state carried per flow (tgid, fd,
+ * direction) so that a moment split over calls is found as if it had arrived whole.
+ *
+ * Entry saves the call's arguments and time; exit scans exactly the bytes the call moved (a
+ * partial write is not scanned twice). Writes are stamped at entry, reads at exit. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "fingerprint.bpf.h"
+#include "targets.bpf.h"
+#include "phase2.h"
+
+/* Bytes scanned per call, and iovecs per call; more is counted, and the flow's carry restarts. */
+#define PHASE2_MAX_BYTES (64 * 1024)
+#define PHASE2_MAX_IOV 64
+#define MSG_PEEK 2
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+struct flow_key {
+	__u32 tgid;
+	__s32 fd;
+	__u32 dir;
+	__u32 pad;
+};
+
+struct flow_state {
+	__u64 pos;      /* bytes seen on the flow */
+	__u64 birth_ns;
+	__u32 carry;    /* valid bytes in tail */
+	__u32 pad;
+	__u8 tail[FP_WINDOW_MAX];
+};
+
+/* Bounded: least recently used flows are evicted (evictions = created - closed - live). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, struct flow_state);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_state);
+} flow_init SEC(".maps");
+
+enum call_kind { CALL_BUF, CALL_IOV, CALL_MSG };
+
+struct pending {
+	__u64 t_enter;
+	__u64 ptr;   /* buffer, iovec array, or msghdr */
+	__u64 count; /* bytes or iovecs */
+	__s32 fd;
+	__u32 dir;
+	__u32 kind;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct pending);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, P2_C_NR);
+	__type(key, __u32);
+	__type(value, __u64);
+} phase2_counters SEC(".maps");
+
+static __always_inline void p2_count(__u32 counter)
+{
+	__u64 *v = bpf_map_lookup_elem(&phase2_counters, &counter);
+	if (v)
+		*v += 1;
+}
+
+/* The formats of syscalls/sys_enter_* and sys_exit_* (tracefs .../format). */
+struct sys_enter_ctx {
+	__u64 common;
+	long id;
+	unsigned long args[6];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	long id;
+	long ret;
+};
+
+/* The parts of struct user_msghdr and struct iovec read here. */
+struct msghdr_iov {
+	void *msg_iov;
+	__u64 msg_iovlen;
+};
+#define MSGHDR_IOV_OFFSET 16
+
+struct iovec_user {
+	const void *base;
+	__u64 len;
+};
+
+static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
+{
+	struct phase2_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		fp_count(FP_C_DROPS, 1);
+		return;
+	}
+	e->signature = signature;
+	e->t_ns = meta->t_ns;
+	e->end = end;
+	e->flow_birth_ns = meta->flow_birth_ns;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->tgid = meta->tgid;
+	e->tid = meta->tid;
+	e->fd = meta->fd;
+	e->dir = meta->dir;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	/* No wake-up per event: the agent drains on a timer. */
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	fp_count(FP_C_MOMENTS, 1);
+}
+
+static __always_inline int enter(__s32 fd, __u64 ptr, __u64 count, __u32 dir, __u32 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_target(id >> 32))
+		return 0;
+	struct pending p = {
+		.t_enter = bpf_ktime_get_ns(), .ptr = ptr, .count = count, .fd = fd, .dir = dir, .kind = kind,
+	};
+	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
+	return 0;
+}
+
+struct iov_ctx {
+	const struct iovec_user *iov;
+	__u64 left;
+};
+
+static long iov_cb(__u64 i, void *ctx)
+{
+	struct iov_ctx *c = ctx;
+	struct iovec_user v;
+	if (c->left == 0)
+		return 1;
+	if (bpf_probe_read_user(&v, sizeof(v), &c->iov[i])) {
+		fp_count(FP_C_READ_ERRORS, 1);
+		return 1;
+	}
+	__u64 n = v.len < c->left ? v.len : c->left;
+	c->left -= n;
+	fp_scan_user(v.base, n);
+	return 0;
+}
+
+/* Scans `total` bytes spread over `iovcnt` iovecs; returns the bytes it could not reach. */
+static __always_inline __u64 scan_iov(const void *iov, __u64 iovcnt, __u64 total)
+{
+	struct iov_ctx c = { .iov = iov, .left = total };
+	if (iovcnt > PHASE2_MAX_IOV) {
+		p2_count(P2_C_IOV_TRUNCATED);
+		iovcnt = PHASE2_MAX_IOV;
+	}
+	bpf_loop(iovcnt, iov_cb, &c, 0);
+	return c.left;
+}
+
+static __always_inline int leave(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending *p = bpf_map_lookup_elem(&pending, &id);
+	if (!p)
+		return 0;
+	struct pending call = *p;
+	bpf_map_delete_elem(&pending, &id);
+	if (ret <= 0)
+		return 0;
+	__u64 t_ns = call.dir == PHASE2_DIR_WRITE ? call.t_enter : bpf_ktime_get_ns();
+	struct fp_scratch *s = fp_scratch();
+	if (!s)
+		return 0;
+
+	struct flow_key key = { .tgid = id >> 32, .fd = call.fd, .dir = call.dir };
+	struct flow_state *f = bpf_map_lookup_elem(&flows, &key);
+	if (!f) {
+		/* A 280-byte value: built in a per-CPU map, not on the 512-byte stack. */
+		__u32 zero = 0;
+		struct flow_state *fresh = bpf_map_lookup_elem(&flow_init, &zero);
+		if (!fresh)
+			return 0;
+		fresh->pos = 0;
+		fresh->carry = 0;
+		fresh->birth_ns = t_ns;
+		bpf_map_update_elem(&flows, &key, fresh, BPF_NOEXIST);
+		p2_count(P2_C_FLOWS_CREATED);
+		f = bpf_map_lookup_elem(&flows, &key);
+		if (!f)
+			return 0;
+	}
+
+	fp_count(FP_C_CALLS, 1);
+	__u64 total = ret;
+	if (total > PHASE2_MAX_BYTES) {
+		fp_count(FP_C_TRUNCATED, total - PHASE2_MAX_BYTES);
+		total = PHASE2_MAX_BYTES;
+	}
+	fp_count(FP_C_BYTES, total);
+	s->meta.t_ns = t_ns;
+	s->meta.base = f->pos;
+	s->meta.flow_birth_ns = f->birth_ns;
+	s->meta.tgid = key.tgid;
+	s->meta.tid = (__u32)id;
+	s->meta.fd = call.fd;
+	s->meta.dir = call.dir;
+	__u64 carry = f->carry;
+	if (carry > FP_WINDOW_MAX - 1)
+		carry = 0;
+	/* Pinned, then tested on the register the helper gets (clang would test a copy). */
+	asm volatile("" : "+r"(carry));
+	if (carry > FP_WINDOW_MAX - 1)
+		return 0;
+	__u64 to = FP_DATA - carry;
+	asm volatile("" : "+r"(to));
+	if (to > FP_DATA)
+		return 0;
+	if (carry)
+		bpf_probe_read_kernel(&s->buf[to], carry, f->tail);
+	s->carry = carry;
+
+	__u64 unreached = 0;
+	if (call.kind == CALL_BUF) {
+		fp_scan_user((const void *)call.ptr, total);
+	} else if (call.kind == CALL_IOV) {
+		unreached = scan_iov((const void *)call.ptr, call.count, total);
+	} else {
+		struct msghdr_iov m;
+		if (bpf_probe_read_user(&m, sizeof(m), (const __u8 *)call.ptr + MSGHDR_IOV_OFFSET))
+			unreached = total;
+		else
+			unreached = scan_iov(m.msg_iov, m.msg_iovlen, total);
+	}
+
+	f->pos += ret;
+	if (unreached || total < (__u64)ret) {
+		/* Bytes went unscanned: what is carried no longer precedes the next call's bytes. */
+		p2_count(P2_C_BROKEN_FLOWS);
+		f->carry = 0;
+		return 0;
+	}
+	carry = s->carry;
+	asm volatile("" : "+r"(carry));
+	if (carry > FP_WINDOW_MAX - 1)
+		return 0;
+	__u64 from = FP_DATA - carry;
+	asm volatile("" : "+r"(from));
+	if (from > FP_DATA)
+		return 0;
+	bpf_probe_read_kernel(f->tail, carry, &s->buf[from]);
+	f->carry = carry;
+	return 0;
+}
+
+static __always_inline void forget_fd(__s32 fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_target(id >> 32))
+		return;
+	struct flow_key key = { .tgid = id >> 32, .fd = fd };
+	for (__u32 dir = 0; dir < 2; dir++) {
+		key.dir = dir;
+		if (bpf_map_delete_elem(&flows, &key) == 0)
+			p2_count(P2_C_FLOWS_CLOSED);
+	}
+}
+
+#define ENTER(name, dir, kind)                                                          \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                                      \
+	int enter_##name(struct sys_enter_ctx *ctx)                                       \
+	{                                                                                \
+		return enter((__s32)ctx->args[0], ctx->args[1], ctx->args[2], dir, kind); \
+	}                                                                                \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                       \
+	int exit_##name(struct sys_exit_ctx *ctx)                                         \
+	{                                                                                \
+		return leave(ctx->ret);                                                  \
+	}
+
+ENTER(write, PHASE2_DIR_WRITE, CALL_BUF)
+ENTER(writev, PHASE2_DIR_WRITE, CALL_IOV)
+ENTER(sendto, PHASE2_DIR_WRITE, CALL_BUF)
+ENTER(sendmsg, PHASE2_DIR_WRITE, CALL_MSG)
+ENTER(read, PHASE2_DIR_READ, CALL_BUF)
+ENTER(readv, PHASE2_DIR_READ, CALL_IOV)
+
+/* recvfrom(fd, buf, len, flags, ...) and recvmsg(fd, msg, flags): peeked bytes are read again. */
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct sys_enter_ctx *ctx)
+{
+	if (ctx->args[3] & MSG_PEEK) {
+		p2_count(P2_C_PEEKS_SKIPPED);
+		return 0;
+	}
+	return enter((__s32)ctx->args[0], ctx->args[1], ctx->args[2], PHASE2_DIR_READ, CALL_BUF);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int exit_recvfrom(struct sys_exit_ctx *ctx)
+{
+	return leave(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct sys_enter_ctx *ctx)
+{
+	if (ctx->args[2] & MSG_PEEK) {
+		p2_count(P2_C_PEEKS_SKIPPED);
+		return 0;
+	}
+	return enter((__s32)ctx->args[0], ctx->args[1], 0, PHASE2_DIR_READ, CALL_MSG);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int exit_recvmsg(struct sys_exit_ctx *ctx)
+{
+	return leave(ctx->ret);
+}
+
+/* A closed or replaced fd starts a new flow. */
+SEC("tracepoint/syscalls/sys_enter_close")
+int enter_close(struct sys_enter_ctx *ctx)
+{
+	forget_fd((__s32)ctx->args[0]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int enter_dup2(struct sys_enter_ctx *ctx)
+{
+	forget_fd((__s32)ctx->args[1]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_dup3")
+int enter_dup3(struct sys_enter_ctx *ctx)
+{
+	forget_fd((__s32)ctx->args[1]);
+	return 0;
+}

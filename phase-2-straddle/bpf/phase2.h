@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* Phase 2's event and counters, shared by phase2.bpf.c and its Rust mirror (src/event.rs). */
+#ifndef PHASE2_H
+#define PHASE2_H
+
+#define PHASE2_COMM_LEN 16
+#define PHASE2_DIR_READ 0
+#define PHASE2_DIR_WRITE 1
+
+struct phase2_event {
+	__u64 signature;
+	__u64 t_ns;          /* writes: syscall entry; reads: syscall exit */
+	__u64 end;           /* flow position just past the moment's window */
+	__u64 flow_birth_ns; /* when this flow's state was created: (tgid, fd, birth) names a flow */
+	__u64 cgroup_id;
+	__u32 tgid;
+	__u32 tid;
+	__s32 fd;
+	__u32 dir;
+	char comm[PHASE2_COMM_LEN];
+};
+
+/* Per-CPU counters of the data path, beside the scan's (enum fp_counter). */
+enum phase2_counter {
+	P2_C_FLOWS_CREATED,  /* per-flow scan states created */
+	P2_C_FLOWS_CLOSED,   /* ... deleted by close/dup2/dup3 (the rest are live or were evicted) */
+	P2_C_PEEKS_SKIPPED,  /* recv with MSG_PEEK: the bytes are read again later */
+	P2_C_IOV_TRUNCATED,  /* calls with more iovecs than scanned */
+	P2_C_BROKEN_FLOWS,   /* calls whose bytes were not all scanned: the carry restarts */
+	P2_C_NR,
+};
+
+#endif /* PHASE2_H */
