@@ -106,6 +106,8 @@ pub struct HopScore {
     pub to: String,
     pub matched: usize,
     pub coverage: f64,
+    pub error_p50_ns: u64,
+    pub error_p99_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -128,6 +130,10 @@ pub struct Score {
     pub error_p50_ns: u64,
     pub error_p99_ns: u64,
     pub error_max_ns: u64,
+    /// Median of (tracer's stamp − truth) of correct records' reads and writes: where a
+    /// latency error comes from.
+    pub read_stamp_offset_p50_ns: i64,
+    pub write_stamp_offset_p50_ns: i64,
     pub hops: Vec<HopScore>,
 }
 
@@ -222,6 +228,8 @@ pub fn score_indexed(
 
     let mut matched: HashSet<(usize, u64)> = HashSet::new();
     let mut errors = Vec::new();
+    let mut hop_errors: Vec<Vec<u64>> = vec![Vec::new(); hops.len()];
+    let mut offsets: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
     let (mut false_matches, mut duplicates) = (0, 0);
     for r in records {
         let key = (r.from.pid, r.from.dir, r.to.pid, r.to.dir);
@@ -241,15 +249,19 @@ pub fn score_indexed(
                         return None;
                     }
                     let distance = a.t_ns.abs_diff(r.from.t_ns) + b.t_ns.abs_diff(r.to.t_ns);
-                    Some((distance, h, end, b.t_ns as i64 - a.t_ns as i64))
+                    Some((distance, h, end, b.t_ns as i64 - a.t_ns as i64, (a.t_ns, b.t_ns)))
                 })
             })
             .min_by_key(|x| x.0);
         match best {
             None => false_matches += 1,
-            Some((_, h, end, truth)) => {
+            Some((_, h, end, truth, (ta, tb))) => {
                 if matched.insert((h, end)) {
+                    for (side, t) in [(&r.from, ta), (&r.to, tb)] {
+                        offsets[side.dir as usize].push(side.t_ns as i64 - t as i64);
+                    }
                     errors.push((r.latency_ns - truth).unsigned_abs());
+                    hop_errors[h].push((r.latency_ns - truth).unsigned_abs());
                 } else {
                     duplicates += 1;
                 }
@@ -257,6 +269,9 @@ pub fn score_indexed(
         }
     }
     errors.sort_unstable();
+    for o in &mut offsets {
+        o.sort_unstable();
+    }
 
     let mut hop_scores = Vec::new();
     let mut seconds_total = 0;
@@ -278,6 +293,8 @@ pub fn score_indexed(
             }
         }
         let need = loud.iter().filter(|&&l| l).count();
+        let errs = &mut hop_errors[h];
+        errs.sort_unstable();
         let got = loud.iter().zip(&covered).filter(|(&l, &c)| l && c).count();
         hop_scores.push(HopScore {
             call: c.call,
@@ -285,6 +302,8 @@ pub fn score_indexed(
             to: format!("{}:{:?}", c.path[hop.to].component, c.path[hop.to].dir).to_lowercase(),
             matched: n,
             coverage: if need == 0 { 1.0 } else { got as f64 / need as f64 },
+            error_p50_ns: percentile(errs, 0.5),
+            error_p99_ns: percentile(errs, 0.99),
         });
     }
     for c in calls {
@@ -307,6 +326,8 @@ pub fn score_indexed(
         error_p50_ns: percentile(&errors, 0.50),
         error_p99_ns: percentile(&errors, 0.99),
         error_max_ns: errors.last().copied().unwrap_or(0),
+        read_stamp_offset_p50_ns: percentile(&offsets[Dir::Read as usize], 0.5),
+        write_stamp_offset_p50_ns: percentile(&offsets[Dir::Write as usize], 0.5),
         hops: hop_scores,
     }
 }
@@ -335,12 +356,22 @@ impl fmt::Display for Score {
             self.error_p99_ns as f64 / 1e3,
             self.error_max_ns as f64 / 1e3
         )?;
-        let mut per: BTreeMap<(&str, &str), (usize, f64)> = BTreeMap::new();
-        for h in &self.hops {
-            per.insert((&h.from, &h.to), (h.matched, h.coverage));
-        }
-        for ((from, to), (n, cov)) in per {
-            writeln!(f, "    {from:>16} → {to:<16} {n:>5} moments  coverage {:.1} %", cov * 100.0)?;
+        writeln!(
+            f,
+            "  stamps − truth      reads p50 {:.1} µs, writes p50 {:.1} µs",
+            self.read_stamp_offset_p50_ns as f64 / 1e3,
+            self.write_stamp_offset_p50_ns as f64 / 1e3
+        )?;
+        let per: BTreeMap<(&str, &str), &HopScore> = self.hops.iter().map(|h| ((&*h.from, &*h.to), h)).collect();
+        for ((from, to), h) in per {
+            writeln!(
+                f,
+                "    {from:>16} → {to:<16} {:>5} moments  coverage {:5.1} %  error p50 {:5.1} µs p99 {:5.1} µs",
+                h.matched,
+                h.coverage * 100.0,
+                h.error_p50_ns as f64 / 1e3,
+                h.error_p99_ns as f64 / 1e3
+            )?;
         }
         Ok(())
     }

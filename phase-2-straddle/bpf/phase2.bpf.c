@@ -111,35 +111,80 @@ struct iovec_user {
 	__u64 len;
 };
 
+/* A call's moments wait here until its scan is done, then leave as one record: a read is
+ * stamped when its bytes reach the process (after the scan), and the ring buffer is paid once
+ * per call, not per moment. */
+struct call_record {
+	struct phase2_call h;
+	struct phase2_moment m[PHASE2_MAX_MOMENTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct call_record);
+} call_map SEC(".maps");
+
+static __always_inline struct call_record *call_record(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&call_map, &zero);
+}
+
 static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
 {
-	struct phase2_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
+	struct call_record *c = call_record();
+	if (!c)
+		return;
+	__u32 n = c->h.n;
+	if (n >= PHASE2_MAX_MOMENTS) {
 		fp_count(FP_C_DROPS, 1);
 		return;
 	}
-	e->signature = signature;
-	e->t_ns = meta->t_ns;
-	e->end = end;
-	e->flow_birth_ns = meta->flow_birth_ns;
-	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->tgid = meta->tgid;
-	e->tid = meta->tid;
-	e->fd = meta->fd;
-	e->dir = meta->dir;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	/* No wake-up per event: the agent drains on a timer. */
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	fp_count(FP_C_MOMENTS, 1);
+	c->m[n].signature = signature;
+	c->m[n].end = end;
+	c->h.n = n + 1;
+}
+
+/* Stamps (writes at entry, reads now) and sends the call's moments. */
+static __always_inline void submit_moments(struct fp_scratch *s)
+{
+	struct call_record *c = call_record();
+	if (!c)
+		return;
+	__u64 n = c->h.n;
+	if (n == 0 || n > PHASE2_MAX_MOMENTS)
+		return;
+	c->h.t_ns = s->meta.dir == PHASE2_DIR_READ ? bpf_ktime_get_ns() : s->meta.t_ns;
+	c->h.flow_birth_ns = s->meta.flow_birth_ns;
+	c->h.cgroup_id = bpf_get_current_cgroup_id();
+	c->h.tgid = s->meta.tgid;
+	c->h.tid = s->meta.tid;
+	c->h.fd = s->meta.fd;
+	c->h.dir = s->meta.dir;
+	bpf_get_current_comm(c->h.comm, sizeof(c->h.comm));
+	__u64 size = sizeof(struct phase2_call) + n * sizeof(struct phase2_moment);
+	asm volatile("" : "+r"(size));
+	if (size > sizeof(struct call_record))
+		return;
+	/* No wake-up per record: the agent drains on a timer. */
+	if (bpf_ringbuf_output(&events, c, size, BPF_RB_NO_WAKEUP))
+		fp_count(FP_C_DROPS, n);
+	else
+		fp_count(FP_C_MOMENTS, n);
 }
 
 static __always_inline int enter(__s32 fd, __u64 ptr, __u64 count, __u32 dir, __u32 kind)
 {
+	/* Stamped before anything else: on a CPU just out of idle, the target lookup and the map
+	 * update below take microseconds. */
+	__u64 t_enter = bpf_ktime_get_ns();
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!is_target(id >> 32))
 		return 0;
 	struct pending p = {
-		.t_enter = bpf_ktime_get_ns(), .ptr = ptr, .count = count, .fd = fd, .dir = dir, .kind = kind,
+		.t_enter = t_enter, .ptr = ptr, .count = count, .fd = fd, .dir = dir, .kind = kind,
 	};
 	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
 	return 0;
@@ -188,7 +233,8 @@ static __always_inline int leave(long ret)
 	bpf_map_delete_elem(&pending, &id);
 	if (ret <= 0)
 		return 0;
-	__u64 t_ns = call.dir == PHASE2_DIR_WRITE ? call.t_enter : bpf_ktime_get_ns();
+	/* Writes are stamped at entry; reads when their scan is done (submit_moments). */
+	__u64 t_ns = call.t_enter;
 	struct fp_scratch *s = fp_scratch();
 	if (!s)
 		return 0;
@@ -211,6 +257,10 @@ static __always_inline int leave(long ret)
 			return 0;
 	}
 
+	struct call_record *found = call_record();
+	if (!found)
+		return 0;
+	found->h.n = 0;
 	fp_count(FP_C_CALLS, 1);
 	__u64 total = ret;
 	if (total > PHASE2_MAX_BYTES) {
@@ -254,6 +304,7 @@ static __always_inline int leave(long ret)
 	}
 
 	f->pos += ret;
+	submit_moments(s);
 	if (unreached || total < (__u64)ret) {
 		/* Bytes went unscanned: what is carried no longer precedes the next call's bytes. */
 		p2_count(P2_C_BROKEN_FLOWS);

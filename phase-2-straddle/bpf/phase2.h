@@ -7,18 +7,29 @@
 #define PHASE2_DIR_READ 0
 #define PHASE2_DIR_WRITE 1
 
-struct phase2_event {
+/* One record per call that found moments: a header, then `n` moments. */
+struct phase2_moment {
 	__u64 signature;
-	__u64 t_ns;          /* writes: syscall entry; reads: syscall exit */
 	__u64 end;           /* flow position just past the moment's window */
+};
+
+struct phase2_call {
+	__u64 t_ns;          /* writes: syscall entry; reads: when the call's scan is done */
 	__u64 flow_birth_ns; /* when this flow's state was created: (tgid, fd, birth) names a flow */
 	__u64 cgroup_id;
 	__u32 tgid;
 	__u32 tid;
 	__s32 fd;
 	__u32 dir;
+	__u32 n;
+	__u32 pad;
 	char comm[PHASE2_COMM_LEN];
+	/* followed by n struct phase2_moment (at most PHASE2_MAX_MOMENTS) */
 };
+
+/* Every moment a 64 KiB call can yield (FP_MAX_CANDIDATES per 2 KiB chunk), within the 32 KiB
+ * of a per-CPU value. */
+#define PHASE2_MAX_MOMENTS 2040
 
 /* Per-CPU counters of the data path, beside the scan's (enum fp_counter). */
 enum phase2_counter {

@@ -1,0 +1,190 @@
+//! Which fds are two ends of one link: a pipe (both ends share its inode), a TCP connection
+//! (one end's local address is the other's remote), or a connected unix socket (peer inodes).
+//! A moment written on a link and read on the same link is one transit hop, whatever else
+//! carries the same bytes (shared hold music, a tone).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Link {
+    Pipe(u64),
+    /// The two endpoints, sorted.
+    Tcp(SocketAddr, SocketAddr),
+    /// The two socket inodes, sorted.
+    Unix(u64, u64),
+    /// No peer known: a file, a device, a socket of another kind, or an fd already closed.
+    Unpaired(u32, i32, u64),
+}
+
+impl Link {
+    pub fn is_paired(&self) -> bool {
+        !matches!(self, Link::Unpaired(..))
+    }
+}
+
+/// Resolves (pid, fd, flow birth) to a link through /proc, once per flow.
+#[derive(Default)]
+pub struct Links {
+    cache: HashMap<(u32, i32, u64), Link>,
+    unix_peers: HashMap<u64, u64>,
+    unix_refreshed: Option<Instant>,
+}
+
+/// `ss` is run at most this often to learn unix socket peers.
+const UNIX_REFRESH: Duration = Duration::from_millis(100);
+
+impl Links {
+    pub fn resolve(&mut self, pid: u32, fd: i32, birth: u64) -> Link {
+        if let Some(l) = self.cache.get(&(pid, fd, birth)) {
+            return l.clone();
+        }
+        let link = self.lookup(pid, fd).unwrap_or(Link::Unpaired(pid, fd, birth));
+        self.cache.insert((pid, fd, birth), link.clone());
+        link
+    }
+
+    fn lookup(&mut self, pid: u32, fd: i32) -> Option<Link> {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let target = target.to_string_lossy();
+        let inode = |prefix: &str| target.strip_prefix(prefix)?.strip_suffix(']')?.parse::<u64>().ok();
+        if let Some(ino) = inode("pipe:[") {
+            return Some(Link::Pipe(ino));
+        }
+        let ino = inode("socket:[")?;
+        if let Some(link) = tcp_link(pid, ino) {
+            return Some(link);
+        }
+        let peer = match self.unix_peers.get(&ino) {
+            Some(&p) => p,
+            None => {
+                self.refresh_unix_peers(pid);
+                *self.unix_peers.get(&ino)?
+            }
+        };
+        Some(Link::Unix(ino.min(peer), ino.max(peer)))
+    }
+
+    /// Learns unix socket peers from `ss` in the process's network namespace.
+    fn refresh_unix_peers(&mut self, pid: u32) {
+        if self.unix_refreshed.is_some_and(|t| t.elapsed() < UNIX_REFRESH) {
+            return;
+        }
+        self.unix_refreshed = Some(Instant::now());
+        let Ok(out) = Command::new("nsenter")
+            .args(["--net", &format!("--target={pid}"), "ss", "-xaHn"])
+            .output()
+            .or_else(|_| Command::new("ss").arg("-xaHn").output())
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let t: Vec<&str> = line.split_whitespace().collect();
+            if t.len() >= 4 {
+                if let (Ok(local), Ok(peer)) = (t[t.len() - 3].parse::<u64>(), t[t.len() - 1].parse::<u64>()) {
+                    if peer != 0 {
+                        self.unix_peers.insert(local, peer);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The TCP connection of socket inode `ino`, from the process's view of /proc/net/tcp{,6}.
+fn tcp_link(pid: u32, ino: u64) -> Option<Link> {
+    for file in ["tcp", "tcp6"] {
+        let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+        for line in table.lines().skip(1) {
+            let t: Vec<&str> = line.split_whitespace().collect();
+            if t.len() > 9 && t[9].parse::<u64>().ok() == Some(ino) {
+                let (a, b) = (parse_addr(t[1])?, parse_addr(t[2])?);
+                return Some(Link::Tcp(a.min(b), a.max(b)));
+            }
+        }
+    }
+    None
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits (IPv6), each 32-bit word in host (little) order.
+fn parse_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::swap_bytes))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip = match words.as_slice() {
+        [a] => IpAddr::V4(Ipv4Addr::from(*a)),
+        [a, b, c, d] => {
+            let v6 = Ipv6Addr::from(((*a as u128) << 96) | ((*b as u128) << 64) | ((*c as u128) << 32) | *d as u128);
+            // A v4 peer seen through a v6 socket is the same address.
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn parses_proc_net_addresses() {
+        assert_eq!(parse_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(parse_addr("00000000000000000000000001000000:0050"), Some("[::1]:80".parse().unwrap()));
+        assert_eq!(parse_addr("0000000000000000FFFF00000100007F:0050"), Some("127.0.0.1:80".parse().unwrap()));
+    }
+
+    fn me() -> u32 {
+        std::process::id()
+    }
+
+    #[test]
+    fn both_ends_of_a_pipe_are_one_link() {
+        let (r, w) = std::io::pipe().unwrap();
+        let mut links = Links::default();
+        let a = links.resolve(me(), r.as_raw_fd(), 1);
+        assert!(matches!(a, Link::Pipe(_)));
+        assert_eq!(a, links.resolve(me(), w.as_raw_fd(), 1));
+    }
+
+    #[test]
+    fn both_ends_of_a_tcp_connection_are_one_link_on_v4_and_v6() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            client.write_all(b"x").unwrap();
+            server.read_exact(&mut [0]).unwrap();
+            let mut links = Links::default();
+            let a = links.resolve(me(), client.as_raw_fd(), 1);
+            assert!(matches!(a, Link::Tcp(..)), "{a:?}");
+            assert_eq!(a, links.resolve(me(), server.as_raw_fd(), 1));
+            let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            assert_ne!(a, links.resolve(me(), other.as_raw_fd(), 1));
+        }
+    }
+
+    #[test]
+    fn both_ends_of_a_unix_socket_are_one_link() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut links = Links::default();
+        let la = links.resolve(me(), a.as_raw_fd(), 1);
+        assert!(matches!(la, Link::Unix(..)), "{la:?}");
+        assert_eq!(la, links.resolve(me(), b.as_raw_fd(), 1));
+    }
+
+    #[test]
+    fn files_and_closed_fds_are_unpaired() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let mut links = Links::default();
+        assert_eq!(links.resolve(me(), f.as_raw_fd(), 5), Link::Unpaired(me(), f.as_raw_fd(), 5));
+        assert!(!links.resolve(me(), 999_999, 5).is_paired());
+    }
+}

@@ -1,0 +1,60 @@
+//! Loads and attaches phase 2's eBPF programs (entry and exit of every read and write syscall,
+//! and close/dup2/dup3) and drains their events.
+
+use crate::event::{Phase2Call, Phase2Event, PHASE2_COUNTERS};
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use aya::Ebpf;
+use phase_1_poc::counters::{Counters, SCAN_COUNTERS};
+use phase_1_poc::tracer::{add_targets, attach_syscall, load_object, read_counters};
+use shared::FingerprintConfig;
+
+const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase2.bpf.o"));
+/// The syscalls whose entry and exit are hooked.
+pub const SYSCALLS: [&str; 8] = ["write", "writev", "sendto", "sendmsg", "read", "readv", "recvfrom", "recvmsg"];
+/// Calls that end a flow.
+const FORGETTERS: [&str; 3] = ["close", "dup2", "dup3"];
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+}
+
+impl Tracer {
+    pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
+        let mut ebpf = load_object(OBJECT, cfg, comm_prefix)?;
+        for sc in SYSCALLS {
+            attach_syscall(&mut ebpf, &format!("enter_{sc}"), &format!("sys_enter_{sc}"))?;
+            attach_syscall(&mut ebpf, &format!("exit_{sc}"), &format!("sys_exit_{sc}"))?;
+        }
+        for sc in FORGETTERS {
+            attach_syscall(&mut ebpf, &format!("enter_{sc}"), &format!("sys_enter_{sc}"))?;
+        }
+        let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
+        Ok(Self { ebpf, events })
+    }
+
+    pub fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
+        add_targets(&mut self.ebpf, pids)
+    }
+
+    /// Hands every moment waiting in the ring buffer to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(Phase2Event)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            for e in Phase2Call::parse(&item).into_iter().flatten() {
+                f(e);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The scan's counters and the data path's.
+    pub fn counters(&self) -> Result<(Counters, Counters)> {
+        Ok((
+            read_counters(&self.ebpf, "fp_counters", &SCAN_COUNTERS)?,
+            read_counters(&self.ebpf, "phase2_counters", &PHASE2_COUNTERS)?,
+        ))
+    }
+}
