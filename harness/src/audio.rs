@@ -43,13 +43,20 @@ impl Audio {
     }
 
     pub fn read_wav(path: &Path) -> Result<Self> {
-        let mut reader = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut reader =
+            hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
         let spec = reader.spec();
-        if spec.bits_per_sample != 16 || spec.channels != 1 || spec.sample_format != hound::SampleFormat::Int {
+        if spec.bits_per_sample != 16
+            || spec.channels != 1
+            || spec.sample_format != hound::SampleFormat::Int
+        {
             bail!("{}: not 16-bit mono PCM", path.display());
         }
         let samples = reader.samples::<i16>().collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { rate: spec.sample_rate, samples })
+        Ok(Self {
+            rate: spec.sample_rate,
+            samples,
+        })
     }
 
     pub fn write_wav(&self, path: &Path) -> Result<()> {
@@ -72,8 +79,12 @@ fn wav_files(dir: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let mut stack = vec![PathBuf::from(dir)];
     while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d)
-            .with_context(|| format!("{} is missing; install the corpus: {INSTALL_HINT}", d.display()))?;
+        let entries = std::fs::read_dir(&d).with_context(|| {
+            format!(
+                "{} is missing; install the corpus: {INSTALL_HINT}",
+                d.display()
+            )
+        })?;
         for e in entries {
             let p = e?.path();
             if p.is_dir() {
@@ -129,7 +140,10 @@ fn clip(x: f64) -> i16 {
 pub fn comfort_noise(rate: u32, seconds: f64, sigma: f64, seed: u64) -> Audio {
     let mut rng = StdRng::seed_from_u64(seed);
     let n = (rate as f64 * seconds) as usize;
-    Audio::new(rate, (0..n).map(|_| clip(gauss(&mut rng) * sigma)).collect())
+    Audio::new(
+        rate,
+        (0..n).map(|_| clip(gauss(&mut rng) * sigma)).collect(),
+    )
 }
 
 pub fn digital_silence(rate: u32, seconds: f64) -> Audio {
@@ -139,7 +153,12 @@ pub fn digital_silence(rate: u32, seconds: f64) -> Audio {
 /// A pure tone, generated digitally (so it repeats exactly when its period is whole samples).
 pub fn tone(rate: u32, seconds: f64, freq: f64, amplitude: f64) -> Audio {
     let n = (rate as f64 * seconds) as usize;
-    Audio::new(rate, (0..n).map(|i| clip(amplitude * (2.0 * PI * freq * i as f64 / rate as f64).sin())).collect())
+    Audio::new(
+        rate,
+        (0..n)
+            .map(|i| clip(amplitude * (2.0 * PI * freq * i as f64 / rate as f64).sin()))
+            .collect(),
+    )
 }
 
 /// DTMF digits: 100 ms tone pairs separated by 100 ms of digital silence.
@@ -177,15 +196,26 @@ pub fn speech_like(rate: u32, seconds: f64, seed: u64) -> Audio {
             let len = (rate as f64 * rng.gen_range(0.08..0.25)) as usize;
             let f0 = rng.gen_range(90.0..260.0);
             let peak = rng.gen_range(1500.0..14000.0);
-            let harmonics: Vec<f64> = (1..=12).map(|h| rng.gen_range(0.2..1.0) / h as f64).collect();
+            let harmonics: Vec<f64> = (1..=12)
+                .map(|h| rng.gen_range(0.2..1.0) / h as f64)
+                .collect();
             let mut phase = 0.0f64;
             for i in 0..len {
                 let env = (PI * i as f64 / len as f64).sin().powf(0.7);
                 phase += 2.0 * PI * f0 * (1.0 + 0.01 * gauss(&mut rng)) / rate as f64;
-                let voiced: f64 = harmonics.iter().enumerate().map(|(h, a)| a * (phase * (h + 1) as f64).sin()).sum();
-                s.push(clip(peak * env * (0.6 * voiced + 0.08 * gauss(&mut rng)) + 8.0 * gauss(&mut rng)));
+                let voiced: f64 = harmonics
+                    .iter()
+                    .enumerate()
+                    .map(|(h, a)| a * (phase * (h + 1) as f64).sin())
+                    .sum();
+                s.push(clip(
+                    peak * env * (0.6 * voiced + 0.08 * gauss(&mut rng)) + 8.0 * gauss(&mut rng),
+                ));
             }
-            s.extend((0..(rate as f64 * rng.gen_range(0.01..0.06)) as usize).map(|_| clip(10.0 * gauss(&mut rng))));
+            s.extend(
+                (0..(rate as f64 * rng.gen_range(0.01..0.06)) as usize)
+                    .map(|_| clip(10.0 * gauss(&mut rng))),
+            );
         }
         let pause = (rate as f64 * rng.gen_range(0.15..0.9)) as usize;
         s.extend((0..pause).map(|_| clip(10.0 * gauss(&mut rng))));
@@ -204,7 +234,12 @@ pub fn speech_call(corpus: &[Audio], seconds: f64, seed: u64) -> Audio {
     let mut s: Vec<i16> = Vec::with_capacity(total);
     while s.len() < total {
         let prompt = &corpus[rng.gen_range(0..corpus.len())];
-        s.extend(prompt.samples.iter().map(|&x| x.saturating_add(rng.gen_range(-2..=2))));
+        s.extend(
+            prompt
+                .samples
+                .iter()
+                .map(|&x| x.saturating_add(rng.gen_range(-2..=2))),
+        );
         let pause = (rate as f64 * rng.gen_range(0.2..0.8)) as usize;
         s.extend((0..pause).map(|_| clip(10.0 * gauss(&mut rng))));
     }
@@ -232,13 +267,20 @@ pub fn mulaw_roundtrip(audio: &Audio) -> Audio {
         let mag = (((mantissa << 3) + 0x84) << exponent) - 0x84;
         (if u & 0x80 != 0 { -mag } else { mag }) as i16
     }
-    Audio::new(audio.rate, audio.samples.iter().map(|&x| decode(encode(x))).collect())
+    Audio::new(
+        audio.rate,
+        audio.samples.iter().map(|&x| decode(encode(x))).collect(),
+    )
 }
 
 /// G.711 A-law encode then decode (the European telephony codec).
 pub fn alaw_roundtrip(audio: &Audio) -> Audio {
     fn encode(x: i16) -> u8 {
-        let (mask, mag) = if x >= 0 { (0xD5u8, (x >> 3) as i32) } else { (0x55u8, -((x >> 3) as i32) - 1) };
+        let (mask, mag) = if x >= 0 {
+            (0xD5u8, (x >> 3) as i32)
+        } else {
+            (0x55u8, -((x >> 3) as i32) - 1)
+        };
         let segment = (0..8).find(|&s| mag < (0x20 << s)).unwrap_or(8);
         if segment == 8 {
             return 0x7F ^ mask;
@@ -256,12 +298,19 @@ pub fn alaw_roundtrip(audio: &Audio) -> Audio {
         }
         (if a & 0x80 != 0 { t } else { -t }) as i16
     }
-    Audio::new(audio.rate, audio.samples.iter().map(|&x| decode(encode(x))).collect())
+    Audio::new(
+        audio.rate,
+        audio.samples.iter().map(|&x| decode(encode(x))).collect(),
+    )
 }
 
 /// Peak |sample| of each `frame`-sample frame: the harness's notion of where audio is non-silent.
 pub fn frame_peaks(audio: &Audio, frame: usize) -> Vec<u16> {
-    audio.samples.chunks(frame).map(|f| f.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0)).collect()
+    audio
+        .samples
+        .chunks(frame)
+        .map(|f| f.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0))
+        .collect()
 }
 
 #[cfg(test)]

@@ -31,7 +31,11 @@ pub fn repeats(pieces: &[Audio], window: usize, quiet: u16) -> Repeats {
     for (pi, b) in bytes.iter().enumerate() {
         let samples = &pieces[pi].samples;
         for start in (0..b.len().saturating_sub(window - 1)).step_by(2) {
-            let peak = samples[start / 2..(start + window) / 2].iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+            let peak = samples[start / 2..(start + window) / 2]
+                .iter()
+                .map(|s| s.unsigned_abs())
+                .max()
+                .unwrap_or(0);
             if peak < quiet {
                 continue;
             }
@@ -44,12 +48,17 @@ pub fn repeats(pieces: &[Audio], window: usize, quiet: u16) -> Repeats {
                 Some(&(qi, other)) => {
                     fn around(bytes: &[u8], at: usize, window: usize) -> (&[u8], &[u8]) {
                         let lo = at.saturating_sub(CONTEXT);
-                        (&bytes[lo..at], &bytes[at + window..(at + window + CONTEXT).min(bytes.len())])
+                        (
+                            &bytes[lo..at],
+                            &bytes[at + window..(at + window + CONTEXT).min(bytes.len())],
+                        )
                     }
-                    let ((a0, a1), (b0, b1)) = (around(b, start, window), around(&bytes[qi], other, window));
+                    let ((a0, a1), (b0, b1)) =
+                        (around(b, start, window), around(&bytes[qi], other, window));
                     let n0 = a0.len().min(b0.len());
                     let n1 = a1.len().min(b1.len());
-                    let same_context = a0[a0.len() - n0..] == b0[b0.len() - n0..] && a1[..n1] == b1[..n1];
+                    let same_context =
+                        a0[a0.len() - n0..] == b0[b0.len() - n0..] && a1[..n1] == b1[..n1];
                     if same_context && n0 + n1 > 0 {
                         r.shared += 1;
                     } else {
@@ -135,35 +144,78 @@ pub fn study() -> Result<String> {
     let music = audio::hold_music()?;
     let rate = 8000;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let digits: String = (0..300).map(|_| b"0123456789*#ABCD"[rng.gen_range(0..16)] as char).collect();
+    let digits: String = (0..300)
+        .map(|_| b"0123456789*#ABCD"[rng.gen_range(0..16)] as char)
+        .collect();
     // 1000 calls on hold hear the same track; two calls are enough to expose every repeat.
     let music_shared: Vec<Audio> = vec![music[0].clone(), music[0].clone()];
     let hard: Vec<(&str, Vec<Audio>)> = vec![
-        ("digital silence, 60 s", vec![audio::digital_silence(rate, 60.0)]),
-        ("comfort noise σ=30, 60 s", vec![audio::comfort_noise(rate, 60.0, 30.0, 1)]),
+        (
+            "digital silence, 60 s",
+            vec![audio::digital_silence(rate, 60.0)],
+        ),
+        (
+            "comfort noise σ=30, 60 s",
+            vec![audio::comfort_noise(rate, 60.0, 30.0, 1)],
+        ),
         ("DTMF, 300 digits", vec![audio::dtmf(rate, &digits)]),
-        ("tone 1 kHz, 60 s", vec![audio::tone(rate, 60.0, 1000.0, 8000.0)]),
-        ("tone 440 Hz, 60 s", vec![audio::tone(rate, 60.0, 440.0, 8000.0)]),
+        (
+            "tone 1 kHz, 60 s",
+            vec![audio::tone(rate, 60.0, 1000.0, 8000.0)],
+        ),
+        (
+            "tone 440 Hz, 60 s",
+            vec![audio::tone(rate, 60.0, 440.0, 8000.0)],
+        ),
         ("hold music, one track on 2 calls", music_shared),
     ];
 
     let mut out = String::new();
     let minutes = |p: &[Audio]| p.iter().map(Audio::seconds).sum::<f64>() / 60.0;
-    writeln!(out, "### Repeats of non-quiet windows (peak ≥ {}), sliding by one sample\n", cfg.quiet_threshold)?;
+    writeln!(
+        out,
+        "### Repeats of non-quiet windows (peak ≥ {}), sliding by one sample\n",
+        cfg.quiet_threshold
+    )?;
     writeln!(
         out,
         "\"chance\" repeats have different bytes within {CONTEXT} bytes either side; \"shared\" ones are reused content.\n"
     )?;
     let bodies: Vec<(String, &[Audio])> = vec![
-        (format!("real speech 8 kHz ({:.1} min)", minutes(&speech)), &speech),
-        (format!("same, through G.711 µ-law ({:.1} min)", minutes(&speech_mulaw)), &speech_mulaw),
-        (format!("same, through G.711 A-law ({:.1} min)", minutes(&speech_alaw)), &speech_alaw),
-        (format!("real speech 16 kHz ({:.1} min)", minutes(&speech16)), &speech16),
+        (
+            format!("real speech 8 kHz ({:.1} min)", minutes(&speech)),
+            &speech,
+        ),
+        (
+            format!(
+                "same, through G.711 µ-law ({:.1} min)",
+                minutes(&speech_mulaw)
+            ),
+            &speech_mulaw,
+        ),
+        (
+            format!(
+                "same, through G.711 A-law ({:.1} min)",
+                minutes(&speech_alaw)
+            ),
+            &speech_alaw,
+        ),
+        (
+            format!("real speech 16 kHz ({:.1} min)", minutes(&speech16)),
+            &speech16,
+        ),
     ];
-    writeln!(out, "| window (bytes) | audio | non-quiet windows | chance repeats | shared-content repeats |")?;
+    writeln!(
+        out,
+        "| window (bytes) | audio | non-quiet windows | chance repeats | shared-content repeats |"
+    )?;
     writeln!(out, "| ---: | --- | ---: | ---: | ---: |")?;
     for &w in &WINDOWS {
-        for (name, body) in bodies.iter().map(|(n, b)| (n.as_str(), *b)).chain(hard.iter().map(|(n, b)| (*n, b.as_slice()))) {
+        for (name, body) in bodies
+            .iter()
+            .map(|(n, b)| (n.as_str(), *b))
+            .chain(hard.iter().map(|(n, b)| (*n, b.as_slice())))
+        {
             let r = repeats(body, w, cfg.quiet_threshold);
             writeln!(
                 out,
@@ -177,12 +229,19 @@ pub fn study() -> Result<String> {
         }
     }
 
-    writeln!(out, "\n### Moments under the full definition (default density), per window\n")?;
+    writeln!(
+        out,
+        "\n### Moments under the full definition (default density), per window\n"
+    )?;
     writeln!(out, "| window (bytes) | audio | moments / s | repeated moments | non-silent seconds with a moment |")?;
     writeln!(out, "| ---: | --- | ---: | ---: | ---: |")?;
     for &w in &WINDOWS {
         let c = cfg.with_window(w);
-        for (name, body) in bodies.iter().map(|(n, b)| (n.as_str(), *b)).chain(hard.iter().map(|(n, b)| (*n, b.as_slice()))) {
+        for (name, body) in bodies
+            .iter()
+            .map(|(n, b)| (n.as_str(), *b))
+            .chain(hard.iter().map(|(n, b)| (*n, b.as_slice())))
+        {
             let s = moment_stats(body, c);
             writeln!(
                 out,
@@ -199,7 +258,10 @@ pub fn study() -> Result<String> {
     writeln!(out, "| keep_per_256 | real speech 8 kHz | µ-law | A-law |")?;
     writeln!(out, "| ---: | ---: | ---: | ---: |")?;
     for keep in [8, 16, 24, 32, 48, 64, 128, 256] {
-        let c = FingerprintConfig { keep_per_256: keep, ..cfg };
+        let c = FingerprintConfig {
+            keep_per_256: keep,
+            ..cfg
+        };
         let cell = |body: &[Audio]| {
             let s = moment_stats(body, c);
             format!(
@@ -208,14 +270,27 @@ pub fn study() -> Result<String> {
                 pct(s.covered_seconds as u64, s.nonsilent_seconds as u64)
             )
         };
-        writeln!(out, "| {keep} | {} | {} | {} |", cell(&speech), cell(&speech_mulaw), cell(&speech_alaw))?;
+        writeln!(
+            out,
+            "| {keep} | {} | {} | {} |",
+            cell(&speech),
+            cell(&speech_mulaw),
+            cell(&speech_alaw)
+        )?;
     }
 
     let (json, random) = non_audio(16 << 20, 5);
-    writeln!(out, "\n### Non-audio bytes (window {}), 16 MiB each\n", cfg.window)?;
+    writeln!(
+        out,
+        "\n### Non-audio bytes (window {}), 16 MiB each\n",
+        cfg.window
+    )?;
     writeln!(out, "| bytes | moments per MiB |")?;
     writeln!(out, "| --- | ---: |")?;
-    for (name, b) in [("JSON log lines", &json), ("random (ciphertext-like)", &random)] {
+    for (name, b) in [
+        ("JSON log lines", &json),
+        ("random (ciphertext-like)", &random),
+    ] {
         let n = Scanner::new(cfg).feed_collect(b).len();
         writeln!(out, "| {name} | {:.2} |", n as f64 / 16.0)?;
     }

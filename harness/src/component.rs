@@ -1,98 +1,148 @@
-//! The scenario components — source, relay, sink — each a real process moving one call's audio
-//! and recording ground truth of every syscall it makes on the audio.
+//! The scenario components — source, relay, sink — each a real process that moves calls' audio
+//! over real links and records ground truth of every syscall it makes on them.
 //!
-//! A link carries a stream: a header line of a chosen length (`HXA call=<n> ...\n`, padded; odd
-//! lengths shift the PCM's sample grid against the byte stream) followed by the call's PCM bytes.
-//! Components read fd 0 and write fd 1; the runner wires them with pipes.
+//! A component is described by a [`Spec`] (JSON, written by the runner). Links are FIFOs (pipes),
+//! TCP over IPv4 or IPv6, or unix sockets; each end uses one syscall family (write/read,
+//! writev/readv, send/recv, sendmsg/recvmsg, the vector ones with several iovecs). A link frames
+//! its bytes either as a stream (a header line of a chosen length, then one call's PCM) or as
+//! Pulsar-style envelopes (size, command, magic 0x0e01, crc32c, metadata, payload), several calls
+//! multiplexed and several envelopes batched per write.
 
 use crate::audio::Audio;
 use crate::truth::{monotonic_ns, ComponentLog, Dir, Io, Segment};
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Environment variable that turns any binary calling [`run_if_component`] into a component.
+/// Environment variable naming the spec file of the component a binary should become.
 pub const COMPONENT_ENV: &str = "HX_COMPONENT";
-const IN_FD: i32 = 0;
-const OUT_FD: i32 = 1;
 const READ_BUF: usize = 64 * 1024;
 const HEADER_MIN: usize = 16;
+/// Audio a source sends per call per tick.
+const TICK: Duration = Duration::from_millis(20);
+/// Pulsar's frame magic (before the checksum).
+pub const ENVELOPE_MAGIC: u16 = 0x0e01;
 
-#[derive(Subcommand, Debug, Clone)]
-pub enum Role {
-    /// Streams a WAV file's PCM, paced in (scaled) real time.
-    Source(SourceArgs),
-    /// Reads a stream, holds each read, re-chunks, and writes it on with its own header.
-    Relay(RelayArgs),
-    /// Reads a stream to its end.
-    Sink(Common),
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    Fifo(PathBuf),
+    /// The reader binds an ephemeral port on loopback (v4 or v6) and writes it to `port_file`.
+    Tcp {
+        v6: bool,
+        port_file: PathBuf,
+    },
+    Unix(PathBuf),
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct Common {
-    /// Component name (comm becomes `hx-<name>`).
-    #[arg(long)]
-    pub name: String,
-    /// Where to write this component's ground truth (JSON).
-    #[arg(long)]
-    pub truth: PathBuf,
-    /// Created once the component is set up.
-    #[arg(long)]
-    pub ready: PathBuf,
-    #[arg(long, default_value = "")]
-    pub link_in: String,
-    #[arg(long, default_value = "")]
-    pub link_out: String,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Framing {
+    /// A header line of `header_len` bytes, then one call's PCM.
+    Stream { header_len: usize },
+    /// Envelopes carrying at most `max_payload` bytes of one call's audio each.
+    Envelope { max_payload: usize },
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct SourceArgs {
-    #[command(flatten)]
-    pub common: Common,
-    #[arg(long)]
+/// The syscall family an end uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoCall {
+    /// write / read
+    Plain,
+    /// writev / readv
+    Vector,
+    /// sendto / recvfrom
+    Socket,
+    /// sendmsg / recvmsg
+    Message,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct End {
+    pub link: String,
+    pub transport: Transport,
+    pub framing: Framing,
+    pub call: IoCall,
+    /// Bytes per write (stream framing writes only whole chunks until the end).
+    pub chunk: usize,
+}
+
+/// Which outputs a relay sends a call to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route {
+    /// Output i gets what input i brought.
+    Same,
+    /// Every output gets every call (fan-out).
+    All,
+    /// Output 0 gets everything (merge / multiplex).
+    First,
+    /// Output `call % outputs` (demultiplex).
+    ByCall,
+    /// Outputs 2i and 2i + 1 get what input i brought (fan-out to two consumers per link).
+    Pairs,
+}
+
+impl Route {
+    pub fn outputs(self, input: usize, call: u32, n: usize) -> Vec<usize> {
+        match self {
+            Route::Same => vec![input],
+            Route::All => (0..n).collect(),
+            Route::First => vec![0],
+            Route::ByCall => vec![call as usize % n],
+            Route::Pairs => vec![2 * input, 2 * input + 1],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceCall {
     pub call: u32,
-    #[arg(long)]
     pub wav: PathBuf,
-    /// The source waits for this file before it sends anything.
-    #[arg(long)]
+    pub output: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Role {
+    /// Sends its calls' audio paced in (scaled) real time.
+    Source { calls: Vec<SourceCall>, speed: f64 },
+    /// Holds each read, then sends its audio on by `route`.
+    Relay {
+        hold_us: u64,
+        route: Route,
+    },
+    Sink,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    /// Component name; its comm becomes `hx-<name>`.
+    pub name: String,
+    pub truth: PathBuf,
+    /// Created once every link is set up.
+    pub ready: PathBuf,
+    /// Nothing is read or written before this exists (the tracer is attached by then, so no
+    /// call is already in flight when it starts).
     pub go: PathBuf,
-    #[arg(long, default_value_t = 2048)]
-    pub chunk: usize,
-    #[arg(long, default_value_t = 64)]
-    pub header_len: usize,
-    /// Pace: 1 is real time, 8 is eight times faster.
-    #[arg(long, default_value_t = 1.0)]
-    pub speed: f64,
+    pub role: Role,
+    pub inputs: Vec<End>,
+    pub outputs: Vec<End>,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct RelayArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// Each read is held this long before it may be written on.
-    #[arg(long, default_value_t = 0)]
-    pub hold_us: u64,
-    /// Size of every write (the last one may be shorter).
-    #[arg(long, default_value_t = 2048)]
-    pub chunk: usize,
-    #[arg(long, default_value_t = 64)]
-    pub header_len: usize,
-}
-
-/// Runs the component named by the arguments and exits, when [`COMPONENT_ENV`] is set; returns
-/// otherwise. Call it first thing in `main` of any binary that launches scenarios.
+/// Runs the component whose spec [`COMPONENT_ENV`] names and exits; returns when it is unset.
+/// Call it first thing in `main` of any binary that launches scenarios.
 pub fn run_if_component() {
-    if std::env::var_os(COMPONENT_ENV).is_none() {
+    let Some(spec) = std::env::var_os(COMPONENT_ENV) else {
         return;
-    }
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        role: Role,
-    }
-    let cli = <Cli as clap::Parser>::parse();
-    match run(cli.role) {
+    };
+    let result = std::fs::read(&spec)
+        .with_context(|| format!("reading component spec {spec:?}"))
+        .and_then(|b| Ok(serde_json::from_slice::<Spec>(&b)?))
+        .and_then(run);
+    match result {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("component: {e:#}");
@@ -101,55 +151,139 @@ pub fn run_if_component() {
     }
 }
 
-pub fn run(role: Role) -> Result<()> {
-    match role {
-        Role::Source(a) => source(a),
-        Role::Relay(a) => relay(a),
-        Role::Sink(c) => sink(c),
+/// One read or write syscall of the given family. `cuts` splits the buffer into iovecs for the
+/// vector families (ascending offsets inside `0..=len`).
+pub fn syscall_io(
+    fd: i32,
+    buf: *mut u8,
+    len: usize,
+    write: bool,
+    call: IoCall,
+    cuts: &[usize],
+) -> isize {
+    let bounds: Vec<usize> = std::iter::once(0)
+        .chain(cuts.iter().copied())
+        .chain(std::iter::once(len))
+        .collect();
+    let mut iov: Vec<libc::iovec> = bounds
+        .windows(2)
+        // SAFETY: every offset is within `len`.
+        .map(|w| libc::iovec {
+            iov_base: unsafe { buf.add(w[0]) }.cast(),
+            iov_len: w[1] - w[0],
+        })
+        .collect();
+    // SAFETY: every pointer covers `buf`, valid for `len` bytes; the caller owns `fd`.
+    unsafe {
+        match (call, write) {
+            (IoCall::Plain, true) => libc::write(fd, buf.cast(), len),
+            (IoCall::Plain, false) => libc::read(fd, buf.cast(), len),
+            (IoCall::Vector, true) => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
+            (IoCall::Vector, false) => libc::readv(fd, iov.as_ptr(), iov.len() as i32),
+            (IoCall::Socket, true) => {
+                libc::sendto(fd, buf.cast(), len, libc::MSG_NOSIGNAL, std::ptr::null(), 0)
+            }
+            (IoCall::Socket, false) => libc::recvfrom(
+                fd,
+                buf.cast(),
+                len,
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            ),
+            (IoCall::Message, _) => {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = iov.len();
+                if write {
+                    libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+                } else {
+                    libc::recvmsg(fd, &mut msg, 0)
+                }
+            }
+        }
     }
 }
 
+/// Iovec cuts the components use: thirds.
+fn thirds(len: usize) -> [usize; 2] {
+    [len / 3, 2 * len / 3]
+}
+
+/// Ground truth being recorded; shared by a component's threads.
 struct Recorder {
-    log: ComponentLog,
+    log: Mutex<ComponentLog>,
+    /// Where payload bytes sit in each (link, direction) flow.
+    payloads: Mutex<Vec<(String, Dir, Segment)>>,
     truth: PathBuf,
 }
 
 impl Recorder {
-    fn start(c: &Common) -> Result<Self> {
-        let comm = format!("hx-{}", c.name);
+    fn start(spec: &Spec) -> Result<Arc<Self>> {
+        let comm = format!("hx-{}", spec.name);
         let cname = std::ffi::CString::new(comm.clone())?;
         // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes by the kernel).
         unsafe { libc::prctl(libc::PR_SET_NAME, cname.as_ptr()) };
-        let comm = comm.chars().take(15).collect();
-        let log = ComponentLog { name: c.name.clone(), pid: std::process::id(), comm, ios: Vec::new() };
-        std::fs::write(&c.ready, b"").with_context(|| format!("creating {}", c.ready.display()))?;
-        Ok(Self { log, truth: c.truth.clone() })
+        let log = ComponentLog {
+            name: spec.name.clone(),
+            pid: std::process::id(),
+            comm: comm.chars().take(15).collect(),
+            ios: Vec::new(),
+        };
+        Ok(Arc::new(Self {
+            log: Mutex::new(log),
+            payloads: Mutex::new(Vec::new()),
+            truth: spec.truth.clone(),
+        }))
     }
 
-    fn finish(self) -> Result<()> {
-        self.log.save(&self.truth)
+    fn io(&self, io: Io) {
+        self.log.lock().unwrap().ios.push(io);
     }
-}
 
-/// A stream's byte layout: `header_len` header bytes, then one call's audio.
-#[derive(Clone, Copy)]
-struct Stream {
-    call: u32,
-    header_len: u64,
-}
+    fn payload(&self, link: &str, dir: Dir, seg: Segment) {
+        self.payloads
+            .lock()
+            .unwrap()
+            .push((link.to_string(), dir, seg));
+    }
 
-impl Stream {
-    fn segments(&self, flow_off: u64, len: u64) -> Vec<Segment> {
-        let start = flow_off.max(self.header_len);
-        let end = flow_off + len;
-        if start >= end {
-            return Vec::new();
+    /// Attributes payload bytes to the syscalls that moved them, and saves.
+    fn finish(&self) -> Result<()> {
+        let payloads = self.payloads.lock().unwrap();
+        let mut log = self.log.lock().unwrap();
+        for io in &mut log.ios {
+            let (lo, hi) = (io.flow_off, io.flow_off + io.len);
+            io.segments = payloads
+                .iter()
+                .filter(|(l, d, s)| {
+                    *l == io.link && *d == io.dir && s.flow_off < hi && lo < s.flow_off + s.len
+                })
+                .map(|(_, _, s)| {
+                    let (a, b) = (s.flow_off.max(lo), (s.flow_off + s.len).min(hi));
+                    Segment {
+                        flow_off: a,
+                        call: s.call,
+                        audio_off: s.audio_off + (a - s.flow_off),
+                        len: b - a,
+                    }
+                })
+                .collect();
+            io.segments.sort_by_key(|s| s.flow_off);
         }
-        vec![Segment { flow_off: start, call: self.call, audio_off: start - self.header_len, len: end - start }]
+        log.ios.sort_by_key(|io| io.t_ns);
+        log.save(&self.truth)
     }
 }
 
-fn header(call: u32, len: usize) -> Result<Vec<u8>> {
+fn sleep_until(t_ns: u64) {
+    let now = monotonic_ns();
+    if t_ns > now {
+        std::thread::sleep(Duration::from_nanos(t_ns - now));
+    }
+}
+
+fn stream_header(call: u32, len: usize) -> Result<Vec<u8>> {
     let text = format!("HXA call={call} ");
     if len < HEADER_MIN.max(text.len() + 1) {
         bail!("header length {len} too short for {text:?}");
@@ -160,184 +294,519 @@ fn header(call: u32, len: usize) -> Result<Vec<u8>> {
     Ok(h)
 }
 
-fn parse_header(bytes: &[u8]) -> Option<Result<Stream>> {
+fn parse_stream_header(bytes: &[u8]) -> Option<Result<(u32, usize)>> {
     let nl = bytes.iter().position(|&b| b == b'\n')?;
     let text = String::from_utf8_lossy(&bytes[..nl]);
     let call = text
         .strip_prefix("HXA call=")
-        .and_then(|rest| rest.split(' ').next())
+        .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok());
-    Some(match call {
-        Some(call) => Ok(Stream { call, header_len: nl as u64 + 1 }),
-        None => Err(anyhow::anyhow!("malformed stream header")),
+    Some(
+        call.map(|c| (c, nl + 1))
+            .ok_or_else(|| anyhow::anyhow!("malformed stream header")),
+    )
+}
+
+/// CRC-32C (Castagnoli), as Pulsar checksums its frames.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0x82F6_3B78 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// One envelope: [total][cmd size][cmd][magic][crc32c][meta size][meta][payload], big-endian
+/// sizes, total counting everything after itself; metadata padded to vary header lengths.
+/// Returns the frame and where its payload starts.
+fn envelope(
+    producer: &str,
+    seq: u64,
+    call: u32,
+    audio_off: u64,
+    payload: &[u8],
+) -> (Vec<u8>, usize) {
+    let cmd = format!("SEND producer={producer} sequence_id={seq}");
+    let pad = (seq.wrapping_mul(0x9E37_79B9) >> 7) % 23;
+    let meta = format!(
+        "call={call} offset={audio_off} props={}",
+        "p".repeat(pad as usize)
+    );
+    let mut checked = Vec::with_capacity(4 + meta.len() + payload.len());
+    checked.extend((meta.len() as u32).to_be_bytes());
+    checked.extend(meta.as_bytes());
+    checked.extend(payload);
+    let total = 4 + cmd.len() + 2 + 4 + checked.len();
+    let mut f = Vec::with_capacity(4 + total);
+    f.extend((total as u32).to_be_bytes());
+    f.extend((cmd.len() as u32).to_be_bytes());
+    f.extend(cmd.as_bytes());
+    f.extend(ENVELOPE_MAGIC.to_be_bytes());
+    f.extend(crc32c(&checked).to_be_bytes());
+    f.extend(&checked);
+    let payload_at = f.len() - payload.len();
+    (f, payload_at)
+}
+
+/// Parses one whole envelope at the start of `buf`: (frame length, call, audio offset, payload
+/// range); `None` if incomplete.
+fn parse_envelope(buf: &[u8]) -> Option<Result<(usize, u32, u64, std::ops::Range<usize>)>> {
+    let be32 = |b: &[u8]| u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+    if buf.len() < 4 || buf.len() < 4 + be32(buf) {
+        return None;
+    }
+    Some((|| {
+        let len = 4 + be32(buf);
+        let cmd = be32(&buf[4..]);
+        let at = 8 + cmd;
+        if u16::from_be_bytes([buf[at], buf[at + 1]]) != ENVELOPE_MAGIC {
+            bail!("bad envelope magic");
+        }
+        let crc = u32::from_be_bytes(buf[at + 2..at + 6].try_into().unwrap());
+        if crc32c(&buf[at + 6..len]) != crc {
+            bail!("envelope checksum mismatch");
+        }
+        let meta_len = be32(&buf[at + 6..]);
+        let meta = String::from_utf8_lossy(&buf[at + 10..at + 10 + meta_len]);
+        let field = |k: &str| {
+            meta.split(' ')
+                .find_map(|kv| kv.strip_prefix(k))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let (Some(call), Some(off)) = (field("call="), field("offset=")) else {
+            bail!("envelope without call/offset")
+        };
+        Ok((len, call as u32, off, at + 10 + meta_len..len))
+    })())
+}
+
+/// The sending end of a link: frames audio, batches it, writes it with its syscall family.
+struct Out {
+    fd: OwnedFd,
+    end: End,
+    producer: String,
+    /// Flow offset of `pending[0]`.
+    flow_off: u64,
+    pending: Vec<u8>,
+    stream_call: Option<u32>,
+    seq: u64,
+}
+
+impl Out {
+    fn open(end: &End, producer: &str) -> Result<Self> {
+        let fd =
+            connect(&end.transport).with_context(|| format!("opening {} for writing", end.link))?;
+        Ok(Self {
+            fd,
+            end: end.clone(),
+            producer: producer.into(),
+            flow_off: 0,
+            pending: Vec::new(),
+            stream_call: None,
+            seq: 0,
+        })
+    }
+
+    fn push(&mut self, rec: &Recorder, call: u32, audio_off: u64, bytes: &[u8]) -> Result<()> {
+        match self.end.framing {
+            Framing::Stream { header_len } => {
+                match self.stream_call {
+                    None => {
+                        self.pending.extend(stream_header(call, header_len)?);
+                        self.stream_call = Some(call);
+                    }
+                    Some(c) if c != call => {
+                        bail!("{}: a stream link carries one call", self.end.link)
+                    }
+                    _ => {}
+                }
+                let at = self.flow_off + self.pending.len() as u64;
+                rec.payload(
+                    &self.end.link,
+                    Dir::Write,
+                    Segment {
+                        flow_off: at,
+                        call,
+                        audio_off,
+                        len: bytes.len() as u64,
+                    },
+                );
+                self.pending.extend(bytes);
+            }
+            Framing::Envelope { max_payload } => {
+                for (i, piece) in bytes.chunks(max_payload).enumerate() {
+                    let off = audio_off + (i * max_payload) as u64;
+                    let (frame, payload_at) = envelope(&self.producer, self.seq, call, off, piece);
+                    self.seq += 1;
+                    let at = self.flow_off + self.pending.len() as u64 + payload_at as u64;
+                    rec.payload(
+                        &self.end.link,
+                        Dir::Write,
+                        Segment {
+                            flow_off: at,
+                            call,
+                            audio_off: off,
+                            len: piece.len() as u64,
+                        },
+                    );
+                    self.pending.extend(frame);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending: whole chunks only for a stream, unless `all`; a batch of whole
+    /// envelopes otherwise.
+    fn flush(&mut self, rec: &Recorder, all: bool) -> Result<()> {
+        let stream = matches!(self.end.framing, Framing::Stream { .. });
+        let upto = if stream && !all {
+            self.pending.len() / self.end.chunk * self.end.chunk
+        } else {
+            self.pending.len()
+        };
+        let mut done = 0;
+        while done < upto {
+            let n = (upto - done).min(self.end.chunk);
+            let t_ns = monotonic_ns();
+            let buf = self.pending[done..].as_mut_ptr();
+            let k = syscall_io(self.fd.as_raw_fd(), buf, n, true, self.end.call, &thirds(n));
+            if k < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("writing {}", self.end.link));
+            }
+            let at = self.flow_off + done as u64;
+            rec.io(Io {
+                t_ns,
+                dir: Dir::Write,
+                fd: self.fd.as_raw_fd(),
+                link: self.end.link.clone(),
+                flow_off: at,
+                len: k as u64,
+                segments: Vec::new(),
+            });
+            done += k as usize;
+        }
+        self.pending.drain(..done);
+        self.flow_off += done as u64;
+        Ok(())
+    }
+}
+
+/// The receiving end of a link: turns bytes back into (call, audio offset, audio).
+struct In {
+    end: End,
+    /// Flow offset of `buf[0]`.
+    flow_off: u64,
+    buf: Vec<u8>,
+    stream: Option<(u32, usize)>,
+}
+
+type Payload = (u32, u64, Vec<u8>);
+
+impl In {
+    fn feed(&mut self, rec: &Recorder, bytes: &[u8]) -> Result<Vec<Payload>> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        loop {
+            let (take, payload) = match self.end.framing {
+                Framing::Stream { .. } => match self.stream {
+                    None => match parse_stream_header(&self.buf) {
+                        None => break,
+                        Some(h) => {
+                            let (call, len) = h?;
+                            self.stream = Some((call, len));
+                            (len, None)
+                        }
+                    },
+                    Some((call, header_len)) if !self.buf.is_empty() => (
+                        self.buf.len(),
+                        Some((call, self.flow_off - header_len as u64, 0..self.buf.len())),
+                    ),
+                    Some(_) => break,
+                },
+                Framing::Envelope { .. } => match parse_envelope(&self.buf) {
+                    None => break,
+                    Some(frame) => {
+                        let (len, call, off, range) = frame?;
+                        (len, Some((call, off, range)))
+                    }
+                },
+            };
+            if let Some((call, audio_off, range)) = payload {
+                let at = self.flow_off + range.start as u64;
+                rec.payload(
+                    &self.end.link,
+                    Dir::Read,
+                    Segment {
+                        flow_off: at,
+                        call,
+                        audio_off,
+                        len: range.len() as u64,
+                    },
+                );
+                out.push((call, audio_off, self.buf[range].to_vec()));
+            }
+            self.buf.drain(..take);
+            self.flow_off += take as u64;
+        }
+        Ok(out)
+    }
+}
+
+/// A reading end set up before the component is ready: a listening socket, or a FIFO to open.
+enum Listening {
+    Fifo(PathBuf),
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+fn listen(t: &Transport) -> Result<Listening> {
+    Ok(match t {
+        Transport::Fifo(p) => Listening::Fifo(p.clone()),
+        Transport::Tcp { v6, port_file } => {
+            let l = std::net::TcpListener::bind(if *v6 { "[::1]:0" } else { "127.0.0.1:0" })?;
+            std::fs::write(port_file, l.local_addr()?.port().to_string())?;
+            Listening::Tcp(l)
+        }
+        Transport::Unix(p) => Listening::Unix(
+            std::os::unix::net::UnixListener::bind(p)
+                .with_context(|| format!("binding {}", p.display()))?,
+        ),
     })
 }
 
-fn sleep_until(t_ns: u64) {
-    let now = monotonic_ns();
-    if t_ns > now {
-        std::thread::sleep(Duration::from_nanos(t_ns - now));
+fn accept(l: Listening) -> Result<OwnedFd> {
+    Ok(match l {
+        Listening::Fifo(p) => std::fs::File::open(&p)
+            .with_context(|| format!("opening {}", p.display()))?
+            .into(),
+        Listening::Tcp(l) => l.accept()?.0.into(),
+        Listening::Unix(l) => l.accept()?.0.into(),
+    })
+}
+
+fn connect(t: &Transport) -> Result<OwnedFd> {
+    if let Transport::Fifo(p) = t {
+        return Ok(std::fs::OpenOptions::new().write(true).open(p)?.into());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt: std::io::Result<OwnedFd> = match t {
+            Transport::Tcp { v6, port_file } => std::fs::read_to_string(port_file)
+                .and_then(|p| p.trim().parse::<u16>().map_err(std::io::Error::other))
+                .and_then(|port| {
+                    let ip: std::net::IpAddr = if *v6 {
+                        "::1".parse().unwrap()
+                    } else {
+                        "127.0.0.1".parse().unwrap()
+                    };
+                    std::net::TcpStream::connect(SocketAddr::new(ip, port))
+                })
+                .map(|s| {
+                    s.set_nodelay(true).ok();
+                    s.into()
+                }),
+            Transport::Unix(p) => std::os::unix::net::UnixStream::connect(p).map(Into::into),
+            Transport::Fifo(_) => unreachable!(),
+        };
+        match attempt {
+            Ok(fd) => return Ok(fd),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
     }
 }
 
-/// One write syscall of `bytes` at stream offset `flow_off`, recorded; returns bytes written.
-fn write_once(rec: &mut Recorder, link: &str, stream: Stream, flow_off: u64, bytes: &[u8]) -> Result<usize> {
-    let t_ns = monotonic_ns();
-    // SAFETY: bytes is a valid buffer of bytes.len() bytes.
-    let n = unsafe { libc::write(OUT_FD, bytes.as_ptr().cast(), bytes.len()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error()).context("write");
+/// Starts one thread per input: each reads its link to the end, records every read, and sends
+/// the audio it carried, stamped with the read's time, to the returned channel.
+fn wait_for(go: &Path) {
+    while !go.exists() {
+        std::thread::sleep(Duration::from_micros(200));
     }
-    let n = n as usize;
-    rec.log.ios.push(Io {
-        t_ns,
-        dir: Dir::Write,
-        fd: OUT_FD,
-        link: link.to_string(),
-        flow_off,
-        len: n as u64,
-        segments: stream.segments(flow_off, n as u64),
-    });
-    Ok(n)
 }
 
-fn write_all(rec: &mut Recorder, link: &str, stream: Stream, flow_off: &mut u64, mut bytes: &[u8]) -> Result<()> {
-    while !bytes.is_empty() {
-        let n = write_once(rec, link, stream, *flow_off, bytes)?;
-        *flow_off += n as u64;
-        bytes = &bytes[n..];
+fn start_inputs(
+    rec: &Arc<Recorder>,
+    ends: &[End],
+    go: &Path,
+) -> Result<(
+    mpsc::Receiver<(usize, u64, Vec<Payload>)>,
+    Vec<std::thread::JoinHandle<Result<()>>>,
+)> {
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for (i, end) in ends.iter().enumerate() {
+        let listening = listen(&end.transport)?;
+        let (rec, tx, end, go) = (rec.clone(), tx.clone(), end.clone(), go.to_path_buf());
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            let fd = accept(listening)?;
+            wait_for(&go);
+            let mut input = In {
+                end: end.clone(),
+                flow_off: 0,
+                buf: Vec::new(),
+                stream: None,
+            };
+            let mut buf = vec![0u8; READ_BUF];
+            let mut at = 0u64;
+            loop {
+                let n = syscall_io(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    false,
+                    end.call,
+                    &thirds(buf.len()),
+                );
+                let t_ns = monotonic_ns();
+                if n < 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("reading {}", end.link));
+                }
+                if n == 0 {
+                    return Ok(());
+                }
+                rec.io(Io {
+                    t_ns,
+                    dir: Dir::Read,
+                    fd: fd.as_raw_fd(),
+                    link: end.link.clone(),
+                    flow_off: at,
+                    len: n as u64,
+                    segments: Vec::new(),
+                });
+                at += n as u64;
+                let payloads = input.feed(&rec, &buf[..n as usize])?;
+                if !payloads.is_empty() && tx.send((i, t_ns, payloads)).is_err() {
+                    return Ok(());
+                }
+            }
+        }));
+    }
+    Ok((rx, threads))
+}
+
+fn join(threads: Vec<std::thread::JoinHandle<Result<()>>>) -> Result<()> {
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("input thread panicked"))??;
     }
     Ok(())
 }
 
-/// One read syscall, stamped right after it returns; returns the bytes read (0 at end of stream).
-fn read_once(buf: &mut [u8]) -> Result<(usize, u64)> {
-    // SAFETY: buf is a valid, writable buffer of buf.len() bytes.
-    let n = unsafe { libc::read(IN_FD, buf.as_mut_ptr().cast(), buf.len()) };
-    let t_ns = monotonic_ns();
-    if n < 0 {
-        return Err(std::io::Error::last_os_error()).context("read");
-    }
-    Ok((n as usize, t_ns))
-}
-
-/// Reads the input stream to its end, calling `on_read` with each read's bytes and time; records
-/// every read once the stream's header has told which call it carries.
-fn read_stream(
-    rec: &mut Recorder,
-    link: &str,
-    mut on_read: impl FnMut(&mut Recorder, Stream, &[u8], u64) -> Result<()>,
-) -> Result<()> {
-    let mut buf = vec![0u8; READ_BUF];
-    let mut flow_off = 0u64;
-    let mut stream: Option<Stream> = None;
-    let mut head: Vec<u8> = Vec::new();
-    let mut pending_reads: Vec<(u64, u64, u64)> = Vec::new();
-    loop {
-        let (n, t_ns) = read_once(&mut buf)?;
-        if n == 0 {
-            return match stream {
-                Some(_) => Ok(()),
-                None => bail!("stream ended before its header"),
-            };
-        }
-        let s = match stream {
-            Some(s) => s,
-            None => {
-                head.extend_from_slice(&buf[..n]);
-                pending_reads.push((t_ns, flow_off, n as u64));
-                flow_off += n as u64;
-                let Some(parsed) = parse_header(&head) else { continue };
-                let s = parsed?;
-                stream = Some(s);
-                for (t, off, len) in pending_reads.drain(..) {
-                    rec.log.ios.push(Io {
-                        t_ns: t,
-                        dir: Dir::Read,
-                        fd: IN_FD,
-                        link: link.to_string(),
-                        flow_off: off,
-                        len,
-                        segments: s.segments(off, len),
-                    });
+pub fn run(spec: Spec) -> Result<()> {
+    // A source loads its audio before it is ready: the tracer is attached then, and reading the
+    // WAV files is not part of the pipeline.
+    let audio = match &spec.role {
+        Role::Source { calls, .. } => calls
+            .iter()
+            .map(|c| Audio::read_wav(&c.wav))
+            .collect::<Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
+    let rec = Recorder::start(&spec)?;
+    let (rx, threads) = start_inputs(&rec, &spec.inputs, &spec.go)?;
+    let mut outs = spec
+        .outputs
+        .iter()
+        .map(|e| Out::open(e, &spec.name))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::write(&spec.ready, b"")
+        .with_context(|| format!("creating {}", spec.ready.display()))?;
+    match &spec.role {
+        Role::Source { calls, speed } => source(&rec, &mut outs, calls, &audio, *speed, &spec.go)?,
+        Role::Relay { hold_us, route } => {
+            let n = outs.len();
+            let mut ready = rx.recv().ok();
+            while let Some((input, t_read, payloads)) = ready {
+                sleep_until(t_read + hold_us * 1000);
+                for (call, off, bytes) in payloads {
+                    for o in route.outputs(input, call, n) {
+                        outs[o].push(&rec, call, off, &bytes)?;
+                    }
                 }
-                on_read(rec, s, &head, t_ns)?;
-                continue;
+                // Batch whatever has already arrived; write once nothing more is waiting.
+                ready = match rx.try_recv() {
+                    Ok(next) => Some(next),
+                    Err(mpsc::TryRecvError::Empty) => {
+                        for o in &mut outs {
+                            o.flush(&rec, false)?;
+                        }
+                        rx.recv().ok()
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => None,
+                };
             }
-        };
-        rec.log.ios.push(Io {
-            t_ns,
-            dir: Dir::Read,
-            fd: IN_FD,
-            link: link.to_string(),
-            flow_off,
-            len: n as u64,
-            segments: s.segments(flow_off, n as u64),
-        });
-        flow_off += n as u64;
-        on_read(rec, s, &buf[..n], t_ns)?;
-    }
-}
-
-fn source(a: SourceArgs) -> Result<()> {
-    let mut rec = Recorder::start(&a.common)?;
-    let audio = Audio::read_wav(&a.wav)?;
-    let byte_rate = audio.bytes_per_second() as f64;
-    let mut bytes = header(a.call, a.header_len)?;
-    bytes.extend(audio.to_bytes());
-    let stream = Stream { call: a.call, header_len: a.header_len as u64 };
-    while !a.go.exists() {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let t0 = monotonic_ns();
-    let mut flow_off = 0u64;
-    for chunk in bytes.chunks(a.chunk) {
-        let due = (flow_off + chunk.len() as u64) as f64 / byte_rate / a.speed;
-        sleep_until(t0 + (due * 1e9) as u64);
-        write_all(&mut rec, &a.common.link_out, stream, &mut flow_off, chunk)?;
-    }
-    rec.finish()
-}
-
-fn relay(a: RelayArgs) -> Result<()> {
-    let mut rec = Recorder::start(&a.common)?;
-    let link_out = a.common.link_out.clone();
-    let mut out_stream: Option<Stream> = None;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut out_off = 0u64;
-    read_stream(&mut rec, &a.common.link_in.clone(), |rec, s, bytes, t_read| {
-        let out = match out_stream {
-            Some(o) => {
-                pending.extend_from_slice(bytes);
-                o
-            }
-            None => {
-                // First call: `bytes` is the whole input so far; replace its header with ours.
-                let o = Stream { call: s.call, header_len: a.header_len as u64 };
-                pending.extend(header(s.call, a.header_len)?);
-                pending.extend_from_slice(&bytes[s.header_len as usize..]);
-                out_stream = Some(o);
-                o
-            }
-        };
-        sleep_until(t_read + a.hold_us * 1000);
-        let full = pending.len() / a.chunk * a.chunk;
-        for chunk in pending[..full].chunks(a.chunk) {
-            write_all(rec, &link_out, out, &mut out_off, chunk)?;
         }
-        pending.drain(..full);
-        Ok(())
-    })?;
-    if let Some(out) = out_stream {
-        write_all(&mut rec, &link_out, out, &mut out_off, &pending)?;
+        Role::Sink => while rx.recv().is_ok() {},
     }
+    for o in &mut outs {
+        o.flush(&rec, true)?;
+    }
+    drop(outs);
+    join(threads)?;
     rec.finish()
 }
 
-fn sink(c: Common) -> Result<()> {
-    let mut rec = Recorder::start(&c)?;
-    read_stream(&mut rec, &c.link_in, |_, _, _, _| Ok(()))?;
-    rec.finish()
+fn source(
+    rec: &Recorder,
+    outs: &mut [Out],
+    calls: &[SourceCall],
+    audio: &[Audio],
+    speed: f64,
+    go: &Path,
+) -> Result<()> {
+    let rate = audio[0].rate as u64;
+    let audio: Vec<Vec<u8>> = audio.iter().map(Audio::to_bytes).collect();
+    let tick = (rate * 2 * TICK.as_millis() as u64 / 1000) as usize;
+    wait_for(go);
+    let t0 = monotonic_ns();
+    let ticks = audio
+        .iter()
+        .map(|a| a.len().div_ceil(tick))
+        .max()
+        .unwrap_or(0);
+    for k in 0..ticks {
+        sleep_until(t0 + ((k + 1) as f64 * TICK.as_nanos() as f64 / speed) as u64);
+        for (c, bytes) in calls.iter().zip(&audio) {
+            let lo = (k * tick).min(bytes.len());
+            let hi = ((k + 1) * tick).min(bytes.len());
+            if lo < hi {
+                outs[c.output].push(rec, c.call, lo as u64, &bytes[lo..hi])?;
+            }
+        }
+        for o in outs.iter_mut() {
+            o.flush(rec, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `spec` where a component launched from `exe` will find it; returns the command.
+pub fn command(exe: &Path, spec: &Spec, spec_path: &Path) -> Result<std::process::Command> {
+    let mut f = std::fs::File::create(spec_path)
+        .with_context(|| format!("creating {}", spec_path.display()))?;
+    f.write_all(&serde_json::to_vec(spec)?)?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.env(COMPONENT_ENV, spec_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    Ok(cmd)
+}
+
+/// Creates a FIFO.
+pub fn mkfifo(path: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mkfifo {}", path.display()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -345,23 +814,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_has_the_asked_length_and_parses() {
+    fn stream_headers_have_the_asked_length_and_parse() {
         for len in [17, 45, 64, 1001] {
-            let h = header(42, len).unwrap();
+            let h = stream_header(42, len).unwrap();
             assert_eq!(h.len(), len);
-            let s = parse_header(&h).unwrap().unwrap();
-            assert_eq!((s.call, s.header_len), (42, len as u64));
+            assert_eq!(parse_stream_header(&h).unwrap().unwrap(), (42, len));
         }
-        assert!(header(1, 8).is_err());
-        assert!(parse_header(b"HXA call=").is_none());
-        assert!(parse_header(b"garbage\n").unwrap().is_err());
+        assert!(stream_header(1, 8).is_err());
+        assert!(parse_stream_header(b"HXA call=").is_none());
+        assert!(parse_stream_header(b"garbage\n").unwrap().is_err());
     }
 
     #[test]
-    fn segments_skip_the_header() {
-        let s = Stream { call: 3, header_len: 45 };
-        assert!(s.segments(0, 45).is_empty());
-        assert_eq!(s.segments(40, 10), vec![Segment { flow_off: 45, call: 3, audio_off: 0, len: 5 }]);
-        assert_eq!(s.segments(100, 10), vec![Segment { flow_off: 100, call: 3, audio_off: 55, len: 10 }]);
+    fn envelopes_round_trip_and_checksums_catch_damage() {
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        for seq in 0..30 {
+            let (mut f, at) = envelope("relay-1", seq, 9, 12_345, &payload);
+            assert_eq!(&f[at..], &payload[..]);
+            let (len, call, off, range) = parse_envelope(&f).unwrap().unwrap();
+            assert_eq!((len, call, off, range.start), (f.len(), 9, 12_345, at));
+            assert!(parse_envelope(&f[..f.len() - 1]).is_none(), "incomplete");
+            f[at + 3] ^= 1;
+            assert!(parse_envelope(&f).unwrap().is_err(), "damaged payload");
+        }
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn envelope_headers_vary_in_length() {
+        let lens: std::collections::BTreeSet<usize> =
+            (0..50).map(|s| envelope("p", s, 1, 0, b"xy").1).collect();
+        assert!(
+            lens.len() > 10 && lens.iter().any(|l| l % 2 == 1),
+            "{lens:?}"
+        );
     }
 }

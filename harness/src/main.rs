@@ -51,7 +51,10 @@ fn main() -> Result<()> {
             let calls = CallTruthIndex::build(&gt, cfg)?;
             let records = oracle::records(&gt, &calls, Observes::ALL);
             if let Some(path) = json {
-                schema::write_jsonl(&mut std::io::BufWriter::new(std::fs::File::create(path)?), &records)?;
+                schema::write_jsonl(
+                    &mut std::io::BufWriter::new(std::fs::File::create(path)?),
+                    &records,
+                )?;
             }
             let s = score::score_indexed(&gt, &calls, &records, Observes::ALL, cfg, "oracle");
             print!("{s}");

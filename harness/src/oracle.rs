@@ -10,13 +10,24 @@ pub fn records(gt: &GroundTruth, calls: &[CallTruthIndex], obs: Observes) -> Vec
     for c in calls {
         let sighting = |point: usize, end: u64| {
             let carried = c.carried[point].get(&end)?;
-            let p = &c.path[point];
-            let comm = gt.component(&p.component).map(|l| l.comm.clone()).unwrap_or_default();
-            Some(Sighting { pid: carried.pid, comm, fd: carried.fd, dir: p.dir, t_ns: carried.t_ns, node: None })
+            let p = &c.points[point];
+            let comm = gt
+                .component(&p.component)
+                .map(|l| l.comm.clone())
+                .unwrap_or_default();
+            Some(Sighting {
+                pid: carried.pid,
+                comm,
+                fd: carried.fd,
+                dir: p.dir,
+                t_ns: carried.t_ns,
+                pos: Some(carried.pos),
+                node: None,
+            })
         };
-        for w in c.observable(obs).windows(2) {
+        for (a, b) in c.hops(obs) {
             for m in &c.moments {
-                if let (Some(from), Some(to)) = (sighting(w[0], m.end), sighting(w[1], m.end)) {
+                if let (Some(from), Some(to)) = (sighting(a, m.end), sighting(b, m.end)) {
                     out.push(HopRecord::new(m.signature, from, to));
                 }
             }

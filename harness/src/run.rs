@@ -1,13 +1,14 @@
-//! Runs a scenario: prepares each call's audio, starts the components as real processes wired
-//! by pipes, lets a tracer attach, starts the audio and collects the ground truth.
+//! Runs a scenario: prepares each call's audio, starts its topology's components as real
+//! processes joined by real links, lets a tracer attach, starts the audio and collects the
+//! ground truth.
 
 use crate::audio::{self, Audio};
-use crate::component::COMPONENT_ENV;
-use crate::scenario::{AudioSource, Scenario, Stage};
+use crate::component::{self, End, Role, SourceCall, Spec, Transport};
+use crate::scenario::{AudioPlan, Kind, LinkKind, Scenario};
 use crate::truth::{CallTruth, ComponentLog, Dir, GroundTruth, Point};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// What a tracer is told to trace: the components' pids and the prefix of their comm.
@@ -17,23 +18,86 @@ pub struct Targets {
     pub comm_prefix: String,
 }
 
-/// A fresh directory for one run's audio and ground truth.
+/// A fresh directory for one run's audio, links and ground truth.
 pub fn workdir(label: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("hx-{label}-{}-{}", std::process::id(), crate::truth::monotonic_ns()));
+    let dir = std::env::temp_dir().join(format!(
+        "hx-{label}-{}-{}",
+        std::process::id(),
+        crate::truth::monotonic_ns()
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 
 /// The audio of call `call` of a scenario: deterministic for a scenario and call number.
-pub fn call_audio(sc: &Scenario, call: u32, corpus: Option<&[Audio]>) -> Result<Audio> {
+pub fn call_audio(sc: &Scenario, call: u32, corpus: &[Audio], music: &[Audio]) -> Result<Audio> {
     let seed = 0x5EED_0000 + call as u64;
+    let rate = sc.rate;
     Ok(match sc.audio {
-        AudioSource::SyntheticSpeech => audio::speech_like(sc.rate, sc.seconds, seed),
-        AudioSource::RealSpeech => match corpus {
-            Some(c) => audio::speech_call(c, sc.seconds, seed),
-            None => audio::speech_call(&audio::speech_corpus()?, sc.seconds, seed),
-        },
+        AudioPlan::SyntheticSpeech => audio::speech_like(rate, sc.seconds, seed),
+        AudioPlan::RealSpeech => audio::speech_call(corpus, sc.seconds, seed),
+        AudioPlan::QuietAndShared => {
+            // 24 s: speech, silence, comfort noise, tone, DTMF, shared hold music, speech.
+            let mut a = audio::speech_call(corpus, 5.0, seed);
+            a.append(&audio::digital_silence(rate, 2.0));
+            a.append(&audio::comfort_noise(rate, 2.0, 30.0, seed));
+            a.append(&audio::tone(rate, 1.0, 1000.0, 8000.0));
+            a.append(&audio::dtmf(rate, "1590#"));
+            let hold = (rate as f64 * 7.0) as usize;
+            a.append(&Audio::new(rate, music[0].samples[..hold].to_vec()));
+            let rest = (sc.seconds * rate as f64) as usize - a.samples.len();
+            a.append(&audio::speech_call(
+                corpus,
+                rest as f64 / rate as f64,
+                seed + 1000,
+            ));
+            a.samples.truncate((sc.seconds * rate as f64) as usize);
+            a
+        }
     })
+}
+
+/// The tree of points call `call` passes, from its source's output `output`.
+fn call_tree(sc: &Scenario, call: u32, src: usize, output: usize, wav: PathBuf) -> CallTruth {
+    let t = &sc.topology;
+    let mut tree = CallTruth {
+        call,
+        wav,
+        points: Vec::new(),
+        parent: Vec::new(),
+    };
+    let mut todo = vec![(t.comps[src].outputs[output], None)];
+    while let Some((l, parent)) = todo.pop() {
+        let link = &t.links[l];
+        let w = tree.add(
+            Point {
+                component: t.comps[link.from].name.clone(),
+                dir: Dir::Write,
+                link: link.name.clone(),
+            },
+            parent,
+        );
+        let reader = &t.comps[link.to];
+        let r = tree.add(
+            Point {
+                component: reader.name.clone(),
+                dir: Dir::Read,
+                link: link.name.clone(),
+            },
+            Some(w),
+        );
+        if let Kind::Relay { route, .. } = reader.kind {
+            let input = reader
+                .inputs
+                .iter()
+                .position(|&i| i == l)
+                .expect("link is an input of its reader");
+            for o in route.outputs(input, call, reader.outputs.len()) {
+                todo.push((reader.outputs[o], Some(r)));
+            }
+        }
+    }
+    tree
 }
 
 struct Running {
@@ -41,95 +105,103 @@ struct Running {
     child: Child,
 }
 
-fn component_args(
-    role: &str,
-    name: &str,
-    dir: &Path,
-    link_in: &str,
-    link_out: &str,
-) -> Vec<String> {
-    vec![
-        role.into(),
-        "--name".into(),
-        name.into(),
-        "--truth".into(),
-        dir.join(format!("{name}.truth.json")).display().to_string(),
-        "--ready".into(),
-        dir.join(format!("{name}.ready")).display().to_string(),
-        "--link-in".into(),
-        link_in.into(),
-        "--link-out".into(),
-        link_out.into(),
-    ]
-}
-
-fn stage_args(s: &Stage) -> Vec<String> {
-    vec!["--chunk".into(), s.chunk.to_string(), "--header-len".into(), s.header_len.to_string()]
-}
-
 /// Runs `sc` with components launched from `exe` (a binary that calls
 /// `component::run_if_component` first in `main`). `attach` is called once every component is
 /// up and before any audio moves: start the tracer there.
-pub fn run(sc: &Scenario, exe: &Path, dir: &Path, attach: impl FnOnce(&Targets) -> Result<()>) -> Result<GroundTruth> {
+pub fn run(
+    sc: &Scenario,
+    exe: &Path,
+    dir: &Path,
+    attach: impl FnOnce(&Targets) -> Result<()>,
+) -> Result<GroundTruth> {
     let corpus = match sc.audio {
-        AudioSource::RealSpeech => Some(audio::speech_corpus()?),
-        AudioSource::SyntheticSpeech => None,
+        AudioPlan::RealSpeech | AudioPlan::QuietAndShared => audio::speech_corpus()?,
+        AudioPlan::SyntheticSpeech => Vec::new(),
     };
+    let music = match sc.audio {
+        AudioPlan::QuietAndShared => audio::hold_music()?,
+        _ => Vec::new(),
+    };
+    let t = &sc.topology;
     let go = dir.join("go");
-    let mut running: Vec<Running> = Vec::new();
+    let ends: Vec<(End, End)> = t
+        .links
+        .iter()
+        .map(|l| {
+            let transport = match l.spec.kind {
+                LinkKind::Pipe => {
+                    let p = dir.join(format!("{}.fifo", l.name));
+                    component::mkfifo(&p)?;
+                    Transport::Fifo(p)
+                }
+                LinkKind::Tcp4 | LinkKind::Tcp6 => Transport::Tcp {
+                    v6: l.spec.kind == LinkKind::Tcp6,
+                    port_file: dir.join(format!("{}.port", l.name)),
+                },
+                LinkKind::Unix => Transport::Unix(dir.join(format!("{}.sock", l.name))),
+            };
+            let end = |call| End {
+                link: l.name.clone(),
+                transport: transport.clone(),
+                framing: l.spec.framing,
+                call,
+                chunk: l.spec.chunk,
+            };
+            Ok((end(l.spec.write), end(l.spec.read)))
+        })
+        .collect::<Result<_>>()?;
+
     let mut calls = Vec::new();
-    let spawn = |running: &mut Vec<Running>, name: String, args: Vec<String>, stdin: Stdio, piped_out: bool| -> Result<()> {
-        let child = Command::new(exe)
-            .env(COMPONENT_ENV, "1")
-            .args(args)
-            .stdin(stdin)
-            .stdout(if piped_out { Stdio::piped() } else { Stdio::null() })
-            .spawn()
-            .with_context(|| format!("starting component {name} from {}", exe.display()))?;
-        running.push(Running { name, child });
-        Ok(())
-    };
-    let result = (|| -> Result<()> {
-        for call in 0..sc.calls {
-            let wav = dir.join(format!("call-{call}.wav"));
-            call_audio(sc, call, corpus.as_deref())?.write_wav(&wav)?;
-            let link = |i: usize| format!("c{call}-l{i}");
-            let mut path = Vec::new();
-            let src = format!("c{call}-src");
-            let mut args = component_args("source", &src, dir, "", &link(0));
-            args.extend(stage_args(&sc.source));
-            args.extend([
-                "--call".into(),
-                call.to_string(),
-                "--wav".into(),
-                wav.display().to_string(),
-                "--go".into(),
-                go.display().to_string(),
-                "--speed".into(),
-                sc.speed.to_string(),
-            ]);
-            spawn(&mut running, src.clone(), args, Stdio::null(), true)?;
-            path.push(Point { component: src, dir: Dir::Write, link: link(0) });
-            for (i, stage) in sc.relays.iter().enumerate() {
-                let name = format!("c{call}-r{}", i + 1);
-                let mut args = component_args("relay", &name, dir, &link(i), &link(i + 1));
-                args.extend(stage_args(stage));
-                args.extend(["--hold-us".into(), stage.hold_us.to_string()]);
-                let upstream = running.last_mut().and_then(|r| r.child.stdout.take()).expect("piped stdout");
-                spawn(&mut running, name.clone(), args, upstream.into(), true)?;
-                path.push(Point { component: name.clone(), dir: Dir::Read, link: link(i) });
-                path.push(Point { component: name, dir: Dir::Write, link: link(i + 1) });
+    let mut specs = Vec::new();
+    for (ci, c) in t.comps.iter().enumerate() {
+        let role = match &c.kind {
+            Kind::Source { calls: mine } => {
+                let mut list = Vec::new();
+                for &(call, output) in mine {
+                    let wav = dir.join(format!("call-{call}.wav"));
+                    call_audio(sc, call, &corpus, &music)?.write_wav(&wav)?;
+                    calls.push(call_tree(sc, call, ci, output, wav.clone()));
+                    list.push(SourceCall { call, wav, output });
+                }
+                Role::Source { calls: list, speed: sc.speed }
             }
-            let sink = format!("c{call}-sink");
-            let last = link(sc.relays.len());
-            let upstream = running.last_mut().and_then(|r| r.child.stdout.take()).expect("piped stdout");
-            spawn(&mut running, sink.clone(), component_args("sink", &sink, dir, &last, ""), upstream.into(), false)?;
-            path.push(Point { component: sink, dir: Dir::Read, link: last });
-            calls.push(CallTruth { call, wav, path });
+            Kind::Relay { hold_us, route } => Role::Relay {
+                hold_us: *hold_us,
+                route: *route,
+            },
+            Kind::Sink => Role::Sink,
+        };
+        specs.push(Spec {
+            name: c.name.clone(),
+            truth: dir.join(format!("{}.truth.json", c.name)),
+            ready: dir.join(format!("{}.ready", c.name)),
+            go: go.clone(),
+            role,
+            inputs: c.inputs.iter().map(|&l| ends[l].1.clone()).collect(),
+            outputs: c.outputs.iter().map(|&l| ends[l].0.clone()).collect(),
+        });
+    }
+    calls.sort_by_key(|c| c.call);
+
+    let mut running: Vec<Running> = Vec::new();
+    let result = (|| -> Result<()> {
+        for spec in &specs {
+            let child =
+                component::command(exe, spec, &dir.join(format!("{}.spec.json", spec.name)))?
+                    .spawn()
+                    .with_context(|| {
+                        format!("starting component {} from {}", spec.name, exe.display())
+                    })?;
+            running.push(Running {
+                name: spec.name.clone(),
+                child,
+            });
         }
         wait_ready(&mut running, dir)?;
-        let targets =
-            Targets { pids: running.iter().map(|r| r.child.id()).collect(), comm_prefix: "hx-".into() };
+        let targets = Targets {
+            pids: running.iter().map(|r| r.child.id()).collect(),
+            comm_prefix: "hx-".into(),
+        };
         attach(&targets)?;
         std::fs::write(&go, b"")?;
         let budget = Duration::from_secs_f64(sc.seconds / sc.speed * 3.0 + 30.0);
@@ -142,11 +214,15 @@ pub fn run(sc: &Scenario, exe: &Path, dir: &Path, attach: impl FnOnce(&Targets) 
         }
     }
     result?;
-    let components = running
+    let components = specs
         .iter()
-        .map(|r| ComponentLog::load(&dir.join(format!("{}.truth.json", r.name))))
+        .map(|s| ComponentLog::load(&s.truth))
         .collect::<Result<Vec<_>>>()?;
-    Ok(GroundTruth { scenario: sc.id.to_string(), calls, components })
+    Ok(GroundTruth {
+        scenario: sc.id.to_string(),
+        calls,
+        components,
+    })
 }
 
 fn wait_ready(running: &mut [Running], dir: &Path) -> Result<()> {

@@ -1,25 +1,143 @@
-//! The scenario catalogue: every phase is run against the same descriptions (BRIEF §6).
+//! The scenario catalogue: every phase is run against the same descriptions (BRIEF §6). A
+//! scenario is its calls' audio and a topology of components joined by links.
 
+use crate::component::{Framing, IoCall, Route};
 use serde::Serialize;
 
 /// Where a scenario's call audio comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum AudioSource {
+pub enum AudioPlan {
     /// Prompts of the real speech corpus with pauses and per-call line noise.
     RealSpeech,
     /// `audio::speech_like`, unique per call.
     SyntheticSpeech,
+    /// Real speech, long digital silence, comfort noise, a tone, DTMF, then the same hold music
+    /// at the same time on every call, then speech again (S7).
+    QuietAndShared,
 }
 
-/// How one component writes its stream on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Stage {
-    /// How long each read is held before it may be written on (relays).
-    pub hold_us: u64,
-    /// Size of every write.
+pub enum LinkKind {
+    Pipe,
+    Tcp4,
+    Tcp6,
+    Unix,
+}
+
+/// How a link carries bytes: transport, framing, the syscall family of each end, write size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LinkSpec {
+    pub kind: LinkKind,
+    pub framing: Framing,
+    pub write: IoCall,
+    pub read: IoCall,
     pub chunk: usize,
-    /// Length of the stream header it writes before the audio.
-    pub header_len: usize,
+}
+
+impl LinkSpec {
+    /// A pipe with write/read, a stream of `chunk`-byte writes behind a `header_len` header.
+    pub const fn pipe(chunk: usize, header_len: usize) -> Self {
+        Self {
+            kind: LinkKind::Pipe,
+            framing: Framing::Stream { header_len },
+            write: IoCall::Plain,
+            read: IoCall::Plain,
+            chunk,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Kind {
+    /// Sends (call, output index) pairs.
+    Source {
+        calls: Vec<(u32, usize)>,
+    },
+    Relay {
+        hold_us: u64,
+        route: Route,
+    },
+    Sink,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Comp {
+    pub name: String,
+    pub kind: Kind,
+    pub inputs: Vec<usize>,
+    pub outputs: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Link {
+    pub name: String,
+    pub spec: LinkSpec,
+    pub from: usize,
+    pub to: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Topology {
+    pub comps: Vec<Comp>,
+    pub links: Vec<Link>,
+}
+
+impl Topology {
+    pub fn comp(&mut self, name: impl Into<String>, kind: Kind) -> usize {
+        self.comps.push(Comp {
+            name: name.into(),
+            kind,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        });
+        self.comps.len() - 1
+    }
+
+    pub fn link(&mut self, from: usize, to: usize, spec: LinkSpec) -> usize {
+        let i = self.links.len();
+        self.links.push(Link {
+            name: format!("l{i}"),
+            spec,
+            from,
+            to,
+        });
+        self.comps[from].outputs.push(i);
+        self.comps[to].inputs.push(i);
+        i
+    }
+
+    /// One chain of processes per call: source → relays → sink, `links[i]` between stage i
+    /// and i + 1, relay i holding each read `holds[i]` µs.
+    pub fn chains(calls: u32, holds: &[u64], links: &[LinkSpec]) -> Self {
+        assert_eq!(links.len(), holds.len() + 1);
+        let mut t = Self::default();
+        for c in 0..calls {
+            let mut prev = t.comp(
+                format!("c{c}-src"),
+                Kind::Source {
+                    calls: vec![(c, 0)],
+                },
+            );
+            for (i, &hold_us) in holds.iter().enumerate() {
+                let r = t.comp(
+                    format!("c{c}-r{}", i + 1),
+                    Kind::Relay {
+                        hold_us,
+                        route: Route::Same,
+                    },
+                );
+                t.link(prev, r, links[i]);
+                prev = r;
+            }
+            let sink = t.comp(format!("c{c}-sink"), Kind::Sink);
+            t.link(prev, sink, links[holds.len()]);
+        }
+        t
+    }
+
+    pub fn processes(&self) -> usize {
+        self.comps.len()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -29,53 +147,288 @@ pub struct Scenario {
     pub calls: u32,
     pub seconds: f64,
     pub rate: u32,
-    pub audio: AudioSource,
-    /// Pace of the source: 1 is real time.
+    pub audio: AudioPlan,
+    /// Pace of the sources: 1 is real time.
     pub speed: f64,
-    pub source: Stage,
-    /// One relay per stage, in order; a sink reads the last link.
-    pub relays: Vec<Stage>,
+    pub topology: Topology,
 }
 
-const fn stage(hold_us: u64, chunk: usize, header_len: usize) -> Stage {
-    Stage { hold_us, chunk, header_len }
-}
-
-/// S1 pipe chain: source → relay → relay → sink over pipes, 2048-byte writes, known hold times.
+/// S1 pipe chain: source → relay → relay → sink over pipes, 2048-byte writes, holds 2 and 5 ms.
 pub fn s1() -> Scenario {
+    let p = LinkSpec::pipe(2048, 64);
     Scenario {
         id: "S1",
         title: "pipe chain, 2048-byte writes",
         calls: 2,
         seconds: 20.0,
         rate: 8000,
-        audio: AudioSource::RealSpeech,
+        audio: AudioPlan::RealSpeech,
         speed: 4.0,
-        source: stage(0, 2048, 64),
-        relays: vec![stage(2_000, 2048, 64), stage(5_000, 2048, 64)],
+        topology: Topology::chains(2, &[2_000, 5_000], &[p, p, p]),
     }
 }
 
 /// S2 re-chunk: relays re-chunk to 160, 1000 and 3001 bytes behind headers of odd lengths.
 pub fn s2() -> Scenario {
+    let links = [
+        LinkSpec::pipe(2048, 45),
+        LinkSpec::pipe(160, 1001),
+        LinkSpec::pipe(1000, 17),
+        LinkSpec::pipe(3001, 64),
+    ];
     Scenario {
         id: "S2",
         title: "re-chunk to 160/1000/3001 bytes, odd header offsets",
         calls: 2,
         seconds: 20.0,
         rate: 8000,
-        audio: AudioSource::RealSpeech,
+        audio: AudioPlan::RealSpeech,
         speed: 4.0,
-        source: stage(0, 2048, 45),
-        relays: vec![stage(1_000, 160, 1001), stage(2_000, 1000, 17), stage(500, 3001, 64)],
+        topology: Topology::chains(2, &[1_000, 2_000, 500], &links),
+    }
+}
+
+/// S3 envelopes: per-call pipes into one relay that re-frames every call into Pulsar-style
+/// envelopes (variable headers, several envelopes batched per write) on one TCP connection; a
+/// second relay takes them apart into per-call unix links with smaller envelopes.
+pub fn s3() -> Scenario {
+    let calls = 3;
+    let mut t = Topology::default();
+    let r1 = t.comp(
+        "env-r1",
+        Kind::Relay {
+            hold_us: 1_000,
+            route: Route::First,
+        },
+    );
+    let r2 = t.comp(
+        "env-r2",
+        Kind::Relay {
+            hold_us: 2_000,
+            route: Route::ByCall,
+        },
+    );
+    for c in 0..calls {
+        let src = t.comp(
+            format!("c{c}-src"),
+            Kind::Source {
+                calls: vec![(c, 0)],
+            },
+        );
+        t.link(src, r1, LinkSpec::pipe(2048, 64));
+    }
+    let batched = LinkSpec {
+        kind: LinkKind::Tcp4,
+        framing: Framing::Envelope { max_payload: 1000 },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk: 64 * 1024,
+    };
+    t.link(r1, r2, batched);
+    for c in 0..calls {
+        let sink = t.comp(format!("c{c}-sink"), Kind::Sink);
+        let small = LinkSpec {
+            kind: LinkKind::Unix,
+            framing: Framing::Envelope { max_payload: 333 },
+            write: IoCall::Message,
+            read: IoCall::Vector,
+            chunk: 4096,
+        };
+        t.link(r2, sink, small);
+    }
+    Scenario {
+        id: "S3",
+        title: "Pulsar-style envelopes, batched and multiplexed on TCP, re-framed",
+        calls,
+        seconds: 15.0,
+        rate: 8000,
+        audio: AudioPlan::RealSpeech,
+        speed: 3.0,
+        topology: t,
+    }
+}
+
+/// S4 sockets: unix with writev/readv, TCP over IPv4 with sendmsg/recvmsg, TCP over IPv6 with
+/// send/recv; three iovecs per vector call.
+pub fn s4() -> Scenario {
+    let links = [
+        LinkSpec {
+            kind: LinkKind::Unix,
+            framing: Framing::Stream { header_len: 64 },
+            write: IoCall::Vector,
+            read: IoCall::Vector,
+            chunk: 2048,
+        },
+        LinkSpec {
+            kind: LinkKind::Tcp4,
+            framing: Framing::Stream { header_len: 33 },
+            write: IoCall::Message,
+            read: IoCall::Message,
+            chunk: 1500,
+        },
+        LinkSpec {
+            kind: LinkKind::Tcp6,
+            framing: Framing::Stream { header_len: 64 },
+            write: IoCall::Socket,
+            read: IoCall::Socket,
+            chunk: 4096,
+        },
+    ];
+    Scenario {
+        id: "S4",
+        title: "unix writev/readv, TCPv4 sendmsg/recvmsg, TCPv6 send/recv",
+        calls: 2,
+        seconds: 15.0,
+        rate: 8000,
+        audio: AudioPlan::RealSpeech,
+        speed: 3.0,
+        topology: Topology::chains(2, &[1_000, 3_000], &links),
+    }
+}
+
+/// S7 quiet and repeats: silences, comfort noise, tones, DTMF and the same hold music at the
+/// same time on every call, through one relay process serving all calls on their own
+/// connections and a broker that fans every call out to two consumers.
+pub fn s7() -> Scenario {
+    let calls = 6;
+    let mut t = Topology::default();
+    let relay = t.comp(
+        "relay",
+        Kind::Relay {
+            hold_us: 1_000,
+            route: Route::Same,
+        },
+    );
+    let broker = t.comp(
+        "broker",
+        Kind::Relay {
+            hold_us: 500,
+            route: Route::Pairs,
+        },
+    );
+    let (a, b) = (
+        t.comp("consumer-a", Kind::Sink),
+        t.comp("consumer-b", Kind::Sink),
+    );
+    let unix = LinkSpec {
+        kind: LinkKind::Unix,
+        framing: Framing::Stream { header_len: 64 },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk: 2048,
+    };
+    let tcp = LinkSpec {
+        kind: LinkKind::Tcp4,
+        framing: Framing::Envelope { max_payload: 800 },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk: 8192,
+    };
+    for c in 0..calls {
+        let src = t.comp(
+            format!("c{c}-src"),
+            Kind::Source {
+                calls: vec![(c, 0)],
+            },
+        );
+        t.link(src, relay, unix);
+    }
+    for _ in 0..calls {
+        t.link(relay, broker, tcp);
+    }
+    for _ in 0..calls {
+        t.link(broker, a, tcp);
+        t.link(broker, b, tcp);
+    }
+    Scenario {
+        id: "S7",
+        title: "silence, comfort noise, tones, shared hold music, fan-out to two consumers",
+        calls,
+        seconds: 24.0,
+        rate: 8000,
+        audio: AudioPlan::QuietAndShared,
+        speed: 3.0,
+        topology: t,
+    }
+}
+
+/// S8 concurrency: 16 calls multiplexed on one TCP connection end to end, and 16 calls each on
+/// its own connection through the same relay process.
+pub fn s8() -> Scenario {
+    let per_group = 16;
+    let mut t = Topology::default();
+    let env = LinkSpec {
+        kind: LinkKind::Tcp4,
+        framing: Framing::Envelope { max_payload: 640 },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk: 16 * 1024,
+    };
+    let src_m = t.comp(
+        "mux-src",
+        Kind::Source {
+            calls: (0..per_group).map(|c| (c, 0)).collect(),
+        },
+    );
+    let relay_m = t.comp(
+        "mux-relay",
+        Kind::Relay {
+            hold_us: 1_000,
+            route: Route::First,
+        },
+    );
+    let sink_m = t.comp("mux-sink", Kind::Sink);
+    t.link(src_m, relay_m, env);
+    t.link(relay_m, sink_m, env);
+    let stream = LinkSpec {
+        kind: LinkKind::Tcp6,
+        framing: Framing::Stream { header_len: 40 },
+        write: IoCall::Socket,
+        read: IoCall::Socket,
+        chunk: 2048,
+    };
+    let calls: Vec<(u32, usize)> = (0..per_group)
+        .map(|i| (per_group + i, i as usize))
+        .collect();
+    let src_p = t.comp("conn-src", Kind::Source { calls });
+    let relay_p = t.comp(
+        "conn-relay",
+        Kind::Relay {
+            hold_us: 2_000,
+            route: Route::Same,
+        },
+    );
+    let sink_p = t.comp("conn-sink", Kind::Sink);
+    for _ in 0..per_group {
+        t.link(src_p, relay_p, stream);
+        t.link(
+            relay_p,
+            sink_p,
+            LinkSpec {
+                kind: LinkKind::Unix,
+                ..stream
+            },
+        );
+    }
+    Scenario {
+        id: "S8",
+        title: "16 calls multiplexed on one connection, 16 on their own connections",
+        calls: 2 * per_group,
+        seconds: 12.0,
+        rate: 8000,
+        audio: AudioPlan::RealSpeech,
+        speed: 2.0,
+        topology: t,
     }
 }
 
 /// Every scenario that exists so far.
 pub fn catalogue() -> Vec<Scenario> {
-    vec![s1(), s2()]
+    vec![s1(), s2(), s3(), s4(), s7(), s8()]
 }
 
 pub fn by_id(id: &str) -> Option<Scenario> {
-    catalogue().into_iter().find(|s| s.id.eq_ignore_ascii_case(id))
+    catalogue()
+        .into_iter()
+        .find(|s| s.id.eq_ignore_ascii_case(id))
 }

@@ -14,6 +14,10 @@ pub struct Sighting {
     pub fd: i32,
     pub dir: Dir,
     pub t_ns: u64,
+    /// Flow position just past the moment's window (bytes since the flow began), when the
+    /// tracer follows flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }
@@ -57,7 +61,13 @@ pub struct HopRecord {
 impl HopRecord {
     pub fn new(signature: u64, from: Sighting, to: Sighting) -> Self {
         let latency_ns = to.t_ns as i64 - from.t_ns as i64;
-        Self { signature, kind: HopKind::of(from.dir, to.dir), from, to, latency_ns }
+        Self {
+            signature,
+            kind: HopKind::of(from.dir, to.dir),
+            from,
+            to,
+            latency_ns,
+        }
     }
 }
 
@@ -93,7 +103,15 @@ mod tests {
 
     #[test]
     fn round_trips_full_64_bit_signatures() {
-        let s = |dir, t_ns| Sighting { pid: 7, comm: "hx-c0-src".into(), fd: 1, dir, t_ns, node: None };
+        let s = |dir, t_ns| Sighting {
+            pid: 7,
+            comm: "hx-c0-src".into(),
+            fd: 1,
+            dir,
+            t_ns,
+            pos: Some(99),
+            node: None,
+        };
         let r = HopRecord::new(0xFFFF_FFFF_FFFF_FFF1, s(Dir::Write, 100), s(Dir::Read, 350));
         let mut buf = Vec::new();
         write_jsonl(&mut buf, std::slice::from_ref(&r)).unwrap();

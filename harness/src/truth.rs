@@ -13,7 +13,10 @@ pub enum Dir {
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads on the same node.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -56,14 +59,16 @@ impl ComponentLog {
     /// Saved through an 8 KiB buffer: the component is traced, and its own bookkeeping should
     /// not look like one huge write.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut w = std::io::BufWriter::new(file);
         serde_json::to_writer(&mut w, self)?;
         std::io::Write::flush(&mut w).with_context(|| format!("writing {}", path.display()))
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading ground truth {}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading ground truth {}", path.display()))?;
         Ok(serde_json::from_slice(&bytes)?)
     }
 }
@@ -76,13 +81,24 @@ pub struct Point {
     pub link: String,
 }
 
+/// Where one call's audio goes: a tree of points (a chain, unless a component fans it out).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CallTruth {
     pub call: u32,
     /// The call's audio as the source sent it.
     pub wav: PathBuf,
-    /// Every point the call's audio passes, in order.
-    pub path: Vec<Point>,
+    pub points: Vec<Point>,
+    /// The point each point's audio came from (`None` for the source's write).
+    pub parent: Vec<Option<usize>>,
+}
+
+impl CallTruth {
+    /// Adds a point fed by `parent`; returns its index.
+    pub fn add(&mut self, point: Point, parent: Option<usize>) -> usize {
+        self.points.push(point);
+        self.parent.push(parent);
+        self.points.len() - 1
+    }
 }
 
 /// The whole ground truth of one scenario run.

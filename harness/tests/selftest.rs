@@ -1,6 +1,7 @@
 //! The harness proves its own scoring: on real runs of S1 and S2, the oracle tracer scores
 //! perfectly and deliberately broken tracers score as badly as they should.
 
+use harness::scenario::Kind;
 use harness::schema::{self, HopRecord};
 use harness::score::{score_indexed, CallTruthIndex, Observes, Score, SAME_NODE_BAR};
 use harness::truth::{Dir, GroundTruth};
@@ -18,7 +19,7 @@ fn run_once(id: &str) -> Run {
     let sc = scenario::by_id(id).unwrap();
     let dir = run::workdir(&format!("selftest-{id}")).unwrap();
     let gt = run::run(&sc, Path::new(env!("CARGO_BIN_EXE_harness")), &dir, |t| {
-        assert_eq!(t.pids.len(), sc.calls as usize * (sc.relays.len() + 2));
+        assert_eq!(t.pids.len(), sc.topology.processes());
         Ok(())
     })
     .unwrap();
@@ -38,7 +39,14 @@ fn s2() -> &'static Run {
 }
 
 fn score(r: &Run, records: &[HopRecord], obs: Observes, name: &str) -> Score {
-    let s = score_indexed(&r.gt, &r.calls, records, obs, FingerprintConfig::default(), name);
+    let s = score_indexed(
+        &r.gt,
+        &r.calls,
+        records,
+        obs,
+        FingerprintConfig::default(),
+        name,
+    );
     eprintln!("{s}");
     s
 }
@@ -52,7 +60,11 @@ fn assert_perfect(s: &Score) {
     assert!(s.hops_exist > 0);
     assert_eq!((s.false_matches, s.duplicates, s.error_max_ns), (0, 0, 0));
     assert_eq!(s.correct, s.records);
-    assert!(s.misses(&SAME_NODE_BAR).is_empty(), "{:?}", s.misses(&SAME_NODE_BAR));
+    assert!(
+        s.misses(&SAME_NODE_BAR).is_empty(),
+        "{:?}",
+        s.misses(&SAME_NODE_BAR)
+    );
 }
 
 #[test]
@@ -65,13 +77,29 @@ fn ground_truth_is_what_the_components_did() {
         // Every syscall is contiguous with the one before it on its link.
         for dir in [Dir::Read, Dir::Write] {
             let ios: Vec<_> = c.ios.iter().filter(|io| io.dir == dir).collect();
+            assert!(
+                ios.windows(2).all(|w| w[0].link == w[1].link),
+                "one link per direction in S1"
+            );
             for w in ios.windows(2) {
                 assert_eq!(w[0].flow_off + w[0].len, w[1].flow_off, "{}", c.name);
                 assert!(w[0].t_ns <= w[1].t_ns);
             }
         }
-        let written: u64 = c.ios.iter().filter(|io| io.dir == Dir::Write).flat_map(|io| &io.segments).map(|s| s.len).sum();
-        let read: u64 = c.ios.iter().filter(|io| io.dir == Dir::Read).flat_map(|io| &io.segments).map(|s| s.len).sum();
+        let written: u64 = c
+            .ios
+            .iter()
+            .filter(|io| io.dir == Dir::Write)
+            .flat_map(|io| &io.segments)
+            .map(|s| s.len)
+            .sum();
+        let read: u64 = c
+            .ios
+            .iter()
+            .filter(|io| io.dir == Dir::Read)
+            .flat_map(|io| &io.segments)
+            .map(|s| s.len)
+            .sum();
         let audio_bytes = (sc.seconds * sc.rate as f64) as u64 * 2;
         if c.name.ends_with("src") {
             assert_eq!(written, audio_bytes);
@@ -81,16 +109,34 @@ fn ground_truth_is_what_the_components_did() {
     }
     // The relays hold every read for their hold time: residence is at least that.
     let oracle = oracle_records(r);
-    for (relay, hold_us) in [("r1", sc.relays[0].hold_us), ("r2", sc.relays[1].hold_us)] {
+    let hold = |name: &str| match sc
+        .topology
+        .comps
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| &c.kind)
+    {
+        Some(Kind::Relay { hold_us, .. }) => *hold_us,
+        other => panic!("{name}: {other:?}"),
+    };
+    for (relay, hold_us) in [("r1", hold("c0-r1")), ("r2", hold("c0-r2"))] {
         let residences: Vec<i64> = oracle
             .iter()
-            .filter(|h| h.from.comm.ends_with(relay) && h.from.dir == Dir::Read && h.to.dir == Dir::Write)
+            .filter(|h| {
+                h.from.comm.ends_with(relay) && h.from.dir == Dir::Read && h.to.dir == Dir::Write
+            })
             .map(|h| h.latency_ns)
             .collect();
         assert!(!residences.is_empty());
         let min = *residences.iter().min().unwrap();
-        assert!(min >= hold_us as i64 * 1000, "{relay}: residence {min} ns < hold {hold_us} µs");
-        assert!(min < hold_us as i64 * 1000 + 5_000_000, "{relay}: residence {min} ns");
+        assert!(
+            min >= hold_us as i64 * 1000,
+            "{relay}: residence {min} ns < hold {hold_us} µs"
+        );
+        assert!(
+            min < hold_us as i64 * 1000 + 5_000_000,
+            "{relay}: residence {min} ns"
+        );
     }
 }
 
@@ -105,7 +151,9 @@ fn oracle_scores_perfectly_on_s1_and_s2() {
 fn write_only_oracle_scores_perfectly_on_its_own_hops() {
     let r = s1();
     let records = oracle::records(&r.gt, &r.calls, Observes::WRITES);
-    assert!(records.iter().all(|h| h.from.dir == Dir::Write && h.to.dir == Dir::Write));
+    assert!(records
+        .iter()
+        .all(|h| h.from.dir == Dir::Write && h.to.dir == Dir::Write));
     let s = score(r, &records, Observes::WRITES, "oracle, writes only");
     assert_perfect(&s);
     // Source → relay 1 → relay 2 for each of the two calls; the sink writes nothing.
@@ -134,14 +182,19 @@ fn shifted_timestamps_show_as_latency_error() {
     let s = score(r, &shifted, Observes::ALL, "shifted by 50 µs");
     assert_eq!((s.error_p50_ns, s.error_p99_ns), (50_000, 50_000));
     assert_eq!(s.false_matches, 0);
-    assert!(s.misses(&SAME_NODE_BAR).iter().any(|m| m.contains("latency error")));
+    assert!(s
+        .misses(&SAME_NODE_BAR)
+        .iter()
+        .any(|m| m.contains("latency error")));
 }
 
 #[test]
 fn swapped_processes_are_false_matches() {
     let r = s2();
-    let swapped: Vec<HopRecord> =
-        oracle_records(r).into_iter().map(|h| HopRecord::new(h.signature, h.to, h.from)).collect();
+    let swapped: Vec<HopRecord> = oracle_records(r)
+        .into_iter()
+        .map(|h| HopRecord::new(h.signature, h.to, h.from))
+        .collect();
     let s = score(r, &swapped, Observes::ALL, "from/to swapped");
     assert_eq!(s.false_matches, swapped.len());
     assert_eq!(s.hops_found, 0);
@@ -152,7 +205,11 @@ fn moments_paired_across_calls_are_false_matches() {
     let r = s1();
     let records = oracle_records(r);
     // Pair call 0's sender with call 1's receiver of the same hop, keeping call 0's signature.
-    let call1_to: Vec<_> = records.iter().filter(|h| h.to.comm.starts_with("hx-c1")).map(|h| h.to.clone()).collect();
+    let call1_to: Vec<_> = records
+        .iter()
+        .filter(|h| h.to.comm.starts_with("hx-c1"))
+        .map(|h| h.to.clone())
+        .collect();
     let crossed: Vec<HopRecord> = records
         .iter()
         .filter(|h| h.from.comm.starts_with("hx-c0"))
@@ -169,16 +226,32 @@ fn dropped_moments_lower_coverage_and_density() {
     let r = s1();
     let all = oracle_records(r);
     let full = score(r, &all, Observes::ALL, "oracle");
-    let half: Vec<HopRecord> = all.iter().filter(|h| h.signature % 2 == 0).cloned().collect();
+    let half: Vec<HopRecord> = all
+        .iter()
+        .filter(|h| h.signature % 2 == 0)
+        .cloned()
+        .collect();
     let s = score(r, &half, Observes::ALL, "odd signatures dropped");
     let ratio = s.moments_per_nonsilent_second / full.moments_per_nonsilent_second;
     assert!((0.4..0.6).contains(&ratio), "density ratio {ratio}");
     // Keep one moment in 64: coverage must fall below the bar.
-    let sparse: Vec<HopRecord> = all.iter().filter(|h| h.signature % 64 == 0).cloned().collect();
+    let sparse: Vec<HopRecord> = all
+        .iter()
+        .filter(|h| h.signature % 64 == 0)
+        .cloned()
+        .collect();
     let s = score(r, &sparse, Observes::ALL, "63 of 64 moments dropped");
-    assert!(s.coverage_min < SAME_NODE_BAR.coverage, "coverage {}", s.coverage_min);
+    assert!(
+        s.coverage_min < SAME_NODE_BAR.coverage,
+        "coverage {}",
+        s.coverage_min
+    );
     // Drop a whole hop: it is not found.
-    let no_sink: Vec<HopRecord> = all.iter().filter(|h| !h.to.comm.ends_with("sink")).cloned().collect();
+    let no_sink: Vec<HopRecord> = all
+        .iter()
+        .filter(|h| !h.to.comm.ends_with("sink"))
+        .cloned()
+        .collect();
     let s = score(r, &no_sink, Observes::ALL, "sink hop dropped");
     assert_eq!(s.hops_found, s.hops_exist - 2);
 }

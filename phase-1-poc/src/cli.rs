@@ -41,7 +41,11 @@ pub struct AgentArgs {
 
 impl AgentArgs {
     pub fn fingerprint(&self) -> FingerprintConfig {
-        FingerprintConfig { window: self.window, keep_per_256: self.keep_per_256, ..Default::default() }
+        FingerprintConfig {
+            window: self.window,
+            keep_per_256: self.keep_per_256,
+            ..Default::default()
+        }
     }
 
     pub fn match_window(&self) -> Duration {
@@ -110,30 +114,40 @@ pub fn run_live<T: Tracing>(args: &AgentArgs, mut tracing: T, what: &str) -> Res
         None => None,
     };
     let mut agent = Agent::new(tracing, json, false);
-    eprintln!("tracing {what} of {}; Ctrl-C to stop", args.describe_targets());
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
-        let mut drain = tokio::time::interval(DRAIN_EVERY);
-        let every = Duration::from_secs_f64(if args.report_every > 0.0 { args.report_every } else { 1e9 });
-        let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut liveness = tokio::time::interval(Duration::from_millis(200));
-        let stop = tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(1e9)));
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = drain.tick() => agent.tick()?,
-                _ = report.tick() => eprintln!("{}{}", agent.stats.table(), agent.health()?),
-                _ = liveness.tick(), if args.comm.is_none() => {
-                    if !args.pid.iter().any(|&p| process_exists(p)) {
-                        eprintln!("every target process has exited; stopping");
-                        break;
+    eprintln!(
+        "tracing {what} of {}; Ctrl-C to stop",
+        args.describe_targets()
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut drain = tokio::time::interval(DRAIN_EVERY);
+            let every = Duration::from_secs_f64(if args.report_every > 0.0 {
+                args.report_every
+            } else {
+                1e9
+            });
+            let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut liveness = tokio::time::interval(Duration::from_millis(200));
+            let stop = tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(1e9)));
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = drain.tick() => agent.tick()?,
+                    _ = report.tick() => eprintln!("{}{}", agent.stats.table(), agent.health()?),
+                    _ = liveness.tick(), if args.comm.is_none() => {
+                        if !args.pid.iter().any(|&p| process_exists(p)) {
+                            eprintln!("every target process has exited; stopping");
+                            break;
+                        }
                     }
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = &mut stop => break,
                 }
-                _ = tokio::signal::ctrl_c() => break,
-                _ = &mut stop => break,
             }
-        }
-        anyhow::Ok(())
-    })?;
+            anyhow::Ok(())
+        })?;
     agent.finish()?;
     println!("{}{}", agent.stats.table(), agent.health()?);
     Ok(())
@@ -146,7 +160,10 @@ pub fn print_demo(run: &TracedRun, json: Option<&Path>, hops: &str) -> Result<()
         harness::schema::write_jsonl(&mut f, &run.records)?;
     }
     println!("\nmeasured ({hops}):\n{}", run.measured.table());
-    println!("ground truth recorded by the pipeline:\n{}", run.truth.table());
+    println!(
+        "ground truth recorded by the pipeline:\n{}",
+        run.truth.table()
+    );
     print!("{}", run.score);
     let misses = run.score.misses(&harness::score::SAME_NODE_BAR);
     if misses.is_empty() {

@@ -4,8 +4,16 @@
 use std::fmt;
 
 /// Names in the order of `enum fp_counter`.
-pub const SCAN_COUNTERS: [&str; 8] =
-    ["calls", "bytes", "candidates", "moments", "drops", "truncated", "candidate_overflow", "read_errors"];
+pub const SCAN_COUNTERS: [&str; 8] = [
+    "calls",
+    "bytes",
+    "candidates",
+    "moments",
+    "drops",
+    "truncated",
+    "candidate_overflow",
+    "read_errors",
+];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -15,7 +23,10 @@ pub struct Counters {
 
 impl Counters {
     pub fn get(&self, name: &str) -> u64 {
-        self.names.iter().position(|n| *n == name).map_or(0, |i| self.values[i])
+        self.names
+            .iter()
+            .position(|n| *n == name)
+            .map_or(0, |i| self.values[i])
     }
 
     /// Both sets of counters, in order.
@@ -31,7 +42,9 @@ impl Counters {
 /// Parses the counter names of a C enum (`PREFIX_NAME,` lines up to `PREFIX_NR`), lower-cased:
 /// how the Rust mirrors are checked against the headers.
 pub fn c_enum_names(header: &str, enum_name: &str, prefix: &str) -> Vec<String> {
-    let body = &header[header.find(&format!("enum {enum_name} {{")).expect("enum in header")..];
+    let body = &header[header
+        .find(&format!("enum {enum_name} {{"))
+        .expect("enum in header")..];
     let body = &body[..body.find("};").expect("end of enum")];
     body.lines()
         .filter_map(|l| l.trim().strip_prefix(prefix))
@@ -52,6 +65,9 @@ mod tests {
     #[test]
     fn names_follow_the_c_enum() {
         let header = include_str!("../../shared/bpf/fingerprint.bpf.h");
-        assert_eq!(super::c_enum_names(header, "fp_counter", "FP_C_"), super::SCAN_COUNTERS);
+        assert_eq!(
+            super::c_enum_names(header, "fp_counter", "FP_C_"),
+            super::SCAN_COUNTERS
+        );
     }
 }

@@ -30,8 +30,19 @@ pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
 pub const MATCH_WINDOW: Duration = Duration::from_secs(1);
 
 /// Runs a scenario under phase 1 with the default matching window.
-pub fn trace_scenario_phase1(sc: &Scenario, exe: &Path, cfg: &FingerprintConfig) -> Result<TracedRun> {
-    trace_scenario(sc, exe, cfg, OBSERVES, Phase1::start(cfg, None, MATCH_WINDOW)?, "phase-1-poc")
+pub fn trace_scenario_phase1(
+    sc: &Scenario,
+    exe: &Path,
+    cfg: &FingerprintConfig,
+) -> Result<TracedRun> {
+    trace_scenario(
+        sc,
+        exe,
+        cfg,
+        OBSERVES,
+        Phase1::start(cfg, None, MATCH_WINDOW)?,
+        "phase-1-poc",
+    )
 }
 
 /// What a phase plugs into the agent: its kernel side and its matcher.
@@ -51,8 +62,15 @@ pub struct Phase1 {
 }
 
 impl Phase1 {
-    pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>, window: Duration) -> Result<Self> {
-        Ok(Self { tracer: Tracer::start(cfg, comm_prefix)?, matcher: Matcher::new(window.as_nanos() as u64) })
+    pub fn start(
+        cfg: &FingerprintConfig,
+        comm_prefix: Option<&str>,
+        window: Duration,
+    ) -> Result<Self> {
+        Ok(Self {
+            tracer: Tracer::start(cfg, comm_prefix)?,
+            matcher: Matcher::new(window.as_nanos() as u64),
+        })
     }
 }
 
@@ -93,7 +111,13 @@ pub struct Agent<T: Tracing> {
 
 impl<T: Tracing> Agent<T> {
     pub fn new(tracing: T, json: Option<Box<dyn Write + Send>>, keep_records: bool) -> Self {
-        Self { tracing, stats: HopStats::default(), json, records: keep_records.then(Vec::new), events: 0 }
+        Self {
+            tracing,
+            stats: HopStats::default(),
+            json,
+            records: keep_records.then(Vec::new),
+            events: 0,
+        }
     }
 
     /// Drains the ring buffer and reports the moments whose matching window has closed.
@@ -165,7 +189,9 @@ pub fn trace_scenario<T: Tracing + 'static>(
         })
     };
     let dir = harness::run::workdir(&format!("{name}-{}", sc.id))?;
-    let gt = harness::run::run(sc, exe, &dir, |t| agent.lock().unwrap().tracing.add_targets(&t.pids));
+    let gt = harness::run::run(sc, exe, &dir, |t| {
+        agent.lock().unwrap().tracing.add_targets(&t.pids)
+    });
     done.store(true, Ordering::Relaxed);
     drainer.join().expect("drain thread panicked")?;
     let gt = gt?;
@@ -180,5 +206,12 @@ pub fn trace_scenario<T: Tracing + 'static>(
         truth.add(&r);
     }
     let measured = std::mem::take(&mut agent.stats);
-    Ok(TracedRun { gt, records, score, measured, truth, health: agent.health()? })
+    Ok(TracedRun {
+        gt,
+        records,
+        score,
+        measured,
+        truth,
+        health: agent.health()?,
+    })
 }

@@ -20,19 +20,39 @@ struct Cli {
 fn main() {
     harness::component::run_if_component();
     let cli = Cli::parse();
-    exit_on_error("phase-1-poc", || if cli.agent.is_demo() { demo(&cli.agent) } else { live(&cli.agent) });
+    exit_on_error("phase-1-poc", || {
+        if cli.agent.is_demo() {
+            demo(&cli.agent)
+        } else {
+            live(&cli.agent)
+        }
+    });
 }
 
 fn demo(args: &AgentArgs) -> Result<()> {
     let Some(sc) = harness::scenario::by_id(&args.scenario) else {
-        bail!("unknown scenario {:?}; `harness list` shows the catalogue", args.scenario)
+        bail!(
+            "unknown scenario {:?}; `harness list` shows the catalogue",
+            args.scenario
+        )
     };
-    println!("phase 1 demo: {} ({}), {} calls of {} s, traced on write()", sc.id, sc.title, sc.calls, sc.seconds);
+    println!(
+        "phase 1 demo: {} ({}), {} calls of {} s, traced on write()",
+        sc.id, sc.title, sc.calls, sc.seconds
+    );
     let run = trace_scenario_phase1(&sc, &std::env::current_exe()?, &args.fingerprint())?;
     print_demo(&run, args.json.as_deref(), "write → next write")
 }
 
 fn live(args: &AgentArgs) -> Result<()> {
     args.check_targets()?;
-    run_live(args, Phase1::start(&args.fingerprint(), args.comm.as_deref(), args.match_window())?, "write()")
+    run_live(
+        args,
+        Phase1::start(
+            &args.fingerprint(),
+            args.comm.as_deref(),
+            args.match_window(),
+        )?,
+        "write()",
+    )
 }

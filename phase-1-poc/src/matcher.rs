@@ -19,7 +19,13 @@ pub struct Matcher {
 
 impl Matcher {
     pub fn new(window_ns: u64) -> Self {
-        Self { window_ns, open: HashMap::new(), due: VecDeque::new(), refused: 0, unmatched: 0 }
+        Self {
+            window_ns,
+            open: HashMap::new(),
+            due: VecDeque::new(),
+            refused: 0,
+            unmatched: 0,
+        }
     }
 
     pub fn push(&mut self, e: Phase1Event) {
@@ -69,9 +75,14 @@ impl Matcher {
             fd: e.fd,
             dir: Dir::Write,
             t_ns: e.t_ns,
+            // Phase 1's positions count from each write, not from the flow.
+            pos: None,
             node: None,
         };
-        out.extend(v.windows(2).map(|w| HopRecord::new(w[0].signature, sighting(&w[0]), sighting(&w[1]))));
+        out.extend(
+            v.windows(2)
+                .map(|w| HopRecord::new(w[0].signature, sighting(&w[0]), sighting(&w[1]))),
+        );
     }
 }
 
@@ -80,7 +91,16 @@ mod tests {
     use super::*;
 
     fn ev(signature: u64, tgid: u32, t_ns: u64) -> Phase1Event {
-        Phase1Event { signature, t_ns, end: 0, tgid, tid: tgid, fd: 1, dir: 1, comm: [b'x'; 16] }
+        Phase1Event {
+            signature,
+            t_ns,
+            end: 0,
+            tgid,
+            tid: tgid,
+            fd: 1,
+            dir: 1,
+            comm: [b'x'; 16],
+        }
     }
 
     #[test]
@@ -93,9 +113,15 @@ mod tests {
         // Due a window after the signature's first arrival (t = 150; arrivals are not in time
         // order across CPUs).
         m.flush(1_149, &mut out);
-        assert!(out.is_empty(), "nothing is due before the window has passed");
+        assert!(
+            out.is_empty(),
+            "nothing is due before the window has passed"
+        );
         m.flush(1_150, &mut out);
-        let hops: Vec<(u32, u32, i64)> = out.iter().map(|h| (h.from.pid, h.to.pid, h.latency_ns)).collect();
+        let hops: Vec<(u32, u32, i64)> = out
+            .iter()
+            .map(|h| (h.from.pid, h.to.pid, h.latency_ns))
+            .collect();
         assert_eq!(hops, vec![(1, 2, 50), (2, 3, 250)]);
         m.finish(&mut out);
         assert_eq!(m.unmatched, 1);

@@ -16,7 +16,10 @@ fn label(s: &Sighting) -> String {
 
 impl HopStats {
     pub fn add(&mut self, r: &HopRecord) {
-        self.hops.entry((label(&r.from), label(&r.to))).or_default().push(r.latency_ns);
+        self.hops
+            .entry((label(&r.from), label(&r.to)))
+            .or_default()
+            .push(r.latency_ns);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -39,11 +39,16 @@ pub fn preflight() -> Result<()> {
 /// A verifier rejection as one line, then the end of the verifier's log.
 pub fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL)..].join("\n  ");
-            anyhow::anyhow!("the kernel's verifier rejected {program} ({io_error}); end of its log:\n  {tail}")
+            anyhow::anyhow!(
+                "the kernel's verifier rejected {program} ({io_error}); end of its log:\n  {tail}"
+            )
         }
         other => anyhow::Error::new(other).context(format!("loading {program}")),
     }
@@ -51,17 +56,29 @@ pub fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
 
 /// Loads an object built on shared/bpf with the cluster-wide fingerprint settings and the
 /// command-name target prefix as `.rodata` globals (after the preflight checks).
-pub fn load_object(object: &[u8], cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Ebpf> {
+pub fn load_object(
+    object: &[u8],
+    cfg: &FingerprintConfig,
+    comm_prefix: Option<&str>,
+) -> Result<Ebpf> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     preflight()?;
     let mut comm = [0u8; COMM_LEN];
     let prefix = comm_prefix.unwrap_or("").as_bytes();
     if prefix.len() >= COMM_LEN {
-        bail!("--comm {:?} is longer than a command name ({} bytes)", comm_prefix.unwrap(), COMM_LEN - 1);
+        bail!(
+            "--comm {:?} is longer than a command name ({} bytes)",
+            comm_prefix.unwrap(),
+            COMM_LEN - 1
+        );
     }
     comm[..prefix.len()].copy_from_slice(prefix);
-    let (window, keep, quiet, step) =
-        (cfg.window as u32, cfg.keep_per_256 as u32, cfg.quiet_threshold as u32, cfg.max_step as u32);
+    let (window, keep, quiet, step) = (
+        cfg.window as u32,
+        cfg.keep_per_256 as u32,
+        cfg.quiet_threshold as u32,
+        cfg.max_step as u32,
+    );
     let comm_len = prefix.len() as u32;
     EbpfLoader::new()
         .override_global("fp_window", &window, true)
@@ -76,25 +93,37 @@ pub fn load_object(object: &[u8], cfg: &FingerprintConfig, comm_prefix: Option<&
 
 /// Loads the tracepoint program `program` and attaches it to syscalls/`tracepoint`.
 pub fn attach_syscall(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<()> {
-    let p: &mut TracePoint = ebpf.program_mut(program).with_context(|| format!("{program} missing"))?.try_into()?;
+    let p: &mut TracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("{program} missing"))?
+        .try_into()?;
     p.load().map_err(|e| verifier_error(program, e))?;
-    p.attach("syscalls", tracepoint).with_context(|| format!("attaching to syscalls/{tracepoint}"))?;
+    p.attach("syscalls", tracepoint)
+        .with_context(|| format!("attaching to syscalls/{tracepoint}"))?;
     Ok(())
 }
 
 /// Adds tgids to the shared `targets` map (shared/bpf/targets.bpf.h).
 pub fn add_targets(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
-    let mut targets: HashMap<_, u32, u8> = HashMap::try_from(ebpf.map_mut("targets").context("map targets missing")?)?;
+    let mut targets: HashMap<_, u32, u8> =
+        HashMap::try_from(ebpf.map_mut("targets").context("map targets missing")?)?;
     for &pid in pids {
-        targets.insert(pid, 1, 0).with_context(|| format!("adding target {pid}"))?;
+        targets
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding target {pid}"))?;
     }
     Ok(())
 }
 
 /// Sums a per-CPU counter array over CPUs.
 pub fn read_counters(ebpf: &Ebpf, map: &str, names: &'static [&'static str]) -> Result<Counters> {
-    let array: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.map(map).with_context(|| format!("map {map} missing"))?)?;
-    let values = (0..names.len()).map(|i| Ok(array.get(&(i as u32), 0)?.iter().sum())).collect::<Result<_>>()?;
+    let array: PerCpuArray<_, u64> = PerCpuArray::try_from(
+        ebpf.map(map)
+            .with_context(|| format!("map {map} missing"))?,
+    )?;
+    let values = (0..names.len())
+        .map(|i| Ok(array.get(&(i as u32), 0)?.iter().sum()))
+        .collect::<Result<_>>()?;
     Ok(Counters { names, values })
 }
 
@@ -139,13 +168,19 @@ mod tests {
     fn a_verifier_rejection_says_so_with_the_end_of_the_log() {
         let log: String = (1..=40).map(|i| format!("{i}: (85) call bpf_probe_read_user#112\n")).collect::<String>()
             + "R2 min value is negative, either use unsigned or 'var &= const'\nprocessed 18503 insns\n";
-        let e = verifier_error(PROGRAM, ProgramError::LoadError {
-            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
-            verifier_log: VerifierLog::new(log),
-        });
+        let e = verifier_error(
+            PROGRAM,
+            ProgramError::LoadError {
+                io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+                verifier_log: VerifierLog::new(log),
+            },
+        );
         let text = e.to_string();
         let first = text.lines().next().unwrap();
-        assert!(first.starts_with("the kernel's verifier rejected phase1_write (Permission denied"), "{first}");
+        assert!(
+            first.starts_with("the kernel's verifier rejected phase1_write (Permission denied"),
+            "{first}"
+        );
         assert!(text.contains("R2 min value is negative"), "{text}");
         assert_eq!(text.lines().count(), 1 + VERIFIER_TAIL, "{text}");
     }

@@ -1,7 +1,7 @@
 //! The agent as a user runs it: bad input gets one clear line, and a live trace of a real
 //! pipeline whose processes exit mid-trace ends by itself and loses nothing.
 
-use harness::score::{score, SAME_NODE_BAR};
+use harness::score::{score, TEST_BAR};
 use harness::{run, scenario, schema};
 use phase_1_poc::OBSERVES;
 use shared::FingerprintConfig;
@@ -24,7 +24,11 @@ fn stderr(o: &Output) -> String {
 fn an_invalid_flag_is_refused_with_usage() {
     let o = agent(&["--no-such-flag"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).starts_with("error: unexpected argument '--no-such-flag'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: unexpected argument '--no-such-flag'"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -48,13 +52,23 @@ fn a_missing_pid_is_one_clear_line() {
 fn an_unknown_scenario_is_one_clear_line() {
     let o = agent(&["--scenario", "S99"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o), "phase-1-poc: unknown scenario \"S99\"; `harness list` shows the catalogue\n");
+    assert_eq!(
+        stderr(&o),
+        "phase-1-poc: unknown scenario \"S99\"; `harness list` shows the catalogue\n"
+    );
 }
 
 #[test]
 fn not_root_is_one_clear_line() {
     let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", EXE, "--pid", "1"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            EXE,
+            "--pid",
+            "1",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -73,11 +87,20 @@ fn live_agent_follows_a_pipeline_until_its_processes_exit() {
     let json = dir.join("hops.jsonl");
     let mut child = None;
     let gt = run::run(&sc, Path::new(EXE), &dir, |targets| {
-        let mut args = vec!["--json".to_string(), json.display().to_string(), "--report-every".into(), "0".into()];
+        let mut args = vec![
+            "--json".to_string(),
+            json.display().to_string(),
+            "--report-every".into(),
+            "0".into(),
+        ];
         for p in &targets.pids {
             args.extend(["--pid".into(), p.to_string()]);
         }
-        let mut c = Command::new(EXE).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let mut c = Command::new(EXE)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
         // Attached once it says so.
         let mut line = String::new();
         BufReader::new(c.stderr.as_mut().unwrap()).read_line(&mut line)?;
@@ -89,25 +112,49 @@ fn live_agent_follows_a_pipeline_until_its_processes_exit() {
     let mut child = child.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "agent did not stop after its targets exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent did not stop after its targets exited"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("every target process has exited; stopping"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("every target process has exited; stopping"),
+        "{}",
+        stderr(&out)
+    );
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("hx-c0-src") && table.contains("drops=0"), "{table}");
+    assert!(
+        table.contains("hx-c0-src") && table.contains("drops=0"),
+        "{table}"
+    );
     let records = schema::read_jsonl(BufReader::new(std::fs::File::open(&json).unwrap())).unwrap();
-    let s = score(&gt, &records, OBSERVES, FingerprintConfig::default(), "phase-1-poc --pid").unwrap();
+    let s = score(
+        &gt,
+        &records,
+        OBSERVES,
+        FingerprintConfig::default(),
+        "phase-1-poc --pid",
+    )
+    .unwrap();
     eprintln!("{s}");
-    assert!(s.misses(&SAME_NODE_BAR).is_empty(), "{:?}", s.misses(&SAME_NODE_BAR));
+    assert!(
+        s.misses(&TEST_BAR).is_empty(),
+        "{:?}",
+        s.misses(&TEST_BAR)
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Runs the agent in a private mount namespace after `prepare` (so nothing changes outside).
 fn agent_in_mount_namespace(prepare: &str) -> Output {
     let script = format!("{prepare}; exec {EXE} --pid 1");
-    Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap()
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap()
 }
 
 #[test]

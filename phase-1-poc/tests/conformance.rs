@@ -19,7 +19,11 @@ type Found = Vec<(usize, u64, u64)>;
 
 /// Writes `bytes` to /dev/null in pieces of `sizes`, traced; returns what the kernel found and
 /// what the reference finds in each write on its own.
-fn kernel_and_reference(cfg: FingerprintConfig, bytes: &[u8], sizes: &[usize]) -> (Found, Found, u64) {
+fn kernel_and_reference(
+    cfg: FingerprintConfig,
+    bytes: &[u8],
+    sizes: &[usize],
+) -> (Found, Found, u64) {
     let mut tracer = Tracer::start(&cfg, None).expect("loading phase 1 (run as root)");
     tracer.add_targets(&[std::process::id()]).unwrap();
     let sink = File::create("/dev/null").unwrap();
@@ -36,13 +40,24 @@ fn kernel_and_reference(cfg: FingerprintConfig, bytes: &[u8], sizes: &[usize]) -
         assert_eq!(written, n as isize);
         spans.push((t0, t1));
         let scanned = &piece[..n.min(MAX_SCANNED)];
-        expected.extend(Scanner::new(cfg).feed_collect(scanned).into_iter().map(|m| (i, m.end, m.signature)));
+        expected.extend(
+            Scanner::new(cfg)
+                .feed_collect(scanned)
+                .into_iter()
+                .map(|m| (i, m.end, m.signature)),
+        );
     }
     let mut found = Vec::new();
     let mut events: Vec<Phase1Event> = Vec::new();
     tracer.drain(|e| events.push(e));
-    for e in events.iter().filter(|e| e.fd == fd && e.tgid == std::process::id()) {
-        let i = spans.iter().position(|&(t0, t1)| t0 <= e.t_ns && e.t_ns <= t1).expect("event outside any write");
+    for e in events
+        .iter()
+        .filter(|e| e.fd == fd && e.tgid == std::process::id())
+    {
+        let i = spans
+            .iter()
+            .position(|&(t0, t1)| t0 <= e.t_ns && e.t_ns <= t1)
+            .expect("event outside any write");
         found.push((i, e.end, e.signature));
     }
     found.sort_unstable();
@@ -82,9 +97,13 @@ fn same_moments_as_the_reference_on_writes_of_random_sizes() {
         sizes.push(n);
         left -= n;
     }
-    let beyond: u64 = sizes.iter().map(|&n| n.saturating_sub(MAX_SCANNED) as u64).sum();
+    let beyond: u64 = sizes
+        .iter()
+        .map(|&n| n.saturating_sub(MAX_SCANNED) as u64)
+        .sum();
     assert!(beyond > 0, "some writes must exceed the scan limit");
-    let (found, expected, truncated) = kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
+    let (found, expected, truncated) =
+        kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
     assert!(expected.len() > 500);
     assert_eq!(found, expected);
     assert!(truncated >= beyond, "truncated {truncated} < {beyond}");
@@ -95,9 +114,21 @@ fn same_moments_as_the_reference_with_other_cluster_settings() {
     let bytes = real_speech(20.0, 3);
     let sizes = vec![4096; bytes.len() / 4096];
     for cfg in [
-        FingerprintConfig { window: 64, keep_per_256: 256, ..Default::default() },
-        FingerprintConfig { window: 16, keep_per_256: 8, quiet_threshold: 1000, max_step: 8000 },
-        FingerprintConfig { window: 256, ..Default::default() },
+        FingerprintConfig {
+            window: 64,
+            keep_per_256: 256,
+            ..Default::default()
+        },
+        FingerprintConfig {
+            window: 16,
+            keep_per_256: 8,
+            quiet_threshold: 1000,
+            max_step: 8000,
+        },
+        FingerprintConfig {
+            window: 256,
+            ..Default::default()
+        },
     ] {
         let (found, expected, _) = kernel_and_reference(cfg, &bytes, &sizes);
         assert!(!expected.is_empty(), "{cfg:?}");
@@ -115,5 +146,9 @@ fn quiet_and_non_audio_writes_yield_what_the_reference_yields() {
     let sizes = vec![2048; bytes.len() / 2048];
     let (found, expected, _) = kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
     assert_eq!(found, expected);
-    assert!(found.len() <= 2, "{} moments in quiet and non-audio bytes", found.len());
+    assert!(
+        found.len() <= 2,
+        "{} moments in quiet and non-audio bytes",
+        found.len()
+    );
 }

@@ -227,8 +227,11 @@ static __always_inline int leave(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending *p = bpf_map_lookup_elem(&pending, &id);
-	if (!p)
+	if (!p) {
+		if (ret > 0 && is_target(id >> 32))
+			p2_count(P2_C_UNSEEN_CALLS);
 		return 0;
+	}
 	struct pending call = *p;
 	bpf_map_delete_elem(&pending, &id);
 	if (ret <= 0)

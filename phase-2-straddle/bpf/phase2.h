@@ -38,6 +38,8 @@ enum phase2_counter {
 	P2_C_PEEKS_SKIPPED,  /* recv with MSG_PEEK: the bytes are read again later */
 	P2_C_IOV_TRUNCATED,  /* calls with more iovecs than scanned */
 	P2_C_BROKEN_FLOWS,   /* calls whose bytes were not all scanned: the carry restarts */
+	P2_C_UNSEEN_CALLS,   /* calls already in flight when tracing began: their bytes are not
+	                      * counted, so the flow's positions start late */
 	P2_C_NR,
 };
 

@@ -66,16 +66,21 @@ impl Phase2Call {
         if body.len() < call.n as usize * std::mem::size_of::<Phase2Moment>() {
             return None;
         }
-        Some(body.chunks_exact(16).take(call.n as usize).map(move |m| Phase2Event {
-            call,
-            signature: u64::from_le_bytes(m[..8].try_into().unwrap()),
-            end: u64::from_le_bytes(m[8..].try_into().unwrap()),
-        }))
+        Some(
+            body.chunks_exact(16)
+                .take(call.n as usize)
+                .map(move |m| Phase2Event {
+                    call,
+                    signature: u64::from_le_bytes(m[..8].try_into().unwrap()),
+                    end: u64::from_le_bytes(m[8..].try_into().unwrap()),
+                }),
+        )
     }
 }
 
 /// `enum phase2_counter`.
-pub const PHASE2_COUNTERS: [&str; 5] = ["flows_created", "flows_closed", "peeks_skipped", "iov_truncated", "broken_flows"];
+pub const PHASE2_COUNTERS: [&str; 6] =
+    ["flows_created", "flows_closed", "peeks_skipped", "iov_truncated", "broken_flows", "unseen_calls"];
 
 impl Phase2Event {
     pub fn dir(&self) -> Dir {
@@ -87,7 +92,12 @@ impl Phase2Event {
     }
 
     pub fn comm(&self) -> String {
-        let n = self.call.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        let n = self
+            .call
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(COMM_LEN);
         String::from_utf8_lossy(&self.call.comm[..n]).into_owned()
     }
 }

@@ -28,8 +28,15 @@ pub struct Phase2 {
 }
 
 impl Phase2 {
-    pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>, window: Duration) -> Result<Self> {
-        Ok(Self { tracer: Tracer::start(cfg, comm_prefix)?, matcher: Matcher::new(window.as_nanos() as u64) })
+    pub fn start(
+        cfg: &FingerprintConfig,
+        comm_prefix: Option<&str>,
+        window: Duration,
+    ) -> Result<Self> {
+        Ok(Self {
+            tracer: Tracer::start(cfg, comm_prefix)?,
+            matcher: Matcher::new(window.as_nanos() as u64),
+        })
     }
 }
 
@@ -59,6 +66,17 @@ impl Tracing for Phase2 {
 }
 
 /// Runs a scenario under phase 2 with the default matching window.
-pub fn trace_scenario_phase2(sc: &Scenario, exe: &Path, cfg: &FingerprintConfig) -> Result<TracedRun> {
-    trace_scenario(sc, exe, cfg, OBSERVES, Phase2::start(cfg, None, MATCH_WINDOW)?, "phase-2-straddle")
+pub fn trace_scenario_phase2(
+    sc: &Scenario,
+    exe: &Path,
+    cfg: &FingerprintConfig,
+) -> Result<TracedRun> {
+    trace_scenario(
+        sc,
+        exe,
+        cfg,
+        OBSERVES,
+        Phase2::start(cfg, None, MATCH_WINDOW)?,
+        "phase-2-straddle",
+    )
 }

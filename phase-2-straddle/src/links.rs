@@ -41,19 +41,25 @@ impl Links {
         if let Some(l) = self.cache.get(&(pid, fd, birth)) {
             return l.clone();
         }
-        let link = self.lookup(pid, fd).unwrap_or(Link::Unpaired(pid, fd, birth));
+        let link = self
+            .lookup(pid, fd)
+            .unwrap_or(Link::Unpaired(pid, fd, birth));
         self.cache.insert((pid, fd, birth), link.clone());
         link
     }
 
     fn lookup(&mut self, pid: u32, fd: i32) -> Option<Link> {
-        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-        let target = target.to_string_lossy();
-        let inode = |prefix: &str| target.strip_prefix(prefix)?.strip_suffix(']')?.parse::<u64>().ok();
-        if let Some(ino) = inode("pipe:[") {
-            return Some(Link::Pipe(ino));
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        // Following the fd's link reaches the object itself: a pipe (anonymous or named) has
+        // one inode for both ends; a socket's inode names one end.
+        let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        if meta.file_type().is_fifo() {
+            return Some(Link::Pipe(meta.ino()));
         }
-        let ino = inode("socket:[")?;
+        if !meta.file_type().is_socket() {
+            return None;
+        }
+        let ino = meta.ino();
         if let Some(link) = tcp_link(pid, ino) {
             return Some(link);
         }
@@ -69,7 +75,10 @@ impl Links {
 
     /// Learns unix socket peers from `ss` in the process's network namespace.
     fn refresh_unix_peers(&mut self, pid: u32) {
-        if self.unix_refreshed.is_some_and(|t| t.elapsed() < UNIX_REFRESH) {
+        if self
+            .unix_refreshed
+            .is_some_and(|t| t.elapsed() < UNIX_REFRESH)
+        {
             return;
         }
         self.unix_refreshed = Some(Instant::now());
@@ -83,7 +92,9 @@ impl Links {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let t: Vec<&str> = line.split_whitespace().collect();
             if t.len() >= 4 {
-                if let (Ok(local), Ok(peer)) = (t[t.len() - 3].parse::<u64>(), t[t.len() - 1].parse::<u64>()) {
+                if let (Ok(local), Ok(peer)) =
+                    (t[t.len() - 3].parse::<u64>(), t[t.len() - 1].parse::<u64>())
+                {
                     if peer != 0 {
                         self.unix_peers.insert(local, peer);
                     }
@@ -96,7 +107,9 @@ impl Links {
 /// The TCP connection of socket inode `ino`, from the process's view of /proc/net/tcp{,6}.
 fn tcp_link(pid: u32, ino: u64) -> Option<Link> {
     for file in ["tcp", "tcp6"] {
-        let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+        let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
         for line in table.lines().skip(1) {
             let t: Vec<&str> = line.split_whitespace().collect();
             if t.len() > 9 && t[9].parse::<u64>().ok() == Some(ino) {
@@ -119,7 +132,9 @@ fn parse_addr(text: &str) -> Option<SocketAddr> {
     let ip = match words.as_slice() {
         [a] => IpAddr::V4(Ipv4Addr::from(*a)),
         [a, b, c, d] => {
-            let v6 = Ipv6Addr::from(((*a as u128) << 96) | ((*b as u128) << 64) | ((*c as u128) << 32) | *d as u128);
+            let v6 = Ipv6Addr::from(
+                ((*a as u128) << 96) | ((*b as u128) << 64) | ((*c as u128) << 32) | *d as u128,
+            );
             // A v4 peer seen through a v6 socket is the same address.
             v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
         }
@@ -136,13 +151,39 @@ mod tests {
 
     #[test]
     fn parses_proc_net_addresses() {
-        assert_eq!(parse_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(parse_addr("00000000000000000000000001000000:0050"), Some("[::1]:80".parse().unwrap()));
-        assert_eq!(parse_addr("0000000000000000FFFF00000100007F:0050"), Some("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(
+            parse_addr("0100007F:1F90"),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("00000000000000000000000001000000:0050"),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_addr("0000000000000000FFFF00000100007F:0050"),
+            Some("127.0.0.1:80".parse().unwrap())
+        );
     }
 
     fn me() -> u32 {
         std::process::id()
+    }
+
+    #[test]
+    fn both_ends_of_a_named_pipe_are_one_link() {
+        let path = std::env::temp_dir().join(format!("links-test-{}.fifo", me()));
+        harness::component::mkfifo(&path).unwrap();
+        let reader = std::thread::spawn({
+            let path = path.clone();
+            move || std::fs::File::open(path).unwrap()
+        });
+        let w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let r = reader.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut links = Links::default();
+        let a = links.resolve(me(), r.as_raw_fd(), 1);
+        assert!(matches!(a, Link::Pipe(_)), "{a:?}");
+        assert_eq!(a, links.resolve(me(), w.as_raw_fd(), 1));
     }
 
     #[test]
@@ -184,7 +225,10 @@ mod tests {
     fn files_and_closed_fds_are_unpaired() {
         let f = std::fs::File::open("/dev/null").unwrap();
         let mut links = Links::default();
-        assert_eq!(links.resolve(me(), f.as_raw_fd(), 5), Link::Unpaired(me(), f.as_raw_fd(), 5));
+        assert_eq!(
+            links.resolve(me(), f.as_raw_fd(), 5),
+            Link::Unpaired(me(), f.as_raw_fd(), 5)
+        );
         assert!(!links.resolve(me(), 999_999, 5).is_paired());
     }
 }

@@ -21,20 +21,40 @@ struct Cli {
 fn main() {
     harness::component::run_if_component();
     let cli = Cli::parse();
-    exit_on_error("phase-2-straddle", || if cli.agent.is_demo() { demo(&cli.agent) } else { live(&cli.agent) });
+    exit_on_error("phase-2-straddle", || {
+        if cli.agent.is_demo() {
+            demo(&cli.agent)
+        } else {
+            live(&cli.agent)
+        }
+    });
 }
 
 fn demo(args: &AgentArgs) -> Result<()> {
     let Some(sc) = harness::scenario::by_id(&args.scenario) else {
-        bail!("unknown scenario {:?}; `harness list` shows the catalogue", args.scenario)
+        bail!(
+            "unknown scenario {:?}; `harness list` shows the catalogue",
+            args.scenario
+        )
     };
-    println!("phase 2 demo: {} ({}), {} calls of {} s, traced on every read and write", sc.id, sc.title, sc.calls, sc.seconds);
+    println!(
+        "phase 2 demo: {} ({}), {} calls of {} s, traced on every read and write",
+        sc.id, sc.title, sc.calls, sc.seconds
+    );
     let run = trace_scenario_phase2(&sc, &std::env::current_exe()?, &args.fingerprint())?;
-    print_demo(&run, args.json.as_deref(), "transit: write → read; residence: read → write")
+    print_demo(
+        &run,
+        args.json.as_deref(),
+        "transit: write → read; residence: read → write",
+    )
 }
 
 fn live(args: &AgentArgs) -> Result<()> {
     args.check_targets()?;
-    let phase2 = Phase2::start(&args.fingerprint(), args.comm.as_deref(), args.match_window())?;
+    let phase2 = Phase2::start(
+        &args.fingerprint(),
+        args.comm.as_deref(),
+        args.match_window(),
+    )?;
     run_live(args, phase2, "reads and writes")
 }

@@ -41,7 +41,15 @@ pub struct Matcher {
 }
 
 fn sighting(s: &Seen) -> Sighting {
-    Sighting { pid: s.e.call.tgid, comm: s.e.comm(), fd: s.e.call.fd, dir: s.e.dir(), t_ns: s.e.call.t_ns, node: None }
+    Sighting {
+        pid: s.e.call.tgid,
+        comm: s.e.comm(),
+        fd: s.e.call.fd,
+        dir: s.e.dir(),
+        t_ns: s.e.call.t_ns,
+        pos: Some(s.e.end),
+        node: None,
+    }
 }
 
 impl Matcher {
@@ -58,7 +66,9 @@ impl Matcher {
 
     pub fn push(&mut self, e: Phase2Event) {
         // Resolved now, while the fd is most likely still open.
-        let link = self.links.resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
+        let link = self
+            .links
+            .resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
         let due = &mut self.due;
         self.open
             .entry(e.signature)
@@ -91,7 +101,14 @@ impl Matcher {
             return;
         }
         // A flow that saw the moment twice: drop all its sightings.
-        let flow = |s: &Seen| (s.e.call.tgid, s.e.call.fd, s.e.call.dir, s.e.call.flow_birth_ns);
+        let flow = |s: &Seen| {
+            (
+                s.e.call.tgid,
+                s.e.call.fd,
+                s.e.call.dir,
+                s.e.call.flow_birth_ns,
+            )
+        };
         let mut per_flow: HashMap<_, usize> = HashMap::new();
         for s in &seen {
             *per_flow.entry(flow(s)).or_default() += 1;
@@ -102,10 +119,13 @@ impl Matcher {
         seen.sort_by_key(|s| s.e.call.t_ns);
         self.counters.unpaired += seen.iter().filter(|s| !s.link.is_paired()).count() as u64;
 
-        let (reads, writes): (Vec<&Seen>, Vec<&Seen>) = seen.iter().partition(|s| s.e.dir() == Dir::Read);
+        let (reads, writes): (Vec<&Seen>, Vec<&Seen>) =
+            seen.iter().partition(|s| s.e.dir() == Dir::Read);
         // Transit: the write of the same link, in another process, before the read.
         for r in &reads {
-            let mut from = writes.iter().filter(|w| w.link == r.link && r.link.is_paired() && w.e.call.tgid != r.e.call.tgid);
+            let mut from = writes.iter().filter(|w| {
+                w.link == r.link && r.link.is_paired() && w.e.call.tgid != r.e.call.tgid
+            });
             if let (Some(w), None) = (from.next(), from.next()) {
                 if w.e.call.t_ns <= r.e.call.t_ns {
                     out.push(HopRecord::new(w.e.signature, sighting(w), sighting(r)));
@@ -114,17 +134,29 @@ impl Matcher {
         }
         // Residence: the read in the same process that fed each write.
         for w in &writes {
-            let fed_by: Vec<&&Seen> = reads.iter().filter(|r| r.e.call.tgid == w.e.call.tgid && r.e.call.t_ns <= w.e.call.t_ns).collect();
+            let fed_by: Vec<&&Seen> = reads
+                .iter()
+                .filter(|r| r.e.call.tgid == w.e.call.tgid && r.e.call.t_ns <= w.e.call.t_ns)
+                .collect();
             let read = match fed_by.as_slice() {
                 [] => continue,
                 [r] => {
-                    *self.edges.entry((w.e.call.tgid, r.link.clone(), w.link.clone())).or_default() += 1;
+                    *self
+                        .edges
+                        .entry((w.e.call.tgid, r.link.clone(), w.link.clone()))
+                        .or_default() += 1;
                     *r
                 }
                 several => {
                     let learned: Vec<&&&Seen> = several
                         .iter()
-                        .filter(|r| self.edges.contains_key(&(w.e.call.tgid, r.link.clone(), w.link.clone())))
+                        .filter(|r| {
+                            self.edges.contains_key(&(
+                                w.e.call.tgid,
+                                r.link.clone(),
+                                w.link.clone(),
+                            ))
+                        })
                         .collect();
                     match learned.as_slice() {
                         [r] => **r,

@@ -11,7 +11,9 @@ use shared::FingerprintConfig;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase2.bpf.o"));
 /// The syscalls whose entry and exit are hooked.
-pub const SYSCALLS: [&str; 8] = ["write", "writev", "sendto", "sendmsg", "read", "readv", "recvfrom", "recvmsg"];
+pub const SYSCALLS: [&str; 8] = [
+    "write", "writev", "sendto", "sendmsg", "read", "readv", "recvfrom", "recvmsg",
+];
 /// Calls that end a flow.
 const FORGETTERS: [&str; 3] = ["close", "dup2", "dup3"];
 
@@ -24,11 +26,19 @@ impl Tracer {
     pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
         let mut ebpf = load_object(OBJECT, cfg, comm_prefix)?;
         for sc in SYSCALLS {
-            attach_syscall(&mut ebpf, &format!("enter_{sc}"), &format!("sys_enter_{sc}"))?;
+            attach_syscall(
+                &mut ebpf,
+                &format!("enter_{sc}"),
+                &format!("sys_enter_{sc}"),
+            )?;
             attach_syscall(&mut ebpf, &format!("exit_{sc}"), &format!("sys_exit_{sc}"))?;
         }
         for sc in FORGETTERS {
-            attach_syscall(&mut ebpf, &format!("enter_{sc}"), &format!("sys_enter_{sc}"))?;
+            attach_syscall(
+                &mut ebpf,
+                &format!("enter_{sc}"),
+                &format!("sys_enter_{sc}"),
+            )?;
         }
         let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
         Ok(Self { ebpf, events })

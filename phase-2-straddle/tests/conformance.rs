@@ -14,23 +14,28 @@ use std::os::unix::net::UnixStream;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Call {
-    Plain, // write / read
-    Vector, // writev / readv, up to 4 iovecs
-    Socket, // sendto / recvfrom
+    Plain,   // write / read
+    Vector,  // writev / readv, up to 4 iovecs
+    Socket,  // sendto / recvfrom
     Message, // sendmsg / recvmsg, up to 4 iovecs
 }
 
 /// One syscall moving `buf` (split into up to 4 iovecs for the vector calls).
 fn io(fd: i32, buf: *mut u8, len: usize, write: bool, call: Call, rng: &mut StdRng) -> isize {
     let cuts = {
-        let mut c: Vec<usize> = (0..rng.gen_range(0..4)).map(|_| rng.gen_range(0..=len)).collect();
+        let mut c: Vec<usize> = (0..rng.gen_range(0..4))
+            .map(|_| rng.gen_range(0..=len))
+            .collect();
         c.extend([0, len]);
         c.sort_unstable();
         c
     };
     let mut iov: Vec<libc::iovec> = cuts
         .windows(2)
-        .map(|w| libc::iovec { iov_base: unsafe { buf.add(w[0]) }.cast(), iov_len: w[1] - w[0] })
+        .map(|w| libc::iovec {
+            iov_base: unsafe { buf.add(w[0]) }.cast(),
+            iov_len: w[1] - w[0],
+        })
         .collect();
     // SAFETY: every pointer covers `buf`, which is valid for `len` bytes; fds are open.
     unsafe {
@@ -40,12 +45,23 @@ fn io(fd: i32, buf: *mut u8, len: usize, write: bool, call: Call, rng: &mut StdR
             (Call::Vector, true) => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
             (Call::Vector, false) => libc::readv(fd, iov.as_ptr(), iov.len() as i32),
             (Call::Socket, true) => libc::sendto(fd, buf.cast(), len, 0, std::ptr::null(), 0),
-            (Call::Socket, false) => libc::recvfrom(fd, buf.cast(), len, 0, std::ptr::null_mut(), std::ptr::null_mut()),
+            (Call::Socket, false) => libc::recvfrom(
+                fd,
+                buf.cast(),
+                len,
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            ),
             (Call::Message, _) => {
                 let mut msg: libc::msghdr = std::mem::zeroed();
                 msg.msg_iov = iov.as_mut_ptr();
                 msg.msg_iovlen = iov.len();
-                if write { libc::sendmsg(fd, &msg, 0) } else { libc::recvmsg(fd, &mut msg, 0) }
+                if write {
+                    libc::sendmsg(fd, &msg, 0)
+                } else {
+                    libc::recvmsg(fd, &mut msg, 0)
+                }
             }
         }
     }
@@ -55,7 +71,14 @@ fn io(fd: i32, buf: *mut u8, len: usize, write: bool, call: Call, rng: &mut StdR
 type Calls = Vec<(u64, u64, u64)>;
 
 /// Streams `bytes` from one fd to the other with random sizes and calls, traced.
-fn stream(cfg: FingerprintConfig, bytes: &[u8], wfd: OwnedFd, rfd: OwnedFd, calls: &[Call], seed: u64) {
+fn stream(
+    cfg: FingerprintConfig,
+    bytes: &[u8],
+    wfd: OwnedFd,
+    rfd: OwnedFd,
+    calls: &[Call],
+    seed: u64,
+) {
     let mut tracer = Tracer::start(&cfg, None).expect("loading phase 2 (run as root)");
     tracer.add_targets(&[std::process::id()]).unwrap();
     let total = bytes.len();
@@ -98,14 +121,29 @@ fn stream(cfg: FingerprintConfig, bytes: &[u8], wfd: OwnedFd, rfd: OwnedFd, call
     let mut events: Vec<Phase2Event> = Vec::new();
     tracer.drain(|e| events.push(e));
 
-    let want: Vec<(u64, u64)> = Scanner::new(cfg).feed_collect(bytes).iter().map(|m| (m.end, m.signature)).collect();
+    let want: Vec<(u64, u64)> = Scanner::new(cfg)
+        .feed_collect(bytes)
+        .iter()
+        .map(|m| (m.end, m.signature))
+        .collect();
     assert!(want.len() > 100, "{} reference moments", want.len());
     for (fd, truth, what) in [(w, &wtruth, "write"), (r, &rtruth, "read")] {
-        let mine: Vec<&Phase2Event> = events.iter().filter(|e| e.call.fd == fd && e.call.tgid == std::process::id()).collect();
+        let mine: Vec<&Phase2Event> = events
+            .iter()
+            .filter(|e| e.call.fd == fd && e.call.tgid == std::process::id())
+            .collect();
         let mut got: Vec<(u64, u64)> = mine.iter().map(|e| (e.end, e.signature)).collect();
         got.sort_unstable();
-        let missing: Vec<_> = want.iter().filter(|m| got.binary_search(m).is_err()).take(5).collect();
-        let extra: Vec<_> = got.iter().filter(|m| want.binary_search(m).is_err()).take(5).collect();
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|m| got.binary_search(m).is_err())
+            .take(5)
+            .collect();
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|m| want.binary_search(m).is_err())
+            .take(5)
+            .collect();
         assert!(
             got == want,
             "{what} side, calls {calls:?}: {} moments, reference {}; first missing {missing:?}, first extra {extra:?}",
@@ -117,14 +155,25 @@ fn stream(cfg: FingerprintConfig, bytes: &[u8], wfd: OwnedFd, rfd: OwnedFd, call
         let mut lag: Vec<i64> = mine
             .iter()
             .map(|e| {
-                let &(_, _, t) = truth.iter().find(|(a, b, _)| *a < e.end && e.end <= *b).expect("a call carries the anchor");
-                if what == "write" { e.call.t_ns as i64 - t as i64 } else { t as i64 - e.call.t_ns as i64 }
+                let &(_, _, t) = truth
+                    .iter()
+                    .find(|(a, b, _)| *a < e.end && e.end <= *b)
+                    .expect("a call carries the anchor");
+                if what == "write" {
+                    e.call.t_ns as i64 - t as i64
+                } else {
+                    t as i64 - e.call.t_ns as i64
+                }
             })
             .collect();
         lag.sort_unstable();
         let (p50, p99) = (lag[lag.len() / 2], lag[lag.len() * 99 / 100]);
         eprintln!("{what} stamps vs the caller's clock: p50 {p50} ns, p99 {p99} ns");
-        assert!(lag[0] >= 0, "{what}: a stamp on the wrong side of the caller's clock: {} ns", lag[0]);
+        assert!(
+            lag[0] >= 0,
+            "{what}: a stamp on the wrong side of the caller's clock: {} ns",
+            lag[0]
+        );
         // The tail is scheduling (these tests share two cores); scenarios score accuracy alone.
         assert!(p50 < 3_000, "{what}: p50 {p50} ns");
     }
@@ -139,14 +188,28 @@ fn audio_bytes(seconds: f64) -> Vec<u8> {
 #[test]
 fn pipe_with_read_write_readv_writev() {
     let (r, w) = std::io::pipe().unwrap();
-    stream(FingerprintConfig::default(), &audio_bytes(30.0), w.into(), r.into(), &[Call::Plain, Call::Vector], 1);
+    stream(
+        FingerprintConfig::default(),
+        &audio_bytes(30.0),
+        w.into(),
+        r.into(),
+        &[Call::Plain, Call::Vector],
+        1,
+    );
 }
 
 #[test]
 fn unix_socket_with_every_call() {
     let (a, b) = UnixStream::pair().unwrap();
     let calls = [Call::Plain, Call::Vector, Call::Socket, Call::Message];
-    stream(FingerprintConfig::default(), &audio_bytes(30.0), a.into(), b.into(), &calls, 2);
+    stream(
+        FingerprintConfig::default(),
+        &audio_bytes(30.0),
+        a.into(),
+        b.into(),
+        &calls,
+        2,
+    );
 }
 
 #[test]
@@ -154,12 +217,30 @@ fn tcp_with_send_recv_and_messages_on_v6() {
     let listener = std::net::TcpListener::bind("[::1]:0").unwrap();
     let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
-    stream(FingerprintConfig::default(), &audio_bytes(20.0), client.into(), server.into(), &[Call::Socket, Call::Message], 3);
+    stream(
+        FingerprintConfig::default(),
+        &audio_bytes(20.0),
+        client.into(),
+        server.into(),
+        &[Call::Socket, Call::Message],
+        3,
+    );
 }
 
 #[test]
 fn other_cluster_settings() {
     let (r, w) = std::io::pipe().unwrap();
-    let cfg = FingerprintConfig { window: 64, keep_per_256: 128, ..Default::default() };
-    stream(cfg, &audio_bytes(15.0), w.into(), r.into(), &[Call::Plain, Call::Vector], 4);
+    let cfg = FingerprintConfig {
+        window: 64,
+        keep_per_256: 128,
+        ..Default::default()
+    };
+    stream(
+        cfg,
+        &audio_bytes(15.0),
+        w.into(),
+        r.into(),
+        &[Call::Plain, Call::Vector],
+        4,
+    );
 }

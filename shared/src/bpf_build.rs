@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The shared headers every phase's program may include.
-pub const SHARED_HEADERS: [&str; 3] = ["fingerprint.bpf.h", "fingerprint_consts.h", "targets.bpf.h"];
+pub const SHARED_HEADERS: [&str; 3] =
+    ["fingerprint.bpf.h", "fingerprint_consts.h", "targets.bpf.h"];
 
 /// Compiles `source` (with `bpf/` of the calling crate on the include path) into
 /// `$OUT_DIR/<object>` and tells cargo when to do it again.
@@ -18,12 +19,22 @@ pub fn compile(source: &str, object: &str) {
         println!("cargo:rerun-if-changed={}", shared.join(h).display());
     }
     let status = Command::new("clang")
-        .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+        .args([
+            "-g",
+            "-O2",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+            "-Wall",
+            "-Werror",
+        ])
         .args(["-I/usr/include/x86_64-linux-gnu", "-Ibpf"])
         .arg(format!("-I{}", shared.display()))
         .args(["-c", source, "-o"])
         .arg(&out)
         .status()
-        .unwrap_or_else(|e| panic!("cannot run clang ({e}); install the eBPF toolchain: bash scripts/setup.sh"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run clang ({e}); install the eBPF toolchain: bash scripts/setup.sh")
+        });
     assert!(status.success(), "clang failed to compile {source}");
 }

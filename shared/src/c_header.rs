@@ -1,4 +1,6 @@
-use crate::{FingerprintConfig, GATE_MULT, MARKER_MASK, MARKER_VALUE, SEED, WINDOW_MAX, WINDOW_MIN};
+use crate::{
+    FingerprintConfig, GATE_MULT, MARKER_MASK, MARKER_VALUE, SEED, WINDOW_MAX, WINDOW_MIN,
+};
 
 /// The constants the eBPF side of the definition needs, as a C header. The committed
 /// `bpf/fingerprint_consts.h` must equal this text (checked by a test), so C and Rust cannot drift.

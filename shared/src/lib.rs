@@ -62,7 +62,12 @@ pub struct FingerprintConfig {
 
 impl Default for FingerprintConfig {
     fn default() -> Self {
-        Self { window: 32, keep_per_256: 32, quiet_threshold: 300, max_step: 16384 }
+        Self {
+            window: 32,
+            keep_per_256: 32,
+            quiet_threshold: 300,
+            max_step: 16384,
+        }
     }
 }
 
@@ -80,10 +85,16 @@ impl FingerprintConfig {
             ));
         }
         if !(1..=256).contains(&self.keep_per_256) {
-            return Err(format!("keep_per_256 must be in 1..=256, got {}", self.keep_per_256));
+            return Err(format!(
+                "keep_per_256 must be in 1..=256, got {}",
+                self.keep_per_256
+            ));
         }
         if self.quiet_threshold == 0 || self.quiet_threshold > 32767 {
-            return Err(format!("quiet_threshold must be in 1..=32767, got {}", self.quiet_threshold));
+            return Err(format!(
+                "quiet_threshold must be in 1..=32767, got {}",
+                self.quiet_threshold
+            ));
         }
         if self.max_step == 0 {
             return Err("max_step must be positive".into());
@@ -137,7 +148,9 @@ pub fn is_loud_audio(window: &[u8], cfg: &FingerprintConfig) -> bool {
 /// True when the window repeats itself at an even byte lag of at most half its length
 /// (a whole number of samples): pure tones with short periods, digital test patterns.
 pub fn is_periodic(window: &[u8]) -> bool {
-    (2..=window.len() / 2).step_by(2).any(|lag| window[lag..] == window[..window.len() - lag])
+    (2..=window.len() / 2)
+        .step_by(2)
+        .any(|lag| window[lag..] == window[..window.len() - lag])
 }
 
 /// What the definition says of one window ending at a marker byte.
@@ -155,7 +168,9 @@ pub enum Verdict {
 pub fn classify(window: &[u8], cfg: &FingerprintConfig) -> Verdict {
     debug_assert_eq!(window.len(), cfg.window);
     debug_assert!(is_marker(window[window.len() - 1]));
-    let last8: [u8; 8] = window[window.len() - 8..].try_into().expect("window >= 8 bytes");
+    let last8: [u8; 8] = window[window.len() - 8..]
+        .try_into()
+        .expect("window >= 8 bytes");
     if gate(last8) >= cfg.keep_per_256 {
         return Verdict::Unsampled;
     }
@@ -183,7 +198,9 @@ mod tests {
         assert!(is_loud_audio(&pcm(&ramp), &cfg), "peak 1500, small steps");
         let quiet: Vec<i16> = (0..16).map(|i| (i % 5) * 50).collect();
         assert!(!is_loud_audio(&pcm(&quiet), &cfg), "peak 200");
-        let jumpy: Vec<i16> = (0..16).map(|i| if i % 2 == 0 { 14000 } else { -14000 }).collect();
+        let jumpy: Vec<i16> = (0..16)
+            .map(|i| if i % 2 == 0 { 14000 } else { -14000 })
+            .collect();
         assert!(!is_loud_audio(&pcm(&jumpy), &cfg), "steps of 28000");
         // The same ramp one byte off the sample grid is still found (parity 1).
         let mut shifted = vec![0x11];
@@ -194,7 +211,9 @@ mod tests {
 
     #[test]
     fn periodic_windows_are_recognised() {
-        let tone: Vec<i16> = (0..16).map(|i| [0, 5000, 7000, 5000, 0, -5000, -7000, -5000][i % 8]).collect();
+        let tone: Vec<i16> = (0..16)
+            .map(|i| [0, 5000, 7000, 5000, 0, -5000, -7000, -5000][i % 8])
+            .collect();
         assert!(is_periodic(&pcm(&tone)));
         let ramp: Vec<i16> = (0..16).map(|i| i * 100 + i * i).collect();
         assert!(!is_periodic(&pcm(&ramp)));
@@ -207,13 +226,36 @@ mod tests {
         let mut samples: Vec<i16> = (0..17).map(|i| 1000 + i * 37).collect();
         samples[16] = (samples[16] & !0xff) | MARKER_VALUE as i16;
         let w = pcm(&samples)[1..33].to_vec();
-        let all = FingerprintConfig { keep_per_256: 256, ..FingerprintConfig::default() };
-        let Verdict::Moment(sig) = classify(&w, &all) else { panic!("expected a moment") };
+        let all = FingerprintConfig {
+            keep_per_256: 256,
+            ..FingerprintConfig::default()
+        };
+        let Verdict::Moment(sig) = classify(&w, &all) else {
+            panic!("expected a moment")
+        };
         assert_eq!(sig, signature(&w));
         let g = gate(w[24..].try_into().unwrap());
-        assert_eq!(classify(&w, &FingerprintConfig { keep_per_256: g + 1, ..all }), Verdict::Moment(sig));
+        assert_eq!(
+            classify(
+                &w,
+                &FingerprintConfig {
+                    keep_per_256: g + 1,
+                    ..all
+                }
+            ),
+            Verdict::Moment(sig)
+        );
         if g > 0 {
-            assert_eq!(classify(&w, &FingerprintConfig { keep_per_256: g, ..all }), Verdict::Unsampled);
+            assert_eq!(
+                classify(
+                    &w,
+                    &FingerprintConfig {
+                        keep_per_256: g,
+                        ..all
+                    }
+                ),
+                Verdict::Unsampled
+            );
         }
     }
 
@@ -223,7 +265,17 @@ mod tests {
         assert!(d.validate().is_ok());
         assert!(d.with_window(20).validate().is_err());
         assert!(d.with_window(264).validate().is_err());
-        assert!(FingerprintConfig { keep_per_256: 0, ..d }.validate().is_err());
-        assert!(FingerprintConfig { quiet_threshold: 0, ..d }.validate().is_err());
+        assert!(FingerprintConfig {
+            keep_per_256: 0,
+            ..d
+        }
+        .validate()
+        .is_err());
+        assert!(FingerprintConfig {
+            quiet_threshold: 0,
+            ..d
+        }
+        .validate()
+        .is_err());
     }
 }

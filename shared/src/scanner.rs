@@ -22,13 +22,20 @@ pub struct Scanner {
 impl Scanner {
     pub fn new(cfg: FingerprintConfig) -> Self {
         cfg.validate().expect("invalid FingerprintConfig");
-        Self { cfg, tail: Vec::with_capacity(cfg.window), offset: 0 }
+        Self {
+            cfg,
+            tail: Vec::with_capacity(cfg.window),
+            offset: 0,
+        }
     }
 
     /// A scanner for a flow that is already `offset` bytes in, with nothing carried: what a
     /// tracer without per-flow state (phase 1) sees of one call's buffer.
     pub fn at_offset(cfg: FingerprintConfig, offset: u64) -> Self {
-        Self { offset, ..Self::new(cfg) }
+        Self {
+            offset,
+            ..Self::new(cfg)
+        }
     }
 
     pub fn config(&self) -> &FingerprintConfig {
@@ -59,7 +66,10 @@ impl Scanner {
                 &window[..w]
             };
             if let Verdict::Moment(signature) = classify(window, &self.cfg) {
-                emit(Moment { signature, end: self.offset + i as u64 + 1 });
+                emit(Moment {
+                    signature,
+                    end: self.offset + i as u64 + 1,
+                });
             }
         }
         self.offset += bytes.len() as u64;

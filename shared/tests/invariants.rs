@@ -22,7 +22,11 @@ fn chunked(bytes: &[u8], max_piece: usize, rng: &mut StdRng) -> Vec<Moment> {
     let mut at = 0;
     while at < bytes.len() {
         // Mostly small pieces, sometimes large ones, so that both kinds of boundary occur.
-        let max = if rng.gen_bool(0.7) { 64.min(max_piece) } else { max_piece };
+        let max = if rng.gen_bool(0.7) {
+            64.min(max_piece)
+        } else {
+            max_piece
+        };
         let n = rng.gen_range(1..=max).min(bytes.len() - at);
         s.feed(&bytes[at..at + n], |m| out.push(m));
         at += n;
@@ -34,11 +38,19 @@ fn chunked(bytes: &[u8], max_piece: usize, rng: &mut StdRng) -> Vec<Moment> {
 fn same_moments_whatever_the_chunking() {
     let bytes = real_call(60.0, 1);
     let whole = scan(cfg(), &bytes);
-    assert!(whole.len() > 600, "too few moments to test with: {}", whole.len());
+    assert!(
+        whole.len() > 600,
+        "too few moments to test with: {}",
+        whole.len()
+    );
     let mut rng = StdRng::seed_from_u64(42);
     for round in 0..40 {
         let max_piece = [1, 2, 7, 31, 160, 2048, 3001, 65536][round % 8];
-        assert_eq!(chunked(&bytes, max_piece, &mut rng), whole, "round {round}, pieces ≤ {max_piece}");
+        assert_eq!(
+            chunked(&bytes, max_piece, &mut rng),
+            whole,
+            "round {round}, pieces ≤ {max_piece}"
+        );
     }
 }
 
@@ -49,7 +61,11 @@ fn same_moments_whatever_the_chunking_synthetic_16k() {
     assert!(!whole.is_empty());
     let mut rng = StdRng::seed_from_u64(7);
     for max_piece in [1, 5, 999, 65536] {
-        assert_eq!(chunked(&bytes, max_piece, &mut rng), whole, "pieces ≤ {max_piece}");
+        assert_eq!(
+            chunked(&bytes, max_piece, &mut rng),
+            whole,
+            "pieces ≤ {max_piece}"
+        );
     }
 }
 
@@ -64,7 +80,10 @@ fn alignment_free_after_headers_of_any_length() {
         let shifted: Vec<Moment> = scan(cfg(), &bytes)
             .into_iter()
             .filter(|m| m.end >= header as u64 + w)
-            .map(|m| Moment { end: m.end - header as u64, ..m })
+            .map(|m| Moment {
+                end: m.end - header as u64,
+                ..m
+            })
             .collect();
         assert_eq!(shifted, bare, "after a {header}-byte header");
     }
@@ -80,15 +99,29 @@ fn quiet_yields_no_moments() {
         audio::comfort_noise(16000, 60.0, 30.0, 4),
     ];
     for a in &quiet {
-        assert_eq!(scan(cfg(), &a.to_bytes()), vec![], "{} s of quiet audio", a.seconds());
+        assert_eq!(
+            scan(cfg(), &a.to_bytes()),
+            vec![],
+            "{} s of quiet audio",
+            a.seconds()
+        );
     }
 }
 
 #[test]
 fn short_period_tones_yield_no_moments() {
-    for (rate, freq) in [(8000, 1000.0), (8000, 2000.0), (16000, 1000.0), (8000, 800.0)] {
+    for (rate, freq) in [
+        (8000, 1000.0),
+        (8000, 2000.0),
+        (16000, 1000.0),
+        (8000, 800.0),
+    ] {
         let a = audio::tone(rate, 30.0, freq, 8000.0);
-        assert_eq!(scan(cfg(), &a.to_bytes()), vec![], "{freq} Hz tone at {rate} Hz");
+        assert_eq!(
+            scan(cfg(), &a.to_bytes()),
+            vec![],
+            "{freq} Hz tone at {rate} Hz"
+        );
     }
 }
 
@@ -100,7 +133,10 @@ fn non_audio_bytes_rarely_yield_moments() {
     // thousands of times rarer.
     assert_eq!(per_mib(&json), 0.0, "JSON has no marker byte");
     let random_rate = per_mib(&random);
-    assert!(random_rate <= 1.0, "random bytes: {random_rate} moments per MiB");
+    assert!(
+        random_rate <= 1.0,
+        "random bytes: {random_rate} moments per MiB"
+    );
 }
 
 #[test]
@@ -109,8 +145,15 @@ fn speech_is_dense_enough_to_cover_every_nonsilent_second() {
     let s = moment_stats(&corpus, cfg());
     let per_second = s.moments as f64 / s.nonsilent_seconds as f64;
     let covered = s.covered_seconds as f64 / s.nonsilent_seconds as f64;
-    assert!(per_second >= 15.0, "{per_second:.1} moments per non-silent second");
-    assert!(covered >= 0.97, "{:.2} % of non-silent seconds hold a moment", covered * 100.0);
+    assert!(
+        per_second >= 15.0,
+        "{per_second:.1} moments per non-silent second"
+    );
+    assert!(
+        covered >= 0.97,
+        "{:.2} % of non-silent seconds hold a moment",
+        covered * 100.0
+    );
 }
 
 #[test]
@@ -119,14 +162,27 @@ fn speech_through_g711_still_yields_moments() {
     // which a single-value marker byte would miss entirely.
     let corpus = audio::speech_corpus().unwrap();
     for (codec, decoded) in [
-        ("µ-law", corpus.iter().map(audio::mulaw_roundtrip).collect::<Vec<_>>()),
+        (
+            "µ-law",
+            corpus
+                .iter()
+                .map(audio::mulaw_roundtrip)
+                .collect::<Vec<_>>(),
+        ),
         ("A-law", corpus.iter().map(audio::alaw_roundtrip).collect()),
     ] {
         let s = moment_stats(&decoded, cfg());
         let per_second = s.moments as f64 / s.nonsilent_seconds as f64;
         let covered = s.covered_seconds as f64 / s.nonsilent_seconds as f64;
-        assert!(per_second >= 8.0, "{codec}: {per_second:.1} moments per non-silent second");
-        assert!(covered >= 0.99, "{codec}: {:.2} % of non-silent seconds hold a moment", covered * 100.0);
+        assert!(
+            per_second >= 8.0,
+            "{codec}: {per_second:.1} moments per non-silent second"
+        );
+        assert!(
+            covered >= 0.99,
+            "{codec}: {:.2} % of non-silent seconds hold a moment",
+            covered * 100.0
+        );
     }
 }
 
@@ -146,7 +202,10 @@ fn moments_are_deterministic_across_calls_sharing_content() {
     let a = scan(cfg(), &track.to_bytes());
     let mut b_bytes = b"other call's header..".to_vec();
     b_bytes.extend(track.to_bytes());
-    let b: Vec<u64> = scan(cfg(), &b_bytes).into_iter().map(|m| m.signature).collect();
+    let b: Vec<u64> = scan(cfg(), &b_bytes)
+        .into_iter()
+        .map(|m| m.signature)
+        .collect();
     assert!(!a.is_empty());
     let a: Vec<u64> = a.into_iter().map(|m| m.signature).collect();
     assert!(a.iter().all(|s| b.contains(s)));
