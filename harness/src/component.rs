@@ -108,7 +108,10 @@ pub struct SourceCall {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Role {
     /// Sends its calls' audio paced in (scaled) real time.
-    Source { calls: Vec<SourceCall>, speed: f64 },
+    Source {
+        calls: Vec<SourceCall>,
+        speed: f64,
+    },
     /// Holds each read, then sends its audio on by `route`.
     Relay {
         hold_us: u64,

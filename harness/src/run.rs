@@ -163,7 +163,10 @@ pub fn run(
                     calls.push(call_tree(sc, call, ci, output, wav.clone()));
                     list.push(SourceCall { call, wav, output });
                 }
-                Role::Source { calls: list, speed: sc.speed }
+                Role::Source {
+                    calls: list,
+                    speed: sc.speed,
+                }
             }
             Kind::Relay { hold_us, route } => Role::Relay {
                 hold_us: *hold_us,

@@ -113,7 +113,10 @@ impl PointFlow {
 
     /// The syscall that carried flow byte `flow`, whatever it was.
     fn op_at(&self, flow: u64) -> Option<(u64, i32)> {
-        self.ops.iter().find(|(o, l, _, _)| *o <= flow && flow < o + l).map(|&(_, _, t, fd)| (t, fd))
+        self.ops
+            .iter()
+            .find(|(o, l, _, _)| *o <= flow && flow < o + l)
+            .map(|&(_, _, t, fd)| (t, fd))
     }
 
     /// The audio offset of the call's byte at `flow` and the syscall that carried it.
@@ -281,7 +284,10 @@ pub const SAME_NODE_BAR: Bar = Bar {
 /// What tests assert: correctness in full, and an error bound that catches a wrong stamp or a
 /// wrong clock but not scheduling noise. The p99 ≤ 20 µs figure is a benchmark (BRIEF §7):
 /// on this shared 2-core VM the p99 of one run moves between 15 and 50 µs.
-pub const TEST_BAR: Bar = Bar { coverage: 0.95, error_p99_ns: 200_000 };
+pub const TEST_BAR: Bar = Bar {
+    coverage: 0.95,
+    error_p99_ns: 200_000,
+};
 
 impl Score {
     /// The ways this score misses the bar; empty when it passes.
@@ -456,7 +462,13 @@ pub fn score_indexed(
                     .min_by_key(|x| x.0)
             };
         match best {
-            None if positioned && hop_of.get(&key).into_iter().flatten().any(|h| framing_transit(h).is_some()) => {
+            None if positioned
+                && hop_of
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .any(|h| framing_transit(h).is_some()) =>
+            {
                 framing += 1;
             }
             None => {

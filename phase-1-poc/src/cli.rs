@@ -174,3 +174,73 @@ pub fn print_demo(run: &TracedRun, json: Option<&Path>, hops: &str) -> Result<()
     println!("{}", run.health);
     Ok(())
 }
+
+/// What a live agent did when it followed a scenario's processes by pid until they exited,
+/// and how its JSON lines score.
+pub struct LiveRun {
+    pub output: std::process::Output,
+    pub score: harness::score::Score,
+}
+
+/// Runs scenario `sc` from `exe` and traces it with `exe` as a live agent (`--pid` for every
+/// component, `--json`); returns once the agent has stopped by itself. For tests and demos of
+/// the CLI as a user runs it.
+pub fn follow_scenario_live(
+    sc: &harness::scenario::Scenario,
+    exe: &Path,
+    observes: harness::score::Observes,
+) -> Result<LiveRun> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = harness::run::workdir("live")?;
+    let json = dir.join("hops.jsonl");
+    let mut child = None;
+    let gt = harness::run::run(sc, exe, &dir, |targets| {
+        let mut args = vec![
+            "--json".to_string(),
+            json.display().to_string(),
+            "--report-every".into(),
+            "0".into(),
+        ];
+        for p in &targets.pids {
+            args.extend(["--pid".into(), p.to_string()]);
+        }
+        let mut c = Command::new(exe)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // Attached once it says so.
+        let mut line = String::new();
+        BufReader::new(c.stderr.as_mut().context("agent stderr")?).read_line(&mut line)?;
+        if !line.starts_with("tracing ") {
+            bail!("agent did not start: {line}");
+        }
+        child = Some(c);
+        Ok(())
+    })?;
+    let mut child = child.context("agent never started")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            bail!("agent did not stop after its targets exited");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output()?;
+    let records = harness::schema::read_jsonl(BufReader::new(std::fs::File::open(&json)?))?;
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let score = harness::score::score(
+        &gt,
+        &records,
+        observes,
+        FingerprintConfig::default(),
+        &format!("{name} --pid"),
+    )?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(LiveRun { output, score })
+}

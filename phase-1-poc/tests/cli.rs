@@ -1,14 +1,12 @@
 //! The agent as a user runs it: bad input gets one clear line, and a live trace of a real
 //! pipeline whose processes exit mid-trace ends by itself and loses nothing.
 
-use harness::score::{score, TEST_BAR};
-use harness::{run, scenario, schema};
+use harness::scenario;
+use harness::score::TEST_BAR;
+use phase_1_poc::cli::follow_scenario_live;
 use phase_1_poc::OBSERVES;
-use shared::FingerprintConfig;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 const EXE: &str = env!("CARGO_BIN_EXE_phase-1-poc");
 
@@ -82,70 +80,24 @@ fn not_root_is_one_clear_line() {
 /// stops by itself and its JSON lines score as well as the in-process tracer does.
 #[test]
 fn live_agent_follows_a_pipeline_until_its_processes_exit() {
-    let sc = scenario::s1();
-    let dir = run::workdir("phase1-cli").unwrap();
-    let json = dir.join("hops.jsonl");
-    let mut child = None;
-    let gt = run::run(&sc, Path::new(EXE), &dir, |targets| {
-        let mut args = vec![
-            "--json".to_string(),
-            json.display().to_string(),
-            "--report-every".into(),
-            "0".into(),
-        ];
-        for p in &targets.pids {
-            args.extend(["--pid".into(), p.to_string()]);
-        }
-        let mut c = Command::new(EXE)
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        // Attached once it says so.
-        let mut line = String::new();
-        BufReader::new(c.stderr.as_mut().unwrap()).read_line(&mut line)?;
-        assert!(line.starts_with("tracing write() of pid"), "{line}");
-        child = Some(c);
-        Ok(())
-    })
-    .unwrap();
-    let mut child = child.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "agent did not stop after its targets exited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let run = follow_scenario_live(&scenario::s1(), Path::new(EXE), OBSERVES).unwrap();
+    let err = stderr(&run.output);
+    assert!(run.output.status.success(), "{err}");
     assert!(
-        stderr(&out).contains("every target process has exited; stopping"),
-        "{}",
-        stderr(&out)
+        err.contains("every target process has exited; stopping"),
+        "{err}"
     );
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = String::from_utf8_lossy(&run.output.stdout);
     assert!(
         table.contains("hx-c0-src") && table.contains("drops=0"),
         "{table}"
     );
-    let records = schema::read_jsonl(BufReader::new(std::fs::File::open(&json).unwrap())).unwrap();
-    let s = score(
-        &gt,
-        &records,
-        OBSERVES,
-        FingerprintConfig::default(),
-        "phase-1-poc --pid",
-    )
-    .unwrap();
-    eprintln!("{s}");
+    eprintln!("{}", run.score);
     assert!(
-        s.misses(&TEST_BAR).is_empty(),
+        run.score.misses(&TEST_BAR).is_empty(),
         "{:?}",
-        s.misses(&TEST_BAR)
+        run.score.misses(&TEST_BAR)
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Runs the agent in a private mount namespace after `prepare` (so nothing changes outside).

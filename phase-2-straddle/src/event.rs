@@ -79,8 +79,14 @@ impl Phase2Call {
 }
 
 /// `enum phase2_counter`.
-pub const PHASE2_COUNTERS: [&str; 6] =
-    ["flows_created", "flows_closed", "peeks_skipped", "iov_truncated", "broken_flows", "unseen_calls"];
+pub const PHASE2_COUNTERS: [&str; 6] = [
+    "flows_created",
+    "flows_closed",
+    "peeks_skipped",
+    "iov_truncated",
+    "broken_flows",
+    "unseen_calls",
+];
 
 impl Phase2Event {
     pub fn dir(&self) -> Dir {

@@ -57,9 +57,14 @@ impl Tracing for Phase2 {
 
     fn health(&self) -> Result<String> {
         let (scan, path) = self.tracer.counters()?;
+        let live = self.tracer.live_flows()? as u64;
+        let evicted = path
+            .get("flows_created")
+            .saturating_sub(path.get("flows_closed") + live);
         let c = self.matcher.counters;
         Ok(format!(
-            "kernel: {scan} {path} | agent: unmatched={} refused_repeats={} refused_ambiguous={} unpaired={}",
+            "kernel: {scan} {path} flows_live={live} flows_evicted={evicted} | agent: unmatched={} refused_repeats={} \
+             refused_ambiguous={} unpaired={}",
             c.unmatched, c.refused_repeats, c.refused_ambiguous, c.unpaired
         ))
     }

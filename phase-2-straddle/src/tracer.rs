@@ -60,6 +60,13 @@ impl Tracer {
         n
     }
 
+    /// Flow states alive now; evictions = created - closed - live.
+    pub fn live_flows(&self) -> Result<usize> {
+        let flows: aya::maps::HashMap<_, [u8; 16], [u8; 280]> =
+            aya::maps::HashMap::try_from(self.ebpf.map("flows").context("map flows missing")?)?;
+        Ok(flows.keys().filter(|k| k.is_ok()).count())
+    }
+
     /// The scan's counters and the data path's.
     pub fn counters(&self) -> Result<(Counters, Counters)> {
         Ok((

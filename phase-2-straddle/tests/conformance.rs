@@ -244,3 +244,40 @@ fn other_cluster_settings() {
         4,
     );
 }
+
+/// Traced processes also move logs, JSON and binary framing: on those bytes the event rate must
+/// stay negligible next to speech's (about 2.5 moments per KiB).
+#[test]
+fn non_audio_traffic_does_not_flood_the_ring_buffer() {
+    let (json, random) = harness::collisions::non_audio(4 << 20, 21);
+    let mut bytes = json;
+    bytes.extend(random);
+    let mut tracer = Tracer::start(&FingerprintConfig::default(), None).unwrap();
+    tracer.add_targets(&[std::process::id()]).unwrap();
+    let (r, w) = std::io::pipe().unwrap();
+    let (rfd, wfd): (OwnedFd, OwnedFd) = (r.into(), w.into());
+    let total = bytes.len();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0;
+        while got < total {
+            // SAFETY: buf is valid for its length; rfd is open.
+            let n = unsafe { libc::read(rfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            assert!(n > 0);
+            got += n as usize;
+        }
+    });
+    for chunk in bytes.chunks(4096) {
+        // SAFETY: chunk is valid for its length; wfd is open.
+        assert_eq!(
+            unsafe { libc::write(wfd.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) },
+            chunk.len() as isize
+        );
+    }
+    reader.join().unwrap();
+    let mut moments = 0;
+    tracer.drain(|_| moments += 1);
+    let per_mib = moments as f64 / 2.0 / 8.0; // both directions of 8 MiB
+    eprintln!("non-audio: {moments} moments over 2 × 8 MiB = {per_mib:.2} per MiB per direction");
+    assert!(per_mib <= 1.0, "{per_mib} moments per MiB");
+}
