@@ -154,8 +154,13 @@ pub fn run_if_component() {
     }
 }
 
+/// Most iovecs a vector call is split into.
+pub const MAX_IOVECS: usize = 8;
+
 /// One read or write syscall of the given family. `cuts` splits the buffer into iovecs for the
-/// vector families (ascending offsets inside `0..=len`).
+/// vector families (ascending offsets inside `0..=len`, fewer than `MAX_IOVECS`). Nothing is
+/// allocated or freed around the syscall: components stamp their clocks right before and after
+/// it, and on a CPU just back from the kernel even a free() shows in those stamps.
 pub fn syscall_io(
     fd: i32,
     buf: *mut u8,
@@ -164,25 +169,36 @@ pub fn syscall_io(
     call: IoCall,
     cuts: &[usize],
 ) -> isize {
-    let bounds: Vec<usize> = std::iter::once(0)
-        .chain(cuts.iter().copied())
-        .chain(std::iter::once(len))
-        .collect();
-    let mut iov: Vec<libc::iovec> = bounds
-        .windows(2)
-        // SAFETY: every offset is within `len`.
-        .map(|w| libc::iovec {
-            iov_base: unsafe { buf.add(w[0]) }.cast(),
-            iov_len: w[1] - w[0],
-        })
-        .collect();
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [empty; MAX_IOVECS];
+    let mut n = 0;
+    let mut start = 0;
+    for &end in cuts
+        .iter()
+        .take(MAX_IOVECS - 1)
+        .chain(std::iter::once(&len))
+    {
+        // SAFETY: start <= end <= len, inside `buf`.
+        iov[n] = libc::iovec {
+            iov_base: unsafe { buf.add(start) }.cast(),
+            iov_len: end - start,
+        };
+        n += 1;
+        start = end;
+    }
     // SAFETY: every pointer covers `buf`, valid for `len` bytes; the caller owns `fd`.
     unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = n;
         match (call, write) {
             (IoCall::Plain, true) => libc::write(fd, buf.cast(), len),
             (IoCall::Plain, false) => libc::read(fd, buf.cast(), len),
-            (IoCall::Vector, true) => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
-            (IoCall::Vector, false) => libc::readv(fd, iov.as_ptr(), iov.len() as i32),
+            (IoCall::Vector, true) => libc::writev(fd, iov.as_ptr(), n as i32),
+            (IoCall::Vector, false) => libc::readv(fd, iov.as_ptr(), n as i32),
             (IoCall::Socket, true) => {
                 libc::sendto(fd, buf.cast(), len, libc::MSG_NOSIGNAL, std::ptr::null(), 0)
             }
@@ -194,16 +210,8 @@ pub fn syscall_io(
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             ),
-            (IoCall::Message, _) => {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = iov.len();
-                if write {
-                    libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
-                } else {
-                    libc::recvmsg(fd, &mut msg, 0)
-                }
-            }
+            (IoCall::Message, true) => libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL),
+            (IoCall::Message, false) => libc::recvmsg(fd, &mut msg, 0),
         }
     }
 }

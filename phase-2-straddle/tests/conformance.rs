@@ -12,59 +12,15 @@ use shared::{FingerprintConfig, Scanner};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Call {
-    Plain,   // write / read
-    Vector,  // writev / readv, up to 4 iovecs
-    Socket,  // sendto / recvfrom
-    Message, // sendmsg / recvmsg, up to 4 iovecs
-}
+use harness::component::{syscall_io, IoCall as Call};
 
-/// One syscall moving `buf` (split into up to 4 iovecs for the vector calls).
+/// One syscall moving `buf`, split into up to 4 iovecs at random for the vector families.
 fn io(fd: i32, buf: *mut u8, len: usize, write: bool, call: Call, rng: &mut StdRng) -> isize {
-    let cuts = {
-        let mut c: Vec<usize> = (0..rng.gen_range(0..4))
-            .map(|_| rng.gen_range(0..=len))
-            .collect();
-        c.extend([0, len]);
-        c.sort_unstable();
-        c
-    };
-    let mut iov: Vec<libc::iovec> = cuts
-        .windows(2)
-        .map(|w| libc::iovec {
-            iov_base: unsafe { buf.add(w[0]) }.cast(),
-            iov_len: w[1] - w[0],
-        })
+    let mut cuts: Vec<usize> = (0..rng.gen_range(0..4))
+        .map(|_| rng.gen_range(0..=len))
         .collect();
-    // SAFETY: every pointer covers `buf`, which is valid for `len` bytes; fds are open.
-    unsafe {
-        match (call, write) {
-            (Call::Plain, true) => libc::write(fd, buf.cast(), len),
-            (Call::Plain, false) => libc::read(fd, buf.cast(), len),
-            (Call::Vector, true) => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
-            (Call::Vector, false) => libc::readv(fd, iov.as_ptr(), iov.len() as i32),
-            (Call::Socket, true) => libc::sendto(fd, buf.cast(), len, 0, std::ptr::null(), 0),
-            (Call::Socket, false) => libc::recvfrom(
-                fd,
-                buf.cast(),
-                len,
-                0,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            ),
-            (Call::Message, _) => {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = iov.len();
-                if write {
-                    libc::sendmsg(fd, &msg, 0)
-                } else {
-                    libc::recvmsg(fd, &mut msg, 0)
-                }
-            }
-        }
-    }
+    cuts.sort_unstable();
+    syscall_io(fd, buf, len, write, call, &cuts)
 }
 
 /// (flow offset range, time): the truth of one call.
