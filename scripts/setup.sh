@@ -9,6 +9,8 @@ command -v cargo >/dev/null || die "cargo not found: install Rust 1.95 (rustup) 
 packages=(
   # eBPF C toolchain: clang-14 compiles the .bpf.c files in each phase's build.rs
   clang llvm libbpf-dev linux-libc-dev bpftool
+  # ss (unix socket peers) and nsenter, for the agent's link resolution
+  iproute2 util-linux
   # real audio for scenarios and the window study (../shared/audio.md)
   asterisk-core-sounds-en-wav asterisk-moh-opsound-wav pocketsphinx-testdata
 )
