@@ -5,6 +5,7 @@
 #include <bpf/bpf_helpers.h>
 #include "fingerprint.bpf.h"
 #include "targets.bpf.h"
+#include "syscalls.bpf.h"
 #include "phase1.h"
 
 /* Bytes scanned per write; the rest is counted as truncated. */
@@ -16,13 +17,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
-
-/* The format of syscalls/sys_enter_* (tracefs .../format). */
-struct sys_enter_ctx {
-	__u64 common;
-	long id;
-	unsigned long args[6];
-};
 
 static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
 {

@@ -244,3 +244,49 @@ pub fn follow_scenario_live(
     std::fs::remove_dir_all(&dir).ok();
     Ok(LiveRun { output, score })
 }
+
+/// What a phase's agent binary is: its name, what it hooks, the hops it reports, and how to
+/// start its tracing.
+pub struct Phase<T> {
+    pub name: &'static str,
+    /// The hooked calls, for the start line ("write()").
+    pub hooks: &'static str,
+    /// The hops it reports, for the demo's table title.
+    pub hops: &'static str,
+    pub observes: harness::score::Observes,
+    pub start: fn(&FingerprintConfig, Option<&str>, Duration) -> Result<T>,
+}
+
+/// A phase binary's whole job: the demo on a harness scenario without targets, the live agent
+/// with them.
+pub fn run_phase<T: Tracing + 'static>(args: &AgentArgs, phase: &Phase<T>) -> Result<()> {
+    let cfg = args.fingerprint();
+    if !args.is_demo() {
+        args.check_targets()?;
+        return run_live(
+            args,
+            (phase.start)(&cfg, args.comm.as_deref(), args.match_window())?,
+            phase.hooks,
+        );
+    }
+    let Some(sc) = harness::scenario::by_id(&args.scenario) else {
+        bail!(
+            "unknown scenario {:?}; `harness list` shows the catalogue",
+            args.scenario
+        )
+    };
+    println!(
+        "{} demo: {} ({}), {} calls of {} s, traced on {}",
+        phase.name, sc.id, sc.title, sc.calls, sc.seconds, phase.hooks
+    );
+    let tracing = (phase.start)(&cfg, None, args.match_window())?;
+    let run = crate::trace_scenario(
+        &sc,
+        &std::env::current_exe()?,
+        &cfg,
+        phase.observes,
+        tracing,
+        phase.name,
+    )?;
+    print_demo(&run, args.json.as_deref(), phase.hops)
+}

@@ -9,6 +9,7 @@
 #include <bpf/bpf_helpers.h>
 #include "fingerprint.bpf.h"
 #include "targets.bpf.h"
+#include "syscalls.bpf.h"
 #include "phase2.h"
 
 /* Bytes scanned per call, and iovecs per call; more is counted, and the flow's carry restarts. */
@@ -85,19 +86,6 @@ static __always_inline void p2_count(__u32 counter)
 	if (v)
 		*v += 1;
 }
-
-/* The formats of syscalls/sys_enter_* and sys_exit_* (tracefs .../format). */
-struct sys_enter_ctx {
-	__u64 common;
-	long id;
-	unsigned long args[6];
-};
-
-struct sys_exit_ctx {
-	__u64 common;
-	long id;
-	long ret;
-};
 
 /* The parts of struct user_msghdr and struct iovec read here. */
 struct msghdr_iov {

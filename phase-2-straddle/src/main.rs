@@ -1,7 +1,6 @@
-use anyhow::{bail, Result};
 use clap::Parser;
-use phase_1_poc::cli::{exit_on_error, print_demo, run_live, AgentArgs};
-use phase_2_straddle::{trace_scenario_phase2, Phase2};
+use phase_1_poc::cli::{exit_on_error, run_phase, AgentArgs, Phase};
+use phase_2_straddle::{Phase2, OBSERVES};
 
 /// Phase 2 of ebpf-audio-tracer: eBPF programs on every read and write path (write, writev,
 /// sendto, sendmsg, read, readv, recvfrom, recvmsg) recognise moments of audio in what target
@@ -18,43 +17,16 @@ struct Cli {
     agent: AgentArgs,
 }
 
+const PHASE: Phase<Phase2> = Phase {
+    name: "phase-2-straddle",
+    hooks: "reads and writes",
+    hops: "transit: write → read; residence: read → write",
+    observes: OBSERVES,
+    start: Phase2::start,
+};
+
 fn main() {
     harness::component::run_if_component();
     let cli = Cli::parse();
-    exit_on_error("phase-2-straddle", || {
-        if cli.agent.is_demo() {
-            demo(&cli.agent)
-        } else {
-            live(&cli.agent)
-        }
-    });
-}
-
-fn demo(args: &AgentArgs) -> Result<()> {
-    let Some(sc) = harness::scenario::by_id(&args.scenario) else {
-        bail!(
-            "unknown scenario {:?}; `harness list` shows the catalogue",
-            args.scenario
-        )
-    };
-    println!(
-        "phase 2 demo: {} ({}), {} calls of {} s, traced on every read and write",
-        sc.id, sc.title, sc.calls, sc.seconds
-    );
-    let run = trace_scenario_phase2(&sc, &std::env::current_exe()?, &args.fingerprint())?;
-    print_demo(
-        &run,
-        args.json.as_deref(),
-        "transit: write → read; residence: read → write",
-    )
-}
-
-fn live(args: &AgentArgs) -> Result<()> {
-    args.check_targets()?;
-    let phase2 = Phase2::start(
-        &args.fingerprint(),
-        args.comm.as_deref(),
-        args.match_window(),
-    )?;
-    run_live(args, phase2, "reads and writes")
+    exit_on_error(PHASE.name, || run_phase(&cli.agent, &PHASE));
 }
