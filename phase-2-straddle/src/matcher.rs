@@ -171,3 +171,115 @@ impl Matcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Phase2Call;
+    use std::os::fd::AsRawFd;
+
+    /// A sighting by process `tgid` (0: this one) on `fd`; links resolve through /proc, so the
+    /// process and its fd must be real.
+    fn ev(signature: u64, fd: i32, write: bool, t_ns: u64, tgid: u32) -> Phase2Event {
+        let call = Phase2Call {
+            t_ns,
+            flow_birth_ns: 1,
+            cgroup_id: 0,
+            tgid: if tgid == 0 { std::process::id() } else { tgid },
+            tid: 0,
+            fd,
+            dir: write as u32,
+            n: 1,
+            pad: 0,
+            comm: [b'x'; 16],
+        };
+        Phase2Event { call, signature, end: 64 }
+    }
+
+    fn run(events: Vec<Phase2Event>) -> (Vec<HopRecord>, MatchCounters) {
+        let mut m = Matcher::new(1_000_000);
+        for e in events {
+            m.push(e);
+        }
+        let mut out = Vec::new();
+        m.finish(&mut out);
+        (out, m.counters)
+    }
+
+    /// A real process holding `fd` as its stdin or stdout, for as long as the test needs.
+    fn holder(fd: std::os::fd::OwnedFd, as_stdin: bool) -> std::process::Child {
+        let mut c = std::process::Command::new("sleep");
+        c.arg("30");
+        if as_stdin {
+            c.stdin(fd);
+        } else {
+            c.stdout(fd);
+        }
+        c.spawn().unwrap()
+    }
+
+    #[test]
+    fn residence_then_transit_through_one_process() {
+        let (a_r, a_w) = std::io::pipe().unwrap();
+        let (b_r, b_w) = std::io::pipe().unwrap();
+        let (ar, bw) = (a_r.as_raw_fd(), b_w.as_raw_fd());
+        // A writer process → pipe a → this process → pipe b → a reader process.
+        let mut writer = holder(a_w.into(), false);
+        let mut reader = holder(b_r.into(), true);
+        let (w, r) = (writer.id(), reader.id());
+        let (hops, c) = run(vec![ev(7, 1, true, 100, w), ev(7, ar, false, 150, 0), ev(7, bw, true, 400, 0), ev(7, 0, false, 450, r)]);
+        writer.kill().ok();
+        reader.kill().ok();
+        let times: Vec<(u64, u64)> = hops.iter().map(|h| (h.from.t_ns, h.to.t_ns)).collect();
+        assert_eq!(times, vec![(100, 150), (400, 450), (150, 400)], "transit a, transit b, residence");
+        assert_eq!(c, MatchCounters::default());
+    }
+
+    #[test]
+    fn a_moment_seen_twice_on_one_flow_is_refused_there() {
+        let (r, w) = std::io::pipe().unwrap();
+        let (rd, wr) = (r.as_raw_fd(), w.as_raw_fd());
+        let (hops, c) = run(vec![ev(9, wr, true, 100, 0), ev(9, wr, true, 300, 0), ev(9, rd, false, 350, 0)]);
+        assert!(hops.is_empty(), "{hops:?}");
+        assert_eq!(c.refused_repeats, 2);
+    }
+
+    #[test]
+    fn shared_content_through_one_process_follows_learned_edges_or_is_refused() {
+        let pipes: Vec<_> = (0..4).map(|_| std::io::pipe().unwrap()).collect();
+        let fd = |i: usize, write: bool| if write { pipes[i].1.as_raw_fd() } else { pipes[i].0.as_raw_fd() };
+        // Two calls through this process: in on pipes 0 and 1, out on pipes 2 and 3.
+        let mut events = Vec::new();
+        // Unique moments teach 0 → 2 and 1 → 3.
+        events.extend([ev(1, fd(0, false), false, 10, 0), ev(1, fd(2, true), true, 20, 0)]);
+        events.extend([ev(2, fd(1, false), false, 11, 0), ev(2, fd(3, true), true, 21, 0)]);
+        let mut m = Matcher::new(1_000);
+        for e in events {
+            m.push(e);
+        }
+        let mut out = Vec::new();
+        m.flush(5_000, &mut out);
+        assert_eq!(out.len(), 2);
+        // Hold music: the same moment on both calls at once.
+        for e in [
+            ev(3, fd(0, false), false, 10_000, 0),
+            ev(3, fd(1, false), false, 10_001, 0),
+            ev(3, fd(2, true), true, 10_100, 0),
+            ev(3, fd(3, true), true, 10_101, 0),
+        ] {
+            m.push(e);
+        }
+        out.clear();
+        m.finish(&mut out);
+        let pairs: Vec<(i32, i32)> = out.iter().map(|h| (h.from.fd, h.to.fd)).collect();
+        assert_eq!(pairs, vec![(fd(0, false), fd(2, true)), (fd(1, false), fd(3, true))]);
+        // Without learned edges the same moment is refused, not guessed.
+        let (hops, c) = run(vec![
+            ev(4, fd(0, false), false, 10, 0),
+            ev(4, fd(1, false), false, 11, 0),
+            ev(4, fd(2, true), true, 20, 0),
+        ]);
+        assert!(hops.is_empty(), "{hops:?}");
+        assert_eq!(c.refused_ambiguous, 1);
+    }
+}
