@@ -193,7 +193,11 @@ mod tests {
             pad: 0,
             comm: [b'x'; 16],
         };
-        Phase2Event { call, signature, end: 64 }
+        Phase2Event {
+            call,
+            signature,
+            end: 64,
+        }
     }
 
     fn run(events: Vec<Phase2Event>) -> (Vec<HopRecord>, MatchCounters) {
@@ -227,11 +231,20 @@ mod tests {
         let mut writer = holder(a_w.into(), false);
         let mut reader = holder(b_r.into(), true);
         let (w, r) = (writer.id(), reader.id());
-        let (hops, c) = run(vec![ev(7, 1, true, 100, w), ev(7, ar, false, 150, 0), ev(7, bw, true, 400, 0), ev(7, 0, false, 450, r)]);
+        let (hops, c) = run(vec![
+            ev(7, 1, true, 100, w),
+            ev(7, ar, false, 150, 0),
+            ev(7, bw, true, 400, 0),
+            ev(7, 0, false, 450, r),
+        ]);
         writer.kill().ok();
         reader.kill().ok();
         let times: Vec<(u64, u64)> = hops.iter().map(|h| (h.from.t_ns, h.to.t_ns)).collect();
-        assert_eq!(times, vec![(100, 150), (400, 450), (150, 400)], "transit a, transit b, residence");
+        assert_eq!(
+            times,
+            vec![(100, 150), (400, 450), (150, 400)],
+            "transit a, transit b, residence"
+        );
         assert_eq!(c, MatchCounters::default());
     }
 
@@ -239,7 +252,11 @@ mod tests {
     fn a_moment_seen_twice_on_one_flow_is_refused_there() {
         let (r, w) = std::io::pipe().unwrap();
         let (rd, wr) = (r.as_raw_fd(), w.as_raw_fd());
-        let (hops, c) = run(vec![ev(9, wr, true, 100, 0), ev(9, wr, true, 300, 0), ev(9, rd, false, 350, 0)]);
+        let (hops, c) = run(vec![
+            ev(9, wr, true, 100, 0),
+            ev(9, wr, true, 300, 0),
+            ev(9, rd, false, 350, 0),
+        ]);
         assert!(hops.is_empty(), "{hops:?}");
         assert_eq!(c.refused_repeats, 2);
     }
@@ -247,12 +264,24 @@ mod tests {
     #[test]
     fn shared_content_through_one_process_follows_learned_edges_or_is_refused() {
         let pipes: Vec<_> = (0..4).map(|_| std::io::pipe().unwrap()).collect();
-        let fd = |i: usize, write: bool| if write { pipes[i].1.as_raw_fd() } else { pipes[i].0.as_raw_fd() };
+        let fd = |i: usize, write: bool| {
+            if write {
+                pipes[i].1.as_raw_fd()
+            } else {
+                pipes[i].0.as_raw_fd()
+            }
+        };
         // Two calls through this process: in on pipes 0 and 1, out on pipes 2 and 3.
         let mut events = Vec::new();
         // Unique moments teach 0 → 2 and 1 → 3.
-        events.extend([ev(1, fd(0, false), false, 10, 0), ev(1, fd(2, true), true, 20, 0)]);
-        events.extend([ev(2, fd(1, false), false, 11, 0), ev(2, fd(3, true), true, 21, 0)]);
+        events.extend([
+            ev(1, fd(0, false), false, 10, 0),
+            ev(1, fd(2, true), true, 20, 0),
+        ]);
+        events.extend([
+            ev(2, fd(1, false), false, 11, 0),
+            ev(2, fd(3, true), true, 21, 0),
+        ]);
         let mut m = Matcher::new(1_000);
         for e in events {
             m.push(e);
@@ -272,7 +301,10 @@ mod tests {
         out.clear();
         m.finish(&mut out);
         let pairs: Vec<(i32, i32)> = out.iter().map(|h| (h.from.fd, h.to.fd)).collect();
-        assert_eq!(pairs, vec![(fd(0, false), fd(2, true)), (fd(1, false), fd(3, true))]);
+        assert_eq!(
+            pairs,
+            vec![(fd(0, false), fd(2, true)), (fd(1, false), fd(3, true))]
+        );
         // Without learned edges the same moment is refused, not guessed.
         let (hops, c) = run(vec![
             ev(4, fd(0, false), false, 10, 0),

@@ -237,3 +237,53 @@ fn non_audio_traffic_does_not_flood_the_ring_buffer() {
     eprintln!("non-audio: {moments} moments over 2 × 8 MiB = {per_mib:.2} per MiB per direction");
     assert!(per_mib <= 1.0, "{per_mib} moments per MiB");
 }
+
+/// A call of more than 64 KiB is scanned for its first 64 KiB; the rest is counted, the flow's
+/// carry restarts after it, and positions stay true to the flow.
+#[test]
+fn calls_over_64_kib_are_counted_as_truncated() {
+    let bytes = audio_bytes(20.0);
+    let sizes = [10_000usize, 100_000, 10_000];
+    let total: usize = sizes.iter().sum();
+    let mut tracer = Tracer::start(&FingerprintConfig::default(), None).unwrap();
+    tracer.add_targets(&[std::process::id()]).unwrap();
+    let (r, w) = std::io::pipe().unwrap();
+    let (rfd, wfd): (OwnedFd, OwnedFd) = (r.into(), w.into());
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0;
+        while got < total {
+            // SAFETY: buf is valid for its length; rfd is open.
+            let n = unsafe { libc::read(rfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            assert!(n > 0);
+            got += n as usize;
+        }
+    });
+    let mut at = 0;
+    for n in sizes {
+        // SAFETY: the range is inside `bytes`; wfd is open.
+        let k = unsafe { libc::write(wfd.as_raw_fd(), bytes[at..].as_ptr().cast(), n) };
+        assert_eq!(k, n as isize);
+        at += n;
+    }
+    reader.join().unwrap();
+    let mut ends = Vec::new();
+    tracer.drain(|e| {
+        if e.call.fd == wfd.as_raw_fd() {
+            ends.push((e.end, e.signature))
+        }
+    });
+    let (scan, path) = tracer.counters().unwrap();
+    assert_eq!(scan.get("truncated"), (100_000 - 65_536) as u64);
+    assert_eq!(path.get("broken_flows"), 1);
+    let scanned_to = (10_000 + 65_536) as u64;
+    let w = FingerprintConfig::default().window as u64;
+    let want: Vec<(u64, u64)> = Scanner::new(FingerprintConfig::default())
+        .feed_collect(&bytes[..total])
+        .iter()
+        .filter(|m| m.end <= scanned_to || m.end >= 110_000 + w)
+        .map(|m| (m.end, m.signature))
+        .collect();
+    ends.sort_unstable();
+    assert_eq!(ends, want);
+}
