@@ -53,7 +53,8 @@ struct fp_scratch {
 	__u32 ncand;
 	__u32 carry; /* valid bytes just before FP_DATA */
 	__u32 len;   /* valid bytes from FP_DATA */
-	__u64 group_marks[FP_GROUPS]; /* nonzero: the group may hold a marker byte */
+	__u8 marked[FP_GROUPS];      /* groups that may hold a marker byte, in order */
+	__u32 nmarked;
 };
 
 struct {
@@ -223,33 +224,53 @@ static __always_inline int fp_periodic(const __u8 *win, __u32 len)
 	return periodic;
 }
 
-static long fp_group_cb(__u64 g, void *unused)
+/* One candidate anchor at chunk offset `off`: keep it if its window is available and it passes
+ * the sampling gate. Returns 1 when the candidate list is full. */
+static __always_inline int fp_consider(struct fp_scratch *s, __u32 off)
+{
+	if (off >= s->len || off >= FP_CHUNK)
+		return 0;
+	/* The window must lie in carried + current bytes. */
+	if (off + s->carry + 1 < fp_window)
+		return 0;
+	__u32 q = FP_DATA + off;
+	__u64 gate = (fp_load64(&s->buf[q - 7]) * FP_GATE_MULT) >> 56;
+	if (gate >= fp_keep_per_256)
+		return 0;
+	__u32 n = s->ncand;
+	if (n >= FP_MAX_CANDIDATES) {
+		fp_count(FP_C_CANDIDATE_OVERFLOW, 1);
+		return 1;
+	}
+	s->cand[n] = q;
+	s->ncand = n + 1;
+	return 0;
+}
+
+/* Marked group number i: its exact marker bytes, word by word, lowest first. */
+static long fp_group_cb(__u64 i, void *unused)
 {
 	struct fp_scratch *s = fp_scratch();
-	if (!s || g >= FP_GROUPS)
+	if (!s || i >= FP_GROUPS)
 		return 1;
-	if (!s->group_marks[g])
-		return 0;
-	for (__u32 j = 0; j < 32; j++) {
-		__u32 off = g * 32 + j;
-		if (off >= s->len)
-			break;
-		__u32 q = FP_DATA + off;
-		if ((s->buf[q] & FP_MARKER_MASK) != FP_MARKER_VALUE)
-			continue;
-		/* The window must lie in carried + current bytes. */
-		if (off + s->carry + 1 < fp_window)
-			continue;
-		__u64 gate = (fp_load64(&s->buf[q - 7]) * FP_GATE_MULT) >> 56;
-		if (gate >= fp_keep_per_256)
-			continue;
-		__u32 n = s->ncand;
-		if (n >= FP_MAX_CANDIDATES) {
-			fp_count(FP_C_CANDIDATE_OVERFLOW, 1);
-			return 1;
+	__u32 g = s->marked[i];
+	if (g >= FP_GROUPS)
+		return 1;
+	for (__u32 k = 0; k < 4; k++) {
+		__u32 base = g * 32 + k * 8;
+		__u64 t = (fp_load64(&s->buf[FP_DATA + base]) & FP_MARKER_MASK_BCAST) ^ FP_MARKER_VALUE_BCAST;
+		/* Exact: bit 7 of each byte of t that is zero. */
+		__u64 z = ~(((t & ~FP_HIGHS_BCAST) + ~FP_HIGHS_BCAST) | t) & FP_HIGHS_BCAST;
+		for (int b = 0; b < 8; b++) {
+			if (!z)
+				break;
+			__u64 low = z & -z;
+			/* The byte index of a lone bit 8j+7: j = top byte of (low >> 7) * 0x0001…0607. */
+			__u32 j = ((low >> 7) * 0x0001020304050607ULL) >> 56;
+			z ^= low;
+			if (fp_consider(s, base + (j & 7)))
+				return 1;
 		}
-		s->cand[n] = q;
-		s->ncand = n + 1;
 	}
 	return 0;
 }
@@ -284,31 +305,36 @@ static long fp_candidate_cb(__u64 i, void *unused)
  * described by s->meta. */
 static __always_inline void fp_scan_chunk(struct fp_scratch *s)
 {
-	__u64 any = 0;
 	/* Volatile reads: the loop narrows `len` differently at each exit, so nothing after the
 	 * loop may use (or share a register with) the copy the loop tested. */
 	__u32 len = *(volatile __u32 *)&s->len;
 
+	s->nmarked = 0;
 	for (__u32 g = 0; g < FP_GROUPS; g++) {
 		if (g * 32 >= len)
 			break;
 		/* Bit 7 of a byte is set where (byte & mask) ^ value may be zero; false positives
-		 * (only above a true match) are rechecked per byte. Marks go to memory, not into
-		 * a register bitmap: a register that depends on the exit iteration would make the
-		 * verifier re-walk everything after the loop once per exit. */
+		 * (only above a true match) are dropped by the exact test per word. */
 		__u64 z = 0;
 		for (__u32 k = 0; k < 4; k++) {
 			__u64 t = (fp_load64(&s->buf[FP_DATA + g * 32 + k * 8]) & FP_MARKER_MASK_BCAST) ^ FP_MARKER_VALUE_BCAST;
 			z |= (t - FP_ONES_BCAST) & ~t & FP_HIGHS_BCAST;
 		}
-		s->group_marks[g] = z;
-		any |= z;
+		/* Branch-free: the group is listed, and counted only if marked. clang would turn a
+		 * test back into a branch per group without the empty asm. */
+		__u64 any = (z | -z) >> 63;
+		asm volatile("" : "+r"(any));
+		/* The count lives in memory: a register that depends on the exit iteration would make
+		 * the verifier re-walk everything after the loop once per exit. */
+		__u32 n = s->nmarked;
+		s->marked[n & (FP_GROUPS - 1)] = g;
+		s->nmarked = n + any;
 	}
 	s->ncand = 0;
-	if (!any)
+	__u32 marked = *(volatile __u32 *)&s->nmarked;
+	if (!marked || marked > FP_GROUPS)
 		return;
-	len = *(volatile __u32 *)&s->len;
-	bpf_loop((len + 31) / 32, fp_group_cb, NULL, 0);
+	bpf_loop(marked, fp_group_cb, NULL, 0);
 	if (s->ncand)
 		bpf_loop(s->ncand, fp_candidate_cb, NULL, 0);
 }
