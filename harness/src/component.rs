@@ -76,8 +76,6 @@ pub struct End {
 pub enum Route {
     /// Output i gets what input i brought.
     Same,
-    /// Every output gets every call (fan-out).
-    All,
     /// Output 0 gets everything (merge / multiplex).
     First,
     /// Output `call % outputs` (demultiplex).
@@ -90,7 +88,6 @@ impl Route {
     pub fn outputs(self, input: usize, call: u32, n: usize) -> Vec<usize> {
         match self {
             Route::Same => vec![input],
-            Route::All => (0..n).collect(),
             Route::First => vec![0],
             Route::ByCall => vec![call as usize % n],
             Route::Pairs => vec![2 * input, 2 * input + 1],

@@ -113,8 +113,4 @@ impl GroundTruth {
     pub fn component(&self, name: &str) -> Option<&ComponentLog> {
         self.components.iter().find(|c| c.name == name)
     }
-
-    pub fn component_by_pid(&self, pid: u32) -> Option<&ComponentLog> {
-        self.components.iter().find(|c| c.pid == pid)
-    }
 }

@@ -29,11 +29,6 @@ impl Counters {
             .map_or(0, |i| self.values[i])
     }
 
-    /// Both sets of counters, in order.
-    pub fn and(&self, other: &Counters) -> Vec<(&'static str, u64)> {
-        self.pairs().chain(other.pairs()).collect()
-    }
-
     fn pairs(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         self.names.iter().copied().zip(self.values.iter().copied())
     }

@@ -22,10 +22,6 @@ impl HopStats {
             .push(r.latency_ns);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.hops.is_empty()
-    }
-
     /// The table, latencies in µs.
     pub fn table(&self) -> String {
         let mut out = String::new();

@@ -29,24 +29,6 @@ impl Scanner {
         }
     }
 
-    /// A scanner for a flow that is already `offset` bytes in, with nothing carried: what a
-    /// tracer without per-flow state (phase 1) sees of one call's buffer.
-    pub fn at_offset(cfg: FingerprintConfig, offset: u64) -> Self {
-        Self {
-            offset,
-            ..Self::new(cfg)
-        }
-    }
-
-    pub fn config(&self) -> &FingerprintConfig {
-        &self.cfg
-    }
-
-    /// Bytes fed so far.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
     /// Feeds the next bytes of the flow; calls `emit` for each moment whose anchor is among them,
     /// in flow order.
     pub fn feed(&mut self, bytes: &[u8], mut emit: impl FnMut(Moment)) {
