@@ -55,29 +55,51 @@ pub trait Tracing: Send {
     fn health(&self) -> Result<String>;
 }
 
-/// Phase 1's kernel side and matcher.
-pub struct Phase1 {
-    pub tracer: Tracer,
-    pub matcher: Matcher,
+/// A phase's kernel side: its eBPF programs, loaded and attached, and their events.
+pub trait Kernel: Send + Sized {
+    type Event;
+    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self>;
+    /// Hands every waiting event to `f`; returns how many there were.
+    fn drain(&mut self, f: &mut dyn FnMut(Self::Event)) -> usize;
+    fn add_targets(&mut self, pids: &[u32]) -> Result<()>;
+    /// The kernel side's counters, one line.
+    fn health(&self) -> Result<String>;
 }
 
-impl Phase1 {
+/// A phase's matcher: sightings in, hop records out once their window has closed.
+pub trait Matching: Send + Sized {
+    type Event;
+    fn new(window_ns: u64) -> Self;
+    fn push(&mut self, e: Self::Event);
+    fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>);
+    fn finish(&mut self, out: &mut Vec<HopRecord>);
+    /// The matcher's counters, one line.
+    fn health(&self) -> String;
+}
+
+/// A phase's tracing: its kernel side feeding its matcher.
+pub struct PhaseTracing<K, M> {
+    pub kernel: K,
+    pub matcher: M,
+}
+
+impl<K: Kernel, M: Matching<Event = K::Event>> PhaseTracing<K, M> {
     pub fn start(
         cfg: &FingerprintConfig,
         comm_prefix: Option<&str>,
         window: Duration,
     ) -> Result<Self> {
         Ok(Self {
-            tracer: Tracer::start(cfg, comm_prefix)?,
-            matcher: Matcher::new(window.as_nanos() as u64),
+            kernel: K::start(cfg, comm_prefix)?,
+            matcher: M::new(window.as_nanos() as u64),
         })
     }
 }
 
-impl Tracing for Phase1 {
+impl<K: Kernel, M: Matching<Event = K::Event>> Tracing for PhaseTracing<K, M> {
     fn drain_and_match(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) -> Result<u64> {
         let matcher = &mut self.matcher;
-        let n = self.tracer.drain(|e| matcher.push(e)) as u64;
+        let n = self.kernel.drain(&mut |e| matcher.push(e)) as u64;
         match now_ns {
             Some(now) => matcher.flush(now, out),
             None => matcher.finish(out),
@@ -86,18 +108,20 @@ impl Tracing for Phase1 {
     }
 
     fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
-        self.tracer.add_targets(pids)
+        self.kernel.add_targets(pids)
     }
 
     fn health(&self) -> Result<String> {
         Ok(format!(
-            "kernel: {} | agent: refused={} unmatched={}",
-            self.tracer.counters()?,
-            self.matcher.refused,
-            self.matcher.unmatched
+            "kernel: {} | agent: {}",
+            self.kernel.health()?,
+            self.matcher.health()
         ))
     }
 }
+
+/// Phase 1: the write() tracer and the writer-to-writer matcher.
+pub type Phase1 = PhaseTracing<Tracer, Matcher>;
 
 /// The agent: drains a phase's tracer, matches, keeps statistics and writes JSON lines.
 pub struct Agent<T: Tracing> {

@@ -86,6 +86,30 @@ impl Matcher {
     }
 }
 
+impl crate::Matching for Matcher {
+    type Event = Phase1Event;
+
+    fn new(window_ns: u64) -> Self {
+        Matcher::new(window_ns)
+    }
+
+    fn push(&mut self, e: Phase1Event) {
+        Matcher::push(self, e)
+    }
+
+    fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
+        Matcher::flush(self, now_ns, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<HopRecord>) {
+        Matcher::finish(self, out)
+    }
+
+    fn health(&self) -> String {
+        format!("refused={} unmatched={}", self.refused, self.unmatched)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

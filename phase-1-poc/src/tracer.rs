@@ -159,6 +159,26 @@ impl Tracer {
     }
 }
 
+impl crate::Kernel for Tracer {
+    type Event = Phase1Event;
+
+    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
+        Tracer::start(cfg, comm_prefix)
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(Phase1Event)) -> usize {
+        Tracer::drain(self, f)
+    }
+
+    fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
+        Tracer::add_targets(self, pids)
+    }
+
+    fn health(&self) -> Result<String> {
+        Ok(self.counters()?.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

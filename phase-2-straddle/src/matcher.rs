@@ -172,6 +172,34 @@ impl Matcher {
     }
 }
 
+impl phase_1_poc::Matching for Matcher {
+    type Event = Phase2Event;
+
+    fn new(window_ns: u64) -> Self {
+        Matcher::new(window_ns)
+    }
+
+    fn push(&mut self, e: Phase2Event) {
+        Matcher::push(self, e)
+    }
+
+    fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
+        Matcher::flush(self, now_ns, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<HopRecord>) {
+        Matcher::finish(self, out)
+    }
+
+    fn health(&self) -> String {
+        let c = self.counters;
+        format!(
+            "unmatched={} refused_repeats={} refused_ambiguous={} unpaired={}",
+            c.unmatched, c.refused_repeats, c.refused_ambiguous, c.unpaired
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

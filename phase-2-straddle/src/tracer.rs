@@ -75,3 +75,30 @@ impl Tracer {
         ))
     }
 }
+
+impl phase_1_poc::Kernel for Tracer {
+    type Event = Phase2Event;
+
+    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
+        Tracer::start(cfg, comm_prefix)
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(Phase2Event)) -> usize {
+        Tracer::drain(self, f)
+    }
+
+    fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
+        Tracer::add_targets(self, pids)
+    }
+
+    fn health(&self) -> Result<String> {
+        let (scan, path) = self.counters()?;
+        let live = self.live_flows()? as u64;
+        let evicted = path
+            .get("flows_created")
+            .saturating_sub(path.get("flows_closed") + live);
+        Ok(format!(
+            "{scan} {path} flows_live={live} flows_evicted={evicted}"
+        ))
+    }
+}

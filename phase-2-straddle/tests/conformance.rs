@@ -201,6 +201,20 @@ fn other_cluster_settings() {
     );
 }
 
+/// Reads `total` bytes from `rfd` in 64 KiB reads, on a thread.
+fn drain_pipe(rfd: OwnedFd, total: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0;
+        while got < total {
+            // SAFETY: buf is valid for its length; rfd is open.
+            let n = unsafe { libc::read(rfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            assert!(n > 0);
+            got += n as usize;
+        }
+    })
+}
+
 /// Traced processes also move logs, JSON and binary framing: on those bytes the event rate must
 /// stay negligible next to speech's (about 2.5 moments per KiB).
 #[test]
@@ -213,16 +227,7 @@ fn non_audio_traffic_does_not_flood_the_ring_buffer() {
     let (r, w) = std::io::pipe().unwrap();
     let (rfd, wfd): (OwnedFd, OwnedFd) = (r.into(), w.into());
     let total = bytes.len();
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        let mut got = 0;
-        while got < total {
-            // SAFETY: buf is valid for its length; rfd is open.
-            let n = unsafe { libc::read(rfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            assert!(n > 0);
-            got += n as usize;
-        }
-    });
+    let reader = drain_pipe(rfd, total);
     for chunk in bytes.chunks(4096) {
         // SAFETY: chunk is valid for its length; wfd is open.
         assert_eq!(
@@ -249,16 +254,7 @@ fn calls_over_64_kib_are_counted_as_truncated() {
     tracer.add_targets(&[std::process::id()]).unwrap();
     let (r, w) = std::io::pipe().unwrap();
     let (rfd, wfd): (OwnedFd, OwnedFd) = (r.into(), w.into());
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        let mut got = 0;
-        while got < total {
-            // SAFETY: buf is valid for its length; rfd is open.
-            let n = unsafe { libc::read(rfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            assert!(n > 0);
-            got += n as usize;
-        }
-    });
+    let reader = drain_pipe(rfd, total);
     let mut at = 0;
     for n in sizes {
         // SAFETY: the range is inside `bytes`; wfd is open.
