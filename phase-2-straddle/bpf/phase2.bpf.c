@@ -214,9 +214,12 @@ static __always_inline __u64 scan_iov(const void *iov, __u64 iovcnt, __u64 total
 static __always_inline int leave(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
+	/* One lookup for the processes that are not traced, the common case. */
+	if (!is_target(id >> 32))
+		return 0;
 	struct pending *p = bpf_map_lookup_elem(&pending, &id);
 	if (!p) {
-		if (ret > 0 && is_target(id >> 32))
+		if (ret > 0)
 			p2_count(P2_C_UNSEEN_CALLS);
 		return 0;
 	}
