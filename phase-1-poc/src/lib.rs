@@ -8,6 +8,7 @@ pub mod event;
 pub mod matcher;
 pub mod report;
 pub mod tracer;
+pub mod window;
 
 use anyhow::Result;
 use harness::scenario::Scenario;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracer::Tracer;
+use window::Window;
 
 /// How often the ring buffer is drained (events are submitted without wake-ups).
 pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
@@ -66,21 +68,24 @@ pub trait Kernel: Send + Sized {
     fn health(&self) -> Result<String>;
 }
 
-/// A phase's matcher: sightings in, hop records out once their window has closed.
-pub trait Matching: Send + Sized {
+/// A phase's matcher: what it keeps of each event while the window is open, and how it turns
+/// all sightings of one signature into hop records.
+pub trait Matching: Send + Default {
     type Event;
-    fn new(window_ns: u64) -> Self;
-    fn push(&mut self, e: Self::Event);
-    fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>);
-    fn finish(&mut self, out: &mut Vec<HopRecord>);
+    type Seen: Send;
+    /// The event's signature, time, and what is kept of it until its window closes.
+    fn admit(&mut self, e: Self::Event) -> (u64, u64, Self::Seen);
+    /// Every sighting of one signature within the window.
+    fn close(&mut self, seen: Vec<Self::Seen>, out: &mut Vec<HopRecord>);
     /// The matcher's counters, one line.
     fn health(&self) -> String;
 }
 
-/// A phase's tracing: its kernel side feeding its matcher.
-pub struct PhaseTracing<K, M> {
+/// A phase's tracing: its kernel side feeding its matcher through the shared window.
+pub struct PhaseTracing<K, M: Matching> {
     pub kernel: K,
     pub matcher: M,
+    window: Window<M::Seen>,
 }
 
 impl<K: Kernel, M: Matching<Event = K::Event>> PhaseTracing<K, M> {
@@ -91,18 +96,21 @@ impl<K: Kernel, M: Matching<Event = K::Event>> PhaseTracing<K, M> {
     ) -> Result<Self> {
         Ok(Self {
             kernel: K::start(cfg, comm_prefix)?,
-            matcher: M::new(window.as_nanos() as u64),
+            matcher: M::default(),
+            window: Window::new(window.as_nanos() as u64),
         })
     }
 }
 
 impl<K: Kernel, M: Matching<Event = K::Event>> Tracing for PhaseTracing<K, M> {
     fn drain_and_match(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) -> Result<u64> {
-        let matcher = &mut self.matcher;
-        let n = self.kernel.drain(&mut |e| matcher.push(e)) as u64;
-        match now_ns {
-            Some(now) => matcher.flush(now, out),
-            None => matcher.finish(out),
+        let (matcher, window) = (&mut self.matcher, &mut self.window);
+        let n = self.kernel.drain(&mut |e| {
+            let (signature, t_ns, seen) = matcher.admit(e);
+            window.push(signature, t_ns, seen);
+        }) as u64;
+        for group in self.window.take_due(now_ns) {
+            self.matcher.close(group, out);
         }
         Ok(n)
     }

@@ -4,56 +4,21 @@
 use crate::event::Phase1Event;
 use harness::schema::{HopRecord, Sighting};
 use harness::truth::Dir;
-use std::collections::{HashMap, VecDeque};
 
+#[derive(Default)]
 pub struct Matcher {
-    window_ns: u64,
-    open: HashMap<u64, Vec<Phase1Event>>,
-    /// (first sighting, signature), oldest first: when each open signature is due.
-    due: VecDeque<(u64, u64)>,
     /// Signatures refused as ambiguous: seen twice by one process within the window.
     pub refused: u64,
     /// Signatures seen by a single writer only.
     pub unmatched: u64,
 }
 
-impl Matcher {
-    pub fn new(window_ns: u64) -> Self {
-        Self {
-            window_ns,
-            open: HashMap::new(),
-            due: VecDeque::new(),
-            refused: 0,
-            unmatched: 0,
-        }
-    }
+impl crate::Matching for Matcher {
+    type Event = Phase1Event;
+    type Seen = Phase1Event;
 
-    pub fn push(&mut self, e: Phase1Event) {
-        let due = &mut self.due;
-        self.open
-            .entry(e.signature)
-            .or_insert_with(|| {
-                due.push_back((e.t_ns, e.signature));
-                Vec::new()
-            })
-            .push(e);
-    }
-
-    /// Closes the signatures first seen more than a window before `now_ns`.
-    pub fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
-        while let Some(&(first, sig)) = self.due.front() {
-            if first.saturating_add(self.window_ns) > now_ns {
-                break;
-            }
-            self.due.pop_front();
-            if let Some(sightings) = self.open.remove(&sig) {
-                self.close(sightings, out);
-            }
-        }
-    }
-
-    pub fn finish(&mut self, out: &mut Vec<HopRecord>) {
-        self.flush(u64::MAX, out);
+    fn admit(&mut self, e: Phase1Event) -> (u64, u64, Phase1Event) {
+        (e.signature, e.t_ns, e)
     }
 
     fn close(&mut self, mut v: Vec<Phase1Event>, out: &mut Vec<HopRecord>) {
@@ -84,26 +49,6 @@ impl Matcher {
                 .map(|w| HopRecord::new(w[0].signature, sighting(&w[0]), sighting(&w[1]))),
         );
     }
-}
-
-impl crate::Matching for Matcher {
-    type Event = Phase1Event;
-
-    fn new(window_ns: u64) -> Self {
-        Matcher::new(window_ns)
-    }
-
-    fn push(&mut self, e: Phase1Event) {
-        Matcher::push(self, e)
-    }
-
-    fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
-        Matcher::flush(self, now_ns, out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<HopRecord>) {
-        Matcher::finish(self, out)
-    }
 
     fn health(&self) -> String {
         format!("refused={} unmatched={}", self.refused, self.unmatched)
@@ -113,6 +58,40 @@ impl crate::Matching for Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::Window;
+    use crate::Matching;
+
+    /// The matcher behind the shared window, as `PhaseTracing` drives it.
+    struct Windowed {
+        w: Window<Phase1Event>,
+        m: Matcher,
+    }
+
+    impl Windowed {
+        fn new(window_ns: u64) -> Self {
+            Self {
+                w: Window::new(window_ns),
+                m: Matcher::default(),
+            }
+        }
+
+        fn push(&mut self, e: Phase1Event) {
+            let (sig, t, seen) = self.m.admit(e);
+            self.w.push(sig, t, seen);
+        }
+
+        fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
+            for g in self.w.take_due(Some(now_ns)) {
+                self.m.close(g, out);
+            }
+        }
+
+        fn finish(&mut self, out: &mut Vec<HopRecord>) {
+            for g in self.w.take_due(None) {
+                self.m.close(g, out);
+            }
+        }
+    }
 
     fn ev(signature: u64, tgid: u32, t_ns: u64) -> Phase1Event {
         Phase1Event {
@@ -129,7 +108,7 @@ mod tests {
 
     #[test]
     fn chains_writers_in_time_order() {
-        let mut m = Matcher::new(1_000);
+        let mut m = Windowed::new(1_000);
         for e in [ev(7, 2, 150), ev(7, 1, 100), ev(7, 3, 400), ev(8, 1, 120)] {
             m.push(e);
         }
@@ -148,18 +127,18 @@ mod tests {
             .collect();
         assert_eq!(hops, vec![(1, 2, 50), (2, 3, 250)]);
         m.finish(&mut out);
-        assert_eq!(m.unmatched, 1);
+        assert_eq!(m.m.unmatched, 1);
     }
 
     #[test]
     fn refuses_a_signature_repeated_by_one_writer() {
-        let mut m = Matcher::new(1_000);
+        let mut m = Windowed::new(1_000);
         for e in [ev(7, 1, 100), ev(7, 2, 150), ev(7, 1, 600)] {
             m.push(e);
         }
         let mut out = Vec::new();
         m.finish(&mut out);
         assert!(out.is_empty());
-        assert_eq!(m.refused, 1);
+        assert_eq!(m.m.refused, 1);
     }
 }

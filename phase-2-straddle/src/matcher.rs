@@ -10,10 +10,11 @@ use crate::event::Phase2Event;
 use crate::links::{Link, Links};
 use harness::schema::{HopRecord, Sighting};
 use harness::truth::Dir;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
+/// A sighting and the link it was seen on.
 #[derive(Clone, Debug)]
-struct Seen {
+pub struct Seen {
     e: Phase2Event,
     link: Link,
 }
@@ -30,11 +31,9 @@ pub struct MatchCounters {
     pub unpaired: u64,
 }
 
+#[derive(Default)]
 pub struct Matcher {
-    window_ns: u64,
     links: Links,
-    open: HashMap<u64, Vec<Seen>>,
-    due: VecDeque<(u64, u64)>,
     /// (process, input link, output link) → unambiguous moments that took that way.
     edges: HashMap<(u32, Link, Link), u64>,
     pub counters: MatchCounters,
@@ -52,47 +51,16 @@ fn sighting(s: &Seen) -> Sighting {
     }
 }
 
-impl Matcher {
-    pub fn new(window_ns: u64) -> Self {
-        Self {
-            window_ns,
-            links: Links::default(),
-            open: HashMap::new(),
-            due: VecDeque::new(),
-            edges: HashMap::new(),
-            counters: MatchCounters::default(),
-        }
-    }
+impl phase_1_poc::Matching for Matcher {
+    type Event = Phase2Event;
+    type Seen = Seen;
 
-    pub fn push(&mut self, e: Phase2Event) {
+    fn admit(&mut self, e: Phase2Event) -> (u64, u64, Seen) {
         // Resolved now, while the fd is most likely still open.
         let link = self
             .links
             .resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
-        let due = &mut self.due;
-        self.open
-            .entry(e.signature)
-            .or_insert_with(|| {
-                due.push_back((e.call.t_ns, e.signature));
-                Vec::new()
-            })
-            .push(Seen { e, link });
-    }
-
-    pub fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
-        while let Some(&(first, sig)) = self.due.front() {
-            if first.saturating_add(self.window_ns) > now_ns {
-                break;
-            }
-            self.due.pop_front();
-            if let Some(seen) = self.open.remove(&sig) {
-                self.close(seen, out);
-            }
-        }
-    }
-
-    pub fn finish(&mut self, out: &mut Vec<HopRecord>) {
-        self.flush(u64::MAX, out);
+        (e.signature, e.call.t_ns, Seen { e, link })
     }
 
     fn close(&mut self, mut seen: Vec<Seen>, out: &mut Vec<HopRecord>) {
@@ -170,26 +138,6 @@ impl Matcher {
             out.push(HopRecord::new(w.e.signature, sighting(read), sighting(w)));
         }
     }
-}
-
-impl phase_1_poc::Matching for Matcher {
-    type Event = Phase2Event;
-
-    fn new(window_ns: u64) -> Self {
-        Matcher::new(window_ns)
-    }
-
-    fn push(&mut self, e: Phase2Event) {
-        Matcher::push(self, e)
-    }
-
-    fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
-        Matcher::flush(self, now_ns, out)
-    }
-
-    fn finish(&mut self, out: &mut Vec<HopRecord>) {
-        Matcher::finish(self, out)
-    }
 
     fn health(&self) -> String {
         let c = self.counters;
@@ -204,6 +152,8 @@ impl phase_1_poc::Matching for Matcher {
 mod tests {
     use super::*;
     use crate::event::Phase2Call;
+    use phase_1_poc::window::Window;
+    use phase_1_poc::Matching;
     use std::os::fd::AsRawFd;
 
     /// A sighting by process `tgid` (0: this one) on `fd`; links resolve through /proc, so the
@@ -228,14 +178,40 @@ mod tests {
         }
     }
 
+    /// The matcher behind the shared window, as `PhaseTracing` drives it.
+    struct Windowed {
+        w: Window<Seen>,
+        m: Matcher,
+    }
+
+    impl Windowed {
+        fn new(window_ns: u64) -> Self {
+            Self {
+                w: Window::new(window_ns),
+                m: Matcher::default(),
+            }
+        }
+
+        fn push(&mut self, e: Phase2Event) {
+            let (sig, t, seen) = self.m.admit(e);
+            self.w.push(sig, t, seen);
+        }
+
+        fn close_due(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) {
+            for g in self.w.take_due(now_ns) {
+                self.m.close(g, out);
+            }
+        }
+    }
+
     fn run(events: Vec<Phase2Event>) -> (Vec<HopRecord>, MatchCounters) {
-        let mut m = Matcher::new(1_000_000);
+        let mut m = Windowed::new(1_000_000);
         for e in events {
             m.push(e);
         }
         let mut out = Vec::new();
-        m.finish(&mut out);
-        (out, m.counters)
+        m.close_due(None, &mut out);
+        (out, m.m.counters)
     }
 
     /// A real process holding `fd` as its stdin or stdout, for as long as the test needs.
@@ -310,12 +286,12 @@ mod tests {
             ev(2, fd(1, false), false, 11, 0),
             ev(2, fd(3, true), true, 21, 0),
         ]);
-        let mut m = Matcher::new(1_000);
+        let mut m = Windowed::new(1_000);
         for e in events {
             m.push(e);
         }
         let mut out = Vec::new();
-        m.flush(5_000, &mut out);
+        m.close_due(Some(5_000), &mut out);
         assert_eq!(out.len(), 2);
         // Hold music: the same moment on both calls at once.
         for e in [
@@ -327,7 +303,7 @@ mod tests {
             m.push(e);
         }
         out.clear();
-        m.finish(&mut out);
+        m.close_due(None, &mut out);
         let pairs: Vec<(i32, i32)> = out.iter().map(|h| (h.from.fd, h.to.fd)).collect();
         assert_eq!(
             pairs,
