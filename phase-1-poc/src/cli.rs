@@ -94,13 +94,23 @@ fn process_exists(pid: u32) -> bool {
 }
 
 fn any_comm_with_prefix(prefix: &str) -> Result<bool> {
+    Ok(!pids_with_comm_prefix(prefix)?.is_empty())
+}
+
+/// Processes whose command name starts with `prefix`.
+pub fn pids_with_comm_prefix(prefix: &str) -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let comm = entry?.path().join("comm");
-        if std::fs::read_to_string(comm).is_ok_and(|c| c.starts_with(prefix)) {
-            return Ok(true);
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        {
+            pids.push(pid);
         }
     }
-    Ok(false)
+    Ok(pids)
 }
 
 /// Traces live until Ctrl-C, --duration, or every --pid has exited; prints the table live and
@@ -136,11 +146,12 @@ pub fn run_live<T: Tracing>(args: &AgentArgs, mut tracing: T, what: &str) -> Res
                 tokio::select! {
                     _ = drain.tick() => agent.tick()?,
                     _ = report.tick() => eprintln!("{}{}", agent.stats.table(), agent.health()?),
-                    _ = liveness.tick(), if args.comm.is_none() => {
-                        if !args.pid.iter().any(|&p| process_exists(p)) {
+                    _ = liveness.tick() => {
+                        if args.comm.is_none() && !args.pid.iter().any(|&p| process_exists(p)) {
                             eprintln!("every target process has exited; stopping");
                             break;
                         }
+                        agent.tracing.refresh()?;
                     }
                     _ = tokio::signal::ctrl_c() => break,
                     _ = &mut stop => break,

@@ -53,6 +53,9 @@ pub trait Tracing: Send {
     /// (`now_ns`) or, with `None`, every open one. Returns the number of events drained.
     fn drain_and_match(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) -> Result<u64>;
     fn add_targets(&mut self, pids: &[u32]) -> Result<()>;
+    /// Looks again at the targets (ones started later, libraries mapped later); called by the
+    /// live loop a few times a second.
+    fn refresh(&mut self) -> Result<()>;
     /// One line of kernel and matcher counters.
     fn health(&self) -> Result<String>;
 }
@@ -64,6 +67,10 @@ pub trait Kernel: Send + Sized {
     /// Hands every waiting event to `f`; returns how many there were.
     fn drain(&mut self, f: &mut dyn FnMut(Self::Event)) -> usize;
     fn add_targets(&mut self, pids: &[u32]) -> Result<()>;
+    /// See [`Tracing::refresh`]; nothing to do unless the kernel side hooks per process.
+    fn refresh(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The kernel side's counters, one line.
     fn health(&self) -> Result<String>;
 }
@@ -94,11 +101,16 @@ impl<K: Kernel, M: Matching<Event = K::Event>> PhaseTracing<K, M> {
         comm_prefix: Option<&str>,
         window: Duration,
     ) -> Result<Self> {
-        Ok(Self {
-            kernel: K::start(cfg, comm_prefix)?,
+        Ok(Self::new(K::start(cfg, comm_prefix)?, window))
+    }
+
+    /// Around a kernel side started some other way.
+    pub fn new(kernel: K, window: Duration) -> Self {
+        Self {
+            kernel,
             matcher: M::default(),
             window: Window::new(window.as_nanos() as u64),
-        })
+        }
     }
 }
 
@@ -117,6 +129,10 @@ impl<K: Kernel, M: Matching<Event = K::Event>> Tracing for PhaseTracing<K, M> {
 
     fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
         self.kernel.add_targets(pids)
+    }
+
+    fn refresh(&mut self) -> Result<()> {
+        self.kernel.refresh()
     }
 
     fn health(&self) -> Result<String> {

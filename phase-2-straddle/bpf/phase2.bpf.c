@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Phase 2: moments in every byte target processes read or write through write/writev/sendto/
  * sendmsg and read/readv/recvfrom/recvmsg, with scan state carried per flow (tgid, fd,
- * direction) so that a moment split over calls is found as if it had arrived whole.
+ * direction) so that a moment split over calls is found as if it had arrived whole; on TLS
+ * links, in the plaintext OpenSSL's SSL_write/SSL_read(_ex) move, attributed to their socket.
  *
  * Entry saves the call's arguments and time; exit scans exactly the bytes the call moved (a
  * partial write is not scanned twice). Writes are stamped at entry, reads at exit. */
 #include <linux/bpf.h>
+#include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 #include "fingerprint.bpf.h"
 #include "targets.bpf.h"
 #include "syscalls.bpf.h"
@@ -54,7 +57,8 @@ struct {
 	__type(value, struct flow_state);
 } flow_init SEC(".maps");
 
-enum call_kind { CALL_BUF, CALL_IOV, CALL_MSG };
+/* CALL_CIPHER: a syscall on a TLS socket; its plaintext is scanned at the library instead. */
+enum call_kind { CALL_BUF, CALL_IOV, CALL_MSG, CALL_CIPHER };
 
 struct pending {
 	__u64 t_enter;
@@ -63,7 +67,7 @@ struct pending {
 	__s32 fd;
 	__u32 dir;
 	__u32 kind;
-	__u32 pad;
+	__u32 tls;
 };
 
 struct {
@@ -72,6 +76,50 @@ struct {
 	__type(key, __u64);
 	__type(value, struct pending);
 } pending SEC(".maps");
+
+/* An SSL_read/SSL_write(_ex) in progress on a thread. */
+struct tls_call {
+	__u64 t_enter;
+	__u64 ssl;
+	__u64 buf;
+	__u64 moved_at; /* _ex variants: where the library stores the bytes moved; 0 otherwise */
+	__s32 fd;       /* the socket, once a syscall inside the call shows it; else -1 */
+	__u32 dir;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+/* The socket of each SSL object: a read served from OpenSSL's buffer makes no syscall. */
+struct tls_session {
+	__u32 tgid;
+	__u32 pad;
+	__u64 ssl;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tls_session);
+	__type(value, __s32);
+} tls_sessions SEC(".maps");
+
+/* Sockets that carry TLS, (tgid << 32 | fd): their syscalls move ciphertext, never scanned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u8);
+} tls_sockets SEC(".maps");
+
+static __always_inline __u64 socket_key(__u32 tgid, __s32 fd)
+{
+	return (__u64)tgid << 32 | (__u32)fd;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -163,17 +211,53 @@ static __always_inline void submit_moments(struct fp_scratch *s)
 		fp_count(FP_C_MOMENTS, n);
 }
 
+static __always_inline void forget_flows(__u32 tgid, __s32 fd)
+{
+	struct flow_key key = { .tgid = tgid, .fd = fd };
+	for (__u32 dir = 0; dir < 2; dir++) {
+		key.dir = dir;
+		if (bpf_map_delete_elem(&flows, &key) == 0)
+			p2_count(P2_C_FLOWS_CLOSED);
+	}
+}
+
+/* A socket just seen inside an SSL call: from now on its flows are plaintext, from 0. */
+static __always_inline void mark_tls_socket(__u32 tgid, __s32 fd)
+{
+	__u64 key = socket_key(tgid, fd);
+	if (bpf_map_lookup_elem(&tls_sockets, &key))
+		return;
+	__u8 one = 1;
+	bpf_map_update_elem(&tls_sockets, &key, &one, BPF_ANY);
+	p2_count(P2_C_TLS_SOCKETS);
+	/* Handshake bytes seen before are not part of the plaintext flow. */
+	forget_flows(tgid, fd);
+}
+
 static __always_inline int enter(__s32 fd, __u64 ptr, __u64 count, __u32 dir, __u32 kind)
 {
 	/* Stamped before anything else: on a CPU just out of idle, the target lookup and the map
 	 * update below take microseconds. */
 	__u64 t_enter = bpf_ktime_get_ns();
 	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_target(id >> 32))
+	__u32 tgid = id >> 32;
+	if (!is_target(tgid))
 		return 0;
 	struct pending p = {
 		.t_enter = t_enter, .ptr = ptr, .count = count, .fd = fd, .dir = dir, .kind = kind,
 	};
+	/* Inside an SSL call the bytes are TLS records: this names the call's socket. */
+	struct tls_call *tls = bpf_map_lookup_elem(&tls_calls, &id);
+	__u64 sk = socket_key(tgid, fd);
+	if (tls) {
+		if (tls->fd < 0) {
+			tls->fd = fd;
+			mark_tls_socket(tgid, fd);
+		}
+		p.kind = CALL_CIPHER;
+	} else if (bpf_map_lookup_elem(&tls_sockets, &sk)) {
+		p.kind = CALL_CIPHER;
+	}
 	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
 	return 0;
 }
@@ -211,22 +295,25 @@ static __always_inline __u64 scan_iov(const void *iov, __u64 iovcnt, __u64 total
 	return c.left;
 }
 
-static __always_inline int leave(long ret)
+/* TLS application data (content type 23, version 3.3) where no SSL call was seen. */
+static __always_inline void check_unprobed_tls(const struct pending *call, __u64 total)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	/* One lookup for the processes that are not traced, the common case. */
-	if (!is_target(id >> 32))
+	__u8 h[3];
+	if (call->kind != CALL_BUF || call->tls || total < sizeof(h))
+		return;
+	if (bpf_probe_read_user(h, sizeof(h), (const void *)call->ptr) == 0 && h[0] == 0x17 &&
+	    h[1] == 0x03 && h[2] == 0x03)
+		p2_count(P2_C_TLS_UNPROBED);
+}
+
+/* Scans the `ret` bytes a call moved on its flow and sends the moments found. A global
+ * function: verified once per program on its own, not once per caller's path, which halves
+ * the load time. */
+__noinline int scan_call(__u64 id, const struct pending *p, long ret)
+{
+	if (!p)
 		return 0;
-	struct pending *p = bpf_map_lookup_elem(&pending, &id);
-	if (!p) {
-		if (ret > 0)
-			p2_count(P2_C_UNSEEN_CALLS);
-		return 0;
-	}
 	struct pending call = *p;
-	bpf_map_delete_elem(&pending, &id);
-	if (ret <= 0)
-		return 0;
 	/* Writes are stamped at entry; reads when their scan is done (submit_moments). */
 	__u64 t_ns = call.t_enter;
 	struct fp_scratch *s = fp_scratch();
@@ -255,7 +342,9 @@ static __always_inline int leave(long ret)
 	if (!found)
 		return 0;
 	found->h.n = 0;
+	found->h.tls = call.tls;
 	fp_count(FP_C_CALLS, 1);
+	check_unprobed_tls(&call, ret);
 	__u64 total = ret;
 	if (total > PHASE2_MAX_BYTES) {
 		fp_count(FP_C_TRUNCATED, total - PHASE2_MAX_BYTES);
@@ -318,17 +407,38 @@ static __always_inline int leave(long ret)
 	return 0;
 }
 
+static __always_inline int leave(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	/* One lookup for the processes that are not traced, the common case. */
+	if (!is_target(id >> 32))
+		return 0;
+	struct pending *p = bpf_map_lookup_elem(&pending, &id);
+	if (!p) {
+		if (ret > 0)
+			p2_count(P2_C_UNSEEN_CALLS);
+		return 0;
+	}
+	struct pending call = *p;
+	bpf_map_delete_elem(&pending, &id);
+	if (ret <= 0)
+		return 0;
+	if (call.kind == CALL_CIPHER) {
+		p2_count(P2_C_CIPHERTEXT_SKIPPED);
+		return 0;
+	}
+	return scan_call(id, &call, ret);
+}
+
 static __always_inline void forget_fd(__s32 fd)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	if (!is_target(id >> 32))
+	__u32 tgid = id >> 32;
+	if (!is_target(tgid))
 		return;
-	struct flow_key key = { .tgid = id >> 32, .fd = fd };
-	for (__u32 dir = 0; dir < 2; dir++) {
-		key.dir = dir;
-		if (bpf_map_delete_elem(&flows, &key) == 0)
-			p2_count(P2_C_FLOWS_CLOSED);
-	}
+	forget_flows(tgid, fd);
+	__u64 sk = socket_key(tgid, fd);
+	bpf_map_delete_elem(&tls_sockets, &sk);
 }
 
 #define ENTER(name, dir, kind)                                                          \
@@ -403,4 +513,90 @@ int enter_dup3(struct sys_enter_ctx *ctx)
 {
 	forget_fd((__s32)ctx->args[1]);
 	return 0;
+}
+
+/* OpenSSL (libssl.so.3): SSL_write(ssl, buf, num), SSL_write_ex(ssl, buf, num, &written),
+ * SSL_read(ssl, buf, num), SSL_read_ex(ssl, buf, num, &readbytes). Entry keeps the buffer;
+ * return scans the plaintext the call moved, as the flow of its socket. */
+static __always_inline int tls_enter(struct pt_regs *ctx, __u32 dir, int ex)
+{
+	__u64 t_enter = bpf_ktime_get_ns();
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_target(id >> 32))
+		return 0;
+	struct tls_call c = {
+		.t_enter = t_enter,
+		.ssl = PT_REGS_PARM1(ctx),
+		.buf = PT_REGS_PARM2(ctx),
+		.moved_at = ex ? PT_REGS_PARM4(ctx) : 0,
+		.fd = -1,
+		.dir = dir,
+	};
+	bpf_map_update_elem(&tls_calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int tls_write_enter(struct pt_regs *ctx)
+{
+	return tls_enter(ctx, PHASE2_DIR_WRITE, 0);
+}
+
+SEC("uprobe")
+int tls_write_ex_enter(struct pt_regs *ctx)
+{
+	return tls_enter(ctx, PHASE2_DIR_WRITE, 1);
+}
+
+SEC("uprobe")
+int tls_read_enter(struct pt_regs *ctx)
+{
+	return tls_enter(ctx, PHASE2_DIR_READ, 0);
+}
+
+SEC("uprobe")
+int tls_read_ex_enter(struct pt_regs *ctx)
+{
+	return tls_enter(ctx, PHASE2_DIR_READ, 1);
+}
+
+SEC("uretprobe")
+int tls_leave(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!is_target(tgid))
+		return 0;
+	struct tls_call *p = bpf_map_lookup_elem(&tls_calls, &id);
+	if (!p)
+		return 0;
+	struct tls_call c = *p;
+	bpf_map_delete_elem(&tls_calls, &id);
+	int rc = (int)PT_REGS_RC(ctx);
+	__u64 moved = 0;
+	if (c.moved_at) {
+		if (rc != 1 || bpf_probe_read_user(&moved, sizeof(moved), (const void *)c.moved_at))
+			return 0;
+	} else if (rc > 0) {
+		moved = rc;
+	}
+	if (moved == 0)
+		return 0;
+	struct tls_session session = { .tgid = tgid, .ssl = c.ssl };
+	__s32 *known = bpf_map_lookup_elem(&tls_sessions, &session);
+	if (c.fd >= 0) {
+		if (!known || *known != c.fd)
+			bpf_map_update_elem(&tls_sessions, &session, &c.fd, BPF_ANY);
+	} else if (known) {
+		c.fd = *known;
+	} else {
+		p2_count(P2_C_TLS_UNATTRIBUTED);
+		return 0;
+	}
+	p2_count(P2_C_TLS_CALLS);
+	struct pending call = {
+		.t_enter = c.t_enter, .ptr = c.buf, .count = moved, .fd = c.fd, .dir = c.dir,
+		.kind = CALL_BUF, .tls = 1,
+	};
+	return scan_call(id, &call, moved);
 }

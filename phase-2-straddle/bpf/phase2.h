@@ -22,7 +22,7 @@ struct phase2_call {
 	__s32 fd;
 	__u32 dir;
 	__u32 n;
-	__u32 pad;
+	__u32 tls;           /* 1: bytes taken at the TLS library (plaintext), 0: at the syscall */
 	char comm[PHASE2_COMM_LEN];
 	/* followed by n struct phase2_moment (at most PHASE2_MAX_MOMENTS) */
 };
@@ -40,6 +40,13 @@ enum phase2_counter {
 	P2_C_BROKEN_FLOWS,   /* calls whose bytes were not all scanned: the carry restarts */
 	P2_C_UNSEEN_CALLS,   /* calls already in flight when tracing began: their bytes are not
 	                      * counted, so the flow's positions start late */
+	P2_C_TLS_CALLS,      /* SSL_read/SSL_write(_ex) calls whose plaintext was scanned */
+	P2_C_TLS_SOCKETS,    /* sockets found to carry TLS (their ciphertext is not scanned) */
+	P2_C_CIPHERTEXT_SKIPPED, /* syscalls on TLS sockets, not scanned: their plaintext is */
+	P2_C_TLS_UNATTRIBUTED,   /* SSL calls made before their socket was seen: not scanned */
+	P2_C_TLS_UNPROBED,   /* syscalls outside any SSL call whose bytes begin with a TLS
+	                      * application-data record: an encrypted link this tracer reads as
+	                      * ciphertext (TLS library not probed: static, Go, JDK, rustls) */
 	P2_C_NR,
 };
 

@@ -17,7 +17,8 @@ pub struct Phase2Call {
     pub fd: i32,
     pub dir: u32,
     pub n: u32,
-    pub pad: u32,
+    /// 1: the bytes were taken at the TLS library (plaintext); 0: at the syscall.
+    pub tls: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -41,6 +42,7 @@ const _: () = {
     assert!(offset_of!(Phase2Call, fd) == 32);
     assert!(offset_of!(Phase2Call, dir) == 36);
     assert!(offset_of!(Phase2Call, n) == 40);
+    assert!(offset_of!(Phase2Call, tls) == 44);
     assert!(offset_of!(Phase2Call, comm) == 48);
     assert!(size_of::<Phase2Moment>() == 16);
 };
@@ -79,13 +81,18 @@ impl Phase2Call {
 }
 
 /// `enum phase2_counter`.
-pub const PHASE2_COUNTERS: [&str; 6] = [
+pub const PHASE2_COUNTERS: [&str; 11] = [
     "flows_created",
     "flows_closed",
     "peeks_skipped",
     "iov_truncated",
     "broken_flows",
     "unseen_calls",
+    "tls_calls",
+    "tls_sockets",
+    "ciphertext_skipped",
+    "tls_unattributed",
+    "tls_unprobed",
 ];
 
 impl Phase2Event {

@@ -168,7 +168,7 @@ mod tests {
             fd,
             dir: write as u32,
             n: 1,
-            pad: 0,
+            tls: 0,
             comm: [b'x'; 16],
         };
         Phase2Event {
@@ -232,8 +232,8 @@ mod tests {
         let (b_r, b_w) = std::io::pipe().unwrap();
         let (ar, bw) = (a_r.as_raw_fd(), b_w.as_raw_fd());
         // A writer process → pipe a → this process → pipe b → a reader process.
-        let mut writer = holder(a_w.into(), false);
-        let mut reader = holder(b_r.into(), true);
+        let writer = holder(a_w.into(), false);
+        let reader = holder(b_r.into(), true);
         let (w, r) = (writer.id(), reader.id());
         let (hops, c) = run(vec![
             ev(7, 1, true, 100, w),
@@ -241,8 +241,10 @@ mod tests {
             ev(7, bw, true, 400, 0),
             ev(7, 0, false, 450, r),
         ]);
-        writer.kill().ok();
-        reader.kill().ok();
+        for mut p in [writer, reader] {
+            p.kill().ok();
+            p.wait().ok();
+        }
         let times: Vec<(u64, u64)> = hops.iter().map(|h| (h.from.t_ns, h.to.t_ns)).collect();
         assert_eq!(
             times,

@@ -1,7 +1,9 @@
 //! Loads and attaches phase 2's eBPF programs (entry and exit of every read and write syscall,
-//! and close/dup2/dup3) and drains their events.
+//! close/dup2/dup3, and OpenSSL's read and write functions in target processes) and drains
+//! their events.
 
 use crate::event::{Phase2Call, Phase2Event, PHASE2_COUNTERS};
+use crate::tls::TlsProbes;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::Ebpf;
@@ -20,10 +22,22 @@ const FORGETTERS: [&str; 3] = ["close", "dup2", "dup3"];
 pub struct Tracer {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
+    tls: TlsProbes,
+    comm_prefix: Option<String>,
 }
 
 impl Tracer {
+    /// Starts with the OpenSSL probes (`start_with(.., true)`).
     pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
+        Self::start_with(cfg, comm_prefix, true)
+    }
+
+    /// With `tls` false, TLS links are seen only as the ciphertext their syscalls carry.
+    pub fn start_with(
+        cfg: &FingerprintConfig,
+        comm_prefix: Option<&str>,
+        tls: bool,
+    ) -> Result<Self> {
         let mut ebpf = load_object(OBJECT, cfg, comm_prefix)?;
         for sc in SYSCALLS {
             attach_syscall(
@@ -40,12 +54,30 @@ impl Tracer {
                 &format!("sys_enter_{sc}"),
             )?;
         }
+        let tls = TlsProbes::load(&mut ebpf, tls)?;
         let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
-        Ok(Self { ebpf, events })
+        let mut tracer = Self {
+            ebpf,
+            events,
+            tls,
+            comm_prefix: comm_prefix.map(str::to_string),
+        };
+        tracer.refresh()?;
+        Ok(tracer)
     }
 
     pub fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
-        add_targets(&mut self.ebpf, pids)
+        add_targets(&mut self.ebpf, pids)?;
+        self.tls.add(&mut self.ebpf, pids)
+    }
+
+    /// Probes the TLS library of targets that appeared or mapped it since the last look.
+    pub fn refresh(&mut self) -> Result<()> {
+        if let Some(prefix) = &self.comm_prefix {
+            let pids = phase_1_poc::cli::pids_with_comm_prefix(prefix)?;
+            self.tls.add(&mut self.ebpf, &pids)?;
+        }
+        self.tls.refresh(&mut self.ebpf)
     }
 
     /// Hands every moment waiting in the ring buffer to `f`; returns how many there were.
@@ -91,14 +123,23 @@ impl phase_1_poc::Kernel for Tracer {
         Tracer::add_targets(self, pids)
     }
 
+    fn refresh(&mut self) -> Result<()> {
+        Tracer::refresh(self)
+    }
+
     fn health(&self) -> Result<String> {
         let (scan, path) = self.counters()?;
         let live = self.live_flows()? as u64;
         let evicted = path
             .get("flows_created")
             .saturating_sub(path.get("flows_closed") + live);
+        let tls = if self.tls.enabled() {
+            self.tls.probed().to_string()
+        } else {
+            "off".into()
+        };
         Ok(format!(
-            "{scan} {path} flows_live={live} flows_evicted={evicted}"
+            "{scan} {path} flows_live={live} flows_evicted={evicted} tls_probed_processes={tls}"
         ))
     }
 }

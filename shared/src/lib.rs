@@ -78,7 +78,7 @@ impl FingerprintConfig {
 
     /// Checks the ranges the C side relies on.
     pub fn validate(&self) -> Result<(), String> {
-        if self.window % 8 != 0 || !(WINDOW_MIN..=WINDOW_MAX).contains(&self.window) {
+        if !self.window.is_multiple_of(8) || !(WINDOW_MIN..=WINDOW_MAX).contains(&self.window) {
             return Err(format!(
                 "window must be a multiple of 8 in {WINDOW_MIN}..={WINDOW_MAX}, got {}",
                 self.window

@@ -1,0 +1,144 @@
+//! OpenSSL uprobes: finds the libssl each target process has mapped and attaches phase 2's TLS
+//! programs to it for that process only, so that processes that are not targets never take a
+//! uprobe trap. Targets that map libssl later (dlopen) or start later (--comm) are picked up by
+//! `refresh`.
+
+use anyhow::{Context, Result};
+use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
+use aya::programs::UProbe;
+use aya::Ebpf;
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+/// The OpenSSL functions probed and the entry program of each; `tls_leave` takes every return.
+pub const FUNCTIONS: [(&str, &str); 4] = [
+    ("SSL_write", "tls_write_enter"),
+    ("SSL_write_ex", "tls_write_ex_enter"),
+    ("SSL_read", "tls_read_enter"),
+    ("SSL_read_ex", "tls_read_ex_enter"),
+];
+const RETURN_PROGRAM: &str = "tls_leave";
+
+/// Which target processes have the probes, and which are still waiting for a libssl.
+#[derive(Default)]
+pub struct TlsProbes {
+    enabled: bool,
+    attached: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Targets without libssl mapped (yet): looked at again by `refresh`.
+    waiting: HashSet<u32>,
+}
+
+/// The OpenSSL library `pid` has mapped, as a path this agent can open (through the process's
+/// root, so that a container's own libssl is the one probed).
+pub fn libssl_of(pid: u32) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| {
+            path.rsplit('/')
+                .next()
+                .is_some_and(|f| f.starts_with("libssl.so"))
+        })
+        .map(|path| PathBuf::from(format!("/proc/{pid}/root{path}")))
+}
+
+impl TlsProbes {
+    /// Loads the TLS programs; with `enabled` false nothing is loaded or attached (the TLS
+    /// links are then seen as ciphertext, as by a tracer without uprobes).
+    pub fn load(ebpf: &mut Ebpf, enabled: bool) -> Result<Self> {
+        if enabled {
+            for name in FUNCTIONS
+                .iter()
+                .map(|f| f.1)
+                .chain(std::iter::once(RETURN_PROGRAM))
+            {
+                program(ebpf, name)?
+                    .load()
+                    .map_err(|e| phase_1_poc::tracer::verifier_error(name, e))?;
+            }
+        }
+        Ok(Self {
+            enabled,
+            ..Default::default()
+        })
+    }
+
+    /// Probes the libssl of each new target; those without one wait for `refresh`.
+    pub fn add(&mut self, ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        for &pid in pids {
+            if self.attached.contains_key(&pid) {
+                continue;
+            }
+            match libssl_of(pid) {
+                Some(lib) => {
+                    let links = attach(ebpf, pid, &lib)
+                        .with_context(|| format!("probing {} of pid {pid}", lib.display()))?;
+                    self.attached.insert(pid, links);
+                    self.waiting.remove(&pid);
+                }
+                None => {
+                    self.waiting.insert(pid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks again at targets waiting for a libssl, and detaches from processes that exited.
+    pub fn refresh(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        let waiting: Vec<u32> = self.waiting.iter().copied().collect();
+        self.waiting.retain(|&pid| alive(pid));
+        self.add(ebpf, &waiting)?;
+        let gone: Vec<u32> = self
+            .attached
+            .keys()
+            .copied()
+            .filter(|&p| !alive(p))
+            .collect();
+        for pid in gone {
+            for (name, link) in self.attached.remove(&pid).unwrap_or_default() {
+                // The process is gone; its probes went with it, only the link is left.
+                let _ = program(ebpf, name).and_then(|p| Ok(p.detach(link)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Target processes whose libssl is probed.
+    pub fn probed(&self) -> usize {
+        self.attached.len()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing"))?
+        .try_into()?)
+}
+
+fn attach(ebpf: &mut Ebpf, pid: u32, lib: &PathBuf) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+    let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).context("pid 0")?);
+    let mut links = Vec::new();
+    for (function, entry) in FUNCTIONS {
+        for name in [entry, RETURN_PROGRAM] {
+            let link = program(ebpf, name)?
+                .attach(function, lib, scope)
+                .with_context(|| format!("attaching {name} to {function}"))?;
+            links.push((name, link));
+        }
+    }
+    Ok(links)
+}
