@@ -13,6 +13,10 @@ packages=(
   iproute2 util-linux
   # real audio for scenarios and the window study (../shared/audio.md)
   asterisk-core-sounds-en-wav asterisk-moh-opsound-wav pocketsphinx-testdata
+  # real external hops (S5 broker, S6 TLS proxy) and the system libssl.so.3 the harness's TLS
+  # ends link to (the openssl crate builds against libssl-dev with pkg-config): the tracer
+  # uprobes SSL_write/SSL_read there
+  nats-server stunnel4 libssl-dev pkg-config
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -286,7 +286,7 @@ pub fn alaw_roundtrip(audio: &Audio) -> Audio {
             return 0x7F ^ mask;
         }
         let shift = if segment < 2 { 1 } else { segment };
-        (((segment << 4) as i32 | ((mag >> shift) & 0x0F)) as u8) ^ mask
+        (((segment << 4) | ((mag >> shift) & 0x0F)) as u8) ^ mask
     }
     fn decode(a: u8) -> i16 {
         let a = a ^ 0x55;

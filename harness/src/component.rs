@@ -2,18 +2,27 @@
 //! over real links and records ground truth of every syscall it makes on them.
 //!
 //! A component is described by a [`Spec`] (JSON, written by the runner). Links are FIFOs (pipes),
-//! TCP over IPv4 or IPv6, or unix sockets; each end uses one syscall family (write/read,
-//! writev/readv, send/recv, sendmsg/recvmsg, the vector ones with several iovecs). A link frames
-//! its bytes either as a stream (a header line of a chosen length, then one call's PCM) or as
-//! Pulsar-style envelopes (size, command, magic 0x0e01, crc32c, metadata, payload), several calls
-//! multiplexed and several envelopes batched per write.
+//! TCP over IPv4 or IPv6 (optionally TLS), unix sockets, or connections to a NATS broker; each
+//! plain end uses one syscall family (write/read, writev/readv, send/recv, sendmsg/recvmsg, the
+//! vector ones with several iovecs), a TLS end OpenSSL's SSL_write_ex/SSL_read_ex. A link frames
+//! its bytes as a stream (a header line of a chosen length, then one call's PCM), as Pulsar-style
+//! envelopes (size, command, magic 0x0e01, crc32c, metadata, payload) or as NATS messages,
+//! several calls multiplexed and several envelopes or messages batched per write.
+//!
+//! NATS is spoken directly (a text protocol): a client library such as async-nats buffers and
+//! flushes from a background task, and no syscall could be stamped as the one that moved a
+//! message.
 
 use crate::audio::Audio;
 use crate::truth::{monotonic_ns, ComponentLog, Dir, Io, Segment};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use openssl::ssl::{
+    ErrorCode, SslAcceptor, SslConnector, SslFiletype, SslMethod, SslOptions, SslStream,
+    SslVerifyMode,
+};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -28,16 +37,30 @@ const HEADER_MIN: usize = 16;
 const TICK: Duration = Duration::from_millis(20);
 /// Pulsar's frame magic (before the checksum).
 pub const ENVELOPE_MAGIC: u16 = 0x0e01;
+/// NATS subjects: a call's audio is published on `audio.<call>.<audio offset>` (the offset lets
+/// a consumer's ground truth be checked rather than counted), the end of a producer's stream on
+/// `audio.end`; consumers subscribe to `audio.>`.
+const NATS_AUDIO: &str = "audio";
+const NATS_END: &str = "audio.end";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Transport {
     Fifo(PathBuf),
-    /// The reader binds an ephemeral port on loopback (v4 or v6) and writes it to `port_file`.
+    /// The reader binds an ephemeral port on loopback (v4 or v6) and writes it to `port_file`
+    /// (the runner does, when the reader is an external component). With `tls`, the reader
+    /// serves TLS with that PEM file (key and self-signed certificate) and the writer accepts
+    /// any certificate: a test link, encrypted for real.
     Tcp {
         v6: bool,
         port_file: PathBuf,
+        tls: Option<PathBuf>,
     },
     Unix(PathBuf),
+    /// A TCP connection to the NATS broker listening on the IPv4 loopback port in `port_file`:
+    /// both ends connect to it.
+    Nats {
+        port_file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +69,9 @@ pub enum Framing {
     Stream { header_len: usize },
     /// Envelopes carrying at most `max_payload` bytes of one call's audio each.
     Envelope { max_payload: usize },
+    /// NATS messages (`PUB` written, `MSG` read) carrying at most `max_payload` bytes of one
+    /// call's audio each; the writer ends with a message on `audio.end`.
+    Nats { max_payload: usize },
 }
 
 /// The syscall family an end uses.
@@ -82,6 +108,8 @@ pub enum Route {
     ByCall,
     /// Outputs 2i and 2i + 1 get what input i brought (fan-out to two consumers per link).
     Pairs,
+    /// Every output gets everything (a broker's subscribers).
+    All,
 }
 
 impl Route {
@@ -91,6 +119,7 @@ impl Route {
             Route::First => vec![0],
             Route::ByCall => vec![call as usize % n],
             Route::Pairs => vec![2 * input, 2 * input + 1],
+            Route::All => (0..n).collect(),
         }
     }
 }
@@ -158,6 +187,8 @@ pub const MAX_IOVECS: usize = 8;
 /// vector families (ascending offsets inside `0..=len`, fewer than `MAX_IOVECS`). Nothing is
 /// allocated or freed around the syscall: components stamp their clocks right before and after
 /// it, and on a CPU just back from the kernel even a free() shows in those stamps.
+// Not an `unsafe fn`: the phase crates call it as it is. Callers pass a buffer valid for `len`.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn syscall_io(
     fd: i32,
     buf: *mut u8,
@@ -218,6 +249,210 @@ fn thirds(len: usize) -> [usize; 2] {
     [len / 3, 2 * len / 3]
 }
 
+/// An open end of a link: an fd moved by syscalls, or TLS over TCP.
+enum Conn {
+    Plain(OwnedFd),
+    Tls(SslStream<TcpStream>),
+}
+
+impl Conn {
+    /// The socket (or pipe) fd: what a tracer attributes the bytes to.
+    fn fd(&self) -> i32 {
+        match self {
+            Conn::Plain(fd) => fd.as_raw_fd(),
+            Conn::Tls(s) => s.get_ref().as_raw_fd(),
+        }
+    }
+
+    /// One read or write of plaintext; 0 at the end of the stream. Plain: one syscall of
+    /// `call`'s family. TLS: one SSL_write_ex or SSL_read_ex (what `ssl_write`/`ssl_read` of
+    /// openssl 0.10.82 call on OpenSSL ≥ 1.1.1), the calls a tracer uprobes in libssl.so.3.
+    fn io(&mut self, buf: &mut [u8], write: bool, call: IoCall) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(fd) => {
+                let len = buf.len();
+                let n = syscall_io(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    len,
+                    write,
+                    call,
+                    &thirds(len),
+                );
+                usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+            }
+            Conn::Tls(s) => {
+                let done = if write {
+                    s.ssl_write(buf)
+                } else {
+                    s.ssl_read(buf)
+                };
+                match done {
+                    Err(e) if e.code() == ErrorCode::ZERO_RETURN => Ok(0),
+                    other => other.map_err(|e| {
+                        e.into_io_error()
+                            .unwrap_or_else(|e| std::io::Error::other(e.to_string()))
+                    }),
+                }
+            }
+        }
+    }
+
+    /// A TLS writer says goodbye (close_notify), so the reader sees a clean end.
+    fn close(self) {
+        if let Conn::Tls(mut s) = self {
+            let _ = s.shutdown();
+        }
+    }
+}
+
+/// Writes a fresh key and self-signed certificate for `localhost` (EC P-256) to `pem`, for one
+/// run's TLS links: our TLS servers and stunnel serve it, our TLS clients accept anything.
+pub fn write_test_certificate(pem: &Path) -> Result<()> {
+    use openssl::{asn1::Asn1Time, bn::BigNum, ec, hash::MessageDigest, nid::Nid, pkey::PKey};
+    let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(ec::EcKey::generate(&group)?)?;
+    let mut name = openssl::x509::X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", "localhost")?;
+    let name = name.build();
+    let mut cert = openssl::x509::X509::builder()?;
+    cert.set_version(2)?;
+    let serial = BigNum::from_u32(1)?.to_asn1_integer()?;
+    let (not_before, not_after) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(2)?);
+    cert.set_serial_number(&serial)?;
+    cert.set_subject_name(&name)?;
+    cert.set_issuer_name(&name)?;
+    cert.set_pubkey(&key)?;
+    cert.set_not_before(&not_before)?;
+    cert.set_not_after(&not_after)?;
+    cert.sign(&key, MessageDigest::sha256())?;
+    let mut bytes = key.private_key_to_pem_pkcs8()?;
+    bytes.extend(cert.build().to_pem()?);
+    std::fs::write(pem, bytes).with_context(|| format!("writing {}", pem.display()))
+}
+
+/// Peers may close without close_notify (stunnel passing on a plain EOF): that is an end too.
+const TLS_OPTIONS: SslOptions = SslOptions::IGNORE_UNEXPECTED_EOF;
+
+fn tls_connect(tcp: TcpStream) -> Result<SslStream<TcpStream>> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_options(TLS_OPTIONS);
+    b.build()
+        .configure()?
+        .verify_hostname(false)
+        .connect("localhost", tcp)
+        .map_err(|e| anyhow!("TLS handshake: {e}"))
+}
+
+fn tls_acceptor(pem: &Path) -> Result<SslAcceptor> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    b.set_private_key_file(pem, SslFiletype::PEM)?;
+    b.set_certificate_chain_file(pem)?;
+    b.set_options(TLS_OPTIONS);
+    Ok(b.build())
+}
+
+/// One CRLF-terminated protocol line, read a byte at a time so nothing after it is consumed.
+fn read_line(s: &mut TcpStream) -> Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while !line.ends_with(b"\r\n") {
+        s.read_exact(&mut byte)
+            .context("the broker closed the connection")?;
+        line.push(byte[0]);
+    }
+    line.truncate(line.len() - 2);
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// The NATS client handshake, before the component is ready: the server's INFO, our CONNECT
+/// (no +OK acknowledgements), and for a consumer the subscription, confirmed by a PING/PONG
+/// round trip: the broker keeps nothing for subscribers that come late.
+fn nats_hello(s: &mut TcpStream, subscribe: bool) -> Result<()> {
+    let info = read_line(s)?;
+    if !info.starts_with("INFO ") {
+        bail!("not a NATS server: {info:?}");
+    }
+    let mut hello = String::from("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+    if subscribe {
+        hello += &format!("SUB {NATS_AUDIO}.> 1\r\nPING\r\n");
+    }
+    s.write_all(hello.as_bytes())?;
+    if subscribe {
+        loop {
+            match read_line(s)? {
+                l if l == "PONG" => break,
+                l if l.starts_with("-ERR") => bail!("broker: {l}"),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One `PUB` of a call's audio; returns the message and where its payload starts.
+fn nats_pub(call: u32, audio_off: u64, payload: &[u8]) -> (Vec<u8>, usize) {
+    let head = format!("PUB {NATS_AUDIO}.{call}.{audio_off} {}\r\n", payload.len());
+    let mut m = Vec::with_capacity(head.len() + payload.len() + 2);
+    m.extend(head.as_bytes());
+    m.extend(payload);
+    m.extend(b"\r\n");
+    (m, head.len())
+}
+
+/// What one server message at the start of a consumer's buffer is.
+#[derive(Debug, PartialEq)]
+enum NatsMsg {
+    Audio {
+        call: u32,
+        audio_off: u64,
+        payload: std::ops::Range<usize>,
+    },
+    End,
+    /// PING, PONG, +OK, INFO: nothing for the audio (the server's first PING comes after two
+    /// minutes, longer than any scenario).
+    Control,
+}
+
+/// Parses one whole server message at the start of `buf`: (its length, what it is); `None` if
+/// incomplete.
+fn parse_nats(buf: &[u8]) -> Option<Result<(usize, NatsMsg)>> {
+    let eol = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = String::from_utf8_lossy(&buf[..eol]);
+    let words: Vec<&str> = line.split(' ').collect();
+    Some(match words[0] {
+        // MSG <subject> <sid> [reply-to] <payload length>
+        "MSG" if words.len() >= 4 => {
+            let Ok(len) = words[words.len() - 1].parse::<usize>() else {
+                return Some(Err(anyhow!("bad NATS message line {line:?}")));
+            };
+            let start = eol + 2;
+            if buf.len() < start + len + 2 {
+                return None;
+            }
+            let at = |s: &str| -> Option<(u32, u64)> {
+                let mut f = s.strip_prefix(NATS_AUDIO)?.strip_prefix('.')?.split('.');
+                Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+            };
+            match (words[1], at(words[1])) {
+                (NATS_END, _) => Ok((start + len + 2, NatsMsg::End)),
+                (_, Some((call, audio_off))) => Ok((
+                    start + len + 2,
+                    NatsMsg::Audio {
+                        call,
+                        audio_off,
+                        payload: start..start + len,
+                    },
+                )),
+                (subject, None) => Err(anyhow!("unexpected NATS subject {subject:?}")),
+            }
+        }
+        "PING" | "PONG" | "+OK" | "INFO" => Ok((eol + 2, NatsMsg::Control)),
+        _ => Err(anyhow!("unexpected NATS line {line:?}")),
+    })
+}
+
 /// Ground truth being recorded; shared by a component's threads.
 struct Recorder {
     log: Mutex<ComponentLog>,
@@ -237,6 +472,7 @@ impl Recorder {
             pid: std::process::id(),
             comm: comm.chars().take(15).collect(),
             ios: Vec::new(),
+            external: false,
         };
         Ok(Arc::new(Self {
             log: Mutex::new(log),
@@ -359,9 +595,11 @@ fn envelope(
     (f, payload_at)
 }
 
-/// Parses one whole envelope at the start of `buf`: (frame length, call, audio offset, payload
-/// range); `None` if incomplete.
-fn parse_envelope(buf: &[u8]) -> Option<Result<(usize, u32, u64, std::ops::Range<usize>)>> {
+/// One parsed envelope: (frame length, call, audio offset, payload range).
+type Envelope = (usize, u32, u64, std::ops::Range<usize>);
+
+/// Parses one whole envelope at the start of `buf`; `None` if incomplete.
+fn parse_envelope(buf: &[u8]) -> Option<Result<Envelope>> {
     let be32 = |b: &[u8]| u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
     if buf.len() < 4 || buf.len() < 4 + be32(buf) {
         return None;
@@ -393,7 +631,7 @@ fn parse_envelope(buf: &[u8]) -> Option<Result<(usize, u32, u64, std::ops::Range
 
 /// The sending end of a link: frames audio, batches it, writes it with its syscall family.
 struct Out {
-    fd: OwnedFd,
+    conn: Conn,
     end: End,
     producer: String,
     /// Flow offset of `pending[0]`.
@@ -405,10 +643,10 @@ struct Out {
 
 impl Out {
     fn open(end: &End, producer: &str) -> Result<Self> {
-        let fd =
+        let conn =
             connect(&end.transport).with_context(|| format!("opening {} for writing", end.link))?;
         Ok(Self {
-            fd,
+            conn,
             end: end.clone(),
             producer: producer.into(),
             flow_off: 0,
@@ -444,10 +682,13 @@ impl Out {
                 );
                 self.pending.extend(bytes);
             }
-            Framing::Envelope { max_payload } => {
+            Framing::Envelope { max_payload } | Framing::Nats { max_payload } => {
                 for (i, piece) in bytes.chunks(max_payload).enumerate() {
                     let off = audio_off + (i * max_payload) as u64;
-                    let (frame, payload_at) = envelope(&self.producer, self.seq, call, off, piece);
+                    let (frame, payload_at) = match self.end.framing {
+                        Framing::Nats { .. } => nats_pub(call, off, piece),
+                        _ => envelope(&self.producer, self.seq, call, off, piece),
+                    };
                     self.seq += 1;
                     let at = self.flow_off + self.pending.len() as u64 + payload_at as u64;
                     rec.payload(
@@ -468,7 +709,7 @@ impl Out {
     }
 
     /// Writes what is pending: whole chunks only for a stream, unless `all`; a batch of whole
-    /// envelopes otherwise.
+    /// envelopes or messages otherwise.
     fn flush(&mut self, rec: &Recorder, all: bool) -> Result<()> {
         let stream = matches!(self.end.framing, Framing::Stream { .. });
         let upto = if stream && !all {
@@ -480,26 +721,35 @@ impl Out {
         while done < upto {
             let n = (upto - done).min(self.end.chunk);
             let t_ns = monotonic_ns();
-            let buf = self.pending[done..].as_mut_ptr();
-            let k = syscall_io(self.fd.as_raw_fd(), buf, n, true, self.end.call, &thirds(n));
-            if k < 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("writing {}", self.end.link));
-            }
+            let k = self
+                .conn
+                .io(&mut self.pending[done..done + n], true, self.end.call)
+                .with_context(|| format!("writing {}", self.end.link))?;
             let at = self.flow_off + done as u64;
             rec.io(Io {
                 t_ns,
                 dir: Dir::Write,
-                fd: self.fd.as_raw_fd(),
+                fd: self.conn.fd(),
                 link: self.end.link.clone(),
                 flow_off: at,
                 len: k as u64,
                 segments: Vec::new(),
             });
-            done += k as usize;
+            done += k;
         }
         self.pending.drain(..done);
         self.flow_off += done as u64;
+        Ok(())
+    }
+
+    /// Writes everything left, ends a NATS producer's stream, and closes.
+    fn close(mut self, rec: &Recorder) -> Result<()> {
+        if let Framing::Nats { .. } = self.end.framing {
+            self.pending
+                .extend(format!("PUB {NATS_END} 0\r\n\r\n").as_bytes());
+        }
+        self.flush(rec, true)?;
+        self.conn.close();
         Ok(())
     }
 }
@@ -511,6 +761,8 @@ struct In {
     flow_off: u64,
     buf: Vec<u8>,
     stream: Option<(u32, usize)>,
+    /// A NATS producer ended its stream (the broker itself never closes).
+    ended: bool,
 }
 
 type Payload = (u32, u64, Vec<u8>);
@@ -543,6 +795,24 @@ impl In {
                         (len, Some((call, off, range)))
                     }
                 },
+                Framing::Nats { .. } => match parse_nats(&self.buf) {
+                    None => break,
+                    Some(msg) => match msg? {
+                        (
+                            len,
+                            NatsMsg::Audio {
+                                call,
+                                audio_off,
+                                payload,
+                            },
+                        ) => (len, Some((call, audio_off, payload))),
+                        (len, NatsMsg::End) => {
+                            self.ended = true;
+                            (len, None)
+                        }
+                        (len, NatsMsg::Control) => (len, None),
+                    },
+                },
             };
             if let Some((call, audio_off, range)) = payload {
                 let at = self.flow_off + range.start as u64;
@@ -565,140 +835,161 @@ impl In {
     }
 }
 
-/// A reading end set up before the component is ready: a listening socket, or a FIFO to open.
+/// A reading end set up before the component is ready: a listening socket, a FIFO to open, or
+/// a subscription already made.
 enum Listening {
     Fifo(PathBuf),
-    Tcp(std::net::TcpListener),
+    Tcp(std::net::TcpListener, Option<SslAcceptor>),
     Unix(std::os::unix::net::UnixListener),
+    Subscribed(Conn),
 }
 
 fn listen(t: &Transport) -> Result<Listening> {
     Ok(match t {
         Transport::Fifo(p) => Listening::Fifo(p.clone()),
-        Transport::Tcp { v6, port_file } => {
+        Transport::Tcp { v6, port_file, tls } => {
+            let acceptor = tls.as_deref().map(tls_acceptor).transpose()?;
             let l = std::net::TcpListener::bind(if *v6 { "[::1]:0" } else { "127.0.0.1:0" })?;
             std::fs::write(port_file, l.local_addr()?.port().to_string())?;
-            Listening::Tcp(l)
+            Listening::Tcp(l, acceptor)
         }
         Transport::Unix(p) => Listening::Unix(
             std::os::unix::net::UnixListener::bind(p)
                 .with_context(|| format!("binding {}", p.display()))?,
         ),
+        Transport::Nats { port_file } => {
+            let mut s = retry(|| tcp_connect(false, port_file))?;
+            nats_hello(&mut s, true)?;
+            Listening::Subscribed(Conn::Plain(s.into()))
+        }
     })
 }
 
-fn accept(l: Listening) -> Result<OwnedFd> {
+fn accept(l: Listening) -> Result<Conn> {
     Ok(match l {
-        Listening::Fifo(p) => std::fs::File::open(&p)
-            .with_context(|| format!("opening {}", p.display()))?
-            .into(),
-        Listening::Tcp(l) => l.accept()?.0.into(),
-        Listening::Unix(l) => l.accept()?.0.into(),
+        Listening::Fifo(p) => Conn::Plain(
+            std::fs::File::open(&p)
+                .with_context(|| format!("opening {}", p.display()))?
+                .into(),
+        ),
+        Listening::Tcp(l, None) => Conn::Plain(l.accept()?.0.into()),
+        Listening::Tcp(l, Some(tls)) => Conn::Tls(
+            tls.accept(l.accept()?.0)
+                .map_err(|e| anyhow!("TLS handshake: {e}"))?,
+        ),
+        Listening::Unix(l) => Conn::Plain(l.accept()?.0.into()),
+        Listening::Subscribed(conn) => conn,
     })
 }
 
-fn connect(t: &Transport) -> Result<OwnedFd> {
-    if let Transport::Fifo(p) = t {
-        return Ok(std::fs::OpenOptions::new().write(true).open(p)?.into());
-    }
+/// Retries for 20 s: the peer may not be listening yet.
+fn retry<T>(mut attempt: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let attempt: std::io::Result<OwnedFd> = match t {
-            Transport::Tcp { v6, port_file } => std::fs::read_to_string(port_file)
-                .and_then(|p| p.trim().parse::<u16>().map_err(std::io::Error::other))
-                .and_then(|port| {
-                    let ip: std::net::IpAddr = if *v6 {
-                        "::1".parse().unwrap()
-                    } else {
-                        "127.0.0.1".parse().unwrap()
-                    };
-                    std::net::TcpStream::connect(SocketAddr::new(ip, port))
-                })
-                .map(|s| {
-                    s.set_nodelay(true).ok();
-                    s.into()
-                }),
-            Transport::Unix(p) => std::os::unix::net::UnixStream::connect(p).map(Into::into),
-            Transport::Fifo(_) => unreachable!(),
-        };
-        match attempt {
-            Ok(fd) => return Ok(fd),
-            Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+        match attempt() {
+            Ok(t) => return Ok(t),
+            Err(e) if std::time::Instant::now() > deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
 }
 
-/// Starts one thread per input: each reads its link to the end, records every read, and sends
-/// the audio it carried, stamped with the read's time, to the returned channel.
+/// Connects to the loopback port named in `port_file` (which may not exist yet).
+fn tcp_connect(v6: bool, port_file: &Path) -> std::io::Result<TcpStream> {
+    let port = std::fs::read_to_string(port_file)?
+        .trim()
+        .parse::<u16>()
+        .map_err(std::io::Error::other)?;
+    let ip: std::net::IpAddr = if v6 {
+        std::net::Ipv6Addr::LOCALHOST.into()
+    } else {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    };
+    let s = TcpStream::connect(SocketAddr::new(ip, port))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn connect(t: &Transport) -> Result<Conn> {
+    Ok(match t {
+        Transport::Fifo(p) => Conn::Plain(std::fs::OpenOptions::new().write(true).open(p)?.into()),
+        Transport::Tcp { v6, port_file, tls } => {
+            let s = retry(|| tcp_connect(*v6, port_file))?;
+            match tls {
+                None => Conn::Plain(s.into()),
+                Some(_) => Conn::Tls(tls_connect(s)?),
+            }
+        }
+        Transport::Unix(p) => {
+            Conn::Plain(retry(|| std::os::unix::net::UnixStream::connect(p))?.into())
+        }
+        Transport::Nats { port_file } => {
+            let mut s = retry(|| tcp_connect(false, port_file))?;
+            nats_hello(&mut s, false)?;
+            Conn::Plain(s.into())
+        }
+    })
+}
+
 fn wait_for(go: &Path) {
     while !go.exists() {
         std::thread::sleep(Duration::from_micros(200));
     }
 }
 
-fn start_inputs(
-    rec: &Arc<Recorder>,
-    ends: &[End],
-    go: &Path,
-) -> Result<(
-    mpsc::Receiver<(usize, u64, Vec<Payload>)>,
-    Vec<std::thread::JoinHandle<Result<()>>>,
-)> {
+/// What the input threads send: (input index, time of the read, the audio it carried).
+type Arrivals = mpsc::Receiver<(usize, u64, Vec<Payload>)>;
+type Readers = Vec<std::thread::JoinHandle<Result<()>>>;
+
+/// Starts one thread per input: each reads its link to the end, records every read, and sends
+/// the audio it carried, stamped with the read's time, to the returned channel.
+fn start_inputs(rec: &Arc<Recorder>, ends: &[End], go: &Path) -> Result<(Arrivals, Readers)> {
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
     for (i, end) in ends.iter().enumerate() {
         let listening = listen(&end.transport)?;
         let (rec, tx, end, go) = (rec.clone(), tx.clone(), end.clone(), go.to_path_buf());
         threads.push(std::thread::spawn(move || -> Result<()> {
-            let fd = accept(listening)?;
+            let mut conn = accept(listening)?;
             wait_for(&go);
             let mut input = In {
                 end: end.clone(),
                 flow_off: 0,
                 buf: Vec::new(),
                 stream: None,
+                ended: false,
             };
             let mut buf = vec![0u8; READ_BUF];
             let mut at = 0u64;
-            loop {
-                let n = syscall_io(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                    false,
-                    end.call,
-                    &thirds(buf.len()),
-                );
+            while !input.ended {
+                let n = conn.io(&mut buf, false, end.call);
                 let t_ns = monotonic_ns();
-                if n < 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .with_context(|| format!("reading {}", end.link));
-                }
+                let n = n.with_context(|| format!("reading {}", end.link))?;
                 if n == 0 {
-                    return Ok(());
+                    break;
                 }
                 rec.io(Io {
                     t_ns,
                     dir: Dir::Read,
-                    fd: fd.as_raw_fd(),
+                    fd: conn.fd(),
                     link: end.link.clone(),
                     flow_off: at,
                     len: n as u64,
                     segments: Vec::new(),
                 });
                 at += n as u64;
-                let payloads = input.feed(&rec, &buf[..n as usize])?;
+                let payloads = input.feed(&rec, &buf[..n])?;
                 if !payloads.is_empty() && tx.send((i, t_ns, payloads)).is_err() {
-                    return Ok(());
+                    break;
                 }
             }
+            Ok(())
         }));
     }
     Ok((rx, threads))
 }
 
-fn join(threads: Vec<std::thread::JoinHandle<Result<()>>>) -> Result<()> {
+fn join(threads: Readers) -> Result<()> {
     for t in threads {
         t.join()
             .map_err(|_| anyhow::anyhow!("input thread panicked"))??;
@@ -752,10 +1043,9 @@ pub fn run(spec: Spec) -> Result<()> {
         }
         Role::Sink => while rx.recv().is_ok() {},
     }
-    for o in &mut outs {
-        o.flush(&rec, true)?;
+    for o in outs {
+        o.close(&rec)?;
     }
-    drop(outs);
     join(threads)?;
     rec.finish()
 }
@@ -846,6 +1136,32 @@ mod tests {
             assert!(parse_envelope(&f).unwrap().is_err(), "damaged payload");
         }
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
+    fn nats_messages_parse_as_a_consumer_receives_them() {
+        let (publish, at) = nats_pub(3, 640, b"pcm\r\nbytes");
+        assert_eq!(&publish[..at], b"PUB audio.3.640 10\r\n");
+        // What the server delivers for it, after a PING, in two pieces.
+        let msg = b"PING\r\nMSG audio.3.640 1 10\r\npcm\r\nbytes\r\nMSG audio.end 1 0\r\n\r\n";
+        assert_eq!(parse_nats(msg).unwrap().unwrap(), (6, NatsMsg::Control));
+        assert!(parse_nats(&msg[6..30]).is_none(), "incomplete");
+        let (len, audio) = parse_nats(&msg[6..]).unwrap().unwrap();
+        assert_eq!(
+            audio,
+            NatsMsg::Audio {
+                call: 3,
+                audio_off: 640,
+                payload: 22..32
+            }
+        );
+        assert_eq!(&msg[6 + 22..6 + 32], b"pcm\r\nbytes");
+        assert_eq!(
+            parse_nats(&msg[6 + len..]).unwrap().unwrap(),
+            (21, NatsMsg::End)
+        );
+        assert!(parse_nats(b"-ERR 'Slow Consumer'\r\n").unwrap().is_err());
+        assert!(parse_nats(b"MSG other.1 1 2\r\nxy\r\n").unwrap().is_err());
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! Runs a scenario: prepares each call's audio, starts its topology's components as real
 //! processes joined by real links, lets a tracer attach, starts the audio and collects the
 //! ground truth.
+//!
+//! External components (a real nats-server, stunnel4) start after ours: the runner picks the
+//! ports they listen on up front, waits until our components listen where they connect, writes
+//! their configuration, and stops them once our components are done.
 
 use crate::audio::{self, Audio};
 use crate::component::{self, End, Role, SourceCall, Spec, Transport};
-use crate::scenario::{AudioPlan, Kind, LinkKind, Scenario};
+use crate::scenario::{AudioPlan, External, Kind, LinkKind, Scenario};
 use crate::truth::{CallTruth, ComponentLog, Dir, GroundTruth, Point};
 use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// What a tracer is told to trace: the components' pids and the prefix of their comm.
+/// What a tracer is told to trace: every component's pid, the external ones included (their
+/// comm is in their `ComponentLog`), and the prefix of our components' comm.
 #[derive(Clone, Debug)]
 pub struct Targets {
     pub pids: Vec<u32>,
@@ -86,7 +92,7 @@ fn call_tree(sc: &Scenario, call: u32, src: usize, output: usize, wav: PathBuf) 
             },
             Some(w),
         );
-        if let Kind::Relay { route, .. } = reader.kind {
+        if let Some(route) = reader.kind.route() {
             let input = reader
                 .inputs
                 .iter()
@@ -103,6 +109,151 @@ fn call_tree(sc: &Scenario, call: u32, src: usize, output: usize, wav: PathBuf) 
 struct Running {
     name: String,
     child: Child,
+    /// What an external component is; its log file.
+    external: Option<(External, PathBuf)>,
+}
+
+impl Running {
+    /// The component, and for an external one what it is and the tail of its log.
+    fn describe(&self) -> String {
+        match &self.external {
+            None => format!("component {}", self.name),
+            Some((kind, log)) => {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                format!(
+                    "{} ({}; last lines of {}: {})",
+                    kind.program(),
+                    self.name,
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )
+            }
+        }
+    }
+}
+
+/// The loopback port in a port file.
+fn read_port(port_file: &Path) -> Result<u16> {
+    Ok(std::fs::read_to_string(port_file)
+        .with_context(|| format!("reading {}", port_file.display()))?
+        .trim()
+        .parse()?)
+}
+
+/// A port free on the IPv4 loopback for an external component to listen on (someone else may
+/// take it before it does: a small race, accepted).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Whether something listens on IPv4 `port`. Read from /proc rather than by connecting: a
+/// probe connection into stunnel would make it connect on to our components.
+fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
+    })
+}
+
+fn port_file(t: &Transport) -> Result<&Path> {
+    match t {
+        Transport::Tcp {
+            v6: false,
+            port_file,
+            ..
+        }
+        | Transport::Nats { port_file } => Ok(port_file),
+        other => bail!("external components use TCP over IPv4, not {other:?}"),
+    }
+}
+
+/// How the runner starts one external component.
+struct ExternalPlan {
+    comp: usize,
+    kind: External,
+    /// Port files the runner fills before anything starts: where it will listen.
+    listens: Vec<PathBuf>,
+    /// Port files our components fill: where it connects.
+    connects: Vec<PathBuf>,
+}
+
+impl ExternalPlan {
+    fn new(sc: &Scenario, comp: usize, kind: External, ends: &[(End, End)]) -> Result<Self> {
+        let c = &sc.topology.comps[comp];
+        let files = |links: &[usize]| -> Result<Vec<PathBuf>> {
+            links
+                .iter()
+                .map(|&l| Ok(port_file(&ends[l].0.transport)?.to_path_buf()))
+                .collect()
+        };
+        Ok(match kind {
+            // Producers and consumers alike connect to the broker's one port.
+            External::Nats => {
+                let mut listens = files(&c.inputs)?;
+                listens.extend(files(&c.outputs)?);
+                listens.sort();
+                listens.dedup();
+                Self {
+                    comp,
+                    kind,
+                    listens,
+                    connects: Vec::new(),
+                }
+            }
+            External::Stunnel => Self {
+                comp,
+                kind,
+                listens: files(&c.inputs)?,
+                connects: files(&c.outputs)?,
+            },
+        })
+    }
+
+    /// The command line, with its configuration written to `dir` first.
+    fn command(&self, sc: &Scenario, dir: &Path, pem: &Path) -> Result<std::process::Command> {
+        let t = &sc.topology;
+        let c = &t.comps[self.comp];
+        let mut cmd = std::process::Command::new(self.kind.program());
+        match self.kind {
+            External::Nats => {
+                let port = read_port(&self.listens[0])?;
+                cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+            }
+            External::Stunnel => {
+                let conf = dir.join(format!("{}.conf", c.name));
+                // Without TCP_NODELAY, Nagle's algorithm would hold small writes back.
+                let mut text = String::from(
+                    "foreground = yes\npid =\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n",
+                );
+                for (i, (&input, &output)) in c.inputs.iter().zip(&c.outputs).enumerate() {
+                    let tls_in = t.links[input].spec.kind == LinkKind::Tls;
+                    let tls_out = t.links[output].spec.kind == LinkKind::Tls;
+                    if tls_in == tls_out {
+                        bail!("{}: service {i} must have exactly one TLS side", c.name);
+                    }
+                    write!(
+                        text,
+                        "[s{i}]\naccept = 127.0.0.1:{}\nconnect = 127.0.0.1:{}\n{}\n",
+                        read_port(&self.listens[i])?,
+                        read_port(&self.connects[i])?,
+                        if tls_out {
+                            "client = yes".to_string()
+                        } else {
+                            format!("cert = {}", pem.display())
+                        }
+                    )?;
+                }
+                std::fs::write(&conf, text)?;
+                cmd.arg(conf);
+            }
+        }
+        Ok(cmd)
+    }
 }
 
 /// Runs `sc` with components launched from `exe` (a binary that calls
@@ -124,21 +275,36 @@ pub fn run(
     };
     let t = &sc.topology;
     let go = dir.join("go");
+    let pem = dir.join("tls.pem");
+    if t.links.iter().any(|l| l.spec.kind == LinkKind::Tls) {
+        component::write_test_certificate(&pem)?;
+    }
     let ends: Vec<(End, End)> = t
         .links
         .iter()
         .map(|l| {
+            let port_file = |name: &str| dir.join(format!("{name}.port"));
             let transport = match l.spec.kind {
                 LinkKind::Pipe => {
                     let p = dir.join(format!("{}.fifo", l.name));
                     component::mkfifo(&p)?;
                     Transport::Fifo(p)
                 }
-                LinkKind::Tcp4 | LinkKind::Tcp6 => Transport::Tcp {
+                LinkKind::Tcp4 | LinkKind::Tcp6 | LinkKind::Tls => Transport::Tcp {
                     v6: l.spec.kind == LinkKind::Tcp6,
-                    port_file: dir.join(format!("{}.port", l.name)),
+                    port_file: port_file(&l.name),
+                    tls: (l.spec.kind == LinkKind::Tls).then(|| pem.clone()),
                 },
                 LinkKind::Unix => Transport::Unix(dir.join(format!("{}.sock", l.name))),
+                LinkKind::Nats => {
+                    let broker = [l.from, l.to]
+                        .into_iter()
+                        .find(|&c| t.comps[c].kind == Kind::External(External::Nats))
+                        .with_context(|| format!("link {} reaches no NATS broker", l.name))?;
+                    Transport::Nats {
+                        port_file: port_file(&t.comps[broker].name),
+                    }
+                }
             };
             let end = |call| End {
                 link: l.name.clone(),
@@ -153,6 +319,7 @@ pub fn run(
 
     let mut calls = Vec::new();
     let mut specs = Vec::new();
+    let mut externals = Vec::new();
     for (ci, c) in t.comps.iter().enumerate() {
         let role = match &c.kind {
             Kind::Source { calls: mine } => {
@@ -173,6 +340,14 @@ pub fn run(
                 route: *route,
             },
             Kind::Sink => Role::Sink,
+            Kind::External(kind) => {
+                let plan = ExternalPlan::new(sc, ci, *kind, &ends)?;
+                for f in &plan.listens {
+                    std::fs::write(f, free_port()?.to_string())?;
+                }
+                externals.push(plan);
+                continue;
+            }
         };
         specs.push(Spec {
             name: c.name.clone(),
@@ -198,9 +373,50 @@ pub fn run(
             running.push(Running {
                 name: spec.name.clone(),
                 child,
+                external: None,
             });
         }
-        wait_ready(&mut running, dir)?;
+        for plan in &externals {
+            let name = &t.comps[plan.comp].name;
+            wait_until(
+                &mut running,
+                &format!("the ports {name} connects to"),
+                // Read, not just there: a port file exists a moment before its port is in it.
+                || plan.connects.iter().all(|f| read_port(f).is_ok()),
+            )?;
+            let log = dir.join(format!("{name}.log"));
+            let out = std::fs::File::create(&log)?;
+            let child = plan
+                .command(sc, dir, &pem)?
+                .stdin(std::process::Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "starting {} (not installed? `bash scripts/setup.sh` installs it)",
+                        plan.kind.program()
+                    )
+                })?;
+            running.push(Running {
+                name: name.clone(),
+                child,
+                external: Some((plan.kind, log)),
+            });
+            let ports = plan
+                .listens
+                .iter()
+                .map(|f| read_port(f))
+                .collect::<Result<Vec<_>>>()?;
+            wait_until(&mut running, &format!("{name} to listen"), || {
+                ports.iter().all(|&p| listening(p))
+            })?;
+        }
+        for spec in &specs {
+            wait_until(&mut running, &format!("{} to be ready", spec.name), || {
+                spec.ready.exists()
+            })?;
+        }
         let targets = Targets {
             pids: running.iter().map(|r| r.child.id()).collect(),
             comm_prefix: "hx-".into(),
@@ -210,17 +426,27 @@ pub fn run(
         let budget = Duration::from_secs_f64(sc.seconds / sc.speed * 3.0 + 30.0);
         wait_all(&mut running, budget)
     })();
-    if result.is_err() {
-        for r in &mut running {
-            let _ = r.child.kill();
-            let _ = r.child.wait();
-        }
+    // Our components are done (or failed): stop whatever still runs, the externals included.
+    let externals_log: Vec<ComponentLog> = running
+        .iter()
+        .filter(|r| r.external.is_some())
+        .map(|r| ComponentLog {
+            name: r.name.clone(),
+            pid: r.child.id(),
+            comm: comm(r.child.id()),
+            ios: Vec::new(),
+            external: true,
+        })
+        .collect();
+    for r in &mut running {
+        stop(&mut r.child);
     }
     result?;
-    let components = specs
+    let mut components = specs
         .iter()
         .map(|s| ComponentLog::load(&s.truth))
         .collect::<Result<Vec<_>>>()?;
+    components.extend(externals_log);
     Ok(GroundTruth {
         scenario: sc.id.to_string(),
         calls,
@@ -228,35 +454,64 @@ pub fn run(
     })
 }
 
-fn wait_ready(running: &mut [Running], dir: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for r in running.iter_mut() {
-        let ready = dir.join(format!("{}.ready", r.name));
-        while !ready.exists() {
-            if let Some(status) = r.child.try_wait()? {
-                bail!("component {} exited during start-up ({status})", r.name);
-            }
-            if Instant::now() > deadline {
-                bail!("component {} not ready after 30 s", r.name);
-            }
-            std::thread::sleep(Duration::from_millis(2));
+/// The comm of a running process.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+/// Ends a child that still runs: SIGTERM, then SIGKILL if it does not exit within 2 s.
+fn stop(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    // SAFETY: kill() with a pid we spawned and have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits up to 30 s for `done` (`what` it is), failing as soon as any started process exits.
+fn wait_until(running: &mut [Running], what: &str, done: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        for r in running.iter_mut() {
+            if let Some(status) = r.child.try_wait()? {
+                bail!("{} exited during start-up ({status})", r.describe());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("waited 30 s for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
 }
 
+/// Waits for our components to finish; the external ones must still be running then.
 fn wait_all(running: &mut [Running], budget: Duration) -> Result<()> {
     let deadline = Instant::now() + budget;
     for r in running.iter_mut() {
         loop {
-            if let Some(status) = r.child.try_wait()? {
-                if !status.success() {
-                    bail!("component {} failed ({status})", r.name);
+            let status = r.child.try_wait()?;
+            match (&r.external, status) {
+                (None, Some(status)) if !status.success() => {
+                    bail!("{} failed ({status})", r.describe())
                 }
-                break;
+                (Some(_), Some(status)) => bail!("{} exited early ({status})", r.describe()),
+                (None, Some(_)) | (Some(_), None) => break,
+                (None, None) => {}
             }
             if Instant::now() > deadline {
-                bail!("component {} still running after {budget:?}", r.name);
+                bail!("{} still running after {budget:?}", r.describe());
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -22,6 +22,10 @@ pub enum LinkKind {
     Tcp4,
     Tcp6,
     Unix,
+    /// TCP over IPv4 with TLS (OpenSSL on both ends).
+    Tls,
+    /// A TCP connection to or from a NATS broker (one end is `External::Nats`).
+    Nats,
 }
 
 /// How a link carries bytes: transport, framing, the syscall family of each end, write size.
@@ -58,6 +62,39 @@ pub enum Kind {
         route: Route,
     },
     Sink,
+    /// A real program the harness runs but did not write; it records no ground truth.
+    External(External),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum External {
+    /// Debian's nats-server: every input's messages go to every output (all consumers
+    /// subscribe to every call).
+    Nats,
+    /// One stunnel4 process; service i takes input i to output i, exactly one side TLS.
+    Stunnel,
+}
+
+impl External {
+    /// The program, as Debian installs it (scripts/setup.sh).
+    pub fn program(self) -> &'static str {
+        match self {
+            External::Nats => "nats-server",
+            External::Stunnel => "stunnel4",
+        }
+    }
+}
+
+impl Kind {
+    /// Which outputs a component that forwards sends a call's audio to.
+    pub fn route(&self) -> Option<Route> {
+        match self {
+            Kind::Relay { route, .. } => Some(*route),
+            Kind::External(External::Nats) => Some(Route::All),
+            Kind::External(External::Stunnel) => Some(Route::Same),
+            Kind::Source { .. } | Kind::Sink => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -286,6 +323,104 @@ pub fn s4() -> Scenario {
     }
 }
 
+/// S5 broker: one producer publishes three calls on one connection to a real nats-server
+/// (Debian's), which fans every call out to two consumers that subscribe to all of them.
+pub fn s5() -> Scenario {
+    let calls = 3;
+    let mut t = Topology::default();
+    let producer = t.comp(
+        "producer",
+        Kind::Source {
+            calls: (0..calls).map(|c| (c, 0)).collect(),
+        },
+    );
+    let nats = t.comp("nats", Kind::External(External::Nats));
+    let (a, b) = (
+        t.comp("consumer-a", Kind::Sink),
+        t.comp("consumer-b", Kind::Sink),
+    );
+    let link = LinkSpec {
+        kind: LinkKind::Nats,
+        framing: Framing::Nats { max_payload: 2048 },
+        write: IoCall::Socket,
+        read: IoCall::Plain,
+        chunk: 16 * 1024,
+    };
+    t.link(producer, nats, link);
+    t.link(nats, a, link);
+    t.link(
+        nats,
+        b,
+        LinkSpec {
+            read: IoCall::Vector,
+            ..link
+        },
+    );
+    Scenario {
+        id: "S5",
+        title: "a real broker (nats-server), one producer, fan-out to two consumers",
+        calls,
+        seconds: 15.0,
+        rate: 8000,
+        audio: AudioPlan::RealSpeech,
+        speed: 3.0,
+        topology: t,
+    }
+}
+
+/// S6 TLS: per call, source --TLS--> stunnel --TCP--> relay --TCP--> stunnel --TLS--> sink, one
+/// stunnel4 process for all of it. Our ends use SSL_write_ex/SSL_read_ex, stunnel SSL_write
+/// and SSL_read; every TLS hop is measured on its plaintext.
+pub fn s6() -> Scenario {
+    let calls = 2;
+    let mut t = Topology::default();
+    let stunnel = t.comp("stunnel", Kind::External(External::Stunnel));
+    let tls = LinkSpec {
+        kind: LinkKind::Tls,
+        framing: Framing::Stream { header_len: 64 },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk: 2048,
+    };
+    let plain = LinkSpec {
+        kind: LinkKind::Tcp4,
+        framing: Framing::Stream { header_len: 40 },
+        write: IoCall::Message,
+        read: IoCall::Socket,
+        chunk: 1500,
+    };
+    for c in 0..calls {
+        let src = t.comp(
+            format!("c{c}-src"),
+            Kind::Source {
+                calls: vec![(c, 0)],
+            },
+        );
+        let relay = t.comp(
+            format!("c{c}-relay"),
+            Kind::Relay {
+                hold_us: 1_000,
+                route: Route::Same,
+            },
+        );
+        let sink = t.comp(format!("c{c}-sink"), Kind::Sink);
+        t.link(src, stunnel, tls);
+        t.link(stunnel, relay, plain);
+        t.link(relay, stunnel, plain);
+        t.link(stunnel, sink, tls);
+    }
+    Scenario {
+        id: "S6",
+        title: "TLS hops through stunnel4, measured on plaintext",
+        calls,
+        seconds: 15.0,
+        rate: 8000,
+        audio: AudioPlan::RealSpeech,
+        speed: 3.0,
+        topology: t,
+    }
+}
+
 /// S7 quiet and repeats: silences, comfort noise, tones, DTMF and the same hold music at the
 /// same time on every call, through one relay process serving all calls on their own
 /// connections and a broker that fans every call out to two consumers.
@@ -424,7 +559,7 @@ pub fn s8() -> Scenario {
 
 /// Every scenario that exists so far.
 pub fn catalogue() -> Vec<Scenario> {
-    vec![s1(), s2(), s3(), s4(), s7(), s8()]
+    vec![s1(), s2(), s3(), s4(), s5(), s6(), s7(), s8()]
 }
 
 pub fn by_id(id: &str) -> Option<Scenario> {

@@ -3,9 +3,16 @@
 //! The truth of a moment is computed, not trusted: the shared reference scans each call's audio,
 //! and the components' logs say in which syscall, at which time, every point of the call's path
 //! carried the moment's anchor byte with its whole window contiguous (no header inside).
+//!
+//! External components (a real broker, a TLS proxy) record nothing. A record with an external
+//! end is matched by signature: its known side must have carried the moment with the right fd,
+//! its external side is checked by pid and by its fd staying on one link. Its latency is scored
+//! per chain, from the last known point through external points to the next known point: the
+//! error is |sum of the chain's records' latencies − truth|, counted once per chain and moment
+//! and in each of its hops, and only when every hop of the chain has a record of the moment.
 
 use crate::audio::{frame_peaks, Audio};
-use crate::schema::HopRecord;
+use crate::schema::{HopRecord, Sighting};
 use crate::truth::{Dir, GroundTruth, Point};
 use anyhow::Result;
 use serde::Serialize;
@@ -135,9 +142,10 @@ impl PointFlow {
     /// Where the call's audio byte `audio` sits in this flow.
     fn flow_of(&self, audio: u64, window: u64) -> Option<u64> {
         // The whole window must be one contiguous run (no header inside).
-        let &(f, a, _) = self.runs.iter().find(|(_, a, l)| {
-            *a + 1 <= audio + 1 && audio + 1 <= a + l && *a + window <= audio + 1
-        })?;
+        let &(f, a, _) = self
+            .runs
+            .iter()
+            .find(|(_, a, l)| *a <= audio && audio < a + l && *a + window <= audio + 1)?;
         Some(f + (audio - a))
     }
 }
@@ -150,7 +158,9 @@ pub struct CallTruthIndex {
     /// (signature, audio end offset) of every moment of the call's audio.
     pub moments: Vec<shared::Moment>,
     pub points: Vec<Point>,
-    parent: Vec<Option<usize>>,
+    pub parent: Vec<Option<usize>>,
+    /// Points of external components, which record no ground truth.
+    pub external: Vec<bool>,
     /// carried[point index][moment end] = when that point's syscall carried it.
     pub carried: Vec<HashMap<u64, Carried>>,
     flows: Vec<PointFlow>,
@@ -172,12 +182,18 @@ impl CallTruthIndex {
                     .iter()
                     .map(|f| carried_at(f, &moments, cfg.window as u64))
                     .collect();
+                let external = ct
+                    .points
+                    .iter()
+                    .map(|p| gt.component(&p.component).is_some_and(|l| l.external))
+                    .collect();
                 Ok(Self {
                     call: ct.call,
                     audio,
                     moments,
                     points: ct.points.clone(),
                     parent: ct.parent.clone(),
+                    external,
                     carried,
                     flows,
                 })
@@ -350,6 +366,10 @@ pub fn score(
     Ok(score_indexed(gt, &calls, records, obs, cfg, tracer))
 }
 
+/// A record's match: (distance of its stamps from the truth's, hop, moment end, true latency,
+/// true stamps of both sides).
+type Match = (u64, usize, u64, i64, (u64, u64));
+
 pub fn score_indexed(
     gt: &GroundTruth,
     calls: &[CallTruthIndex],
@@ -385,15 +405,27 @@ pub fn score_indexed(
         }
     }
 
+    let external_pids: HashSet<u32> = gt
+        .components
+        .iter()
+        .filter(|c| c.external)
+        .map(|c| c.pid)
+        .collect();
+    let mut through_external: Vec<&HopRecord> = Vec::new();
     let mut matched: HashSet<(usize, u64)> = HashSet::new();
+    let mut correct = 0;
     let mut errors = Vec::new();
     let mut hop_errors: Vec<Vec<u64>> = vec![Vec::new(); hops.len()];
     let mut offsets: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
     let (mut false_matches, mut duplicates, mut framing) = (0, 0, 0);
     let mut false_examples = Vec::new();
     for r in records {
+        if external_pids.contains(&r.from.pid) || external_pids.contains(&r.to.pid) {
+            through_external.push(r);
+            continue;
+        }
         let key = (r.from.pid, r.from.dir, r.to.pid, r.to.dir);
-        let by_position = |&h: &usize| -> Option<(u64, usize, u64, i64, (u64, u64))> {
+        let by_position = |&h: &usize| -> Option<Match> {
             // Both sides name a flow position: correct when both carried the same audio byte.
             let hop = &hops[h];
             let c = &calls[hop.call_idx];
@@ -473,29 +505,20 @@ pub fn score_indexed(
             }
             None => {
                 false_matches += 1;
-                if false_examples.len() < 5 {
-                    let why = if !hop_of.contains_key(&key) {
-                        "no such hop"
-                    } else if positioned {
-                        "the two sides did not carry the same audio byte"
-                    } else if !by_sig.contains_key(&r.signature) {
-                        "a signature of no call's audio"
-                    } else {
-                        "that moment is not carried there"
-                    };
-                    let who =
-                        |x: &crate::schema::Sighting| format!("{}:{:?}:fd{}", x.comm, x.dir, x.fd);
-                    false_examples.push(format!(
-                        "{:016x} {} → {} ({} ns): {why}",
-                        r.signature,
-                        who(&r.from),
-                        who(&r.to),
-                        r.latency_ns
-                    ));
-                }
+                let why = if !hop_of.contains_key(&key) {
+                    "no such hop"
+                } else if positioned {
+                    "the two sides did not carry the same audio byte"
+                } else if !by_sig.contains_key(&r.signature) {
+                    "a signature of no call's audio"
+                } else {
+                    "that moment is not carried there"
+                };
+                note_false(&mut false_examples, r, why);
             }
             Some((_, h, end, truth, (ta, tb))) => {
                 if matched.insert((h, end)) {
+                    correct += 1;
                     for (side, t) in [(&r.from, ta), (&r.to, tb)] {
                         offsets[side.dir as usize].push(side.t_ns as i64 - t as i64);
                     }
@@ -504,6 +527,145 @@ pub fn score_indexed(
                 } else {
                     duplicates += 1;
                 }
+            }
+        }
+    }
+
+    // Records with an external end. Candidates: hops of the key whose call has the moment and
+    // whose known sides carried it with the record's fd, nearest to the known stamps first (a
+    // signature may repeat in a call).
+    let point = |h: usize, to: bool| {
+        let hop = &hops[h];
+        &calls[hop.call_idx].points[if to { hop.to } else { hop.from }]
+    };
+    let candidates: Vec<Vec<(usize, u64)>> = through_external
+        .iter()
+        .map(|r| {
+            let key = (r.from.pid, r.from.dir, r.to.pid, r.to.dir);
+            let mut out = Vec::new();
+            for &h in hop_of.get(&key).into_iter().flatten() {
+                let hop = &hops[h];
+                let c = &calls[hop.call_idx];
+                // How far the record's stamp is from the truth's; `None` if not carried there.
+                let distance = |p: usize, s: &Sighting, end: u64| {
+                    if c.external[p] {
+                        return Some(0);
+                    }
+                    let k = c.carried[p].get(&end).filter(|k| k.fd == s.fd)?;
+                    Some(k.t_ns.abs_diff(s.t_ns))
+                };
+                for &(ci, end) in by_sig.get(&r.signature).into_iter().flatten() {
+                    if ci != hop.call_idx {
+                        continue;
+                    }
+                    if let (Some(a), Some(b)) = (
+                        distance(hop.from, &r.from, end),
+                        distance(hop.to, &r.to, end),
+                    ) {
+                        out.push((a + b, h, end));
+                    }
+                }
+            }
+            out.sort_by_key(|&(d, _, _)| d);
+            out.into_iter().map(|(_, h, end)| (h, end)).collect()
+        })
+        .collect();
+    // An external fd is one end of one link: learn which from records whose candidates agree
+    // on it (a broker's fan-out or a proxy's two passes give hops that differ only there).
+    let mut link_of_fd: HashMap<(u32, Dir, i32), Option<&str>> = HashMap::new();
+    for (r, cands) in through_external.iter().zip(&candidates) {
+        for (to, s) in [(false, &r.from), (true, &r.to)] {
+            let Some(&(first, _)) = cands.first() else {
+                continue;
+            };
+            let link = point(first, to).link.as_str();
+            if external_pids.contains(&s.pid)
+                && cands.iter().all(|&(h, _)| point(h, to).link == link)
+            {
+                link_of_fd
+                    .entry((s.pid, s.dir, s.fd))
+                    .and_modify(|l| *l = l.filter(|l| *l == link))
+                    .or_insert(Some(link));
+            }
+        }
+    }
+    // (hop, moment end) → the record matched there.
+    let mut matched_by: HashMap<(usize, u64), &HopRecord> = HashMap::new();
+    for (r, cands) in through_external.iter().zip(&candidates) {
+        let fits = |&&(h, _): &&(usize, u64)| {
+            [(false, &r.from), (true, &r.to)].iter().all(|(to, s)| {
+                match link_of_fd.get(&(s.pid, s.dir, s.fd)) {
+                    Some(Some(link)) => point(h, *to).link == *link,
+                    _ => true,
+                }
+            })
+        };
+        let fitting: Vec<_> = cands.iter().filter(fits).collect();
+        match fitting.iter().find(|c| !matched.contains(c)) {
+            Some(&&(h, end)) => {
+                matched.insert((h, end));
+                matched_by.insert((h, end), r);
+                correct += 1;
+                let c = &calls[hops[h].call_idx];
+                for (side, p) in [(&r.from, hops[h].from), (&r.to, hops[h].to)] {
+                    if let Some(k) = c.carried[p].get(&end) {
+                        offsets[side.dir as usize].push(side.t_ns as i64 - k.t_ns as i64);
+                    }
+                }
+            }
+            None if !fitting.is_empty() => duplicates += 1,
+            None => {
+                false_matches += 1;
+                let why = if !cands.is_empty() {
+                    "the external fd is another link's"
+                } else if !hop_of.contains_key(&(r.from.pid, r.from.dir, r.to.pid, r.to.dir)) {
+                    "no such hop"
+                } else {
+                    "that moment is not carried there"
+                };
+                note_false(&mut false_examples, r, why);
+            }
+        }
+    }
+    // Chains: each hop into a known point from an external one, walked up to a known point.
+    let hop_into: HashMap<(usize, usize), usize> = hops
+        .iter()
+        .enumerate()
+        .map(|(h, hop)| ((hop.call_idx, hop.to), h))
+        .collect();
+    for (h2, last) in hops.iter().enumerate() {
+        let c = &calls[last.call_idx];
+        if c.external[last.to] || !c.external[last.from] {
+            continue;
+        }
+        let mut chain = vec![h2];
+        let mut k1 = last.from;
+        while c.external[k1] {
+            let Some(&up) = hop_into.get(&(last.call_idx, k1)) else {
+                break;
+            };
+            chain.push(up);
+            k1 = hops[up].from;
+        }
+        if c.external[k1] {
+            continue;
+        }
+        for m in &c.moments {
+            let (Some(t1), Some(t2)) = (c.carried[k1].get(&m.end), c.carried[last.to].get(&m.end))
+            else {
+                continue;
+            };
+            let Some(sum) = chain
+                .iter()
+                .map(|&h| matched_by.get(&(h, m.end)).map(|r| r.latency_ns))
+                .sum::<Option<i64>>()
+            else {
+                continue;
+            };
+            let err = (sum - (t2.t_ns as i64 - t1.t_ns as i64)).unsigned_abs();
+            errors.push(err);
+            for &h in &chain {
+                hop_errors[h].push(err);
             }
         }
     }
@@ -580,7 +742,7 @@ pub fn score_indexed(
         measurable_seconds: measurable,
         moments_per_nonsilent_second: moments_matched.len() as f64 / seconds_total.max(1) as f64,
         records: records.len(),
-        correct: errors.len(),
+        correct,
         false_matches,
         duplicates,
         framing,
@@ -591,6 +753,20 @@ pub fn score_indexed(
         read_stamp_offset_p50_ns: percentile(&offsets[Dir::Read as usize], 0.5),
         write_stamp_offset_p50_ns: percentile(&offsets[Dir::Write as usize], 0.5),
         hops: hop_scores,
+    }
+}
+
+/// Keeps a few false records and why they are false.
+fn note_false(examples: &mut Vec<String>, r: &HopRecord, why: &str) {
+    if examples.len() < 5 {
+        let who = |x: &Sighting| format!("{}:{:?}:fd{}", x.comm, x.dir, x.fd);
+        examples.push(format!(
+            "{:016x} {} → {} ({} ns): {why}",
+            r.signature,
+            who(&r.from),
+            who(&r.to),
+            r.latency_ns
+        ));
     }
 }
 

@@ -53,6 +53,10 @@ pub struct ComponentLog {
     pub pid: u32,
     pub comm: String,
     pub ios: Vec<Io>,
+    /// A process the harness did not write (a real broker or TLS proxy): measured as a black
+    /// box, it records nothing, so its `ios` are empty.
+    #[serde(default)]
+    pub external: bool,
 }
 
 impl ComponentLog {

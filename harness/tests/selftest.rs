@@ -1,10 +1,12 @@
 //! The harness proves its own scoring: on real runs of S1 and S2, the oracle tracer scores
-//! perfectly and deliberately broken tracers score as badly as they should.
+//! perfectly and deliberately broken tracers score as badly as they should; on S5 and S6 (a real
+//! nats-server and stunnel4 in the path) the ground truth holds up and chains through those
+//! black boxes are scored.
 
-use harness::scenario::Kind;
+use harness::scenario::{External, Kind};
 use harness::schema::{self, HopRecord};
 use harness::score::{score_indexed, CallTruthIndex, Observes, Score, SAME_NODE_BAR};
-use harness::truth::{Dir, GroundTruth};
+use harness::truth::{Dir, GroundTruth, Segment};
 use harness::{oracle, run, scenario};
 use shared::FingerprintConfig;
 use std::path::Path;
@@ -17,6 +19,17 @@ struct Run {
 
 fn run_once(id: &str) -> Run {
     let sc = scenario::by_id(id).unwrap();
+    for c in &sc.topology.comps {
+        if let Kind::External(kind) = c.kind {
+            let program = kind.program();
+            let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .any(|d| d.join(program).is_file());
+            assert!(
+                found,
+                "{id} needs {program}, not found in PATH: run `bash scripts/setup.sh`"
+            );
+        }
+    }
     let dir = run::workdir(&format!("selftest-{id}")).unwrap();
     let gt = run::run(&sc, Path::new(env!("CARGO_BIN_EXE_harness")), &dir, |t| {
         assert_eq!(t.pids.len(), sc.topology.processes());
@@ -36,6 +49,16 @@ fn s1() -> &'static Run {
 fn s2() -> &'static Run {
     static R: OnceLock<Run> = OnceLock::new();
     R.get_or_init(|| run_once("S2"))
+}
+
+fn s5() -> &'static Run {
+    static R: OnceLock<Run> = OnceLock::new();
+    R.get_or_init(|| run_once("S5"))
+}
+
+fn s6() -> &'static Run {
+    static R: OnceLock<Run> = OnceLock::new();
+    R.get_or_init(|| run_once("S6"))
 }
 
 fn score(r: &Run, records: &[HopRecord], obs: Observes, name: &str) -> Score {
@@ -264,4 +287,180 @@ fn duplicated_reports_are_counted() {
     records.extend(extra);
     let s = score(r, &records, Observes::ALL, "ten reported twice");
     assert_eq!((s.duplicates, s.false_matches), (10, 0));
+}
+
+/// A component's audio segments on one link and direction, contiguous runs merged.
+fn flow(r: &Run, component: &str, dir: Dir, link: &str) -> Vec<Segment> {
+    let mut runs: Vec<Segment> = Vec::new();
+    let log = r.gt.component(component).unwrap();
+    for s in log
+        .ios
+        .iter()
+        .filter(|io| io.dir == dir && io.link == link)
+        .flat_map(|io| &io.segments)
+    {
+        match runs.last_mut() {
+            Some(l)
+                if l.call == s.call
+                    && l.flow_off + l.len == s.flow_off
+                    && l.audio_off + l.len == s.audio_off =>
+            {
+                l.len += s.len
+            }
+            _ => runs.push(*s),
+        }
+    }
+    runs
+}
+
+/// Every point of every call carried the call's whole audio, in order.
+fn assert_every_byte_arrives(r: &Run) {
+    for c in &r.calls {
+        let bytes = c.audio.to_bytes().len() as u64;
+        for p in
+            r.gt.calls
+                .iter()
+                .find(|t| t.call == c.call)
+                .unwrap()
+                .points
+                .iter()
+        {
+            let log = r.gt.component(&p.component).unwrap();
+            if log.external {
+                assert!(log.ios.is_empty());
+                continue;
+            }
+            let mut next = 0;
+            for s in flow(r, &p.component, p.dir, &p.link)
+                .iter()
+                .filter(|s| s.call == c.call)
+            {
+                assert_eq!(s.audio_off, next, "call {} at {p:?}", c.call);
+                next += s.len;
+            }
+            assert_eq!(next, bytes, "call {} at {p:?}", c.call);
+        }
+    }
+}
+
+fn assert_externals(r: &Run, comm: &str) {
+    let ext: Vec<_> = r.gt.components.iter().filter(|c| c.external).collect();
+    assert_eq!(ext.len(), 1);
+    assert_eq!(ext[0].comm, comm);
+    assert!(ext[0].ios.is_empty() && ext[0].pid > 0);
+}
+
+#[test]
+fn s5_broker_delivers_every_call_to_both_consumers() {
+    let r = s5();
+    assert_externals(r, "nats-server");
+    assert_every_byte_arrives(r);
+    // Both consumers got every call: three points after the broker's read per call.
+    for c in &r.gt.calls {
+        let readers: Vec<&str> = c
+            .points
+            .iter()
+            .filter(|p| p.dir == Dir::Read)
+            .map(|p| p.component.as_str())
+            .collect();
+        assert_eq!(readers, ["nats", "consumer-b", "consumer-a"], "{readers:?}");
+    }
+}
+
+#[test]
+fn s6_tls_hops_carry_the_plaintext_unchanged() {
+    let r = s6();
+    assert_externals(r, "stunnel4");
+    assert_every_byte_arrives(r);
+    // stunnel passes plaintext through: what goes in on one side of a service comes out on the
+    // other at the same flow offsets, stream header included.
+    let sc = scenario::s6();
+    let t = &sc.topology;
+    let stunnel = t
+        .comps
+        .iter()
+        .find(|c| c.kind == Kind::External(External::Stunnel))
+        .unwrap();
+    for (&i, &o) in stunnel.inputs.iter().zip(&stunnel.outputs) {
+        let (li, lo) = (&t.links[i], &t.links[o]);
+        let (writer, reader) = (&t.comps[li.from].name, &t.comps[lo.to].name);
+        let sent = flow(r, writer, Dir::Write, &li.name);
+        let got = flow(r, reader, Dir::Read, &lo.name);
+        assert!(!sent.is_empty());
+        assert_eq!(sent, got, "{writer} → stunnel → {reader}");
+        let total = |name: &str, dir, link: &str| -> u64 {
+            let log = r.gt.component(name).unwrap();
+            log.ios
+                .iter()
+                .filter(|io| io.dir == dir && io.link == link)
+                .map(|io| io.len)
+                .sum()
+        };
+        assert_eq!(
+            total(writer, Dir::Write, &li.name),
+            total(reader, Dir::Read, &lo.name)
+        );
+    }
+}
+
+#[test]
+fn oracle_scores_perfectly_through_a_broker_and_tls_proxies() {
+    for r in [s5(), s6()] {
+        assert_perfect(&score(r, &oracle_records(r), Observes::ALL, "oracle"));
+        let writes = oracle::records(&r.gt, &r.calls, Observes::WRITES);
+        assert_perfect(&score(r, &writes, Observes::WRITES, "oracle, writes only"));
+    }
+    // Per call: producer → nats, nats residence and transit to each consumer.
+    assert_eq!(
+        score(s5(), &oracle_records(s5()), Observes::ALL, "oracle").hops_exist,
+        3 * 5
+    );
+}
+
+#[test]
+fn a_shifted_external_sighting_shows_on_its_chain() {
+    for (r, into, untouched) in [
+        (s5(), "consumer-a", "consumer-b"),
+        (s6(), "c0-relay", "c0-sink"),
+    ] {
+        let external = |pid: u32| r.gt.components.iter().any(|c| c.external && c.pid == pid);
+        let into_pid = r.gt.component(into).unwrap().pid;
+        let is_target = |h: &HopRecord| external(h.from.pid) && h.to.pid == into_pid;
+        // One record: one chain of one moment is off by 50 µs.
+        let mut one = oracle_records(r);
+        let at = one.iter().position(is_target).unwrap();
+        one[at].from.t_ns -= 50_000;
+        one[at].latency_ns += 50_000;
+        let s = score(r, &one, Observes::ALL, "one external sighting 50 µs early");
+        assert_eq!(
+            (s.false_matches, s.error_p50_ns, s.error_max_ns),
+            (0, 0, 50_000)
+        );
+        assert_eq!(s.correct, s.records);
+        // Every record of that hop: its chains are off, the others are not.
+        let shifted: Vec<HopRecord> = oracle_records(r)
+            .into_iter()
+            .map(|mut h| {
+                if is_target(&h) {
+                    h.from.t_ns -= 50_000;
+                    h.latency_ns += 50_000;
+                }
+                h
+            })
+            .collect();
+        let s = score(r, &shifted, Observes::ALL, "external sightings 50 µs early");
+        assert_eq!((s.false_matches, s.error_max_ns), (0, 50_000));
+        for h in &s.hops {
+            if h.to == format!("{into}:read") {
+                assert_eq!(h.error_p50_ns, 50_000, "{h:?}");
+            }
+            if h.to == format!("{untouched}:read") {
+                assert_eq!(h.error_p99_ns, 0, "{h:?}");
+            }
+        }
+        assert!(s
+            .misses(&SAME_NODE_BAR)
+            .iter()
+            .any(|m| m.contains("latency error")));
+    }
 }
