@@ -589,6 +589,43 @@ pub fn score_indexed(
             }
         }
     }
+    // Windows holding the broker's or proxy's protocol bytes cross externals too. A known side
+    // shows one: its syscall carried `pos` with the record's fd, but the window before `pos`
+    // is not one run of a call's audio. A record with both ends external is framing when its
+    // signature was framing at a known side.
+    let window = cfg.window as u64;
+    let framing_at_known_side = |r: &HopRecord| -> bool {
+        let key = (r.from.pid, r.from.dir, r.to.pid, r.to.dir);
+        let known: Vec<(bool, &Sighting)> = [(false, &r.from), (true, &r.to)]
+            .into_iter()
+            .filter(|(_, s)| !external_pids.contains(&s.pid))
+            .collect();
+        !known.is_empty()
+            && known.iter().all(|&(to, s)| {
+                let Some(pos) = s.pos.filter(|&p| p >= window) else {
+                    return false;
+                };
+                hop_of.get(&key).into_iter().flatten().any(|&h| {
+                    let hop = &hops[h];
+                    let flow = &calls[hop.call_idx].flows[if to { hop.to } else { hop.from }];
+                    flow.op_at(pos - 1).is_some_and(|(_, fd)| fd == s.fd)
+                        && !flow
+                            .runs
+                            .iter()
+                            .any(|&(f, _, l)| f + window <= pos && pos <= f + l)
+                })
+            })
+    };
+    let framing_signatures: HashSet<u64> = through_external
+        .iter()
+        .filter(|r| !by_sig.contains_key(&r.signature) && framing_at_known_side(r))
+        .map(|r| r.signature)
+        .collect();
+    let is_framing = |r: &HopRecord| {
+        framing_signatures.contains(&r.signature)
+            && (framing_at_known_side(r)
+                || (external_pids.contains(&r.from.pid) && external_pids.contains(&r.to.pid)))
+    };
     // (hop, moment end) → the record matched there.
     let mut matched_by: HashMap<(usize, u64), &HopRecord> = HashMap::new();
     for (r, cands) in through_external.iter().zip(&candidates) {
@@ -614,6 +651,7 @@ pub fn score_indexed(
                 }
             }
             None if !fitting.is_empty() => duplicates += 1,
+            None if is_framing(r) => framing += 1,
             None => {
                 false_matches += 1;
                 let why = if !cands.is_empty() {

@@ -45,8 +45,10 @@ enum phase2_counter {
 	P2_C_CIPHERTEXT_SKIPPED, /* syscalls on TLS sockets, not scanned: their plaintext is */
 	P2_C_TLS_UNATTRIBUTED,   /* SSL calls made before their socket was seen: not scanned */
 	P2_C_TLS_UNPROBED,   /* syscalls outside any SSL call whose bytes begin with a TLS
-	                      * application-data record: an encrypted link this tracer reads as
-	                      * ciphertext (TLS library not probed: static, Go, JDK, rustls) */
+	                      * application-data record: one per record on an encrypted link this
+	                      * tracer reads as ciphertext (TLS library not probed: static, Go,
+	                      * JDK, rustls); a TLS 1.3 session ticket sent right after a probed
+	                      * handshake counts one too */
 	P2_C_NR,
 };
 

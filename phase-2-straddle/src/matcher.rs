@@ -126,8 +126,22 @@ impl phase_1_poc::Matching for Matcher {
                             ))
                         })
                         .collect();
-                    match learned.as_slice() {
-                        [r] => **r,
+                    // Else the one read since this process last wrote the moment: a proxy
+                    // that passes it through twice (stunnel: TLS in, plain out, plain in, TLS
+                    // out) reads it again before each write.
+                    let previous_write = writes
+                        .iter()
+                        .filter(|o| o.e.call.tgid == w.e.call.tgid && o.e.call.t_ns < w.e.call.t_ns)
+                        .map(|o| o.e.call.t_ns)
+                        .max();
+                    let since: Vec<&&Seen> = several
+                        .iter()
+                        .copied()
+                        .filter(|r| previous_write.is_some_and(|t| r.e.call.t_ns > t))
+                        .collect();
+                    match (learned.as_slice(), since.as_slice()) {
+                        ([r], _) => **r,
+                        ([], [r]) => *r,
                         _ => {
                             self.counters.refused_ambiguous += 1;
                             continue;
@@ -319,5 +333,22 @@ mod tests {
         ]);
         assert!(hops.is_empty(), "{hops:?}");
         assert_eq!(c.refused_ambiguous, 1);
+    }
+
+    #[test]
+    fn a_proxy_passing_a_moment_twice_feeds_each_write_from_the_read_since_its_last_write() {
+        let pipes: Vec<_> = (0..4).map(|_| std::io::pipe().unwrap()).collect();
+        let (r0, w1) = (pipes[0].0.as_raw_fd(), pipes[1].1.as_raw_fd());
+        let (r2, w3) = (pipes[2].0.as_raw_fd(), pipes[3].1.as_raw_fd());
+        // In on 0, out on 1, back in on 2, out on 3 (stunnel: TLS → plain → relay → TLS).
+        let (hops, c) = run(vec![
+            ev(5, r0, false, 10, 0),
+            ev(5, w1, true, 20, 0),
+            ev(5, r2, false, 30, 0),
+            ev(5, w3, true, 40, 0),
+        ]);
+        let pairs: Vec<(i32, i32)> = hops.iter().map(|h| (h.from.fd, h.to.fd)).collect();
+        assert_eq!(pairs, vec![(r0, w1), (r2, w3)]);
+        assert_eq!(c.refused_ambiguous, 0);
     }
 }

@@ -4,7 +4,7 @@
 use harness::scenario;
 use harness::score::TEST_BAR;
 use phase_1_poc::TracedRun;
-use phase_2_straddle::trace_scenario_phase2;
+use phase_2_straddle::{trace_scenario_phase2, trace_scenario_phase2_with};
 use shared::FingerprintConfig;
 use std::path::Path;
 
@@ -76,4 +76,91 @@ fn s7_quiet_tones_shared_hold_music_and_fan_out() {
 fn s8_many_calls_multiplexed_and_on_many_connections() {
     let r = run(scenario::s8());
     assert_eq!(r.score.hops_exist, 32 * 3);
+}
+
+#[test]
+fn s5_a_real_broker_is_a_measured_component() {
+    let r = run(scenario::s5());
+    // Per call: producer → broker, broker residence to each consumer, broker → each consumer.
+    assert_eq!(r.score.hops_exist, 15);
+    let broker =
+        |h: &&harness::score::HopScore| h.from.starts_with("nats") || h.to.starts_with("nats");
+    assert_eq!(
+        r.score.hops.iter().filter(broker).count(),
+        15,
+        "{:?}",
+        r.score.hops
+    );
+    assert!(
+        r.measured.table().contains("nats-server"),
+        "{}",
+        r.measured.table()
+    );
+}
+
+#[test]
+fn s6_tls_hops_are_measured_on_their_plaintext() {
+    let r = run(scenario::s6());
+    let counter = |name: &str| -> u64 {
+        let key = format!(" {name}=");
+        let at = r
+            .health
+            .find(&key)
+            .unwrap_or_else(|| panic!("{name} in {}", r.health));
+        let digits: String = r.health[at + key.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().unwrap()
+    };
+    // Both variants: our ends call SSL_write_ex/SSL_read_ex, stunnel SSL_write/SSL_read.
+    assert!(counter("tls_calls") > 1000, "{}", r.health);
+    assert_eq!(
+        counter("tls_sockets"),
+        8,
+        "4 TLS connections, both ends: {}",
+        r.health
+    );
+    assert!(counter("ciphertext_skipped") > 0, "{}", r.health);
+    // Outside SSL_read/SSL_write, TLS 1.3 sends only session tickets (type 23 on the wire too):
+    // at most one per connection, where an unprobed link shows one per record.
+    assert!(counter("tls_unprobed") <= 4, "{}", r.health);
+    assert_eq!(counter("tls_unattributed"), 0, "{}", r.health);
+}
+
+#[test]
+fn s6_without_the_uprobes_the_encrypted_hops_are_not_matched() {
+    let sc = scenario::s6();
+    let r = trace_scenario_phase2_with(&sc, Path::new(EXE), &FingerprintConfig::default(), false)
+        .unwrap();
+    eprintln!("{}\n{}", r.score, r.health);
+    assert_eq!(r.score.false_matches, 0);
+    // Only the plaintext hops remain: stunnel → relay, relay residence, relay → stunnel.
+    let found: Vec<(&str, &str)> = r
+        .score
+        .hops
+        .iter()
+        .filter(|h| h.matched > 0)
+        .map(|h| (h.from.as_str(), h.to.as_str()))
+        .collect();
+    assert!(
+        found
+            .iter()
+            .all(|(from, to)| from.contains("relay") || to.contains("relay")),
+        "{found:?}"
+    );
+    assert!(r.score.hops_found < r.score.hops_exist);
+    assert!(
+        r.health.contains("tls_probed_processes=off"),
+        "{}",
+        r.health
+    );
+    // The encrypted flows show in the counters: application-data records outside SSL calls.
+    let at = r.health.find(" tls_unprobed=").unwrap() + " tls_unprobed=".len();
+    let unprobed: u64 = r.health[at..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(unprobed > 500, "{}", r.health);
 }
