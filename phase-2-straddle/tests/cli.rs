@@ -30,3 +30,68 @@ fn live_agent_follows_socket_pipelines_until_their_processes_exit() {
         run.score.misses(&TEST_BAR)
     );
 }
+
+/// `--comm`: processes that start after the agent get their OpenSSL probed too.
+#[test]
+fn live_agent_probes_openssl_in_targets_started_after_it() {
+    use std::process::{Command, Stdio};
+    let exe = Path::new(env!("CARGO_BIN_EXE_phase-2-straddle"));
+    let dir = harness::run::workdir("late-tls").unwrap();
+    // --comm needs one matching process at start: a `sleep` whose comm is "hx-holder".
+    let holder_exe = dir.join("hx-holder");
+    std::fs::copy("/bin/sleep", &holder_exe).unwrap();
+    let mut holder = Command::new(&holder_exe).arg("60").spawn().unwrap();
+    let mut agent = Command::new(exe)
+        .args(["--comm", "hx-", "--report-every", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The pipeline starts once the agent says it is tracing (its programs take seconds to load).
+    let (started, wait_start) = std::sync::mpsc::channel();
+    let stderr = agent.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("tracing ") {
+                started.send(()).ok();
+            }
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    if wait_start
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .is_err()
+    {
+        agent.kill().ok();
+        panic!("agent did not start: {}", log.join().unwrap());
+    }
+    let gt = harness::run::run(&scenario::s6(), exe, &dir, |_| Ok(())).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let out = agent.wait_with_output().unwrap();
+    let err = log.join().unwrap();
+    assert!(out.status.success(), "{err}");
+    holder.kill().ok();
+    holder.wait().ok();
+    std::fs::remove_dir_all(&dir).ok();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        let at = text
+            .find(&format!(" {name}="))
+            .unwrap_or_else(|| panic!("{text}"))
+            + name.len()
+            + 2;
+        text[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    // Every component of S6 runs this binary, which links libssl.so.3.
+    let ours = gt.components.iter().filter(|c| !c.external).count() as u64;
+    assert!(field("tls_probed_processes") >= ours, "{ours}: {text}");
+    assert!(field("tls_calls") > 0, "{text}");
+}
