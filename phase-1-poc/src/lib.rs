@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracer::Tracer;
+use tracer::{ScanMode, Tracer};
 use window::Window;
 
 /// How often the ring buffer is drained (events are submitted without wake-ups).
@@ -63,10 +63,11 @@ pub trait Tracing: Send {
 /// A phase's kernel side: its eBPF programs, loaded and attached, and their events.
 pub trait Kernel: Send + Sized {
     type Event;
-    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self>;
+    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>, mode: ScanMode) -> Result<Self>;
     /// Hands every waiting event to `f`; returns how many there were.
     fn drain(&mut self, f: &mut dyn FnMut(Self::Event)) -> usize;
     fn add_targets(&mut self, pids: &[u32]) -> Result<()>;
+    fn remove_targets(&mut self, pids: &[u32]) -> Result<()>;
     /// See [`Tracing::refresh`]; nothing to do unless the kernel side hooks per process.
     fn refresh(&mut self) -> Result<()> {
         Ok(())
@@ -101,7 +102,7 @@ impl<K: Kernel, M: Matching<Event = K::Event>> PhaseTracing<K, M> {
         comm_prefix: Option<&str>,
         window: Duration,
     ) -> Result<Self> {
-        Ok(Self::new(K::start(cfg, comm_prefix)?, window))
+        Ok(Self::new(K::start(cfg, comm_prefix, ScanMode::Scan)?, window))
     }
 
     /// Around a kernel side started some other way.

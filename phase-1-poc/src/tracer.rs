@@ -54,12 +54,24 @@ pub fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
-/// Loads an object built on shared/bpf with the cluster-wide fingerprint settings and the
-/// command-name target prefix as `.rodata` globals (after the preflight checks).
+/// What the kernel side does with a target's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScanMode {
+    /// Scan them for moments: the tracer.
+    #[default]
+    Scan,
+    /// Copy them from user memory and stop: the floor benchmarks measure the scan against.
+    CopyOnly,
+}
+
+/// Loads an object built on shared/bpf with the cluster-wide fingerprint settings, the
+/// command-name target prefix and the scan mode as `.rodata` globals (after the preflight
+/// checks).
 pub fn load_object(
     object: &[u8],
     cfg: &FingerprintConfig,
     comm_prefix: Option<&str>,
+    mode: ScanMode,
 ) -> Result<Ebpf> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     preflight()?;
@@ -85,6 +97,7 @@ pub fn load_object(
         .override_global("fp_keep_per_256", &keep, true)
         .override_global("fp_quiet_threshold", &quiet, true)
         .override_global("fp_max_step", &step, true)
+        .override_global("fp_copy_only", &((mode == ScanMode::CopyOnly) as u32), true)
         .override_global("target_comm", &comm[..], true)
         .override_global("target_comm_len", &comm_len, true)
         .load(object)
@@ -115,6 +128,16 @@ pub fn add_targets(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
     Ok(())
 }
 
+/// Takes tgids out of the `targets` map.
+pub fn remove_targets(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
+    let mut targets: HashMap<_, u32, u8> =
+        HashMap::try_from(ebpf.map_mut("targets").context("map targets missing")?)?;
+    for pid in pids {
+        targets.remove(pid).ok();
+    }
+    Ok(())
+}
+
 /// Sums a per-CPU counter array over CPUs.
 pub fn read_counters(ebpf: &Ebpf, map: &str, names: &'static [&'static str]) -> Result<Counters> {
     let array: PerCpuArray<_, u64> = PerCpuArray::try_from(
@@ -132,7 +155,15 @@ impl Tracer {
     /// `write()`. Targets are the tgids added later and, if given, every process whose command
     /// name starts with `comm_prefix`.
     pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
-        let mut ebpf = load_object(OBJECT, cfg, comm_prefix)?;
+        Self::start_mode(cfg, comm_prefix, ScanMode::Scan)
+    }
+
+    pub fn start_mode(
+        cfg: &FingerprintConfig,
+        comm_prefix: Option<&str>,
+        mode: ScanMode,
+    ) -> Result<Self> {
+        let mut ebpf = load_object(OBJECT, cfg, comm_prefix, mode)?;
         attach_syscall(&mut ebpf, PROGRAM, "sys_enter_write")?;
         let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
         Ok(Self { ebpf, events })
@@ -162,8 +193,12 @@ impl Tracer {
 impl crate::Kernel for Tracer {
     type Event = Phase1Event;
 
-    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
-        Tracer::start(cfg, comm_prefix)
+    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>, mode: ScanMode) -> Result<Self> {
+        Tracer::start_mode(cfg, comm_prefix, mode)
+    }
+
+    fn remove_targets(&mut self, pids: &[u32]) -> Result<()> {
+        remove_targets(&mut self.ebpf, pids)
     }
 
     fn drain(&mut self, f: &mut dyn FnMut(Phase1Event)) -> usize {

@@ -13,6 +13,7 @@ use anyhow::Result;
 use harness::scenario::Scenario;
 use harness::score::Observes;
 use matcher::Matcher;
+use phase_1_poc::tracer::ScanMode;
 use phase_1_poc::{trace_scenario, PhaseTracing, TracedRun, MATCH_WINDOW};
 use shared::FingerprintConfig;
 use std::path::Path;
@@ -40,7 +41,7 @@ pub fn trace_scenario_phase2_with(
     cfg: &FingerprintConfig,
     tls: bool,
 ) -> Result<TracedRun> {
-    let tracing = Phase2::new(Tracer::start_with(cfg, None, tls)?, MATCH_WINDOW);
+    let tracing = Phase2::new(Tracer::start_with(cfg, None, ScanMode::Scan, tls)?, MATCH_WINDOW);
     let name = if tls {
         "phase-2-straddle"
     } else {
@@ -56,7 +57,7 @@ pub fn start_without_tls(
     window: std::time::Duration,
 ) -> Result<Phase2> {
     Ok(Phase2::new(
-        Tracer::start_with(cfg, comm_prefix, false)?,
+        Tracer::start_with(cfg, comm_prefix, ScanMode::Scan, false)?,
         window,
     ))
 }

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::Ebpf;
 use phase_1_poc::counters::{Counters, SCAN_COUNTERS};
-use phase_1_poc::tracer::{add_targets, attach_syscall, load_object, read_counters};
+use phase_1_poc::tracer::{
+    add_targets, attach_syscall, load_object, read_counters, remove_targets, ScanMode,
+};
 use shared::FingerprintConfig;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase2.bpf.o"));
@@ -27,18 +29,19 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Starts with the OpenSSL probes (`start_with(.., true)`).
+    /// Starts scanning, with the OpenSSL probes.
     pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
-        Self::start_with(cfg, comm_prefix, true)
+        Self::start_with(cfg, comm_prefix, ScanMode::Scan, true)
     }
 
     /// With `tls` false, TLS links are seen only as the ciphertext their syscalls carry.
     pub fn start_with(
         cfg: &FingerprintConfig,
         comm_prefix: Option<&str>,
+        mode: ScanMode,
         tls: bool,
     ) -> Result<Self> {
-        let mut ebpf = load_object(OBJECT, cfg, comm_prefix)?;
+        let mut ebpf = load_object(OBJECT, cfg, comm_prefix, mode)?;
         for sc in SYSCALLS {
             attach_syscall(
                 &mut ebpf,
@@ -111,8 +114,12 @@ impl Tracer {
 impl phase_1_poc::Kernel for Tracer {
     type Event = Phase2Event;
 
-    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
-        Tracer::start(cfg, comm_prefix)
+    fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>, mode: ScanMode) -> Result<Self> {
+        Tracer::start_with(cfg, comm_prefix, mode, true)
+    }
+
+    fn remove_targets(&mut self, pids: &[u32]) -> Result<()> {
+        remove_targets(&mut self.ebpf, pids)
     }
 
     fn drain(&mut self, f: &mut dyn FnMut(Phase2Event)) -> usize {

@@ -123,13 +123,12 @@ fn s6_tls_hops_are_measured_on_their_plaintext() {
         .filter(|l| l.spec.kind == scenario::LinkKind::Tls)
         .map(|l| l.name.as_str())
         .collect();
-    let ours = r
-        .gt
-        .components
-        .iter()
-        .flat_map(|c| &c.ios)
-        .filter(|io| tls_links.contains(&io.link.as_str()))
-        .count() as u64;
+    let ours =
+        r.gt.components
+            .iter()
+            .flat_map(|c| &c.ios)
+            .filter(|io| tls_links.contains(&io.link.as_str()))
+            .count() as u64;
     assert!(counter("tls_calls") > ours, "ours {ours}: {}", r.health);
     assert_eq!(
         counter("tls_sockets"),

@@ -33,6 +33,9 @@ volatile const __u32 fp_window = FP_DEFAULT_WINDOW;
 volatile const __u32 fp_keep_per_256 = FP_DEFAULT_KEEP_PER_256;
 volatile const __u32 fp_quiet_threshold = FP_DEFAULT_QUIET_THRESHOLD;
 volatile const __u32 fp_max_step = FP_DEFAULT_MAX_STEP;
+/* Benchmarks only: copy a call's bytes but do not scan them (the floor the scan is measured
+ * against). */
+volatile const __u32 fp_copy_only = 0;
 
 /* What the emitter needs to know about the call being scanned. */
 struct fp_meta {
@@ -390,6 +393,10 @@ static long fp_chunk_cb(__u64 i, void *ctx)
 		return 1;
 	}
 	s->len = n;
+	if (fp_copy_only) {
+		s->meta.base += n;
+		return 0;
+	}
 	fp_scan_chunk(s);
 	fp_shift_carry(s);
 	s->meta.base += n;

@@ -1,0 +1,226 @@
+//! The cost of a write+read pair through a pipe, one thread, for each phase's kernel side:
+//!
+//! - untraced: no program loaded;
+//! - not a target: the phase loaded, this process not traced (what every other process pays);
+//! - floor: this process traced, the programs copy its bytes but do not scan them;
+//! - scan: the tracer as it runs.
+//!
+//! Modes are interleaved batch by batch within a load, rounds repeat every load, and each
+//! figure is the median of its batches' means: the machine's noise hits every mode alike.
+
+use anyhow::Result;
+use harness::audio;
+use phase_1_poc::tracer::ScanMode;
+use phase_1_poc::Kernel;
+use shared::FingerprintConfig;
+use std::collections::BTreeMap;
+
+const SIZES: [usize; 2] = [2 * 1024, 64 * 1024];
+/// Bytes written (and read) per batch, whatever the pair size.
+const BATCH_BYTES: usize = 2 << 20;
+/// Batches per mode, size and content in each round.
+const BATCHES: usize = 4;
+/// Pipe capacity: a 64 KiB write must never wait for the read.
+const PIPE_SIZE: i32 = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Content {
+    Speech,
+    Quiet,
+    Json,
+}
+
+impl Content {
+    const ALL: [Content; 3] = [Content::Speech, Content::Quiet, Content::Json];
+
+    fn bytes(self) -> Result<Vec<u8>> {
+        Ok(match self {
+            Content::Speech => audio::speech_call(&audio::speech_corpus()?, 60.0, 1).to_bytes(),
+            // Comfort noise at a few LSB: what a muted line carries.
+            Content::Quiet => audio::comfort_noise(8000, 60.0, 30.0, 2).to_bytes(),
+            Content::Json => (0..)
+                .map(|i| {
+                    format!(
+                        "{{\"ts\":{},\"level\":\"info\",\"call\":\"c-{}\",\"event\":\"guidance\",\"text\":\"slow down, confirm the account number\"}}\n",
+                        1_790_000_000_000u64 + i * 20,
+                        i % 977
+                    )
+                })
+                .flat_map(String::into_bytes)
+                .take(960_000)
+                .collect(),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Untraced,
+    NotTarget,
+    Floor,
+    Scan,
+}
+
+struct Pipe {
+    r: i32,
+    w: i32,
+}
+
+impl Pipe {
+    fn new() -> Result<Self> {
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: a pipe fd we own.
+        if unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(Self {
+            r: fds[0],
+            w: fds[1],
+        })
+    }
+
+    /// Mean ns per pair over one batch of `size`-byte pairs taken from `bytes`.
+    fn batch(&self, bytes: &[u8], size: usize, buf: &mut [u8]) -> f64 {
+        let pairs = BATCH_BYTES / size;
+        let t = std::time::Instant::now();
+        for i in 0..pairs {
+            let chunk = &bytes[(i * size) % (bytes.len() - size)..][..size];
+            // SAFETY: valid buffers of `size` bytes and open fds.
+            unsafe {
+                assert_eq!(
+                    libc::write(self.w, chunk.as_ptr().cast(), size),
+                    size as isize
+                );
+                assert_eq!(
+                    libc::read(self.r, buf.as_mut_ptr().cast(), size),
+                    size as isize
+                );
+            }
+        }
+        t.elapsed().as_nanos() as f64 / pairs as f64
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // SAFETY: fds we own.
+        unsafe {
+            libc::close(self.r);
+            libc::close(self.w);
+        }
+    }
+}
+
+type Cells = BTreeMap<(&'static str, usize, Content, Mode), Vec<f64>>;
+
+struct Bench {
+    pipe: Pipe,
+    buf: Vec<u8>,
+    contents: Vec<(Content, Vec<u8>)>,
+    cells: Cells,
+}
+
+impl Bench {
+    /// One batch of every size and content in `mode`, after `before` (which sets the mode).
+    fn sweep(&mut self, phase: &'static str, mode: Mode, mut drain: impl FnMut()) {
+        for size in SIZES {
+            for (content, bytes) in &self.contents {
+                let ns = self.pipe.batch(bytes, size, &mut self.buf);
+                self.cells
+                    .entry((phase, size, *content, mode))
+                    .or_default()
+                    .push(ns);
+                drain();
+            }
+        }
+    }
+
+    fn phase<K: Kernel>(&mut self, phase: &'static str, rounds: usize) -> Result<()> {
+        let cfg = FingerprintConfig::default();
+        let me = [std::process::id()];
+        for round in 0..rounds {
+            eprintln!("{phase}: round {} of {rounds}", round + 1);
+            for _ in 0..BATCHES {
+                self.sweep(phase, Mode::Untraced, || {});
+            }
+            let mut k = K::start(&cfg, None, ScanMode::Scan)?;
+            for _ in 0..BATCHES {
+                k.remove_targets(&me)?;
+                self.sweep(phase, Mode::NotTarget, || {});
+                k.add_targets(&me)?;
+                self.sweep(phase, Mode::Scan, || {
+                    k.drain(&mut |_| {});
+                });
+            }
+            drop(k);
+            let mut k = K::start(&cfg, None, ScanMode::CopyOnly)?;
+            k.add_targets(&me)?;
+            for _ in 0..BATCHES {
+                self.sweep(phase, Mode::Floor, || {
+                    k.drain(&mut |_| {});
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Median and spread (min, max) of a cell's batch means.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+pub fn run(rounds: usize) -> Result<()> {
+    let mut bench = Bench {
+        pipe: Pipe::new()?,
+        buf: vec![0; *SIZES.iter().max().unwrap()],
+        contents: Content::ALL
+            .iter()
+            .map(|&c| Ok((c, c.bytes()?)))
+            .collect::<Result<_>>()?,
+        cells: Cells::new(),
+    };
+    bench.phase::<phase_1_poc::tracer::Tracer>("phase-1-poc", rounds)?;
+    bench.phase::<phase_2_straddle::tracer::Tracer>("phase-2-straddle", rounds)?;
+
+    println!(
+        "ns per write+read pair through a pipe, median of {} batch means (min–max)\n",
+        rounds * BATCHES
+    );
+    println!("| phase | pair | content | untraced | not a target | floor (copy) | scan | not a target: ns per syscall | scan ÷ floor | scan over copy, ns/B |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for phase in ["phase-1-poc", "phase-2-straddle"] {
+        // Phase 1 copies and scans the write side only.
+        let sides = if phase == "phase-1-poc" { 1.0 } else { 2.0 };
+        for size in SIZES {
+            for content in Content::ALL {
+                let cell = |m| stats(&bench.cells[&(phase, size, content, m)]);
+                let fmt = |(med, lo, hi): (f64, f64, f64)| format!("{med:.0} ({lo:.0}–{hi:.0})");
+                let (u, nt, floor, scan) = (
+                    cell(Mode::Untraced),
+                    cell(Mode::NotTarget),
+                    cell(Mode::Floor),
+                    cell(Mode::Scan),
+                );
+                println!(
+                    "| {phase} | {} KiB | {content:?} | {} | {} | {} | {} | {:.0} | {:.2} | {:.3} |",
+                    size / 1024,
+                    fmt(u),
+                    fmt(nt),
+                    fmt(floor),
+                    fmt(scan),
+                    (nt.0 - u.0) / 2.0,
+                    scan.0 / floor.0,
+                    (scan.0 - floor.0) / (sides * size as f64),
+                );
+            }
+        }
+    }
+    Ok(())
+}
