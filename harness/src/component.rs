@@ -14,7 +14,7 @@
 //! message.
 
 use crate::audio::Audio;
-use crate::truth::{monotonic_ns, ComponentLog, Dir, Io, Segment};
+use crate::truth::{involuntary_switches, monotonic_ns, ComponentLog, Dir, Io, Segment};
 use anyhow::{anyhow, bail, Context, Result};
 use openssl::ssl::{
     ErrorCode, SslAcceptor, SslConnector, SslFiletype, SslMethod, SslOptions, SslStream,
@@ -187,6 +187,8 @@ pub const MAX_IOVECS: usize = 8;
 /// vector families (ascending offsets inside `0..=len`, fewer than `MAX_IOVECS`). Nothing is
 /// allocated or freed around the syscall: components stamp their clocks right before and after
 /// it, and on a CPU just back from the kernel even a free() shows in those stamps.
+/// Components also read their thread's involuntary context-switch count on both sides of the
+/// stamp and the syscall, and flag the record `preempted` when it changed.
 // Not an `unsafe fn`: the phase crates call it as it is. Callers pass a buffer valid for `len`.
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn syscall_io(
@@ -720,14 +722,17 @@ impl Out {
         let mut done = 0;
         while done < upto {
             let n = (upto - done).min(self.end.chunk);
+            let switches = involuntary_switches();
             let t_ns = monotonic_ns();
             let k = self
                 .conn
-                .io(&mut self.pending[done..done + n], true, self.end.call)
-                .with_context(|| format!("writing {}", self.end.link))?;
+                .io(&mut self.pending[done..done + n], true, self.end.call);
+            let preempted = involuntary_switches() != switches;
+            let k = k.with_context(|| format!("writing {}", self.end.link))?;
             let at = self.flow_off + done as u64;
             rec.io(Io {
                 t_ns,
+                preempted,
                 dir: Dir::Write,
                 fd: self.conn.fd(),
                 link: self.end.link.clone(),
@@ -962,14 +967,17 @@ fn start_inputs(rec: &Arc<Recorder>, ends: &[End], go: &Path) -> Result<(Arrival
             let mut buf = vec![0u8; READ_BUF];
             let mut at = 0u64;
             while !input.ended {
+                let switches = involuntary_switches();
                 let n = conn.io(&mut buf, false, end.call);
                 let t_ns = monotonic_ns();
+                let preempted = involuntary_switches() != switches;
                 let n = n.with_context(|| format!("reading {}", end.link))?;
                 if n == 0 {
                     break;
                 }
                 rec.io(Io {
                     t_ns,
+                    preempted,
                     dir: Dir::Read,
                     fd: conn.fd(),
                     link: end.link.clone(),

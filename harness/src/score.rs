@@ -10,6 +10,12 @@
 //! per chain, from the last known point through external points to the next known point: the
 //! error is |sum of the chain's records' latencies − truth|, counted once per chain and moment
 //! and in each of its hops, and only when every hop of the chain has a record of the moment.
+//!
+//! A component thread preempted between its clock read and its syscall (or the other way round
+//! for reads) records a truth off by a scheduling slice; it flags the syscall `preempted`. A
+//! correct record whose truth on either known side (a chain: either known end) is flagged stays
+//! correct and counts for coverage, but its latency error is set aside: the headline and per-hop
+//! error figures are over undisturbed truth, with the figures over all reported beside them.
 
 use crate::audio::{frame_peaks, Audio};
 use crate::schema::{HopRecord, Sighting};
@@ -81,6 +87,24 @@ pub struct Carried {
     pub pid: u32,
     /// Flow position just past the window at this point.
     pub pos: u64,
+    /// The syscall's truth may be off by a preemption ([`crate::truth::Io::preempted`]).
+    pub preempted: bool,
+}
+
+/// One syscall at a point.
+#[derive(Clone, Copy, Debug)]
+struct Op {
+    flow_off: u64,
+    len: u64,
+    t_ns: u64,
+    fd: i32,
+    preempted: bool,
+}
+
+impl Op {
+    fn holds(&self, flow: u64) -> bool {
+        self.flow_off <= flow && flow < self.flow_off + self.len
+    }
 }
 
 /// One point's flow, for one call: which flow bytes carry which audio, and which syscalls.
@@ -88,8 +112,8 @@ pub struct Carried {
 struct PointFlow {
     /// (flow offset, audio offset, length), contiguous runs of the call's audio.
     runs: Vec<(u64, u64, u64)>,
-    /// (flow offset, length, time, fd) of every syscall at the point.
-    ops: Vec<(u64, u64, u64, i32)>,
+    /// Every syscall at the point.
+    ops: Vec<Op>,
     pid: u32,
 }
 
@@ -105,7 +129,13 @@ impl PointFlow {
             .iter()
             .filter(|io| io.dir == point.dir && io.link == point.link)
         {
-            f.ops.push((io.flow_off, io.len, io.t_ns, io.fd));
+            f.ops.push(Op {
+                flow_off: io.flow_off,
+                len: io.len,
+                t_ns: io.t_ns,
+                fd: io.fd,
+                preempted: io.preempted,
+            });
             for seg in io.segments.iter().filter(|s| s.call == call) {
                 match f.runs.last_mut() {
                     Some((fl, a, l)) if *fl + *l == seg.flow_off && *a + *l == seg.audio_off => {
@@ -119,24 +149,17 @@ impl PointFlow {
     }
 
     /// The syscall that carried flow byte `flow`, whatever it was.
-    fn op_at(&self, flow: u64) -> Option<(u64, i32)> {
-        self.ops
-            .iter()
-            .find(|(o, l, _, _)| *o <= flow && flow < o + l)
-            .map(|&(_, _, t, fd)| (t, fd))
+    fn op_at(&self, flow: u64) -> Option<Op> {
+        self.ops.iter().find(|op| op.holds(flow)).copied()
     }
 
     /// The audio offset of the call's byte at `flow` and the syscall that carried it.
-    fn at_flow(&self, flow: u64) -> Option<(u64, u64, i32)> {
+    fn at_flow(&self, flow: u64) -> Option<(u64, Op)> {
         let &(f, a, _) = self
             .runs
             .iter()
             .find(|(f, _, l)| *f <= flow && flow < f + l)?;
-        let &(_, _, t, fd) = self
-            .ops
-            .iter()
-            .find(|(o, l, _, _)| *o <= flow && flow < o + l)?;
-        Some((a + (flow - f), t, fd))
+        Some((a + (flow - f), self.op_at(flow)?))
     }
 
     /// Where the call's audio byte `audio` sits in this flow.
@@ -226,14 +249,15 @@ fn carried_at(flow: &PointFlow, moments: &[shared::Moment], window: u64) -> Hash
         let Some(anchor_flow) = flow.flow_of(m.end - 1, window) else {
             continue;
         };
-        if let Some((_, t_ns, fd)) = flow.at_flow(anchor_flow) {
+        if let Some((_, op)) = flow.at_flow(anchor_flow) {
             out.insert(
                 m.end,
                 Carried {
-                    t_ns,
-                    fd,
+                    t_ns: op.t_ns,
+                    fd: op.fd,
                     pid: flow.pid,
                     pos: anchor_flow + 1,
+                    preempted: op.preempted,
                 },
             );
         }
@@ -248,6 +272,7 @@ pub struct HopScore {
     pub to: String,
     pub matched: usize,
     pub coverage: f64,
+    /// Over the hop's latency errors whose truth was not preempted.
     pub error_p50_ns: u64,
     pub error_p99_ns: u64,
 }
@@ -276,9 +301,18 @@ pub struct Score {
     pub framing: usize,
     /// A few false records and why they are false.
     pub false_examples: Vec<String>,
+    /// Latency error over correct records (and chains) whose truth was not preempted: the
+    /// tracer's error, not the ground truth's.
     pub error_p50_ns: u64,
     pub error_p99_ns: u64,
     pub error_max_ns: u64,
+    /// Latency error over all correct records and chains, preempted truth included.
+    pub error_p99_all_ns: u64,
+    pub error_max_all_ns: u64,
+    /// Latency errors set aside because the truth of a side (of a chain's end, for chains
+    /// through external components) came from a syscall whose component thread was preempted
+    /// around its stamp: one per such correct record, or per such chain and moment.
+    pub preempted_truth: usize,
     /// Median of (tracer's stamp − truth) of correct records' reads and writes: where a
     /// latency error comes from.
     pub read_stamp_offset_p50_ns: i64,
@@ -286,7 +320,8 @@ pub struct Score {
     pub hops: Vec<HopScore>,
 }
 
-/// Figures a scenario must reach (BRIEF §7, same node).
+/// Figures a scenario must reach (BRIEF §7, same node). The error bound is checked on the p99
+/// over records whose truth was not preempted (`Score::error_p99_ns`).
 pub struct Bar {
     pub coverage: f64,
     pub error_p99_ns: u64,
@@ -299,7 +334,9 @@ pub const SAME_NODE_BAR: Bar = Bar {
 
 /// What tests assert: correctness in full, and an error bound that catches a wrong stamp or a
 /// wrong clock but not scheduling noise. The p99 ≤ 20 µs figure is a benchmark (BRIEF §7):
-/// on this shared 2-core VM the p99 of one run moves between 15 and 50 µs.
+/// on this shared 2-core VM the p99 over all truth of one run moves between 11 and 100 µs, set
+/// by truth whose component was preempted around its stamp; over undisturbed truth it was 10 to
+/// 13 µs (phase 2, S3 and S7, two runs each).
 pub const TEST_BAR: Bar = Bar {
     coverage: 0.95,
     error_p99_ns: 200_000,
@@ -367,8 +404,8 @@ pub fn score(
 }
 
 /// A record's match: (distance of its stamps from the truth's, hop, moment end, true latency,
-/// true stamps of both sides).
-type Match = (u64, usize, u64, i64, (u64, u64));
+/// true stamps of both sides, whether either side's truth was preempted).
+type Match = (u64, usize, u64, i64, (u64, u64), bool);
 
 pub fn score_indexed(
     gt: &GroundTruth,
@@ -414,7 +451,8 @@ pub fn score_indexed(
     let mut through_external: Vec<&HopRecord> = Vec::new();
     let mut matched: HashSet<(usize, u64)> = HashSet::new();
     let mut correct = 0;
-    let mut errors = Vec::new();
+    // Latency errors: (error, truth preempted on either side).
+    let mut errors: Vec<(u64, bool)> = Vec::new();
     let mut hop_errors: Vec<Vec<u64>> = vec![Vec::new(); hops.len()];
     let mut offsets: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
     let (mut false_matches, mut duplicates, mut framing) = (0, 0, 0);
@@ -430,13 +468,21 @@ pub fn score_indexed(
             let hop = &hops[h];
             let c = &calls[hop.call_idx];
             let (from_pos, to_pos) = (r.from.pos?, r.to.pos?);
-            let (a, ta, fa) = c.flows[hop.from].at_flow(from_pos.checked_sub(1)?)?;
-            let (b, tb, fb) = c.flows[hop.to].at_flow(to_pos.checked_sub(1)?)?;
-            if a != b || fa != r.from.fd || fb != r.to.fd {
+            let (a, oa) = c.flows[hop.from].at_flow(from_pos.checked_sub(1)?)?;
+            let (b, ob) = c.flows[hop.to].at_flow(to_pos.checked_sub(1)?)?;
+            if a != b || oa.fd != r.from.fd || ob.fd != r.to.fd {
                 return None;
             }
+            let (ta, tb) = (oa.t_ns, ob.t_ns);
             let distance = ta.abs_diff(r.from.t_ns) + tb.abs_diff(r.to.t_ns);
-            Some((distance, h, a + 1, tb as i64 - ta as i64, (ta, tb)))
+            Some((
+                distance,
+                h,
+                a + 1,
+                tb as i64 - ta as i64,
+                (ta, tb),
+                oa.preempted || ob.preempted,
+            ))
         };
         let positioned = r.from.pos.is_some() && r.to.pos.is_some();
         // Framing bytes: one link's two ends, the same position, the syscalls that moved them.
@@ -448,8 +494,8 @@ pub fn score_indexed(
             if pf.link != pt.link || r.to.pos? != pos + 1 {
                 return None;
             }
-            let ((_, fa), (_, fb)) = (c.flows[hop.from].op_at(pos)?, c.flows[hop.to].op_at(pos)?);
-            (fa == r.from.fd && fb == r.to.fd).then_some(())
+            let (oa, ob) = (c.flows[hop.from].op_at(pos)?, c.flows[hop.to].op_at(pos)?);
+            (oa.fd == r.from.fd && ob.fd == r.to.fd).then_some(())
         };
         let best = hop_of
             .get(&key)
@@ -487,6 +533,7 @@ pub fn score_indexed(
                                     end,
                                     b.t_ns as i64 - a.t_ns as i64,
                                     (a.t_ns, b.t_ns),
+                                    a.preempted || b.preempted,
                                 ))
                             },
                         )
@@ -516,14 +563,17 @@ pub fn score_indexed(
                 };
                 note_false(&mut false_examples, r, why);
             }
-            Some((_, h, end, truth, (ta, tb))) => {
+            Some((_, h, end, truth, (ta, tb), preempted)) => {
                 if matched.insert((h, end)) {
                     correct += 1;
                     for (side, t) in [(&r.from, ta), (&r.to, tb)] {
                         offsets[side.dir as usize].push(side.t_ns as i64 - t as i64);
                     }
-                    errors.push((r.latency_ns - truth).unsigned_abs());
-                    hop_errors[h].push((r.latency_ns - truth).unsigned_abs());
+                    let err = (r.latency_ns - truth).unsigned_abs();
+                    errors.push((err, preempted));
+                    if !preempted {
+                        hop_errors[h].push(err);
+                    }
                 } else {
                     duplicates += 1;
                 }
@@ -608,7 +658,7 @@ pub fn score_indexed(
                 hop_of.get(&key).into_iter().flatten().any(|&h| {
                     let hop = &hops[h];
                     let flow = &calls[hop.call_idx].flows[if to { hop.to } else { hop.from }];
-                    flow.op_at(pos - 1).is_some_and(|(_, fd)| fd == s.fd)
+                    flow.op_at(pos - 1).is_some_and(|op| op.fd == s.fd)
                         && !flow
                             .runs
                             .iter()
@@ -701,13 +751,24 @@ pub fn score_indexed(
                 continue;
             };
             let err = (sum - (t2.t_ns as i64 - t1.t_ns as i64)).unsigned_abs();
-            errors.push(err);
-            for &h in &chain {
-                hop_errors[h].push(err);
+            let preempted = t1.preempted || t2.preempted;
+            errors.push((err, preempted));
+            if !preempted {
+                for &h in &chain {
+                    hop_errors[h].push(err);
+                }
             }
         }
     }
+    let mut all_errors: Vec<u64> = errors.iter().map(|&(e, _)| e).collect();
+    all_errors.sort_unstable();
+    let mut errors: Vec<u64> = errors
+        .iter()
+        .filter(|&&(_, preempted)| !preempted)
+        .map(|&(e, _)| e)
+        .collect();
     errors.sort_unstable();
+    let preempted_truth = all_errors.len() - errors.len();
     for o in &mut offsets {
         o.sort_unstable();
     }
@@ -788,6 +849,9 @@ pub fn score_indexed(
         error_p50_ns: percentile(&errors, 0.50),
         error_p99_ns: percentile(&errors, 0.99),
         error_max_ns: errors.last().copied().unwrap_or(0),
+        error_p99_all_ns: percentile(&all_errors, 0.99),
+        error_max_all_ns: all_errors.last().copied().unwrap_or(0),
+        preempted_truth,
         read_stamp_offset_p50_ns: percentile(&offsets[Dir::Read as usize], 0.5),
         write_stamp_offset_p50_ns: percentile(&offsets[Dir::Write as usize], 0.5),
         hops: hop_scores,
@@ -839,10 +903,14 @@ impl fmt::Display for Score {
         }
         writeln!(
             f,
-            "  latency error       p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+            "  latency error       p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs (truth not preempted; \
+             all: p99 {:.1} µs, max {:.1} µs, {} set aside)",
             self.error_p50_ns as f64 / 1e3,
             self.error_p99_ns as f64 / 1e3,
-            self.error_max_ns as f64 / 1e3
+            self.error_max_ns as f64 / 1e3,
+            self.error_p99_all_ns as f64 / 1e3,
+            self.error_max_all_ns as f64 / 1e3,
+            self.preempted_truth
         )?;
         writeln!(
             f,

@@ -22,6 +22,17 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// How many times the calling thread has been switched out while runnable (`ru_nivcsw` of
+/// `getrusage(RUSAGE_THREAD)`): a change across a stamp and its syscall means the thread lost
+/// its CPU somewhere in between. One syscall, nothing allocated.
+pub fn involuntary_switches() -> i64 {
+    // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid out-pointer; RUSAGE_THREAD exists on Linux ≥ 2.6.26.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    ru.ru_nivcsw as i64
+}
+
 /// Bytes `flow_off..flow_off+len` of a flow carry bytes `audio_off..audio_off+len` of a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
@@ -36,6 +47,14 @@ pub struct Segment {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Io {
     pub t_ns: u64,
+    /// The thread was preempted (its involuntary context-switch count changed) between the
+    /// count read just before the write's clock read and just after its syscall returned, or
+    /// just before the read's syscall and just after its clock read. Then `t_ns` may be off
+    /// from the syscall's entry (write) or exit (read) by a scheduling slice, while a tracer's
+    /// in-kernel stamp is not: such truth is not fit to judge a latency error. A superset:
+    /// a switch inside the syscall or right around the stamp sets it too.
+    #[serde(default)]
+    pub preempted: bool,
     pub dir: Dir,
     pub fd: i32,
     /// The link this fd is an end of (scenario-wide name).
