@@ -12,7 +12,7 @@
 #include <bpf/bpf_tracing.h>
 #include "fingerprint.bpf.h"
 #include "targets.bpf.h"
-#include "syscalls.bpf.h"
+#include <asm/unistd.h>
 #include "phase2.h"
 
 /* Bytes scanned per call, and iovecs per call; more is counted, and the flow's carry restarts. */
@@ -441,77 +441,65 @@ static __always_inline void forget_fd(__s32 fd)
 	bpf_map_delete_elem(&tls_sockets, &sk);
 }
 
-#define ENTER(name, dir, kind)                                                          \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                                      \
-	int enter_##name(struct sys_enter_ctx *ctx)                                       \
-	{                                                                                \
-		return enter((__s32)ctx->args[0], ctx->args[1], ctx->args[2], dir, kind); \
-	}                                                                                \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                       \
-	int exit_##name(struct sys_exit_ctx *ctx)                                         \
-	{                                                                                \
-		return leave(ctx->ret);                                                  \
-	}
-
-ENTER(write, PHASE2_DIR_WRITE, CALL_BUF)
-ENTER(writev, PHASE2_DIR_WRITE, CALL_IOV)
-ENTER(sendto, PHASE2_DIR_WRITE, CALL_BUF)
-ENTER(sendmsg, PHASE2_DIR_WRITE, CALL_MSG)
-ENTER(read, PHASE2_DIR_READ, CALL_BUF)
-ENTER(readv, PHASE2_DIR_READ, CALL_IOV)
-
-/* recvfrom(fd, buf, len, flags, ...) and recvmsg(fd, msg, flags): peeked bytes are read again. */
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int enter_recvfrom(struct sys_enter_ctx *ctx)
+/* Two BTF raw tracepoints for every syscall instead of a tracepoint per syscall: a process
+ * that is not traced pays a switch on the syscall number, not the perf tracepoint's record
+ * (BENCHMARKS.md). Arguments come from the syscall's registers: di, si, dx, r10. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 {
-	if (ctx->args[3] & MSG_PEEK) {
-		p2_count(P2_C_PEEKS_SKIPPED);
+	switch (id) {
+	case __NR_write:
+		return enter(regs->rdi, regs->rsi, regs->rdx, PHASE2_DIR_WRITE, CALL_BUF);
+	case __NR_writev:
+		return enter(regs->rdi, regs->rsi, regs->rdx, PHASE2_DIR_WRITE, CALL_IOV);
+	case __NR_sendto:
+		return enter(regs->rdi, regs->rsi, regs->rdx, PHASE2_DIR_WRITE, CALL_BUF);
+	case __NR_sendmsg:
+		return enter(regs->rdi, regs->rsi, 0, PHASE2_DIR_WRITE, CALL_MSG);
+	case __NR_read:
+		return enter(regs->rdi, regs->rsi, regs->rdx, PHASE2_DIR_READ, CALL_BUF);
+	case __NR_readv:
+		return enter(regs->rdi, regs->rsi, regs->rdx, PHASE2_DIR_READ, CALL_IOV);
+	/* recvfrom(fd, buf, len, flags, ...) and recvmsg(fd, msg, flags): peeked bytes are read
+	 * again later. */
+	case __NR_recvfrom:
+		if (regs->r10 & MSG_PEEK) {
+			p2_count(P2_C_PEEKS_SKIPPED);
+			return 0;
+		}
+		return enter(regs->rdi, regs->rsi, regs->rdx, PHASE2_DIR_READ, CALL_BUF);
+	case __NR_recvmsg:
+		if (regs->rdx & MSG_PEEK) {
+			p2_count(P2_C_PEEKS_SKIPPED);
+			return 0;
+		}
+		return enter(regs->rdi, regs->rsi, 0, PHASE2_DIR_READ, CALL_MSG);
+	/* A closed or replaced fd starts a new flow. */
+	case __NR_close:
+		forget_fd(regs->rdi);
+		return 0;
+	case __NR_dup2:
+	case __NR_dup3:
+		forget_fd(regs->rsi);
 		return 0;
 	}
-	return enter((__s32)ctx->args[0], ctx->args[1], ctx->args[2], PHASE2_DIR_READ, CALL_BUF);
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct sys_exit_ctx *ctx)
-{
-	return leave(ctx->ret);
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int enter_recvmsg(struct sys_enter_ctx *ctx)
-{
-	if (ctx->args[2] & MSG_PEEK) {
-		p2_count(P2_C_PEEKS_SKIPPED);
-		return 0;
-	}
-	return enter((__s32)ctx->args[0], ctx->args[1], 0, PHASE2_DIR_READ, CALL_MSG);
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct sys_exit_ctx *ctx)
-{
-	return leave(ctx->ret);
-}
-
-/* A closed or replaced fd starts a new flow. */
-SEC("tracepoint/syscalls/sys_enter_close")
-int enter_close(struct sys_enter_ctx *ctx)
-{
-	forget_fd((__s32)ctx->args[0]);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_dup2")
-int enter_dup2(struct sys_enter_ctx *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
-	forget_fd((__s32)ctx->args[1]);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_dup3")
-int enter_dup3(struct sys_enter_ctx *ctx)
-{
-	forget_fd((__s32)ctx->args[1]);
+	switch (regs->orig_rax) {
+	case __NR_write:
+	case __NR_writev:
+	case __NR_sendto:
+	case __NR_sendmsg:
+	case __NR_read:
+	case __NR_readv:
+	case __NR_recvfrom:
+	case __NR_recvmsg:
+		return leave(ret);
+	}
 	return 0;
 }
 

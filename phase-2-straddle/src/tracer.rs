@@ -1,6 +1,6 @@
-//! Loads and attaches phase 2's eBPF programs (entry and exit of every read and write syscall,
-//! close/dup2/dup3, and OpenSSL's read and write functions in target processes) and drains
-//! their events.
+//! Loads and attaches phase 2's eBPF programs (the sys_enter/sys_exit raw tracepoints, which
+//! dispatch every read and write syscall and close/dup2/dup3, and OpenSSL's read and write
+//! functions in target processes) and drains their events.
 
 use crate::event::{Phase2Call, Phase2Event, PHASE2_COUNTERS};
 use crate::tls::TlsProbes;
@@ -8,18 +8,16 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::Ebpf;
 use phase_1_poc::counters::{Counters, SCAN_COUNTERS};
+use aya::programs::BtfTracePoint;
+use aya::Btf;
 use phase_1_poc::tracer::{
-    add_targets, attach_syscall, load_object, read_counters, remove_targets, ScanMode,
+    add_targets, load_object, read_counters, remove_targets, verifier_error, ScanMode,
 };
 use shared::FingerprintConfig;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase2.bpf.o"));
-/// The syscalls whose entry and exit are hooked.
-pub const SYSCALLS: [&str; 8] = [
-    "write", "writev", "sendto", "sendmsg", "read", "readv", "recvfrom", "recvmsg",
-];
-/// Calls that end a flow.
-const FORGETTERS: [&str; 3] = ["close", "dup2", "dup3"];
+/// The BTF raw tracepoints that dispatch every syscall by number, and their programs.
+const RAW_TRACEPOINTS: [&str; 2] = ["sys_enter", "sys_exit"];
 
 pub struct Tracer {
     ebpf: Ebpf,
@@ -42,20 +40,15 @@ impl Tracer {
         tls: bool,
     ) -> Result<Self> {
         let mut ebpf = load_object(OBJECT, cfg, comm_prefix, mode)?;
-        for sc in SYSCALLS {
-            attach_syscall(
-                &mut ebpf,
-                &format!("enter_{sc}"),
-                &format!("sys_enter_{sc}"),
-            )?;
-            attach_syscall(&mut ebpf, &format!("exit_{sc}"), &format!("sys_exit_{sc}"))?;
-        }
-        for sc in FORGETTERS {
-            attach_syscall(
-                &mut ebpf,
-                &format!("enter_{sc}"),
-                &format!("sys_enter_{sc}"),
-            )?;
+        let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        for name in RAW_TRACEPOINTS {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .with_context(|| format!("{name} missing"))?
+                .try_into()?;
+            p.load(name, &btf).map_err(|e| verifier_error(name, e))?;
+            p.attach()
+                .with_context(|| format!("attaching to the raw tracepoint {name}"))?;
         }
         let tls = TlsProbes::load(&mut ebpf, tls)?;
         let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
