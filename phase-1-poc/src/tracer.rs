@@ -3,7 +3,7 @@
 use crate::counters::{Counters, SCAN_COUNTERS};
 use crate::event::{Phase1Event, COMM_LEN};
 use anyhow::{bail, Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use shared::FingerprintConfig;
@@ -116,24 +116,31 @@ pub fn attach_syscall(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Resul
     Ok(())
 }
 
-/// Adds tgids to the shared `targets` map (shared/bpf/targets.bpf.h).
+/// Adds tgids to the shared `targets` bitmap (shared/bpf/targets.bpf.h).
 pub fn add_targets(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
-    let mut targets: HashMap<_, u32, u8> =
-        HashMap::try_from(ebpf.map_mut("targets").context("map targets missing")?)?;
-    for &pid in pids {
-        targets
-            .insert(pid, 1, 0)
-            .with_context(|| format!("adding target {pid}"))?;
-    }
-    Ok(())
+    set_targets(ebpf, pids, true)
 }
 
-/// Takes tgids out of the `targets` map.
+/// Takes tgids out of the `targets` bitmap.
 pub fn remove_targets(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
-    let mut targets: HashMap<_, u32, u8> =
-        HashMap::try_from(ebpf.map_mut("targets").context("map targets missing")?)?;
-    for pid in pids {
-        targets.remove(pid).ok();
+    set_targets(ebpf, pids, false)
+}
+
+fn set_targets(ebpf: &mut Ebpf, pids: &[u32], on: bool) -> Result<()> {
+    let mut bits: Array<_, u64> =
+        Array::try_from(ebpf.map_mut("targets").context("map targets missing")?)?;
+    for &pid in pids {
+        let word = pid / 64;
+        let old = bits
+            .get(&word, 0)
+            .with_context(|| format!("pid {pid} is beyond the kernel's pid limit"))?;
+        let new = if on {
+            old | 1 << (pid % 64)
+        } else {
+            old & !(1 << (pid % 64))
+        };
+        bits.set(word, new, 0)
+            .with_context(|| format!("updating target {pid}"))?;
     }
     Ok(())
 }

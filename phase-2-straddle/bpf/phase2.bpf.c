@@ -236,13 +236,13 @@ static __always_inline void mark_tls_socket(__u32 tgid, __s32 fd)
 
 static __always_inline int enter(__s32 fd, __u64 ptr, __u64 count, __u32 dir, __u32 kind)
 {
-	/* Stamped before anything else: on a CPU just out of idle, the target lookup and the map
-	 * update below take microseconds. */
-	__u64 t_enter = bpf_ktime_get_ns();
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
+	/* Processes that are not traced stop at an inlined bitmap lookup; a target is stamped
+	 * next, before the map work below (microseconds on a CPU just out of idle). */
 	if (!is_target(tgid))
 		return 0;
+	__u64 t_enter = bpf_ktime_get_ns();
 	struct pending p = {
 		.t_enter = t_enter, .ptr = ptr, .count = count, .fd = fd, .dir = dir, .kind = kind,
 	};

@@ -12,16 +12,22 @@
 volatile const char target_comm[TARGET_COMM_LEN] = {};
 volatile const __u32 target_comm_len = 0;
 
+/* A bit per possible tgid (PID_MAX_LIMIT on 64-bit, 512 KiB): an array lookup the verifier
+ * inlines, because every hooked syscall of every process on the node pays it. */
+#define TARGETS_PID_LIMIT (4 * 1024 * 1024)
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TARGETS_PID_LIMIT / 64);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, __u64);
 } targets SEC(".maps");
 
 static __always_inline int is_target(__u32 tgid)
 {
-	if (bpf_map_lookup_elem(&targets, &tgid))
+	__u32 word = tgid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&targets, &word);
+	if (bits && (*bits >> (tgid % 64)) & 1)
 		return 1;
 	if (target_comm_len == 0)
 		return 0;
