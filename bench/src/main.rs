@@ -1,6 +1,7 @@
 //! Whole-system benchmarks (BRIEF §7), every figure measured side by side in one run:
-//! `cargo run --release -p bench -- pairs` (root). See BENCHMARKS.md for what each mode means.
+//! `cargo run --release -p bench -- pairs` (root) and `-- agent`. See BENCHMARKS.md for what each mode means.
 
+mod agent;
 mod pairs;
 
 use clap::{Parser, Subcommand};
@@ -21,12 +22,16 @@ enum What {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Phase 2's agent on one core: events decoded, matched and closed per second, and its
+    /// memory with a second of 1000 calls open in the matching window.
+    Agent,
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.what {
         What::Pairs { rounds } => pairs::run(rounds),
+        What::Agent => agent::run(),
     };
     if let Err(e) = result {
         eprintln!("bench: {e:#}");

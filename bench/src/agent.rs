@@ -1,0 +1,209 @@
+//! The agent on one core: phase 2's ring-buffer records decoded, admitted through the matching
+//! window and closed into hop records, as fast as it goes; and its memory with a full second
+//! of 1000 calls open in the window.
+//!
+//! The records are what the kernel would send for calls through a 3-hop chain of real
+//! processes (`sleep` holders of real pipes, so links resolve as in production): source →
+//! relay → relay → sink, every moment seen at six points, three moments per call record (a
+//! 2 KiB call of speech).
+
+use anyhow::Result;
+use phase_1_poc::window::Window;
+use phase_1_poc::Matching;
+use phase_2_straddle::event::{Phase2Call, Phase2Moment};
+use phase_2_straddle::matcher::{Matcher, Seen};
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+
+/// Moments per call record.
+const PER_CALL: usize = 3;
+/// Sightings per moment: write and read at each of three links.
+const POINTS: usize = 6;
+/// Moments per non-silent second of a call (docs/fingerprint.md: 20–24).
+const MOMENTS_PER_SECOND: usize = 24;
+const WINDOW_NS: u64 = 1_000_000_000;
+
+/// A process holding pipe ends as its stdin and stdout, for as long as the bench runs.
+fn holder(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<Child> {
+    let mut c = Command::new("sleep");
+    c.arg("600");
+    c.stdin(stdin.map_or(Stdio::null(), Stdio::from));
+    c.stdout(stdout.map_or(Stdio::null(), Stdio::from));
+    Ok(c.spawn()?)
+}
+
+struct Chain {
+    holders: Vec<Child>,
+    /// (tgid, fd, write) of the six points, in path order.
+    points: [(u32, i32, bool); POINTS],
+}
+
+impl Chain {
+    fn new() -> Result<Self> {
+        let pipes: Vec<(OwnedFd, OwnedFd)> = (0..3)
+            .map(|_| {
+                let (r, w) = std::io::pipe()?;
+                Ok((r.into(), w.into()))
+            })
+            .collect::<Result<_>>()?;
+        let mut pipes = pipes.into_iter();
+        let (r0, w0) = pipes.next().unwrap();
+        let (r1, w1) = pipes.next().unwrap();
+        let (r2, w2) = pipes.next().unwrap();
+        let (fd_in, fd_out) = (0, 1);
+        let holders = vec![
+            holder(None, Some(w0))?,
+            holder(Some(r0), Some(w1))?,
+            holder(Some(r1), Some(w2))?,
+            holder(Some(r2), None)?,
+        ];
+        let pid = |i: usize| holders[i].id();
+        let points = [
+            (pid(0), fd_out, true),
+            (pid(1), fd_in, false),
+            (pid(1), fd_out, true),
+            (pid(2), fd_in, false),
+            (pid(2), fd_out, true),
+            (pid(3), fd_in, false),
+        ];
+        Ok(Self { holders, points })
+    }
+
+    /// The ring-buffer records of `moments` moments of call `call` starting at `t0`, one
+    /// record per point per `PER_CALL` moments, in the order a drain would deliver them.
+    fn records(&self, call: u64, moments: usize, t0: u64) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for first in (0..moments).step_by(PER_CALL) {
+            let n = PER_CALL.min(moments - first);
+            for (k, &(tgid, fd, write)) in self.points.iter().enumerate() {
+                let header = Phase2Call {
+                    t_ns: t0 + (first as u64) * 40_000_000 + k as u64 * 50_000,
+                    flow_birth_ns: 1,
+                    cgroup_id: 0,
+                    tgid,
+                    tid: tgid,
+                    fd,
+                    dir: write as u32,
+                    n: n as u32,
+                    tls: 0,
+                    comm: *b"hx-bench\0\0\0\0\0\0\0\0",
+                };
+                let mut bytes = as_bytes(&header).to_vec();
+                for m in first..first + n {
+                    let moment = Phase2Moment {
+                        signature: (call << 32 | m as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                        end: 64 + m as u64 * 600,
+                    };
+                    bytes.extend_from_slice(as_bytes(&moment));
+                }
+                out.push(bytes);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        for h in &mut self.holders {
+            h.kill().ok();
+            h.wait().ok();
+        }
+    }
+}
+
+fn as_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a plain #[repr(C)] record without padding bytes read as uninitialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast(), std::mem::size_of::<T>()) }
+}
+
+/// Decodes, admits and closes every record; returns the events handled and the hop records.
+fn run_agent(
+    records: &[Vec<u8>],
+    matcher: &mut Matcher,
+    window: &mut Window<Seen>,
+) -> (usize, usize) {
+    let mut events = 0;
+    let mut hops = Vec::new();
+    for r in records {
+        for e in Phase2Call::parse(r).into_iter().flatten() {
+            let (sig, t, seen) = matcher.admit(e);
+            window.push(sig, t, seen);
+            events += 1;
+        }
+    }
+    for g in window.take_due(None) {
+        matcher.close(g, &mut hops);
+    }
+    (events, hops.len())
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn run() -> Result<()> {
+    let chain = Chain::new()?;
+    // Throughput: 200 calls × 600 moments, in batches of 20 calls.
+    let batches: Vec<Vec<Vec<u8>>> = (0..10)
+        .map(|b| {
+            (0..20)
+                .flat_map(|c| chain.records(b * 20 + c, 600, 1_000_000_000))
+                .collect()
+        })
+        .collect();
+    let mut matcher = Matcher::default();
+    let mut rates = Vec::new();
+    let mut produced = 0;
+    for round in 0..3 {
+        for batch in &batches {
+            let mut window = Window::new(WINDOW_NS);
+            let t = std::time::Instant::now();
+            let (events, hops) = run_agent(batch, &mut matcher, &mut window);
+            rates.push(events as f64 / t.elapsed().as_secs_f64());
+            if round == 0 {
+                produced += hops;
+            }
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "agent, one core: {:.2} M events/s decoded, matched and closed (median of {} batches of {} events; min {:.2}, max {:.2}); {} hop records per pass",
+        rates[rates.len() / 2] / 1e6,
+        rates.len(),
+        batches[0].len() * PER_CALL,
+        rates[0] / 1e6,
+        rates[rates.len() - 1] / 1e6,
+        produced
+    );
+
+    // Memory: one second of 1000 calls open in the window at once.
+    let before = rss_kib();
+    let second: Vec<Vec<u8>> = (0..1000)
+        .flat_map(|c| chain.records(10_000 + c, MOMENTS_PER_SECOND, 5_000_000_000))
+        .collect();
+    let mut window = Window::new(WINDOW_NS);
+    let mut open = 0;
+    for r in &second {
+        for e in Phase2Call::parse(r).into_iter().flatten() {
+            let (sig, t, seen) = matcher.admit(e);
+            window.push(sig, t, seen);
+            open += 1;
+        }
+    }
+    let held = rss_kib();
+    println!(
+        "agent memory: {} MiB RSS with {open} sightings of 1000 calls (1 s) open in the window ({} MiB before filling it)",
+        held / 1024,
+        before / 1024
+    );
+    drop(window);
+    Ok(())
+}
