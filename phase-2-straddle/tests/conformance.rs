@@ -283,3 +283,98 @@ fn calls_over_64_kib_are_counted_as_truncated() {
     ends.sort_unstable();
     assert_eq!(ends, want);
 }
+
+/// TLS: the plaintext OpenSSL moves (SSL_write_ex / SSL_read_ex, random sizes) yields the
+/// reference's moments at plaintext positions counted from 0, though the handshake before it
+/// was traced on the same socket; the ciphertext on the socket yields none.
+#[test]
+fn tls_plaintext_at_openssl_equals_the_reference() {
+    use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+    let dir = harness::run::workdir("tls-conformance").unwrap();
+    let pem = dir.join("test.pem");
+    harness::component::write_test_certificate(&pem).unwrap();
+    let cfg = FingerprintConfig::default();
+    let bytes = audio_bytes(20.0);
+    let total = bytes.len();
+    let mut tracer = Tracer::start(&cfg, None).expect("loading phase 2 (run as root)");
+    tracer.add_targets(&[std::process::id()]).unwrap();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+    acceptor
+        .set_private_key_file(&pem, SslFiletype::PEM)
+        .unwrap();
+    acceptor.set_certificate_chain_file(&pem).unwrap();
+    let acceptor = acceptor.build();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let fd = tcp.as_raw_fd();
+        let mut tls = acceptor.accept(tcp).unwrap();
+        let mut rng = StdRng::seed_from_u64(21);
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        while got.len() < total {
+            let n = rng.gen_range(1..=buf.len());
+            let k = tls.ssl_read(&mut buf[..n]).unwrap();
+            got.extend_from_slice(&buf[..k]);
+        }
+        (fd, got)
+    });
+    let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    connector.set_verify(SslVerifyMode::NONE);
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let client_fd = tcp.as_raw_fd();
+    let mut tls = connector
+        .build()
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect("localhost", tcp)
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(20);
+    let mut sent = 0;
+    while sent < total {
+        let n = match rng.gen_range(0..4) {
+            0 => rng.gen_range(1..40),
+            _ => rng.gen_range(40..=32768),
+        }
+        .min(total - sent);
+        sent += tls.ssl_write(&bytes[sent..sent + n]).unwrap();
+    }
+    let (server_fd, got) = server.join().unwrap();
+    assert!(got == bytes, "the TLS link delivered other bytes");
+    let mut events: Vec<Phase2Event> = Vec::new();
+    tracer.drain(|e| events.push(e));
+    std::fs::remove_dir_all(&dir).ok();
+
+    let want: Vec<(u64, u64)> = Scanner::new(cfg)
+        .feed_collect(&bytes)
+        .iter()
+        .map(|m| (m.end, m.signature))
+        .collect();
+    for (fd, dir, what) in [
+        (client_fd, 1, "SSL_write_ex"),
+        (server_fd, 0, "SSL_read_ex"),
+    ] {
+        let mine: Vec<&Phase2Event> = events
+            .iter()
+            .filter(|e| e.call.fd == fd && e.call.dir == dir && e.call.tgid == std::process::id())
+            .collect();
+        assert!(
+            mine.iter().all(|e| e.call.tls == 1),
+            "{what}: ciphertext scanned"
+        );
+        let mut got: Vec<(u64, u64)> = mine.iter().map(|e| (e.end, e.signature)).collect();
+        got.sort_unstable();
+        assert!(
+            got == want,
+            "{what}: {} moments, reference {}",
+            got.len(),
+            want.len()
+        );
+    }
+    let (_, path) = tracer.counters().unwrap();
+    assert_eq!(path.get("tls_sockets"), 2, "{path}");
+    assert!(path.get("ciphertext_skipped") > 0, "{path}");
+}
