@@ -41,7 +41,10 @@ pub fn trace_scenario_phase2_with(
     cfg: &FingerprintConfig,
     tls: bool,
 ) -> Result<TracedRun> {
-    let tracing = Phase2::new(Tracer::start_with(cfg, None, ScanMode::Scan, tls)?, MATCH_WINDOW);
+    let tracing = Phase2::new(
+        Tracer::start_with(cfg, None, ScanMode::Scan, tls)?,
+        MATCH_WINDOW,
+    );
     let name = if tls {
         "phase-2-straddle"
     } else {

@@ -6,10 +6,10 @@ use crate::event::{Phase2Call, Phase2Event, PHASE2_COUNTERS};
 use crate::tls::TlsProbes;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use aya::Ebpf;
-use phase_1_poc::counters::{Counters, SCAN_COUNTERS};
 use aya::programs::BtfTracePoint;
 use aya::Btf;
+use aya::Ebpf;
+use phase_1_poc::counters::{Counters, SCAN_COUNTERS};
 use phase_1_poc::tracer::{
     add_targets, load_object, read_counters, remove_targets, verifier_error, ScanMode,
 };
