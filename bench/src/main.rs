@@ -1,8 +1,9 @@
 //! Whole-system benchmarks (BRIEF §7), every figure measured side by side in one run:
-//! `cargo run --release -p bench -- pairs` (root) and `-- agent`. See BENCHMARKS.md for what each mode means.
+//! `cargo run --release -p bench -- pairs` (root), `-- agent` and `-- scale` (root). See BENCHMARKS.md for what each mode means.
 
 mod agent;
 mod pairs;
+mod scale;
 
 use clap::{Parser, Subcommand};
 
@@ -25,13 +26,33 @@ enum What {
     /// Phase 2's agent on one core: events decoded, matched and closed per second, and its
     /// memory with a second of 1000 calls open in the matching window.
     Agent,
+    /// Concurrent calls in real time through a 3-hop chain of real processes under phase 2:
+    /// moments emitted vs received, agent CPU and RSS, and the score (BRIEF §7 "scale").
+    Scale {
+        #[arg(long, default_value_t = 1000)]
+        calls: u32,
+        /// Audio per call, sent in real time.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// No tracer: the components alone, scored with the oracle (what the machine carries
+        /// without tracing, and the scorer's time).
+        #[arg(long)]
+        untraced: bool,
+    },
 }
 
 fn main() {
+    // The scale bench launches its pipeline's components from this binary.
+    harness::component::run_if_component();
     let cli = Cli::parse();
     let result = match cli.what {
         What::Pairs { rounds } => pairs::run(rounds),
         What::Agent => agent::run(),
+        What::Scale {
+            calls,
+            seconds,
+            untraced,
+        } => scale::run(calls, seconds, untraced),
     };
     if let Err(e) = result {
         eprintln!("bench: {e:#}");

@@ -557,12 +557,73 @@ pub fn s8() -> Scenario {
     }
 }
 
+/// SCALE (BRIEF §7): `calls` concurrent calls in real time through a 3-hop chain of four
+/// processes: one source multiplexes every call on [`SCALE_CONNECTIONS`] TCP connections
+/// (call `c` on connection `c % 8`) as Pulsar-style envelopes batched into writes of up to
+/// 64 KiB; relay 1 holds each read 1 ms and relay 2 passes it on at once, each connection to the
+/// next stage's same connection; a sink reads them all. Not in the catalogue (the catalogue is
+/// run by tests): `bench -- scale` runs it.
+pub fn scale(calls: u32, seconds: f64) -> Scenario {
+    let conns = SCALE_CONNECTIONS.min(calls.max(1) as usize);
+    let mut t = Topology::default();
+    let src = t.comp(
+        "src",
+        Kind::Source {
+            calls: (0..calls).map(|c| (c, c as usize % conns)).collect(),
+        },
+    );
+    let r1 = t.comp(
+        "r1",
+        Kind::Relay {
+            hold_us: 1_000,
+            route: Route::Same,
+        },
+    );
+    let r2 = t.comp(
+        "r2",
+        Kind::Relay {
+            hold_us: 0,
+            route: Route::Same,
+        },
+    );
+    let sink = t.comp("sink", Kind::Sink);
+    let env = LinkSpec {
+        kind: LinkKind::Tcp4,
+        framing: Framing::Envelope { max_payload: 1000 },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk: 64 * 1024,
+    };
+    for (from, to) in [(src, r1), (r1, r2), (r2, sink)] {
+        for _ in 0..conns {
+            t.link(from, to, env);
+        }
+    }
+    Scenario {
+        id: "SCALE",
+        title: "concurrent calls multiplexed through a 3-hop chain in real time",
+        calls,
+        seconds,
+        rate: 8000,
+        audio: AudioPlan::RealSpeech,
+        speed: 1.0,
+        topology: t,
+    }
+}
+
+/// Connections per stage of [`scale`].
+pub const SCALE_CONNECTIONS: usize = 8;
+
 /// Every scenario that exists so far.
 pub fn catalogue() -> Vec<Scenario> {
     vec![s1(), s2(), s3(), s4(), s5(), s6(), s7(), s8()]
 }
 
+/// A catalogue scenario by id, or "SCALE": [`scale`] at its BRIEF §7 size (1000 calls, 10 s).
 pub fn by_id(id: &str) -> Option<Scenario> {
+    if id.eq_ignore_ascii_case("SCALE") {
+        return Some(scale(1000, 10.0));
+    }
     catalogue()
         .into_iter()
         .find(|s| s.id.eq_ignore_ascii_case(id))

@@ -25,6 +25,7 @@ use serde::Serialize;
 use shared::{FingerprintConfig, Scanner};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 /// Which syscall directions a tracer observes; its hops join consecutive observable points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -112,63 +113,153 @@ impl Op {
 struct PointFlow {
     /// (flow offset, audio offset, length), contiguous runs of the call's audio.
     runs: Vec<(u64, u64, u64)>,
-    /// Every syscall at the point.
-    ops: Vec<Op>,
+    /// Every syscall at the point (shared by every call through it).
+    ops: Arc<PointOps>,
     pid: u32,
+    /// `runs` ascend without overlap in flow offset, and in audio offset: then they are
+    /// binary-searched (they always do: a point carries a call's audio once, in order).
+    runs_by_flow: bool,
+    runs_by_audio: bool,
 }
 
-impl PointFlow {
-    fn build(gt: &GroundTruth, point: &Point, call: u32) -> Self {
-        let mut f = PointFlow::default();
-        let Some(comp) = gt.component(&point.component) else {
-            return f;
-        };
-        f.pid = comp.pid;
-        for io in comp
-            .ios
-            .iter()
-            .filter(|io| io.dir == point.dir && io.link == point.link)
-        {
-            f.ops.push(Op {
+/// Every syscall at one point (a component's reads or writes of one link), in the order the
+/// component recorded them.
+#[derive(Default)]
+struct PointOps {
+    ops: Vec<Op>,
+    /// They ascend without overlap in flow offset (a link's end is one thread's).
+    sorted: bool,
+}
+
+impl PointOps {
+    /// The syscall that carried flow byte `flow`.
+    fn at(&self, flow: u64) -> Option<Op> {
+        if self.sorted {
+            let i = self.ops.partition_point(|op| op.flow_off + op.len <= flow);
+            self.ops.get(i).filter(|op| op.holds(flow)).copied()
+        } else {
+            self.ops.iter().find(|op| op.holds(flow)).copied()
+        }
+    }
+}
+
+/// Whether ranges (start, length) ascend without overlap.
+fn ascending(ranges: impl Iterator<Item = (u64, u64)>) -> bool {
+    let mut end = 0;
+    for (start, len) in ranges {
+        if start < end {
+            return false;
+        }
+        end = start + len;
+    }
+    true
+}
+
+/// A call's runs at one point: (flow offset, audio offset, length).
+type Runs = Vec<(u64, u64, u64)>;
+/// A hop's key: (from pid, from dir, to pid, to dir).
+type HopKey = (u32, Dir, u32, Dir);
+/// A point of a component: its direction and link.
+type PointKey = (Dir, String);
+/// Runs of calls' audio on one link at one point: (flow offset, length, call index).
+type Owned = Vec<(u64, u64, usize)>;
+
+/// Every point of one component, for every call at once: built in one pass over its syscalls.
+struct ComponentFlows {
+    pid: u32,
+    /// (dir, link) → the point's syscalls, and each call's runs there.
+    points: HashMap<PointKey, (Arc<PointOps>, HashMap<u32, Runs>)>,
+}
+
+impl ComponentFlows {
+    fn build(comp: &crate::truth::ComponentLog) -> Self {
+        let mut points: HashMap<PointKey, (Vec<Op>, HashMap<u32, Runs>)> = HashMap::new();
+        for io in &comp.ios {
+            let (ops, runs) = match points.get_mut(&(io.dir, io.link.clone())) {
+                Some(p) => p,
+                None => points.entry((io.dir, io.link.clone())).or_default(),
+            };
+            ops.push(Op {
                 flow_off: io.flow_off,
                 len: io.len,
                 t_ns: io.t_ns,
                 fd: io.fd,
                 preempted: io.preempted,
             });
-            for seg in io.segments.iter().filter(|s| s.call == call) {
-                match f.runs.last_mut() {
+            for seg in &io.segments {
+                let runs = runs.entry(seg.call).or_default();
+                match runs.last_mut() {
                     Some((fl, a, l)) if *fl + *l == seg.flow_off && *a + *l == seg.audio_off => {
                         *l += seg.len
                     }
-                    _ => f.runs.push((seg.flow_off, seg.audio_off, seg.len)),
+                    _ => runs.push((seg.flow_off, seg.audio_off, seg.len)),
                 }
             }
         }
-        f
+        let points = points
+            .into_iter()
+            .map(|(k, (ops, runs))| {
+                let sorted = ascending(ops.iter().map(|op| (op.flow_off, op.len)));
+                (k, (Arc::new(PointOps { ops, sorted }), runs))
+            })
+            .collect();
+        Self {
+            pid: comp.pid,
+            points,
+        }
     }
 
+    /// One call's flow at one of this component's points.
+    fn flow(&self, point: &Point, call: u32) -> PointFlow {
+        let mut f = PointFlow {
+            pid: self.pid,
+            ..PointFlow::default()
+        };
+        // A lookup without allocating a key would need a borrowed tuple type; points are few.
+        if let Some((ops, runs)) = self.points.get(&(point.dir, point.link.clone())) {
+            f.ops = ops.clone();
+            f.runs = runs.get(&call).cloned().unwrap_or_default();
+        }
+        f.runs_by_flow = ascending(f.runs.iter().map(|&(fl, _, l)| (fl, l)));
+        f.runs_by_audio = ascending(f.runs.iter().map(|&(_, a, l)| (a, l)));
+        f
+    }
+}
+
+impl PointFlow {
     /// The syscall that carried flow byte `flow`, whatever it was.
     fn op_at(&self, flow: u64) -> Option<Op> {
-        self.ops.iter().find(|op| op.holds(flow)).copied()
+        self.ops.at(flow)
+    }
+
+    /// The run holding flow byte `flow`.
+    fn run_at_flow(&self, flow: u64) -> Option<(u64, u64, u64)> {
+        let holds = |&(f, _, l): &(u64, u64, u64)| f <= flow && flow < f + l;
+        if self.runs_by_flow {
+            let i = self.runs.partition_point(|&(f, _, l)| f + l <= flow);
+            self.runs.get(i).copied().filter(holds)
+        } else {
+            self.runs.iter().copied().find(holds)
+        }
     }
 
     /// The audio offset of the call's byte at `flow` and the syscall that carried it.
     fn at_flow(&self, flow: u64) -> Option<(u64, Op)> {
-        let &(f, a, _) = self
-            .runs
-            .iter()
-            .find(|(f, _, l)| *f <= flow && flow < f + l)?;
+        let (f, a, _) = self.run_at_flow(flow)?;
         Some((a + (flow - f), self.op_at(flow)?))
     }
 
     /// Where the call's audio byte `audio` sits in this flow.
     fn flow_of(&self, audio: u64, window: u64) -> Option<u64> {
         // The whole window must be one contiguous run (no header inside).
-        let &(f, a, _) = self
-            .runs
-            .iter()
-            .find(|(_, a, l)| *a <= audio && audio < a + l && *a + window <= audio + 1)?;
+        let fits =
+            |&(_, a, l): &(u64, u64, u64)| a <= audio && audio < a + l && a + window <= audio + 1;
+        let (f, a, _) = if self.runs_by_audio {
+            let i = self.runs.partition_point(|&(_, a, l)| a + l <= audio);
+            self.runs.get(i).copied().filter(fits)?
+        } else {
+            self.runs.iter().copied().find(fits)?
+        };
         Some(f + (audio - a))
     }
 }
@@ -191,6 +282,14 @@ pub struct CallTruthIndex {
 
 impl CallTruthIndex {
     pub fn build(gt: &GroundTruth, cfg: FingerprintConfig) -> Result<Vec<Self>> {
+        // Each component's syscalls are gone through once, for all calls.
+        let mut components: HashMap<&str, ComponentFlows> = HashMap::new();
+        for c in &gt.components {
+            // `GroundTruth::component` finds the first of a name.
+            components
+                .entry(c.name.as_str())
+                .or_insert_with(|| ComponentFlows::build(c));
+        }
         gt.calls
             .iter()
             .map(|ct| {
@@ -199,7 +298,11 @@ impl CallTruthIndex {
                 let flows: Vec<PointFlow> = ct
                     .points
                     .iter()
-                    .map(|p| PointFlow::build(gt, p, ct.call))
+                    .map(|p| {
+                        components
+                            .get(p.component.as_str())
+                            .map_or_else(PointFlow::default, |c| c.flow(p, ct.call))
+                    })
                     .collect();
                 let carried = flows
                     .iter()
@@ -297,7 +400,8 @@ pub struct Score {
     /// The same moment reported twice on the same hop.
     pub duplicates: usize,
     /// Windows anchored in framing bytes (envelope headers), seen at the same position on both
-    /// ends of the same link: real transits of real bytes, but not audio moments.
+    /// ends of the same link, or read and written again by a relay that forwards the same
+    /// envelope's header bytes: real transits of real bytes, but not audio moments.
     pub framing: usize,
     /// A few false records and why they are false.
     pub false_examples: Vec<String>,
@@ -435,6 +539,75 @@ pub fn score_indexed(
             });
         }
     }
+    // The same hops by key and call: with many calls through the same processes, a key has
+    // a hop per call, and a record is tried only on the calls that can have carried it.
+    let mut hops_of_call: HashMap<(HopKey, usize), Vec<usize>> = HashMap::new();
+    for (key, hs) in &hop_of {
+        for &h in hs {
+            hops_of_call
+                .entry((*key, hops[h].call_idx))
+                .or_default()
+                .push(h);
+        }
+    }
+    // (pid, dir) → link → runs of calls' audio there: (flow offset, length, call index),
+    // ascending in flow offset.
+    let mut owners: HashMap<(u32, Dir), HashMap<&str, Owned>> = HashMap::new();
+    for (ci, c) in calls.iter().enumerate() {
+        for (p, flow) in c.points.iter().zip(&c.flows) {
+            let runs = owners
+                .entry((flow.pid, p.dir))
+                .or_default()
+                .entry(p.link.as_str())
+                .or_default();
+            runs.extend(flow.runs.iter().map(|&(f, _, l)| (f, l, ci)));
+        }
+    }
+    let owners: HashMap<(u32, Dir), Vec<(bool, Owned)>> = owners
+        .into_iter()
+        .map(|(k, links)| {
+            let links = links
+                .into_values()
+                .map(|mut runs| {
+                    runs.sort_by_key(|&(f, _, _)| f);
+                    (ascending(runs.iter().map(|&(f, l, _)| (f, l))), runs)
+                })
+                .collect();
+            (k, links)
+        })
+        .collect();
+    // The calls whose audio a side's flow byte `flow` can be, on any of its process's links.
+    let calls_at = |pid: u32, dir: Dir, flow: u64| -> Vec<usize> {
+        let mut out = Vec::new();
+        for (sorted, runs) in owners.get(&(pid, dir)).into_iter().flatten() {
+            let holds = |&&(f, l, _): &&(u64, u64, usize)| f <= flow && flow < f + l;
+            if *sorted {
+                let i = runs.partition_point(|&(f, l, _)| f + l <= flow);
+                out.extend(runs.get(i).filter(holds).map(|&(_, _, ci)| ci));
+            } else {
+                out.extend(runs.iter().filter(holds).map(|&(_, _, ci)| ci));
+            }
+        }
+        out
+    };
+    // The first run of a call's audio at or after flow byte `flow` on each of a process's
+    // links: (its flow offset, call index).
+    let next_audio = |pid: u32, dir: Dir, flow: u64| -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        for (sorted, runs) in owners.get(&(pid, dir)).into_iter().flatten() {
+            let next = if *sorted {
+                runs.get(runs.partition_point(|&(f, _, _)| f < flow))
+                    .copied()
+            } else {
+                runs.iter()
+                    .filter(|&&(f, _, _)| f >= flow)
+                    .min_by_key(|&&(f, _, _)| f)
+                    .copied()
+            };
+            out.extend(next.map(|(f, _, ci)| (f, ci)));
+        }
+        out
+    };
     let mut by_sig: HashMap<u64, Vec<(usize, u64)>> = HashMap::new();
     for (ci, c) in calls.iter().enumerate() {
         for m in &c.moments {
@@ -497,56 +670,103 @@ pub fn score_indexed(
             let (oa, ob) = (c.flows[hop.from].op_at(pos)?, c.flows[hop.to].op_at(pos)?);
             (oa.fd == r.from.fd && ob.fd == r.to.fd).then_some(())
         };
-        let best = hop_of
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .filter(|_| positioned)
-            .filter_map(by_position)
-            .min_by_key(|x| x.0);
-        let best =
-            if positioned {
-                best
-            } else {
-                hop_of
-                    .get(&key)
-                    .into_iter()
-                    .flatten()
-                    .flat_map(|&h| {
-                        let hop = &hops[h];
-                        let c = &calls[hop.call_idx];
-                        by_sig.get(&r.signature).into_iter().flatten().filter_map(
-                            move |&(ci, end)| {
-                                if ci != hop.call_idx {
-                                    return None;
-                                }
-                                let (a, b) =
-                                    (c.carried[hop.from].get(&end)?, c.carried[hop.to].get(&end)?);
-                                if a.fd != r.from.fd || b.fd != r.to.fd {
-                                    return None;
-                                }
-                                let distance =
-                                    a.t_ns.abs_diff(r.from.t_ns) + b.t_ns.abs_diff(r.to.t_ns);
-                                Some((
-                                    distance,
-                                    h,
-                                    end,
-                                    b.t_ns as i64 - a.t_ns as i64,
-                                    (a.t_ns, b.t_ns),
-                                    a.preempted || b.preempted,
-                                ))
-                            },
-                        )
-                    })
-                    .min_by_key(|x| x.0)
+        let best = if positioned {
+            // Only hops of calls whose audio the from side's byte is can match by position;
+            // tried in hop order, as the nearest first found wins ties.
+            let mut cands: Vec<usize> = r
+                .from
+                .pos
+                .and_then(|p| p.checked_sub(1))
+                .map(|flow| calls_at(r.from.pid, r.from.dir, flow))
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|ci| hops_of_call.get(&(key, ci)).into_iter().flatten().copied())
+                .collect();
+            cands.sort_unstable();
+            cands.dedup();
+            cands.iter().filter_map(by_position).min_by_key(|x| x.0)
+        } else {
+            // Hops of the calls with this signature; ties go to the lowest hop, then the
+            // call's first moment of the signature.
+            by_sig
+                .get(&r.signature)
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .flat_map(|(i, &(ci, end))| {
+                    hops_of_call
+                        .get(&(key, ci))
+                        .into_iter()
+                        .flatten()
+                        .map(move |&h| (i, h, ci, end))
+                })
+                .filter_map(|(i, h, ci, end)| {
+                    let hop = &hops[h];
+                    let c = &calls[ci];
+                    let (a, b) = (c.carried[hop.from].get(&end)?, c.carried[hop.to].get(&end)?);
+                    if a.fd != r.from.fd || b.fd != r.to.fd {
+                        return None;
+                    }
+                    let distance = a.t_ns.abs_diff(r.from.t_ns) + b.t_ns.abs_diff(r.to.t_ns);
+                    Some((
+                        (distance, h, i),
+                        (
+                            distance,
+                            h,
+                            end,
+                            b.t_ns as i64 - a.t_ns as i64,
+                            (a.t_ns, b.t_ns),
+                            a.preempted || b.preempted,
+                        ),
+                    ))
+                })
+                .min_by_key(|x| x.0)
+                .map(|(_, m)| m)
+        };
+        // Framing bytes a relay forwards unchanged (a residence): both windows sit in framing,
+        // the same distance before the same call's same audio byte, with the record's fds:
+        // the same envelope's header (sequence, checksum, metadata) read and written again.
+        let framing_residence = || -> bool {
+            let (Some(pf), Some(pt)) = (r.from.pos, r.to.pos) else {
+                return false;
             };
+            if r.from.pid != r.to.pid || pf == 0 || pt == 0 {
+                return false;
+            }
+            next_audio(r.from.pid, r.from.dir, pf)
+                .into_iter()
+                .any(|(f1, ci)| {
+                    let (c, f2) = (&calls[ci], pt + (f1 - pf));
+                    hops_of_call
+                        .get(&(key, ci))
+                        .into_iter()
+                        .flatten()
+                        .any(|&h| {
+                            let (a, b) = (&c.flows[hops[h].from], &c.flows[hops[h].to]);
+                            let starts = |flow: &PointFlow, at: u64| {
+                                flow.run_at_flow(at)
+                                    .filter(|run| run.0 == at)
+                                    .map(|run| run.1)
+                            };
+                            let framing = |flow: &PointFlow, pos: u64, fd: i32| {
+                                flow.run_at_flow(pos - 1).is_none()
+                                    && flow.op_at(pos - 1).is_some_and(|op| op.fd == fd)
+                            };
+                            starts(a, f1).is_some()
+                                && starts(a, f1) == starts(b, f2)
+                                && framing(a, pf, r.from.fd)
+                                && framing(b, pt, r.to.fd)
+                        })
+                })
+        };
         match best {
             None if positioned
-                && hop_of
+                && (hop_of
                     .get(&key)
                     .into_iter()
                     .flatten()
-                    .any(|h| framing_transit(h).is_some()) =>
+                    .any(|h| framing_transit(h).is_some())
+                    || framing_residence()) =>
             {
                 framing += 1;
             }
@@ -776,10 +996,14 @@ pub fn score_indexed(
     let mut hop_scores = Vec::new();
     let mut seconds_total = 0;
     let mut moments_matched: HashSet<(usize, u64)> = HashSet::new();
+    let measurable_of: Vec<Vec<bool>> = calls
+        .iter()
+        .map(|c| measurable_seconds(&c.audio, &c.moments, cfg.quiet_threshold))
+        .collect();
     for (h, hop) in hops.iter().enumerate() {
         let c = &calls[hop.call_idx];
         let bps = c.audio.bytes_per_second();
-        let loud = measurable_seconds(&c.audio, &c.moments, cfg.quiet_threshold);
+        let loud = &measurable_of[hop.call_idx];
         let mut covered = vec![false; loud.len()];
         let mut n = 0;
         for m in &c.moments {
@@ -820,10 +1044,9 @@ pub fn score_indexed(
             .iter()
             .filter(|&&l| l)
             .count();
-        measurable += measurable_seconds(&c.audio, &c.moments, cfg.quiet_threshold)
-            .iter()
-            .filter(|&&l| l)
-            .count();
+    }
+    for loud in &measurable_of {
+        measurable += loud.iter().filter(|&&l| l).count();
     }
     let cov: Vec<f64> = hop_scores.iter().map(|h| h.coverage).collect();
     Score {
