@@ -190,19 +190,41 @@ pub struct Scenario {
     pub topology: Topology,
 }
 
+impl Scenario {
+    /// `calls` calls of real speech at 8 kHz through `topology`, paced at `speed` × real time:
+    /// what most of the catalogue is.
+    pub fn speech(
+        id: &'static str,
+        title: &'static str,
+        calls: u32,
+        seconds: f64,
+        speed: f64,
+        topology: Topology,
+    ) -> Self {
+        Self {
+            id,
+            title,
+            calls,
+            seconds,
+            rate: 8000,
+            audio: AudioPlan::RealSpeech,
+            speed,
+            topology,
+        }
+    }
+}
+
 /// S1 pipe chain: source → relay → relay → sink over pipes, 2048-byte writes, holds 2 and 5 ms.
 pub fn s1() -> Scenario {
     let p = LinkSpec::pipe(2048, 64);
-    Scenario {
-        id: "S1",
-        title: "pipe chain, 2048-byte writes",
-        calls: 2,
-        seconds: 20.0,
-        rate: 8000,
-        audio: AudioPlan::RealSpeech,
-        speed: 4.0,
-        topology: Topology::chains(2, &[2_000, 5_000], &[p, p, p]),
-    }
+    Scenario::speech(
+        "S1",
+        "pipe chain, 2048-byte writes",
+        2,
+        20.0,
+        4.0,
+        Topology::chains(2, &[2_000, 5_000], &[p, p, p]),
+    )
 }
 
 /// S2 re-chunk: relays re-chunk to 160, 1000 and 3001 bytes behind headers of odd lengths.
@@ -213,16 +235,14 @@ pub fn s2() -> Scenario {
         LinkSpec::pipe(1000, 17),
         LinkSpec::pipe(3001, 64),
     ];
-    Scenario {
-        id: "S2",
-        title: "re-chunk to 160/1000/3001 bytes, odd header offsets",
-        calls: 2,
-        seconds: 20.0,
-        rate: 8000,
-        audio: AudioPlan::RealSpeech,
-        speed: 4.0,
-        topology: Topology::chains(2, &[1_000, 2_000, 500], &links),
-    }
+    Scenario::speech(
+        "S2",
+        "re-chunk to 160/1000/3001 bytes, odd header offsets",
+        2,
+        20.0,
+        4.0,
+        Topology::chains(2, &[1_000, 2_000, 500], &links),
+    )
 }
 
 /// S3 envelopes: per-call pipes into one relay that re-frames every call into Pulsar-style
@@ -273,16 +293,14 @@ pub fn s3() -> Scenario {
         };
         t.link(r2, sink, small);
     }
-    Scenario {
-        id: "S3",
-        title: "Pulsar-style envelopes, batched and multiplexed on TCP, re-framed",
+    Scenario::speech(
+        "S3",
+        "Pulsar-style envelopes, batched and multiplexed on TCP, re-framed",
         calls,
-        seconds: 15.0,
-        rate: 8000,
-        audio: AudioPlan::RealSpeech,
-        speed: 3.0,
-        topology: t,
-    }
+        15.0,
+        3.0,
+        t,
+    )
 }
 
 /// S4 sockets: unix with writev/readv, TCP over IPv4 with sendmsg/recvmsg, TCP over IPv6 with
@@ -311,16 +329,14 @@ pub fn s4() -> Scenario {
             chunk: 4096,
         },
     ];
-    Scenario {
-        id: "S4",
-        title: "unix writev/readv, TCPv4 sendmsg/recvmsg, TCPv6 send/recv",
-        calls: 2,
-        seconds: 15.0,
-        rate: 8000,
-        audio: AudioPlan::RealSpeech,
-        speed: 3.0,
-        topology: Topology::chains(2, &[1_000, 3_000], &links),
-    }
+    Scenario::speech(
+        "S4",
+        "unix writev/readv, TCPv4 sendmsg/recvmsg, TCPv6 send/recv",
+        2,
+        15.0,
+        3.0,
+        Topology::chains(2, &[1_000, 3_000], &links),
+    )
 }
 
 /// S5 broker: one producer publishes three calls on one connection to a real nats-server
@@ -356,16 +372,14 @@ pub fn s5() -> Scenario {
             ..link
         },
     );
-    Scenario {
-        id: "S5",
-        title: "a real broker (nats-server), one producer, fan-out to two consumers",
+    Scenario::speech(
+        "S5",
+        "a real broker (nats-server), one producer, fan-out to two consumers",
         calls,
-        seconds: 15.0,
-        rate: 8000,
-        audio: AudioPlan::RealSpeech,
-        speed: 3.0,
-        topology: t,
-    }
+        15.0,
+        3.0,
+        t,
+    )
 }
 
 /// S6 TLS: per call, source --TLS--> stunnel --TCP--> relay --TCP--> stunnel --TLS--> sink, one
@@ -409,16 +423,14 @@ pub fn s6() -> Scenario {
         t.link(relay, stunnel, plain);
         t.link(stunnel, sink, tls);
     }
-    Scenario {
-        id: "S6",
-        title: "TLS hops through stunnel4, measured on plaintext",
+    Scenario::speech(
+        "S6",
+        "TLS hops through stunnel4, measured on plaintext",
         calls,
-        seconds: 15.0,
-        rate: 8000,
-        audio: AudioPlan::RealSpeech,
-        speed: 3.0,
-        topology: t,
-    }
+        15.0,
+        3.0,
+        t,
+    )
 }
 
 /// S7 quiet and repeats: silences, comfort noise, tones, DTMF and the same hold music at the
@@ -476,14 +488,15 @@ pub fn s7() -> Scenario {
         t.link(broker, b, tcp);
     }
     Scenario {
-        id: "S7",
-        title: "silence, comfort noise, tones, shared hold music, fan-out to two consumers",
-        calls,
-        seconds: 24.0,
-        rate: 8000,
         audio: AudioPlan::QuietAndShared,
-        speed: 3.0,
-        topology: t,
+        ..Scenario::speech(
+            "S7",
+            "silence, comfort noise, tones, shared hold music, fan-out to two consumers",
+            calls,
+            24.0,
+            3.0,
+            t,
+        )
     }
 }
 
@@ -545,16 +558,14 @@ pub fn s8() -> Scenario {
             },
         );
     }
-    Scenario {
-        id: "S8",
-        title: "16 calls multiplexed on one connection, 16 on their own connections",
-        calls: 2 * per_group,
-        seconds: 12.0,
-        rate: 8000,
-        audio: AudioPlan::RealSpeech,
-        speed: 2.0,
-        topology: t,
-    }
+    Scenario::speech(
+        "S8",
+        "16 calls multiplexed on one connection, 16 on their own connections",
+        2 * per_group,
+        12.0,
+        2.0,
+        t,
+    )
 }
 
 /// SCALE (BRIEF §7): `calls` concurrent calls in real time through a 3-hop chain of four
@@ -599,16 +610,14 @@ pub fn scale(calls: u32, seconds: f64) -> Scenario {
             t.link(from, to, env);
         }
     }
-    Scenario {
-        id: "SCALE",
-        title: "concurrent calls multiplexed through a 3-hop chain in real time",
+    Scenario::speech(
+        "SCALE",
+        "concurrent calls multiplexed through a 3-hop chain in real time",
         calls,
         seconds,
-        rate: 8000,
-        audio: AudioPlan::RealSpeech,
-        speed: 1.0,
-        topology: t,
-    }
+        1.0,
+        t,
+    )
 }
 
 /// Connections per stage of [`scale`].
