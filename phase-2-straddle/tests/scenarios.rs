@@ -15,12 +15,27 @@ fn run(sc: scenario::Scenario) -> TracedRun {
     eprintln!("{}\n{}", run.score, run.health);
     let misses = run.score.misses(&TEST_BAR);
     assert!(misses.is_empty(), "{}: {misses:?}", sc.id);
-    assert!(
-        run.health.contains(" drops=0 ") && run.health.contains(" unseen_calls=0"),
-        "{}",
-        run.health
-    );
+    assert!(run.health.contains(" drops=0 "), "{}", run.health);
+    // Our components move nothing before the tracer is attached. An external one may: stunnel
+    // reads its TLS peer's session tickets whenever they come, at attach time too.
+    let external = run.gt.components.iter().filter(|c| c.external).count() as u64;
+    let unseen = counter(&run.health, "unseen_calls");
+    assert!(unseen <= 2 * external, "{}", run.health);
     run
+}
+
+/// A counter's value in the health line.
+fn counter(health: &str, name: &str) -> u64 {
+    let key = format!(" {name}=");
+    let at = health
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {health}"));
+    health[at + key.len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -101,18 +116,7 @@ fn s5_a_real_broker_is_a_measured_component() {
 #[test]
 fn s6_tls_hops_are_measured_on_their_plaintext() {
     let r = run(scenario::s6());
-    let counter = |name: &str| -> u64 {
-        let key = format!(" {name}=");
-        let at = r
-            .health
-            .find(&key)
-            .unwrap_or_else(|| panic!("{name} in {}", r.health));
-        let digits: String = r.health[at + key.len()..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        digits.parse().unwrap()
-    };
+    let counter = |name: &str| counter(&r.health, name);
     // Both variants: our ends call SSL_write_ex/SSL_read_ex, stunnel SSL_write/SSL_read; more
     // SSL calls were scanned than ours alone made.
     let sc = scenario::s6();
@@ -171,11 +175,6 @@ fn s6_without_the_uprobes_the_encrypted_hops_are_not_matched() {
         r.health
     );
     // The encrypted flows show in the counters: application-data records outside SSL calls.
-    let at = r.health.find(" tls_unprobed=").unwrap() + " tls_unprobed=".len();
-    let unprobed: u64 = r.health[at..]
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let unprobed = counter(&r.health, "tls_unprobed");
     assert!(unprobed > 500, "{}", r.health);
 }
