@@ -184,10 +184,6 @@ mod tests {
         fn agent_time(&self, collector: f64) -> f64 {
             collector * (1.0 + self.drift) + self.offset_ns
         }
-
-        fn collector_time(&self, agent: f64) -> f64 {
-            (agent - self.offset_ns) / (1.0 + self.drift)
-        }
     }
 
     fn exchange(node: &Node, at: f64, rng: &mut StdRng) -> Exchange {
