@@ -11,6 +11,8 @@ packages=(
   clang llvm libbpf-dev linux-libc-dev bpftool
   # ss (unix socket peers) and nsenter, for the agent's link resolution
   iproute2 util-linux
+  # protoc: phase 3's agent/collector gRPC protocol is compiled in its build.rs
+  protobuf-compiler
   # real audio for scenarios and the window study (../shared/audio.md)
   asterisk-core-sounds-en-wav asterisk-moh-opsound-wav pocketsphinx-testdata
   # real external hops (S5 broker, S6 TLS proxy) and the system libssl.so.3 the harness's TLS
