@@ -90,8 +90,8 @@ impl TlsProbes {
 
     /// Looks again at targets waiting for a libssl, and detaches from processes that exited.
     pub fn refresh(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        let waiting: Vec<u32> = self.waiting.iter().copied().collect();
         self.waiting.retain(|&pid| alive(pid));
+        let waiting: Vec<u32> = self.waiting.iter().copied().collect();
         self.add(ebpf, &waiting)?;
         let gone: Vec<u32> = self
             .attached
