@@ -6,6 +6,7 @@
 use crate::clock::{ClockModel, Exchange as ClockExchange};
 use crate::proto::collector_server::{Collector, CollectorServer};
 use crate::proto::{Ack, Batch, Sighting, SyncReply, SyncRequest};
+use harness::truth::monotonic_ns;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -42,16 +43,6 @@ pub struct State {
 #[derive(Clone, Default)]
 pub struct Service {
     pub state: Arc<Mutex<State>>,
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 #[tonic::async_trait]

@@ -6,6 +6,7 @@
 
 use crate::proto::collector_client::CollectorClient;
 use crate::proto::{Batch, Exchange, Sighting, SyncRequest};
+use harness::truth::monotonic_ns;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -116,16 +117,6 @@ impl Drop for Uplink {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 type Client = CollectorClient<tonic::transport::Channel>;

@@ -2,6 +2,7 @@
 //! and duplicates nothing; a collector gone too long costs counted losses, never silent ones;
 //! a node clock offset by 50 ms and drifting 30 ppm is mapped back within its reported bound.
 
+use harness::truth::monotonic_ns;
 use phase_3_multi_node::collector::{serve, Service};
 use phase_3_multi_node::proto::Sighting;
 use phase_3_multi_node::uplink::{Skew, Uplink, UplinkConfig};
@@ -148,7 +149,7 @@ async fn a_skewed_node_clock_is_mapped_back_within_its_bound() {
     while start.elapsed() < Duration::from_secs(3) {
         // Stamped by the node's (skewed) clock as its eBPF programs would; the truth is the
         // collector's clock, which is this process's own monotonic clock.
-        uplink.push(sightings(b, 1, real_now()));
+        uplink.push(sightings(b, 1, monotonic_ns()));
         b += 1;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -175,14 +176,4 @@ async fn a_skewed_node_clock_is_mapped_back_within_its_bound() {
     );
     assert!(checked > 400, "{checked}");
     assert!(worst_bound < 200_000, "{worst_bound}");
-}
-
-fn real_now() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
