@@ -397,6 +397,10 @@ pub struct Score {
     pub records: usize,
     pub correct: usize,
     pub false_matches: usize,
+    /// Of the false matches, those whose signature is no call's audio: windows of other bytes
+    /// (ciphertext read where TLS is not probed, unrecognised headers) that the tracer matched
+    /// along a real hop. False matches of audio are `false_matches - false_not_audio`.
+    pub false_not_audio: usize,
     /// The same moment reported twice on the same hop.
     pub duplicates: usize,
     /// Windows anchored in framing bytes (envelope headers), seen at the same position on both
@@ -629,6 +633,7 @@ pub fn score_indexed(
     let mut hop_errors: Vec<Vec<u64>> = vec![Vec::new(); hops.len()];
     let mut offsets: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
     let (mut false_matches, mut duplicates, mut framing) = (0, 0, 0);
+    let mut false_not_audio = 0;
     let mut false_examples = Vec::new();
     for r in records {
         if external_pids.contains(&r.from.pid) || external_pids.contains(&r.to.pid) {
@@ -772,6 +777,7 @@ pub fn score_indexed(
             }
             None => {
                 false_matches += 1;
+                false_not_audio += usize::from(!by_sig.contains_key(&r.signature));
                 let why = if !hop_of.contains_key(&key) {
                     "no such hop"
                 } else if positioned {
@@ -924,10 +930,13 @@ pub fn score_indexed(
             None if is_framing(r) => framing += 1,
             None => {
                 false_matches += 1;
+                false_not_audio += usize::from(!by_sig.contains_key(&r.signature));
                 let why = if !cands.is_empty() {
                     "the external fd is another link's"
                 } else if !hop_of.contains_key(&(r.from.pid, r.from.dir, r.to.pid, r.to.dir)) {
                     "no such hop"
+                } else if !by_sig.contains_key(&r.signature) {
+                    "a signature of no call's audio"
                 } else {
                     "that moment is not carried there"
                 };
@@ -1066,6 +1075,7 @@ pub fn score_indexed(
         records: records.len(),
         correct,
         false_matches,
+        false_not_audio,
         duplicates,
         framing,
         false_examples,
@@ -1118,8 +1128,13 @@ impl fmt::Display for Score {
         )?;
         writeln!(
             f,
-            "  records             {} ({} correct, {} false, {} duplicate, {} framing)",
-            self.records, self.correct, self.false_matches, self.duplicates, self.framing
+            "  records             {} ({} correct, {} false ({} not audio), {} duplicate, {} framing)",
+            self.records,
+            self.correct,
+            self.false_matches,
+            self.false_not_audio,
+            self.duplicates,
+            self.framing
         )?;
         for e in &self.false_examples {
             writeln!(f, "    false: {e}")?;
