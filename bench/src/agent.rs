@@ -8,10 +8,9 @@
 //! 2 KiB call of speech).
 
 use anyhow::Result;
-use phase_1_poc::window::Window;
-use phase_1_poc::Matching;
+use phase_1_poc::Matched;
 use phase_2_straddle::event::{Phase2Call, Phase2Moment};
-use phase_2_straddle::matcher::{Matcher, Seen};
+use phase_2_straddle::matcher::Matcher;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 
@@ -21,7 +20,7 @@ const PER_CALL: usize = 3;
 const POINTS: usize = 6;
 /// Moments per non-silent second of a call (docs/fingerprint.md: 20–24).
 const MOMENTS_PER_SECOND: usize = 24;
-const WINDOW_NS: u64 = 1_000_000_000;
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A process holding pipe ends as its stdin and stdout, for as long as the bench runs.
 fn holder(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<Child> {
@@ -118,23 +117,16 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
 }
 
 /// Decodes, admits and closes every record; returns the events handled and the hop records.
-fn run_agent(
-    records: &[Vec<u8>],
-    matcher: &mut Matcher,
-    window: &mut Window<Seen>,
-) -> (usize, usize) {
+fn run_agent(records: &[Vec<u8>], matching: &mut Matched<Matcher>) -> (usize, usize) {
     let mut events = 0;
-    let mut hops = Vec::new();
     for r in records {
         for e in Phase2Call::parse(r).into_iter().flatten() {
-            let (sig, t, seen) = matcher.admit(e);
-            window.push(sig, t, seen);
+            matching.push(e);
             events += 1;
         }
     }
-    for g in window.take_due(None) {
-        matcher.close(g, &mut hops);
-    }
+    let mut hops = Vec::new();
+    matching.close_due(None, &mut hops);
     (events, hops.len())
 }
 
@@ -159,14 +151,13 @@ pub fn run() -> Result<()> {
                 .collect()
         })
         .collect();
-    let mut matcher = Matcher::default();
+    let mut matching = Matched::<Matcher>::new(WINDOW);
     let mut rates = Vec::new();
     let mut produced = 0;
     for round in 0..3 {
         for batch in &batches {
-            let mut window = Window::new(WINDOW_NS);
             let t = std::time::Instant::now();
-            let (events, hops) = run_agent(batch, &mut matcher, &mut window);
+            let (events, hops) = run_agent(batch, &mut matching);
             rates.push(events as f64 / t.elapsed().as_secs_f64());
             if round == 0 {
                 produced += hops;
@@ -189,12 +180,10 @@ pub fn run() -> Result<()> {
     let second: Vec<Vec<u8>> = (0..1000)
         .flat_map(|c| chain.records(10_000 + c, MOMENTS_PER_SECOND, 5_000_000_000))
         .collect();
-    let mut window = Window::new(WINDOW_NS);
     let mut open = 0;
     for r in &second {
         for e in Phase2Call::parse(r).into_iter().flatten() {
-            let (sig, t, seen) = matcher.admit(e);
-            window.push(sig, t, seen);
+            matching.push(e);
             open += 1;
         }
     }
@@ -204,6 +193,6 @@ pub fn run() -> Result<()> {
         held / 1024,
         before / 1024
     );
-    drop(window);
+    drop(matching);
     Ok(())
 }

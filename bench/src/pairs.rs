@@ -125,7 +125,7 @@ struct Bench {
 }
 
 impl Bench {
-    /// One batch of every size and content in `mode`, after `before` (which sets the mode).
+    /// One batch of every size and content, counted as `mode`; `drain` runs after each.
     fn sweep(&mut self, phase: &'static str, mode: Mode, mut drain: impl FnMut()) {
         for size in SIZES {
             for (content, bytes) in &self.contents {

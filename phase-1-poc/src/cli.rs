@@ -105,8 +105,7 @@ pub fn pids_with_comm_prefix(prefix: &str) -> Result<Vec<u32>> {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
-        {
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)) {
             pids.push(pid);
         }
     }

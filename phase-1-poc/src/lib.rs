@@ -89,11 +89,37 @@ pub trait Matching: Send + Default {
     fn health(&self) -> String;
 }
 
+/// A matcher behind the shared window: events in, hop records out once their window closes.
+pub struct Matched<M: Matching> {
+    pub matcher: M,
+    window: Window<M::Seen>,
+}
+
+impl<M: Matching> Matched<M> {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            matcher: M::default(),
+            window: Window::new(window.as_nanos() as u64),
+        }
+    }
+
+    pub fn push(&mut self, e: M::Event) {
+        let (signature, t_ns, seen) = self.matcher.admit(e);
+        self.window.push(signature, t_ns, seen);
+    }
+
+    /// Closes the groups due at `now_ns` (every open group with `None`) into `out`.
+    pub fn close_due(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) {
+        for group in self.window.take_due(now_ns) {
+            self.matcher.close(group, out);
+        }
+    }
+}
+
 /// A phase's tracing: its kernel side feeding its matcher through the shared window.
 pub struct PhaseTracing<K, M: Matching> {
     pub kernel: K,
-    pub matcher: M,
-    window: Window<M::Seen>,
+    pub matching: Matched<M>,
 }
 
 impl<K: Kernel, M: Matching<Event = K::Event>> PhaseTracing<K, M> {
@@ -102,29 +128,26 @@ impl<K: Kernel, M: Matching<Event = K::Event>> PhaseTracing<K, M> {
         comm_prefix: Option<&str>,
         window: Duration,
     ) -> Result<Self> {
-        Ok(Self::new(K::start(cfg, comm_prefix, ScanMode::Scan)?, window))
+        Ok(Self::new(
+            K::start(cfg, comm_prefix, ScanMode::Scan)?,
+            window,
+        ))
     }
 
     /// Around a kernel side started some other way.
     pub fn new(kernel: K, window: Duration) -> Self {
         Self {
             kernel,
-            matcher: M::default(),
-            window: Window::new(window.as_nanos() as u64),
+            matching: Matched::new(window),
         }
     }
 }
 
 impl<K: Kernel, M: Matching<Event = K::Event>> Tracing for PhaseTracing<K, M> {
     fn drain_and_match(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) -> Result<u64> {
-        let (matcher, window) = (&mut self.matcher, &mut self.window);
-        let n = self.kernel.drain(&mut |e| {
-            let (signature, t_ns, seen) = matcher.admit(e);
-            window.push(signature, t_ns, seen);
-        }) as u64;
-        for group in self.window.take_due(now_ns) {
-            self.matcher.close(group, out);
-        }
+        let matching = &mut self.matching;
+        let n = self.kernel.drain(&mut |e| matching.push(e)) as u64;
+        self.matching.close_due(now_ns, out);
         Ok(n)
     }
 
@@ -140,7 +163,7 @@ impl<K: Kernel, M: Matching<Event = K::Event>> Tracing for PhaseTracing<K, M> {
         Ok(format!(
             "kernel: {} | agent: {}",
             self.kernel.health()?,
-            self.matcher.health()
+            self.matching.matcher.health()
         ))
     }
 }

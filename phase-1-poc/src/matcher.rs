@@ -58,40 +58,8 @@ impl crate::Matching for Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::Window;
-    use crate::Matching;
-
-    /// The matcher behind the shared window, as `PhaseTracing` drives it.
-    struct Windowed {
-        w: Window<Phase1Event>,
-        m: Matcher,
-    }
-
-    impl Windowed {
-        fn new(window_ns: u64) -> Self {
-            Self {
-                w: Window::new(window_ns),
-                m: Matcher::default(),
-            }
-        }
-
-        fn push(&mut self, e: Phase1Event) {
-            let (sig, t, seen) = self.m.admit(e);
-            self.w.push(sig, t, seen);
-        }
-
-        fn flush(&mut self, now_ns: u64, out: &mut Vec<HopRecord>) {
-            for g in self.w.take_due(Some(now_ns)) {
-                self.m.close(g, out);
-            }
-        }
-
-        fn finish(&mut self, out: &mut Vec<HopRecord>) {
-            for g in self.w.take_due(None) {
-                self.m.close(g, out);
-            }
-        }
-    }
+    use crate::Matched;
+    use std::time::Duration;
 
     fn ev(signature: u64, tgid: u32, t_ns: u64) -> Phase1Event {
         Phase1Event {
@@ -108,37 +76,37 @@ mod tests {
 
     #[test]
     fn chains_writers_in_time_order() {
-        let mut m = Windowed::new(1_000);
+        let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000));
         for e in [ev(7, 2, 150), ev(7, 1, 100), ev(7, 3, 400), ev(8, 1, 120)] {
             m.push(e);
         }
         let mut out = Vec::new();
         // Due a window after the signature's first arrival (t = 150; arrivals are not in time
         // order across CPUs).
-        m.flush(1_149, &mut out);
+        m.close_due(Some(1_149), &mut out);
         assert!(
             out.is_empty(),
             "nothing is due before the window has passed"
         );
-        m.flush(1_150, &mut out);
+        m.close_due(Some(1_150), &mut out);
         let hops: Vec<(u32, u32, i64)> = out
             .iter()
             .map(|h| (h.from.pid, h.to.pid, h.latency_ns))
             .collect();
         assert_eq!(hops, vec![(1, 2, 50), (2, 3, 250)]);
-        m.finish(&mut out);
-        assert_eq!(m.m.unmatched, 1);
+        m.close_due(None, &mut out);
+        assert_eq!(m.matcher.unmatched, 1);
     }
 
     #[test]
     fn refuses_a_signature_repeated_by_one_writer() {
-        let mut m = Windowed::new(1_000);
+        let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000));
         for e in [ev(7, 1, 100), ev(7, 2, 150), ev(7, 1, 600)] {
             m.push(e);
         }
         let mut out = Vec::new();
-        m.finish(&mut out);
+        m.close_due(None, &mut out);
         assert!(out.is_empty());
-        assert_eq!(m.m.refused, 1);
+        assert_eq!(m.matcher.refused, 1);
     }
 }

@@ -166,9 +166,9 @@ impl phase_1_poc::Matching for Matcher {
 mod tests {
     use super::*;
     use crate::event::Phase2Call;
-    use phase_1_poc::window::Window;
-    use phase_1_poc::Matching;
+    use phase_1_poc::Matched;
     use std::os::fd::AsRawFd;
+    use std::time::Duration;
 
     /// A sighting by process `tgid` (0: this one) on `fd`; links resolve through /proc, so the
     /// process and its fd must be real.
@@ -192,40 +192,14 @@ mod tests {
         }
     }
 
-    /// The matcher behind the shared window, as `PhaseTracing` drives it.
-    struct Windowed {
-        w: Window<Seen>,
-        m: Matcher,
-    }
-
-    impl Windowed {
-        fn new(window_ns: u64) -> Self {
-            Self {
-                w: Window::new(window_ns),
-                m: Matcher::default(),
-            }
-        }
-
-        fn push(&mut self, e: Phase2Event) {
-            let (sig, t, seen) = self.m.admit(e);
-            self.w.push(sig, t, seen);
-        }
-
-        fn close_due(&mut self, now_ns: Option<u64>, out: &mut Vec<HopRecord>) {
-            for g in self.w.take_due(now_ns) {
-                self.m.close(g, out);
-            }
-        }
-    }
-
     fn run(events: Vec<Phase2Event>) -> (Vec<HopRecord>, MatchCounters) {
-        let mut m = Windowed::new(1_000_000);
+        let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000_000));
         for e in events {
             m.push(e);
         }
         let mut out = Vec::new();
         m.close_due(None, &mut out);
-        (out, m.m.counters)
+        (out, m.matcher.counters)
     }
 
     /// A real process holding `fd` as its stdin or stdout, for as long as the test needs.
@@ -302,7 +276,7 @@ mod tests {
             ev(2, fd(1, false), false, 11, 0),
             ev(2, fd(3, true), true, 21, 0),
         ]);
-        let mut m = Windowed::new(1_000);
+        let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000));
         for e in events {
             m.push(e);
         }
