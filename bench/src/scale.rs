@@ -14,6 +14,7 @@
 use anyhow::{bail, Result};
 use harness::scenario;
 use harness::truth::Dir;
+use phase_1_poc::counters::in_health;
 use shared::FingerprintConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,13 +121,6 @@ fn monitor(before: HashSet<u32>, stop: Arc<AtomicBool>) -> Seen {
     seen
 }
 
-/// The first `key=N` in a health line.
-fn counter(health: &str, key: &str) -> Option<u64> {
-    health
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-}
-
 fn cpu_self_s() -> f64 {
     // SAFETY: an all-zero rusage is valid; getrusage only writes into it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -228,9 +222,9 @@ pub fn run(calls: u32, seconds: f64, untraced: bool) -> Result<()> {
         .and_then(|c| c.ios.iter().map(|io| io.t_ns).max());
 
     let (emitted, drops, events) = (
-        counter(&health, "moments"),
-        counter(&health, "drops"),
-        counter(&health, "events"),
+        in_health(&health, "moments"),
+        in_health(&health, "drops"),
+        in_health(&health, "events"),
     );
     let show = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
     let mut per_comp: BTreeMap<String, f64> = BTreeMap::new();
@@ -273,7 +267,7 @@ pub fn run(calls: u32, seconds: f64, untraced: bool) -> Result<()> {
         "read_errors",
         "iov_truncated",
     ] {
-        if let Some(v) = counter(&health, key) {
+        if let Some(v) = in_health(&health, key) {
             println!("| kernel {key} | {v} |");
         }
     }

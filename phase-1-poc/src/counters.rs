@@ -48,6 +48,13 @@ pub fn c_enum_names(header: &str, enum_name: &str, prefix: &str) -> Vec<String> 
         .collect()
 }
 
+/// The first `name=N` in a health line (the rendering of [`Counters`] and the agent's own).
+pub fn in_health(health: &str, name: &str) -> Option<u64> {
+    health
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let parts: Vec<String> = self.pairs().map(|(n, v)| format!("{n}={v}")).collect();
@@ -57,6 +64,15 @@ impl fmt::Display for Counters {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_counter_is_read_back_by_its_whole_name() {
+        let health = "kernel: calls=7 tls_calls=3 | agent: unmatched=0 events=9";
+        assert_eq!(super::in_health(health, "calls"), Some(7));
+        assert_eq!(super::in_health(health, "tls_calls"), Some(3));
+        assert_eq!(super::in_health(health, "events"), Some(9));
+        assert_eq!(super::in_health(health, "drops"), None);
+    }
+
     #[test]
     fn names_follow_the_c_enum() {
         let header = include_str!("../../shared/bpf/fingerprint.bpf.h");

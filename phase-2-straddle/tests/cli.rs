@@ -83,12 +83,7 @@ fn live_agent_probes_openssl_in_targets_started_after_it() {
     std::fs::remove_dir_all(&dir).ok();
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> u64 {
-        let at = text
-            .find(&format!(" {name}="))
-            .unwrap_or_else(|| panic!("{text}"))
-            + name.len()
-            + 2;
-        text[at..].split(' ').next().unwrap().parse().unwrap()
+        phase_1_poc::counters::in_health(&text, name).unwrap_or_else(|| panic!("{text}"))
     };
     // Every component of S6 runs this binary, which links libssl.so.3.
     let ours = gt.components.iter().filter(|c| !c.external).count() as u64;

@@ -3,6 +3,7 @@
 
 use harness::scenario;
 use harness::score::TEST_BAR;
+use phase_1_poc::counters::in_health;
 use phase_1_poc::TracedRun;
 use phase_2_straddle::{trace_scenario_phase2, trace_scenario_phase2_with};
 use shared::FingerprintConfig;
@@ -26,16 +27,7 @@ fn run(sc: scenario::Scenario) -> TracedRun {
 
 /// A counter's value in the health line.
 fn counter(health: &str, name: &str) -> u64 {
-    let key = format!(" {name}=");
-    let at = health
-        .find(&key)
-        .unwrap_or_else(|| panic!("{name} in {health}"));
-    health[at + key.len()..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap()
+    in_health(health, name).unwrap_or_else(|| panic!("{name} in {health}"))
 }
 
 #[test]
