@@ -47,8 +47,8 @@ enum phase2_counter {
 	P2_C_TLS_UNPROBED,   /* syscalls outside any SSL call whose bytes begin with a TLS
 	                      * application-data record: one per record on an encrypted link this
 	                      * tracer reads as ciphertext (TLS library not probed: static, Go,
-	                      * JDK, rustls); a TLS 1.3 session ticket sent right after a probed
-	                      * handshake counts one too */
+	                      * JDK, rustls); the TLS 1.3 session tickets sent right after a
+	                      * probed handshake count too */
 	P2_C_NR,
 };
 

@@ -133,9 +133,14 @@ fn s6_tls_hops_are_measured_on_their_plaintext() {
         r.health
     );
     assert!(counter("ciphertext_skipped") > 0, "{}", r.health);
-    // Outside SSL_read/SSL_write, TLS 1.3 sends only session tickets (type 23 on the wire too):
-    // at most one per connection, where an unprobed link shows one per record.
-    assert!(counter("tls_unprobed") <= 4, "{}", r.health);
+    // Outside SSL_read/SSL_write, TLS 1.3 moves only session tickets (type 23 on the wire too;
+    // OpenSSL's servers send two), right after the handshake: a few per connection, where an
+    // unprobed link shows one per record.
+    assert!(
+        counter("tls_unprobed") <= counter("tls_sockets"),
+        "{}",
+        r.health
+    );
     assert_eq!(counter("tls_unattributed"), 0, "{}", r.health);
 }
 
