@@ -57,8 +57,10 @@ struct {
 	__type(value, struct flow_state);
 } flow_init SEC(".maps");
 
-/* CALL_CIPHER: a syscall on a TLS socket; its plaintext is scanned at the library instead. */
-enum call_kind { CALL_BUF, CALL_IOV, CALL_MSG, CALL_CIPHER };
+enum call_kind { CALL_BUF, CALL_IOV, CALL_MSG };
+
+/* A syscall on a TLS socket moves ciphertext: never scanned (its plaintext is, at the library). */
+enum cipher { CIPHER_NONE, CIPHER_IN_SSL_CALL, CIPHER_OUTSIDE_SSL_CALL };
 
 struct pending {
 	__u64 t_enter;
@@ -67,7 +69,9 @@ struct pending {
 	__s32 fd;
 	__u32 dir;
 	__u32 kind;
-	__u32 tls;
+	__u32 tls;   /* 1: the plaintext an SSL call moved */
+	__u32 cipher;
+	__u32 pad;
 };
 
 struct {
@@ -254,9 +258,9 @@ static __always_inline int enter(__s32 fd, __u64 ptr, __u64 count, __u32 dir, __
 			tls->fd = fd;
 			mark_tls_socket(tgid, fd);
 		}
-		p.kind = CALL_CIPHER;
+		p.cipher = CIPHER_IN_SSL_CALL;
 	} else if (bpf_map_lookup_elem(&tls_sockets, &sk)) {
-		p.kind = CALL_CIPHER;
+		p.cipher = CIPHER_OUTSIDE_SSL_CALL;
 	}
 	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
 	return 0;
@@ -295,15 +299,21 @@ static __always_inline __u64 scan_iov(const void *iov, __u64 iovcnt, __u64 total
 	return c.left;
 }
 
-/* TLS application data (content type 23, version 3.3) where no SSL call was seen. */
-static __always_inline void check_unprobed_tls(const struct pending *call, __u64 total)
+#define TLS_HANDSHAKE 22
+#define TLS_APPLICATION_DATA 23
+
+/* The content type of the TLS record a syscall's bytes begin with, or 0 if they do not look
+ * like one: version 3.1-3.4, length at most 2^14 + 2048. OpenSSL reads a record's 5-byte
+ * header on its own, so 5 bytes are all there is to go by. */
+static __always_inline __u8 tls_record_type(const struct pending *call, __u64 total)
 {
-	__u8 h[3];
-	if (call->kind != CALL_BUF || call->tls || total < sizeof(h))
-		return;
-	if (bpf_probe_read_user(h, sizeof(h), (const void *)call->ptr) == 0 && h[0] == 0x17 &&
-	    h[1] == 0x03 && h[2] == 0x03)
-		p2_count(P2_C_TLS_UNPROBED);
+	__u8 h[5];
+	if (call->kind != CALL_BUF || call->tls || total < sizeof(h) ||
+	    bpf_probe_read_user(h, sizeof(h), (const void *)call->ptr))
+		return 0;
+	if (h[1] != 3 || h[2] < 1 || h[2] > 4 || h[3] > 0x48)
+		return 0;
+	return h[0];
 }
 
 /* Scans the `ret` bytes a call moved on its flow and sends the moments found. A global
@@ -322,6 +332,18 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 
 	struct flow_key key = { .tgid = id >> 32, .fd = call.fd, .dir = call.dir };
 	struct flow_state *f = bpf_map_lookup_elem(&flows, &key);
+	__u8 record = tls_record_type(&call, ret);
+	if (record == TLS_APPLICATION_DATA)
+		p2_count(P2_C_TLS_UNPROBED);
+	if (!f && record == TLS_HANDSHAKE) {
+		/* A flow that opens with a handshake is TLS from its first byte: not one byte of it
+		 * is scanned, so a handshake cannot pass for a moment before an SSL call names the
+		 * socket (or when no SSL call ever will). */
+		mark_tls_socket(key.tgid, call.fd);
+		p2_count(P2_C_TLS_HANDSHAKES);
+		p2_count(P2_C_CIPHERTEXT_SKIPPED);
+		return 0;
+	}
 	if (!f) {
 		/* A 280-byte value: built in a per-CPU map, not on the 512-byte stack. */
 		__u32 zero = 0;
@@ -344,7 +366,6 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 	found->h.n = 0;
 	found->h.tls = call.tls;
 	fp_count(FP_C_CALLS, 1);
-	check_unprobed_tls(&call, ret);
 	__u64 total = ret;
 	if (total > PHASE2_MAX_BYTES) {
 		fp_count(FP_C_TRUNCATED, total - PHASE2_MAX_BYTES);
@@ -423,8 +444,11 @@ static __always_inline int leave(long ret)
 	bpf_map_delete_elem(&pending, &id);
 	if (ret <= 0)
 		return 0;
-	if (call.kind == CALL_CIPHER) {
+	if (call.cipher) {
 		p2_count(P2_C_CIPHERTEXT_SKIPPED);
+		if (call.cipher == CIPHER_OUTSIDE_SSL_CALL &&
+		    tls_record_type(&call, ret) == TLS_APPLICATION_DATA)
+			p2_count(P2_C_TLS_UNPROBED);
 		return 0;
 	}
 	return scan_call(id, &call, ret);

@@ -42,12 +42,14 @@ enum phase2_counter {
 	                      * counted, so the flow's positions start late */
 	P2_C_TLS_CALLS,      /* SSL_read/SSL_write(_ex) calls whose plaintext was scanned */
 	P2_C_TLS_SOCKETS,    /* sockets found to carry TLS (their ciphertext is not scanned) */
+	P2_C_TLS_HANDSHAKES, /* flows that opened with a TLS handshake record: how the first of
+	                      * those sockets were found, probed or not */
 	P2_C_CIPHERTEXT_SKIPPED, /* syscalls on TLS sockets, not scanned: their plaintext is */
 	P2_C_TLS_UNATTRIBUTED,   /* SSL calls made before their socket was seen: not scanned */
 	P2_C_TLS_UNPROBED,   /* syscalls outside any SSL call whose bytes begin with a TLS
-	                      * application-data record: one per record on an encrypted link this
-	                      * tracer reads as ciphertext (TLS library not probed: static, Go,
-	                      * JDK, rustls); the TLS 1.3 session tickets sent right after a
+	                      * application-data record: one per record on an encrypted link whose
+	                      * plaintext this tracer does not see (TLS library not probed: static,
+	                      * Go, JDK, rustls); the TLS 1.3 session tickets sent right after a
 	                      * probed handshake count too */
 	P2_C_NR,
 };

@@ -81,7 +81,7 @@ impl Phase2Call {
 }
 
 /// `enum phase2_counter`.
-pub const PHASE2_COUNTERS: [&str; 11] = [
+pub const PHASE2_COUNTERS: [&str; 12] = [
     "flows_created",
     "flows_closed",
     "peeks_skipped",
@@ -90,6 +90,7 @@ pub const PHASE2_COUNTERS: [&str; 11] = [
     "unseen_calls",
     "tls_calls",
     "tls_sockets",
+    "tls_handshakes",
     "ciphertext_skipped",
     "tls_unattributed",
     "tls_unprobed",

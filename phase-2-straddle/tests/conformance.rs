@@ -23,8 +23,8 @@ fn io(fd: i32, buf: *mut u8, len: usize, write: bool, call: Call, rng: &mut StdR
     syscall_io(fd, buf, len, write, call, &cuts)
 }
 
-/// (flow offset range, time): the truth of one call.
-type Calls = Vec<(u64, u64, u64)>;
+/// The truth of one call: its flow offset range, the caller's clock before and after it.
+type Calls = Vec<(u64, u64, u64, u64)>;
 
 /// Streams `bytes` from one fd to the other with random sizes and calls, traced.
 fn stream(
@@ -48,10 +48,11 @@ fn stream(
         while got < total {
             let n = rng.gen_range(1..=buf.len().min(total - got).max(1));
             let call = reader_calls[rng.gen_range(0..reader_calls.len())];
+            let before = monotonic_ns();
             let k = io(r, buf.as_mut_ptr(), n, false, call, &mut rng);
-            let t = monotonic_ns();
+            let after = monotonic_ns();
             assert!(k > 0, "read returned {k}");
-            truth.push((got as u64, got as u64 + k as u64, t));
+            truth.push((got as u64, got as u64 + k as u64, before, after));
             got += k as usize;
         }
         truth
@@ -67,10 +68,11 @@ fn stream(
         }
         .min(total - sent);
         let call = calls[rng.gen_range(0..calls.len())];
-        let t = monotonic_ns();
+        let before = monotonic_ns();
         let k = io(w, data[sent..].as_mut_ptr(), n, true, call, &mut rng);
+        let after = monotonic_ns();
         assert!(k > 0, "write returned {k}");
-        wtruth.push((sent as u64, sent as u64 + k as u64, t));
+        wtruth.push((sent as u64, sent as u64 + k as u64, before, after));
         sent += k as usize;
     }
     let rtruth = reader.join().unwrap();
@@ -106,32 +108,30 @@ fn stream(
             got.len(),
             want.len()
         );
-        // Each moment's stamp against the call that carried its anchor byte: writes are stamped
-        // after the caller's clock, reads before it.
-        let mut lag: Vec<i64> = mine
-            .iter()
-            .map(|e| {
-                let &(_, _, t) = truth
-                    .iter()
-                    .find(|(a, b, _)| *a < e.end && e.end <= *b)
-                    .expect("a call carries the anchor");
-                if what == "write" {
-                    e.call.t_ns as i64 - t as i64
-                } else {
-                    t as i64 - e.call.t_ns as i64
-                }
-            })
-            .collect();
+        // Each moment is stamped inside the call that carried its anchor byte, between the
+        // caller's clocks around it (how close to each end is BENCHMARKS.md's business).
+        let mut lag: Vec<u64> = Vec::new();
+        for e in &mine {
+            let &(_, _, before, after) = truth
+                .iter()
+                .find(|(a, b, _, _)| *a < e.end && e.end <= *b)
+                .expect("a call carries the anchor");
+            assert!(
+                (before..=after).contains(&e.call.t_ns),
+                "{what}: stamp {} outside its call [{before}, {after}]",
+                e.call.t_ns
+            );
+            lag.push(if what == "write" {
+                e.call.t_ns - before
+            } else {
+                after - e.call.t_ns
+            });
+        }
         lag.sort_unstable();
-        let (p50, p99) = (lag[lag.len() / 2], lag[lag.len() * 99 / 100]);
-        eprintln!("{what} stamps vs the caller's clock: p50 {p50} ns, p99 {p99} ns");
-        assert!(
-            lag[0] >= 0,
-            "{what}: a stamp on the wrong side of the caller's clock: {} ns",
-            lag[0]
+        eprintln!(
+            "{what} stamps after the call's start (writes) / before its end (reads): p50 {} ns",
+            lag[lag.len() / 2]
         );
-        // The tail is scheduling (these tests share two cores); scenarios score accuracy alone.
-        assert!(p50 < 3_000, "{what}: p50 {p50} ns");
     }
 }
 
@@ -285,8 +285,9 @@ fn calls_over_64_kib_are_counted_as_truncated() {
 }
 
 /// TLS: the plaintext OpenSSL moves (SSL_write_ex / SSL_read_ex, random sizes) yields the
-/// reference's moments at plaintext positions counted from 0, though the handshake before it
-/// was traced on the same socket; the ciphertext on the socket yields none.
+/// reference's moments at plaintext positions counted from 0; the handshake that opens each end
+/// of the socket and the ciphertext after it yield none (the handshake's bytes once did, in
+/// about 3 % of runs, and matched across the socket as a false hop).
 #[test]
 fn tls_plaintext_at_openssl_equals_the_reference() {
     use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
@@ -361,9 +362,14 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
             .iter()
             .filter(|e| e.call.fd == fd && e.call.dir == dir && e.call.tgid == std::process::id())
             .collect();
+        let plain: Vec<_> = mine
+            .iter()
+            .filter(|e| e.call.tls != 1)
+            .map(|e| (e.end, e.signature))
+            .collect();
         assert!(
-            mine.iter().all(|e| e.call.tls == 1),
-            "{what}: ciphertext scanned"
+            plain.is_empty(),
+            "{what}: moments outside the plaintext: {plain:?}"
         );
         let mut got: Vec<(u64, u64)> = mine.iter().map(|e| (e.end, e.signature)).collect();
         got.sort_unstable();
@@ -376,5 +382,6 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
     }
     let (_, path) = tracer.counters().unwrap();
     assert_eq!(path.get("tls_sockets"), 2, "{path}");
+    assert_eq!(path.get("tls_handshakes"), 2, "{path}");
     assert!(path.get("ciphertext_skipped") > 0, "{path}");
 }
