@@ -19,6 +19,8 @@ packages=(
   # ends link to (the openssl crate builds against libssl-dev with pkg-config): the tracer
   # uprobes SSL_write/SSL_read there
   nats-server stunnel4 libssl-dev pkg-config
+  # phase 3's metrics test has a real Prometheus server scrape the collector
+  prometheus
 )
 missing=()
 for p in "${packages[@]}"; do

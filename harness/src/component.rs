@@ -23,7 +23,7 @@ use openssl::ssl::{
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -47,12 +47,13 @@ const NATS_END: &str = "audio.end";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Transport {
     Fifo(PathBuf),
-    /// The reader binds an ephemeral port on loopback (v4 or v6) and writes it to `port_file`
-    /// (the runner does, when the reader is an external component). With `tls`, the reader
+    /// The reader binds an ephemeral port on `ip` (loopback, or its node's address when the
+    /// writer is on another node) and writes it to `port_file` (the runner does, when the
+    /// reader is an external component); the writer connects there. With `tls`, the reader
     /// serves TLS with that PEM file (key and self-signed certificate) and the writer accepts
     /// any certificate: a test link, encrypted for real.
     Tcp {
-        v6: bool,
+        ip: IpAddr,
         port_file: PathBuf,
         tls: Option<PathBuf>,
     },
@@ -476,6 +477,7 @@ impl Recorder {
             comm: comm.chars().take(15).collect(),
             ios: Vec::new(),
             external: false,
+            node: None,
         };
         Ok(Arc::new(Self {
             log: Mutex::new(log),
@@ -915,9 +917,10 @@ enum Listening {
 fn listen(t: &Transport) -> Result<Listening> {
     Ok(match t {
         Transport::Fifo(p) => Listening::Fifo(p.clone()),
-        Transport::Tcp { v6, port_file, tls } => {
+        Transport::Tcp { ip, port_file, tls } => {
             let acceptor = tls.as_deref().map(tls_acceptor).transpose()?;
-            let l = std::net::TcpListener::bind(if *v6 { "[::1]:0" } else { "127.0.0.1:0" })?;
+            let l = std::net::TcpListener::bind((*ip, 0))
+                .with_context(|| format!("listening on {ip}"))?;
             std::fs::write(port_file, l.local_addr()?.port().to_string())?;
             Listening::Tcp(l, acceptor)
         }
@@ -926,7 +929,7 @@ fn listen(t: &Transport) -> Result<Listening> {
                 .with_context(|| format!("binding {}", p.display()))?,
         ),
         Transport::Nats { port_file } => {
-            let mut s = retry(|| tcp_connect(false, port_file))?;
+            let mut s = retry(|| tcp_connect(Ipv4Addr::LOCALHOST.into(), port_file))?;
             nats_hello(&mut s, true)?;
             Listening::Subscribed(Conn::Plain(s.into()))
         }
@@ -962,17 +965,12 @@ fn retry<T>(mut attempt: impl FnMut() -> std::io::Result<T>) -> std::io::Result<
     }
 }
 
-/// Connects to the loopback port named in `port_file` (which may not exist yet).
-fn tcp_connect(v6: bool, port_file: &Path) -> std::io::Result<TcpStream> {
+/// Connects to the port on `ip` named in `port_file` (which may not exist yet).
+fn tcp_connect(ip: IpAddr, port_file: &Path) -> std::io::Result<TcpStream> {
     let port = std::fs::read_to_string(port_file)?
         .trim()
         .parse::<u16>()
         .map_err(std::io::Error::other)?;
-    let ip: std::net::IpAddr = if v6 {
-        std::net::Ipv6Addr::LOCALHOST.into()
-    } else {
-        std::net::Ipv4Addr::LOCALHOST.into()
-    };
     let s = TcpStream::connect(SocketAddr::new(ip, port))?;
     s.set_nodelay(true)?;
     Ok(s)
@@ -981,8 +979,8 @@ fn tcp_connect(v6: bool, port_file: &Path) -> std::io::Result<TcpStream> {
 fn connect(t: &Transport) -> Result<Conn> {
     Ok(match t {
         Transport::Fifo(p) => Conn::Plain(std::fs::OpenOptions::new().write(true).open(p)?.into()),
-        Transport::Tcp { v6, port_file, tls } => {
-            let s = retry(|| tcp_connect(*v6, port_file))?;
+        Transport::Tcp { ip, port_file, tls } => {
+            let s = retry(|| tcp_connect(*ip, port_file))?;
             match tls {
                 None => Conn::Plain(s.into()),
                 Some(_) => Conn::Tls(tls_connect(s)?),
@@ -992,7 +990,7 @@ fn connect(t: &Transport) -> Result<Conn> {
             Conn::Plain(retry(|| std::os::unix::net::UnixStream::connect(p))?.into())
         }
         Transport::Nats { port_file } => {
-            let mut s = retry(|| tcp_connect(false, port_file))?;
+            let mut s = retry(|| tcp_connect(Ipv4Addr::LOCALHOST.into(), port_file))?;
             nats_hello(&mut s, false)?;
             Conn::Plain(s.into())
         }

@@ -2,16 +2,21 @@
 //! processes joined by real links, lets a tracer attach, starts the audio and collects the
 //! ground truth.
 //!
+//! Components placed on nodes run inside them ([`crate::nodes`], created for the run); a TCP
+//! link between two nodes listens on the reader's node address, any other link is local.
+//!
 //! External components (a real nats-server, stunnel4) start after ours: the runner picks the
 //! ports they listen on up front, waits until our components listen where they connect, writes
 //! their configuration, and stops them once our components are done.
 
 use crate::audio::{self, Audio};
 use crate::component::{self, End, Role, SourceCall, Spec, Transport};
+use crate::nodes::{Node, Nodes, HOST};
 use crate::scenario::{AudioPlan, External, Kind, LinkKind, Scenario};
 use crate::truth::{CallTruth, ComponentLog, Dir, GroundTruth, Point};
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -22,6 +27,12 @@ use std::time::{Duration, Instant};
 pub struct Targets {
     pub pids: Vec<u32>,
     pub comm_prefix: String,
+    /// `pids` by node: the scenario's nodes in order, then [`HOST`] for the components on none
+    /// (if any).
+    pub nodes: Vec<(String, Vec<u32>)>,
+    /// The scenario's nodes, alive until the run ends: where a tracer's per-node parts go
+    /// ([`Node::run_in`], [`Node::place`]). Empty when the scenario has none.
+    pub net: Vec<Node>,
 }
 
 /// A fresh directory for one run's audio, links and ground truth.
@@ -108,6 +119,8 @@ fn call_tree(sc: &Scenario, call: u32, src: usize, output: usize, wav: PathBuf) 
 
 struct Running {
     name: String,
+    /// Its index in the topology.
+    comp: usize,
     child: Child,
     /// What an external component is; its log file.
     external: Option<(External, PathBuf)>,
@@ -163,7 +176,7 @@ fn listening(port: u16) -> bool {
 fn port_file(t: &Transport) -> Result<&Path> {
     match t {
         Transport::Tcp {
-            v6: false,
+            ip: IpAddr::V4(_),
             port_file,
             ..
         }
@@ -274,6 +287,14 @@ pub fn run(
         _ => Vec::new(),
     };
     let t = &sc.topology;
+    let nodes = match t.nodes() {
+        names if names.is_empty() => None,
+        names => Some(Nodes::create(&names)?),
+    };
+    let node = |comp: usize| {
+        let name = t.comps[comp].node.as_deref()?;
+        nodes.as_ref()?.get(name)
+    };
     let go = dir.join("go");
     let pem = dir.join("tls.pem");
     if t.links.iter().any(|l| l.spec.kind == LinkKind::Tls) {
@@ -284,6 +305,22 @@ pub fn run(
         .iter()
         .map(|l| {
             let port_file = |name: &str| dir.join(format!("{name}.port"));
+            let (from, to) = (&t.comps[l.from], &t.comps[l.to]);
+            let across = from.node != to.node;
+            if across
+                && !(matches!(l.spec.kind, LinkKind::Tcp4 | LinkKind::Tls)
+                    && [from, to].iter().all(|c| c.node.is_some()))
+            {
+                bail!(
+                    "link {} joins {} on node {:?} to {} on node {:?}: only TCP over IPv4 joins \
+                     two nodes",
+                    l.name,
+                    from.name,
+                    from.node,
+                    to.name,
+                    to.node
+                );
+            }
             let transport = match l.spec.kind {
                 LinkKind::Pipe => {
                     let p = dir.join(format!("{}.fifo", l.name));
@@ -291,7 +328,11 @@ pub fn run(
                     Transport::Fifo(p)
                 }
                 LinkKind::Tcp4 | LinkKind::Tcp6 | LinkKind::Tls => Transport::Tcp {
-                    v6: l.spec.kind == LinkKind::Tcp6,
+                    ip: match node(l.to) {
+                        Some(n) if across => n.addr.into(),
+                        _ if l.spec.kind == LinkKind::Tcp6 => Ipv6Addr::LOCALHOST.into(),
+                        _ => Ipv4Addr::LOCALHOST.into(),
+                    },
                     port_file: port_file(&l.name),
                     tls: (l.spec.kind == LinkKind::Tls).then(|| pem.clone()),
                 },
@@ -319,6 +360,8 @@ pub fn run(
 
     let mut calls = Vec::new();
     let mut specs = Vec::new();
+    // The component each spec is of.
+    let mut spec_comps = Vec::new();
     let mut externals = Vec::new();
     for (ci, c) in t.comps.iter().enumerate() {
         let role = match &c.kind {
@@ -341,6 +384,9 @@ pub fn run(
             },
             Kind::Sink => Role::Sink,
             Kind::External(kind) => {
+                if c.node.is_some() {
+                    bail!("{}: external components run on no node", c.name);
+                }
                 let plan = ExternalPlan::new(sc, ci, *kind, &ends)?;
                 for f in &plan.listens {
                     std::fs::write(f, free_port()?.to_string())?;
@@ -349,6 +395,7 @@ pub fn run(
                 continue;
             }
         };
+        spec_comps.push(ci);
         specs.push(Spec {
             name: c.name.clone(),
             truth: dir.join(format!("{}.truth.json", c.name)),
@@ -363,15 +410,18 @@ pub fn run(
 
     let mut running: Vec<Running> = Vec::new();
     let result = (|| -> Result<()> {
-        for spec in &specs {
-            let child =
-                component::command(exe, spec, &dir.join(format!("{}.spec.json", spec.name)))?
-                    .spawn()
-                    .with_context(|| {
-                        format!("starting component {} from {}", spec.name, exe.display())
-                    })?;
+        for (spec, &ci) in specs.iter().zip(&spec_comps) {
+            let mut cmd =
+                component::command(exe, spec, &dir.join(format!("{}.spec.json", spec.name)))?;
+            if let Some(n) = node(ci) {
+                n.place(&mut cmd)?;
+            }
+            let child = cmd.spawn().with_context(|| {
+                format!("starting component {} from {}", spec.name, exe.display())
+            })?;
             running.push(Running {
                 name: spec.name.clone(),
+                comp: ci,
                 child,
                 external: None,
             });
@@ -400,6 +450,7 @@ pub fn run(
                 })?;
             running.push(Running {
                 name: name.clone(),
+                comp: plan.comp,
                 child,
                 external: Some((plan.kind, log)),
             });
@@ -417,9 +468,27 @@ pub fn run(
                 spec.ready.exists()
             })?;
         }
+        let on = |node: Option<&str>| -> Vec<u32> {
+            running
+                .iter()
+                .filter(|r| t.comps[r.comp].node.as_deref() == node)
+                .map(|r| r.child.id())
+                .collect()
+        };
+        let mut by_node: Vec<(String, Vec<u32>)> = t
+            .nodes()
+            .into_iter()
+            .map(|n| (n.to_string(), on(Some(n))))
+            .collect();
+        let host = on(None);
+        if !host.is_empty() {
+            by_node.push((HOST.to_string(), host));
+        }
         let targets = Targets {
             pids: running.iter().map(|r| r.child.id()).collect(),
             comm_prefix: "hx-".into(),
+            nodes: by_node,
+            net: nodes.as_ref().map_or(Vec::new(), |n| n.all().to_vec()),
         };
         attach(&targets)?;
         std::fs::write(&go, b"")?;
@@ -436,6 +505,7 @@ pub fn run(
             comm: comm(r.child.id()),
             ios: Vec::new(),
             external: true,
+            node: t.comps[r.comp].node.clone(),
         })
         .collect();
     for r in &mut running {
@@ -444,7 +514,12 @@ pub fn run(
     result?;
     let mut components = specs
         .iter()
-        .map(|s| ComponentLog::load(&s.truth))
+        .zip(&spec_comps)
+        .map(|(s, &ci)| {
+            let mut log = ComponentLog::load(&s.truth)?;
+            log.node = t.comps[ci].node.clone();
+            Ok(log)
+        })
         .collect::<Result<Vec<_>>>()?;
     components.extend(externals_log);
     Ok(GroundTruth {

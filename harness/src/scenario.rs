@@ -101,6 +101,9 @@ impl Kind {
 pub struct Comp {
     pub name: String,
     pub kind: Kind,
+    /// The node ([`crate::nodes`]) it runs on; `None`: the machine's own network namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub inputs: Vec<usize>,
     pub outputs: Vec<usize>,
 }
@@ -124,10 +127,18 @@ impl Topology {
         self.comps.push(Comp {
             name: name.into(),
             kind,
+            node: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
         });
         self.comps.len() - 1
+    }
+
+    /// A component on node `node`.
+    pub fn comp_on(&mut self, node: &str, name: impl Into<String>, kind: Kind) -> usize {
+        let i = self.comp(name, kind);
+        self.comps[i].node = Some(node.to_string());
+        i
     }
 
     pub fn link(&mut self, from: usize, to: usize, spec: LinkSpec) -> usize {
@@ -174,6 +185,17 @@ impl Topology {
 
     pub fn processes(&self) -> usize {
         self.comps.len()
+    }
+
+    /// The nodes components are placed on, in the order of their first component.
+    pub fn nodes(&self) -> Vec<&str> {
+        let mut nodes = Vec::new();
+        for n in self.comps.iter().filter_map(|c| c.node.as_deref()) {
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+        nodes
     }
 }
 
@@ -620,6 +642,69 @@ pub fn scale(calls: u32, seconds: f64) -> Scenario {
     )
 }
 
+/// S9 multi-node: four calls, each on its own TCP connection from node a to a relay on node b,
+/// which multiplexes them as envelopes over a unix socket to a second relay on node b (a hop
+/// inside one node), which sends every call on to two consumers on node c over two TCP
+/// connections. Not in the catalogue, which phases 1 and 2 run and which has no nodes;
+/// [`by_id`] finds it. Running it needs root (network namespaces).
+pub fn s9() -> Scenario {
+    let calls = 4;
+    let mut t = Topology::default();
+    let src = t.comp_on(
+        "a",
+        "a-src",
+        Kind::Source {
+            calls: (0..calls).map(|c| (c, c as usize)).collect(),
+        },
+    );
+    let r1 = t.comp_on(
+        "b",
+        "b-r1",
+        Kind::Relay {
+            hold_us: 1_000,
+            route: Route::First,
+        },
+    );
+    let r2 = t.comp_on(
+        "b",
+        "b-r2",
+        Kind::Relay {
+            hold_us: 2_000,
+            route: Route::All,
+        },
+    );
+    let sinks = [
+        t.comp_on("c", "c-sink1", Kind::Sink),
+        t.comp_on("c", "c-sink2", Kind::Sink),
+    ];
+    let stream = LinkSpec {
+        kind: LinkKind::Tcp4,
+        ..LinkSpec::pipe(2048, 64)
+    };
+    for _ in 0..calls {
+        t.link(src, r1, stream);
+    }
+    let envelopes = |kind, max_payload, chunk| LinkSpec {
+        kind,
+        framing: Framing::Envelope { max_payload },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk,
+    };
+    t.link(r1, r2, envelopes(LinkKind::Unix, 640, 8192));
+    for sink in sinks {
+        t.link(r2, sink, envelopes(LinkKind::Tcp4, 1000, 16 * 1024));
+    }
+    Scenario::speech(
+        "S9",
+        "nodes a → b → c over TCP between network namespaces, a unix hop inside node b, fan-out",
+        calls,
+        12.0,
+        2.0,
+        t,
+    )
+}
+
 /// Connections per stage of [`scale`].
 pub const SCALE_CONNECTIONS: usize = 8;
 
@@ -628,10 +713,14 @@ pub fn catalogue() -> Vec<Scenario> {
     vec![s1(), s2(), s3(), s4(), s5(), s6(), s7(), s8()]
 }
 
-/// A catalogue scenario by id, or "SCALE": [`scale`] at its BRIEF §7 size (1000 calls, 10 s).
+/// A catalogue scenario by id, [`s9`], or "SCALE": [`scale`] at its BRIEF §7 size (1000
+/// calls, 10 s).
 pub fn by_id(id: &str) -> Option<Scenario> {
     if id.eq_ignore_ascii_case("SCALE") {
         return Some(scale(1000, 10.0));
+    }
+    if id.eq_ignore_ascii_case("S9") {
+        return Some(s9());
     }
     catalogue()
         .into_iter()

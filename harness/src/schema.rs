@@ -54,8 +54,12 @@ pub struct HopRecord {
     pub kind: HopKind,
     pub from: Sighting,
     pub to: Sighting,
-    /// `to.t_ns - from.t_ns`.
+    /// `to.t_ns - from.t_ns` on one node's clock; across nodes, after clock alignment.
     pub latency_ns: i64,
+    /// Across nodes: how far `latency_ns` can be off because the two clocks are aligned only
+    /// this well (phase 3 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_ns: Option<u64>,
 }
 
 impl HopRecord {
@@ -67,6 +71,7 @@ impl HopRecord {
             from,
             to,
             latency_ns,
+            bound_ns: None,
         }
     }
 }

@@ -426,6 +426,22 @@ pub struct Score {
     pub read_stamp_offset_p50_ns: i64,
     pub write_stamp_offset_p50_ns: i64,
     pub hops: Vec<HopScore>,
+    /// Correct records whose sides are on different nodes, truth not preempted.
+    pub cross_node: CrossNode,
+}
+
+/// Hops between nodes: their error, and whether the clock-alignment bound each record carries
+/// held.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CrossNode {
+    pub records: usize,
+    pub error_p50_ns: u64,
+    pub error_p99_ns: u64,
+    pub error_max_ns: u64,
+    /// Records whose error exceeded their `bound_ns` (or that carried none).
+    pub outside_bound: usize,
+    pub bound_p50_ns: u64,
+    pub bound_max_ns: u64,
 }
 
 /// Figures a scenario must reach (BRIEF §7, same node). The error bound is checked on the p99
@@ -630,6 +646,7 @@ pub fn score_indexed(
     let mut correct = 0;
     // Latency errors: (error, truth preempted on either side).
     let mut errors: Vec<(u64, bool)> = Vec::new();
+    let (mut cross_errors, mut cross_bounds, mut outside_bound) = (Vec::new(), Vec::new(), 0);
     let mut hop_errors: Vec<Vec<u64>> = vec![Vec::new(); hops.len()];
     let mut offsets: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
     let (mut false_matches, mut duplicates, mut framing) = (0, 0, 0);
@@ -799,6 +816,11 @@ pub fn score_indexed(
                     errors.push((err, preempted));
                     if !preempted {
                         hop_errors[h].push(err);
+                        if r.from.node != r.to.node {
+                            cross_errors.push(err);
+                            cross_bounds.push(r.bound_ns.unwrap_or(0));
+                            outside_bound += usize::from(r.bound_ns.is_none_or(|b| err > b));
+                        }
                     }
                 } else {
                     duplicates += 1;
@@ -1088,6 +1110,19 @@ pub fn score_indexed(
         read_stamp_offset_p50_ns: percentile(&offsets[Dir::Read as usize], 0.5),
         write_stamp_offset_p50_ns: percentile(&offsets[Dir::Write as usize], 0.5),
         hops: hop_scores,
+        cross_node: {
+            cross_errors.sort_unstable();
+            cross_bounds.sort_unstable();
+            CrossNode {
+                records: cross_errors.len(),
+                error_p50_ns: percentile(&cross_errors, 0.5),
+                error_p99_ns: percentile(&cross_errors, 0.99),
+                error_max_ns: cross_errors.last().copied().unwrap_or(0),
+                outside_bound,
+                bound_p50_ns: percentile(&cross_bounds, 0.5),
+                bound_max_ns: cross_bounds.last().copied().unwrap_or(0),
+            }
+        },
     }
 }
 
@@ -1150,6 +1185,21 @@ impl fmt::Display for Score {
             self.error_max_all_ns as f64 / 1e3,
             self.preempted_truth
         )?;
+        let x = &self.cross_node;
+        if x.records > 0 {
+            writeln!(
+                f,
+                "  across nodes        {} records: error p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; \
+                 bound p50 {:.1} µs, max {:.1} µs; {} outside their bound",
+                x.records,
+                x.error_p50_ns as f64 / 1e3,
+                x.error_p99_ns as f64 / 1e3,
+                x.error_max_ns as f64 / 1e3,
+                x.bound_p50_ns as f64 / 1e3,
+                x.bound_max_ns as f64 / 1e3,
+                x.outside_bound
+            )?;
+        }
         writeln!(
             f,
             "  stamps − truth      reads p50 {:.1} µs, writes p50 {:.1} µs",

@@ -76,6 +76,9 @@ pub struct ComponentLog {
     /// box, it records nothing, so its `ios` are empty.
     #[serde(default)]
     pub external: bool,
+    /// The node it ran on (set by the runner); `None`: the machine's own network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl ComponentLog {

@@ -5,18 +5,70 @@
 //! - a process that read the moment on several links and wrote it on several (shared hold music
 //!   through one relay) pairs each write with the read whose link fed that write's link in
 //!   unambiguous moments before (learned edges), or refuses.
+//!
+//! The rules ([`Hops`]) see sightings through [`Sight`]: phase 2 builds them from kernel events
+//! and links resolved on this node, phase 3's collector from what agents on several nodes sent.
 
 use crate::event::Phase2Event;
 use crate::links::{Link, Links};
 use harness::schema::{HopRecord, Sighting};
 use harness::truth::Dir;
 use std::collections::HashMap;
+use std::hash::Hash;
+
+/// What the hop rules need to know of one sighting of a moment.
+pub trait Sight {
+    /// Who read or wrote: a process (on a node).
+    type Process: Copy + Eq + Hash;
+    /// What a write and a read must share to be one transit.
+    type Link: Clone + Eq + Hash;
+    fn process(&self) -> Self::Process;
+    /// The flow, (fd, birth) within the process: a moment seen twice on it is refused.
+    fn flow(&self) -> (i32, u64);
+    fn dir(&self) -> Dir;
+    fn t_ns(&self) -> u64;
+    fn link(&self) -> &Self::Link;
+    /// A link with a known other end (not a file, not a closed fd).
+    fn paired(&self) -> bool;
+    /// Whether this write can have been read at `read`: on one clock, not after it.
+    fn may_precede(&self, read: &Self) -> bool {
+        self.t_ns() <= read.t_ns()
+    }
+    /// The hop record of `from` → `to`.
+    fn hop(from: &Self, to: &Self) -> HopRecord;
+}
 
 /// A sighting and the link it was seen on.
 #[derive(Clone, Debug)]
 pub struct Seen {
     e: Phase2Event,
     link: Link,
+}
+
+impl Sight for Seen {
+    type Process = u32;
+    type Link = Link;
+    fn process(&self) -> u32 {
+        self.e.call.tgid
+    }
+    fn flow(&self) -> (i32, u64) {
+        (self.e.call.fd, self.e.call.flow_birth_ns)
+    }
+    fn dir(&self) -> Dir {
+        self.e.dir()
+    }
+    fn t_ns(&self) -> u64 {
+        self.e.call.t_ns
+    }
+    fn link(&self) -> &Link {
+        &self.link
+    }
+    fn paired(&self) -> bool {
+        self.link.is_paired()
+    }
+    fn hop(from: &Self, to: &Self) -> HopRecord {
+        HopRecord::new(from.e.signature, sighting(from), sighting(to))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,12 +83,112 @@ pub struct MatchCounters {
     pub unpaired: u64,
 }
 
+/// The hop rules, with what they learn across moments.
+pub struct Hops<S: Sight> {
+    /// (process, input link, output link) → unambiguous moments that took that way.
+    edges: HashMap<(S::Process, S::Link, S::Link), u64>,
+    pub counters: MatchCounters,
+}
+
+impl<S: Sight> Default for Hops<S> {
+    fn default() -> Self {
+        Self {
+            edges: HashMap::new(),
+            counters: MatchCounters::default(),
+        }
+    }
+}
+
+/// Phase 2's matcher: links resolved on this node, then the hop rules.
 #[derive(Default)]
 pub struct Matcher {
     links: Links,
-    /// (process, input link, output link) → unambiguous moments that took that way.
-    edges: HashMap<(u32, Link, Link), u64>,
-    pub counters: MatchCounters,
+    pub hops: Hops<Seen>,
+}
+
+impl<S: Sight> Hops<S> {
+    /// Every sighting of one moment within the window → its hops.
+    pub fn close(&mut self, mut seen: Vec<S>, out: &mut Vec<HopRecord>) {
+        if seen.len() < 2 {
+            self.counters.unmatched += 1;
+            return;
+        }
+        // A flow that saw the moment twice: drop all its sightings.
+        let flow = |s: &S| (s.process(), s.flow(), s.dir());
+        let mut per_flow: HashMap<_, usize> = HashMap::new();
+        for s in &seen {
+            *per_flow.entry(flow(s)).or_default() += 1;
+        }
+        let before = seen.len();
+        seen.retain(|s| per_flow[&flow(s)] == 1);
+        self.counters.refused_repeats += (before - seen.len()) as u64;
+        seen.sort_by_key(|s| s.t_ns());
+        self.counters.unpaired += seen.iter().filter(|s| !s.paired()).count() as u64;
+
+        let (reads, writes): (Vec<&S>, Vec<&S>) = seen.iter().partition(|s| s.dir() == Dir::Read);
+        // Transit: the write of the same link, in another process, before the read.
+        for r in &reads {
+            let mut from = writes
+                .iter()
+                .filter(|w| w.link() == r.link() && r.paired() && w.process() != r.process());
+            if let (Some(w), None) = (from.next(), from.next()) {
+                if w.may_precede(r) {
+                    out.push(S::hop(w, r));
+                }
+            }
+        }
+        // Residence: the read in the same process that fed each write.
+        for w in &writes {
+            let fed_by: Vec<&&S> = reads
+                .iter()
+                .filter(|r| r.process() == w.process() && r.t_ns() <= w.t_ns())
+                .collect();
+            let read = match fed_by.as_slice() {
+                [] => continue,
+                [r] => {
+                    *self
+                        .edges
+                        .entry((w.process(), r.link().clone(), w.link().clone()))
+                        .or_default() += 1;
+                    *r
+                }
+                several => {
+                    let learned: Vec<&&&S> = several
+                        .iter()
+                        .filter(|r| {
+                            self.edges.contains_key(&(
+                                w.process(),
+                                r.link().clone(),
+                                w.link().clone(),
+                            ))
+                        })
+                        .collect();
+                    // Else the one read since this process last wrote the moment: a proxy
+                    // that passes it through twice (stunnel: TLS in, plain out, plain in, TLS
+                    // out) reads it again before each write.
+                    let previous_write = writes
+                        .iter()
+                        .filter(|o| o.process() == w.process() && o.t_ns() < w.t_ns())
+                        .map(|o| o.t_ns())
+                        .max();
+                    let since: Vec<&&S> = several
+                        .iter()
+                        .copied()
+                        .filter(|r| previous_write.is_some_and(|t| r.t_ns() > t))
+                        .collect();
+                    match (learned.as_slice(), since.as_slice()) {
+                        ([r], _) => **r,
+                        ([], [r]) => *r,
+                        _ => {
+                            self.counters.refused_ambiguous += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            out.push(S::hop(read, w));
+        }
+    }
 }
 
 fn sighting(s: &Seen) -> Sighting {
@@ -63,99 +215,20 @@ impl phase_1_poc::Matching for Matcher {
         (e.signature, e.call.t_ns, Seen { e, link })
     }
 
-    fn close(&mut self, mut seen: Vec<Seen>, out: &mut Vec<HopRecord>) {
-        if seen.len() < 2 {
-            self.counters.unmatched += 1;
-            return;
-        }
-        // A flow that saw the moment twice: drop all its sightings.
-        let flow = |s: &Seen| {
-            (
-                s.e.call.tgid,
-                s.e.call.fd,
-                s.e.call.dir,
-                s.e.call.flow_birth_ns,
-            )
-        };
-        let mut per_flow: HashMap<_, usize> = HashMap::new();
-        for s in &seen {
-            *per_flow.entry(flow(s)).or_default() += 1;
-        }
-        let before = seen.len();
-        seen.retain(|s| per_flow[&flow(s)] == 1);
-        self.counters.refused_repeats += (before - seen.len()) as u64;
-        seen.sort_by_key(|s| s.e.call.t_ns);
-        self.counters.unpaired += seen.iter().filter(|s| !s.link.is_paired()).count() as u64;
-
-        let (reads, writes): (Vec<&Seen>, Vec<&Seen>) =
-            seen.iter().partition(|s| s.e.dir() == Dir::Read);
-        // Transit: the write of the same link, in another process, before the read.
-        for r in &reads {
-            let mut from = writes.iter().filter(|w| {
-                w.link == r.link && r.link.is_paired() && w.e.call.tgid != r.e.call.tgid
-            });
-            if let (Some(w), None) = (from.next(), from.next()) {
-                if w.e.call.t_ns <= r.e.call.t_ns {
-                    out.push(HopRecord::new(w.e.signature, sighting(w), sighting(r)));
-                }
-            }
-        }
-        // Residence: the read in the same process that fed each write.
-        for w in &writes {
-            let fed_by: Vec<&&Seen> = reads
-                .iter()
-                .filter(|r| r.e.call.tgid == w.e.call.tgid && r.e.call.t_ns <= w.e.call.t_ns)
-                .collect();
-            let read = match fed_by.as_slice() {
-                [] => continue,
-                [r] => {
-                    *self
-                        .edges
-                        .entry((w.e.call.tgid, r.link.clone(), w.link.clone()))
-                        .or_default() += 1;
-                    *r
-                }
-                several => {
-                    let learned: Vec<&&&Seen> = several
-                        .iter()
-                        .filter(|r| {
-                            self.edges.contains_key(&(
-                                w.e.call.tgid,
-                                r.link.clone(),
-                                w.link.clone(),
-                            ))
-                        })
-                        .collect();
-                    // Else the one read since this process last wrote the moment: a proxy
-                    // that passes it through twice (stunnel: TLS in, plain out, plain in, TLS
-                    // out) reads it again before each write.
-                    let previous_write = writes
-                        .iter()
-                        .filter(|o| o.e.call.tgid == w.e.call.tgid && o.e.call.t_ns < w.e.call.t_ns)
-                        .map(|o| o.e.call.t_ns)
-                        .max();
-                    let since: Vec<&&Seen> = several
-                        .iter()
-                        .copied()
-                        .filter(|r| previous_write.is_some_and(|t| r.e.call.t_ns > t))
-                        .collect();
-                    match (learned.as_slice(), since.as_slice()) {
-                        ([r], _) => **r,
-                        ([], [r]) => *r,
-                        _ => {
-                            self.counters.refused_ambiguous += 1;
-                            continue;
-                        }
-                    }
-                }
-            };
-            out.push(HopRecord::new(w.e.signature, sighting(read), sighting(w)));
-        }
+    fn close(&mut self, seen: Vec<Seen>, out: &mut Vec<HopRecord>) {
+        self.hops.close(seen, out);
     }
 
     fn health(&self) -> String {
-        let c = self.counters;
-        format!(
+        self.hops.counters.to_string()
+    }
+}
+
+impl std::fmt::Display for MatchCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let c = self;
+        write!(
+            f,
             "unmatched={} refused_repeats={} refused_ambiguous={} unpaired={}",
             c.unmatched, c.refused_repeats, c.refused_ambiguous, c.unpaired
         )
@@ -199,7 +272,7 @@ mod tests {
         }
         let mut out = Vec::new();
         m.close_due(None, &mut out);
-        (out, m.matcher.counters)
+        (out, m.matcher.hops.counters)
     }
 
     /// A real process holding `fd` as its stdin or stdout, for as long as the test needs.

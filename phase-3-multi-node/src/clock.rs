@@ -161,6 +161,13 @@ impl ClockModel {
         Some(((t + offset).round() as u64, bound.ceil() as u64))
     }
 
+    /// Collector clock minus agent clock at the latest exchange, and its bound.
+    pub fn latest_offset(&self) -> Option<(i64, u64)> {
+        let t = self.window.back()?.t4;
+        let (mapped, bound) = self.map(t)?;
+        Some((mapped as i64 - t as i64, bound))
+    }
+
     /// The current drift estimate (collector ns per agent ns, minus 1).
     pub fn drift(&self) -> Option<f64> {
         self.fit.map(|f| f.drift)

@@ -1,48 +1,157 @@
-//! The collector's receiving side: clock exchanges answered with its own monotonic clock, each
-//! node's batches taken once (a resend of a batch it holds is acknowledged and dropped), each
-//! node's clock model fed with the exchanges that ride with the batches, and every sighting
-//! mapped onto the collector's clock with its error bound.
+//! The collector: clock exchanges answered with its own monotonic clock; each node's batches
+//! taken once (a resend of a batch it holds is acknowledged and dropped); each node's clock
+//! model fed with the exchanges that ride with the batches; every sighting mapped onto the
+//! collector's clock with its error bound, then matched across nodes (phase 2's hop rules)
+//! once its window has closed.
 
 use crate::clock::{ClockModel, Exchange as ClockExchange};
+use crate::matcher::{CrossNode, NodeSight};
 use crate::proto::collector_server::{Collector, CollectorServer};
 use crate::proto::{Ack, Batch, Sighting, SyncReply, SyncRequest};
+use harness::schema::HopRecord;
 use harness::truth::monotonic_ns;
+use phase_1_poc::Matched;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// Clock window and slices of every node's model.
 const CLOCK_WINDOW_NS: u64 = 30_000_000_000;
 const CLOCK_SLICES: usize = 16;
+/// A moment's sightings must fall within this window (on the collector's clock).
+pub const MATCH_WINDOW: Duration = Duration::from_secs(1);
+/// How late a sighting may reach the collector (batching, resends) and still be matched.
+pub const LATENESS: Duration = Duration::from_secs(2);
 
 /// A sighting as the collector holds it: the node's, and its time on the collector's clock.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub node: String,
     pub sighting: Sighting,
-    /// `None` until the node's clock model has two exchanges.
+    /// On arrival; `None` while the node's clock model could not map yet.
     pub mapped: Option<(u64, u64)>,
 }
 
 pub struct Node {
+    pub index: u32,
+    pub name: Arc<str>,
     /// Highest batch sequence taken.
     pub last_seq: u64,
+    pub sightings: u64,
     /// Sightings the node reported dropping (its queue was full).
     pub lost: u64,
     pub duplicates: u64,
-    pub clock: ClockModel,
+    /// Sightings that arrived before the node's clock model could map them.
+    backlog: Vec<Sighting>,
 }
 
-#[derive(Default)]
 pub struct State {
     pub nodes: HashMap<String, Node>,
-    pub received: Vec<Received>,
+    /// Every sighting taken, when kept (tests), mapped as it arrived.
+    pub received: Option<Vec<Received>>,
+    /// The matcher, which holds every node's clock model.
+    pub matching: Matched<CrossNode>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            nodes: HashMap::new(),
+            received: None,
+            matching: Matched::new(MATCH_WINDOW),
+        }
+    }
+}
+
+impl State {
+    fn admit(&mut self, node: &str, sightings: Vec<Sighting>) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if let Some(kept) = &mut self.received {
+            let clock = &self.matching.matcher.clocks[n.index as usize];
+            kept.extend(sightings.iter().map(|s| Received {
+                node: node.to_string(),
+                sighting: s.clone(),
+                mapped: clock.map(s.t_ns),
+            }));
+        }
+        n.backlog.extend(sightings);
+        for wire in std::mem::take(&mut n.backlog) {
+            let mut s = NodeSight {
+                node: (n.index, n.name.clone()),
+                wire,
+                mapped_ns: 0,
+                bound_ns: 0,
+                rate: 1.0,
+            };
+            if !self.matching.matcher.map(&mut s) {
+                n.backlog.push(s.wire);
+                continue;
+            }
+            self.matching.push(s);
+        }
+    }
+
+    /// Collector clock minus the node's at its latest exchange, and the bound.
+    pub fn clock_offset(&self, node: &Node) -> Option<(i64, u64)> {
+        self.matching.matcher.clocks[node.index as usize].latest_offset()
+    }
 }
 
 #[derive(Clone, Default)]
 pub struct Service {
     pub state: Arc<Mutex<State>>,
+    /// Test only: hold every batch this long before taking it (a slow collector).
+    pub ack_delay: Duration,
+}
+
+impl Service {
+    /// A collector that also keeps every sighting it took (tests).
+    pub fn keeping_sightings() -> Self {
+        let service = Self::default();
+        service.state.lock().unwrap().received = Some(Vec::new());
+        service
+    }
+
+    /// The hops of moments whose window closed by `now_ns` less the lateness allowed (every
+    /// open one with `None`).
+    pub fn close_due(&self, now_ns: Option<u64>) -> Vec<HopRecord> {
+        let mut out = Vec::new();
+        let due = now_ns.map(|t| t.saturating_sub(LATENESS.as_nanos() as u64));
+        self.state.lock().unwrap().matching.close_due(due, &mut out);
+        out
+    }
+
+    /// Per node: sightings taken, lost and duplicate batches, the clock's offset (collector
+    /// minus node) and bound at the latest exchange; then the matcher's counters.
+    pub fn health(&self) -> String {
+        let state = self.state.lock().unwrap();
+        let mut nodes: Vec<&Node> = state.nodes.values().collect();
+        nodes.sort_by_key(|n| n.index);
+        let mut line = String::new();
+        for n in nodes {
+            let clock = match state.clock_offset(n) {
+                Some((offset, bound)) => format!(
+                    "offset={:.3}ms±{:.1}µs drift={:.1}ppm",
+                    offset as f64 / 1e6,
+                    bound as f64 / 1e3,
+                    state.matching.matcher.clocks[n.index as usize]
+                        .drift()
+                        .unwrap_or(0.0)
+                        * 1e6
+                ),
+                None => "clock=unknown".into(),
+            };
+            line += &format!(
+                "{}: sightings={} lost={} duplicate_batches={} {clock} | ",
+                n.name, n.sightings, n.lost, n.duplicates
+            );
+        }
+        line + &state.matching.matcher.hops.counters.to_string()
+    }
 }
 
 #[tonic::async_trait]
@@ -57,46 +166,62 @@ impl Collector for Service {
 
     async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
         let batch = request.into_inner();
-        let mut state = self.state.lock().unwrap();
-        let State { nodes, received } = &mut *state;
-        let node = nodes.entry(batch.node.clone()).or_insert_with(|| Node {
-            last_seq: 0,
-            lost: 0,
-            duplicates: 0,
-            clock: ClockModel::new(CLOCK_WINDOW_NS, CLOCK_SLICES),
-        });
+        if !self.ack_delay.is_zero() {
+            tokio::time::sleep(self.ack_delay).await;
+        }
+        let mut guard = self.state.lock().unwrap();
+        let state = &mut *guard;
+        let index = state.nodes.len() as u32;
+        let node = state
+            .nodes
+            .entry(batch.node.clone())
+            .or_insert_with(|| Node {
+                index,
+                name: batch.node.as_str().into(),
+                last_seq: 0,
+                sightings: 0,
+                lost: 0,
+                duplicates: 0,
+                backlog: Vec::new(),
+            });
+        let clocks = &mut state.matching.matcher.clocks;
+        if clocks.len() <= node.index as usize {
+            clocks.push(ClockModel::new(CLOCK_WINDOW_NS, CLOCK_SLICES));
+        }
+        let clock = &mut clocks[node.index as usize];
         if batch.seq <= node.last_seq {
             node.duplicates += 1;
         } else {
             node.last_seq = batch.seq;
             node.lost = node.lost.max(batch.lost);
+            node.sightings += batch.sightings.len() as u64;
             for e in &batch.exchanges {
-                node.clock.add(ClockExchange {
+                clock.add(ClockExchange {
                     t1: e.t1,
                     t2: e.t2,
                     t3: e.t3,
                     t4: e.t4,
                 });
             }
-            for s in batch.sightings {
-                received.push(Received {
-                    node: batch.node.clone(),
-                    mapped: node.clock.map(s.t_ns),
-                    sighting: s,
-                });
-            }
+            state.admit(&batch.node, batch.sightings);
         }
         Ok(Response::new(Ack { seq: batch.seq }))
     }
 }
 
-/// Serves `service` on `addr` until `shutdown` resolves.
+/// Serves `service` on `addr` until `shutdown` resolves; with `tls`, only to agents whose
+/// certificate its CA signed.
 pub async fn serve(
     service: Service,
     addr: SocketAddr,
+    tls: Option<crate::mtls::ServerTls>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.into())?;
+    }
+    server
         .add_service(CollectorServer::new(service))
         .serve_with_shutdown(addr, shutdown)
         .await?;

@@ -1,12 +1,17 @@
-//! Phase 3 (in progress, issue 7): agents on several nodes, a collector that matches across
-//! them, and cross-node clock alignment whose error bound travels with every hop. So far: the
-//! clock alignment (`clock`), the agent's uplink to the collector (`uplink`: batched, bounded,
-//! resent until acknowledged, losses counted) and the collector's receiving side (`collector`:
-//! exactly-once per batch, every sighting mapped onto its clock with a bound). Cross-node
-//! matching, metrics, mutual TLS, S9 and the docs page are still to come.
+//! Phase 3: an agent per node (`agent`: phase 2's kernel side, links resolved on the node,
+//! sightings shipped through `uplink`: batched, bounded, resent until acknowledged, losses
+//! counted), and a collector (`collector`) that maps every node's clock onto its own with an
+//! error bound (`clock`) and matches moments across nodes (`matcher`: phase 2's hop rules).
 
+pub mod agent;
+pub mod cli;
 pub mod clock;
 pub mod collector;
+pub mod matcher;
+pub mod metrics;
+pub mod mtls;
+pub mod outputs;
+pub mod run;
 pub mod uplink;
 
 /// The agent ↔ collector protocol (proto/collector.proto).

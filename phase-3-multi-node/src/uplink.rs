@@ -11,20 +11,27 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tonic::transport::Endpoint;
 
-/// A node clock for tests (BRIEF §6, S9): the node's times as if its clock ran `ppm` fast and
-/// `offset_ns` ahead of the real one. Production agents use the identity.
+/// A node clock for tests (BRIEF §6, S9): the node's times as if its clock were `offset_ns`
+/// ahead of the real one at `origin_ns` and ran `ppm` fast since. Production agents use the
+/// identity.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Skew {
     pub offset_ns: i64,
     pub ppm: f64,
+    pub origin_ns: u64,
 }
 
 impl Skew {
     pub fn apply(&self, t_ns: u64) -> u64 {
-        (t_ns as f64 * (1.0 + self.ppm * 1e-6) + self.offset_ns as f64) as u64
+        let drift = (t_ns as f64 - self.origin_ns as f64) * self.ppm * 1e-6;
+        (t_ns as f64 + drift + self.offset_ns as f64) as u64
     }
 }
+
+/// Clock exchanges at the start come this fast, so that the first sightings are mapped well.
+const SYNC_BURST: (u32, Duration) = (20, Duration::from_millis(10));
 
 #[derive(Clone, Debug)]
 pub struct UplinkConfig {
@@ -36,6 +43,8 @@ pub struct UplinkConfig {
     /// How often the clock is exchanged (and a batch sent even without sightings).
     pub sync_every: Duration,
     pub skew: Skew,
+    /// Mutual TLS to the collector, whose address is then `https://`.
+    pub tls: Option<crate::mtls::ClientTls>,
 }
 
 /// What the uplink did, for the agent's health line.
@@ -44,6 +53,8 @@ pub struct UplinkCounters {
     pub batches_sent: u64,
     pub resends: u64,
     pub reconnects: u64,
+    /// Connects that failed: collector unreachable, or refusing this agent (see `last_error`).
+    pub connect_failures: u64,
     /// Sightings dropped because the queue was full.
     pub lost: u64,
 }
@@ -54,6 +65,7 @@ struct Queue {
     exchanges: Vec<Exchange>,
     next_seq: u64,
     counters: UplinkCounters,
+    last_error: Option<String>,
 }
 
 pub struct Uplink {
@@ -107,6 +119,11 @@ impl Uplink {
         self.queue.lock().unwrap().counters
     }
 
+    /// Why the latest connect failed, in one line; `None` once one succeeded.
+    pub fn last_error(&self) -> Option<String> {
+        self.queue.lock().unwrap().last_error.clone()
+    }
+
     /// Batches not yet acknowledged.
     pub fn pending(&self) -> usize {
         self.queue.lock().unwrap().batches.len()
@@ -140,10 +157,44 @@ async fn exchange(client: &mut Client, config: &UplinkConfig) -> Option<Exchange
     })
 }
 
+async fn connect(config: &UplinkConfig) -> anyhow::Result<Client> {
+    let mut endpoint = Endpoint::from_shared(config.collector.clone())?;
+    if let Some(tls) = &config.tls {
+        // tonic speaks TLS only to an https:// address and plaintext to any other.
+        anyhow::ensure!(
+            endpoint.uri().scheme_str() == Some("https"),
+            "TLS is configured, so the address must be https://"
+        );
+        endpoint = endpoint.tls_config(tls.clone().into())?;
+    }
+    let mut client = CollectorClient::new(endpoint.connect().await?);
+    // Connected means answered: a TLS 1.3 client ends its handshake before the collector has
+    // checked its certificate, and plaintext HTTP/2 sends before hearing back, so a refused
+    // agent would otherwise reconnect at once, forever, each time counted a success.
+    let probe = SyncRequest {
+        node: config.node.clone(),
+        t1: 0,
+    };
+    client.sync(probe).await.map_err(|status| {
+        // Status's Display pads every line with empty details and metadata; its sources say why.
+        let why: Vec<String> =
+            std::iter::successors(std::error::Error::source(&status), |e| e.source())
+                .map(|e| e.to_string())
+                .collect();
+        let why = match why.is_empty() {
+            true => status.message().to_string(),
+            false => why.join(": "),
+        };
+        anyhow::anyhow!("no answer: {why}")
+    })?;
+    Ok(client)
+}
+
 async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
     let mut client: Option<Client> = None;
     let mut backoff = Duration::from_millis(20);
     let mut sync = tokio::time::interval(config.sync_every);
+    let mut burst = SYNC_BURST.0;
     let mut sync_due = true;
     let mut highest_sent = 0;
     loop {
@@ -155,13 +206,23 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
         loop {
             let c = match client.as_mut() {
                 Some(c) => c,
-                None => match CollectorClient::connect(config.collector.clone()).await {
+                None => match connect(&config).await {
                     Ok(c) => {
-                        queue.lock().unwrap().counters.reconnects += 1;
+                        {
+                            let mut q = queue.lock().unwrap();
+                            q.counters.reconnects += 1;
+                            q.last_error = None;
+                        }
                         backoff = Duration::from_millis(20);
                         client.insert(c)
                     }
-                    Err(_) => {
+                    Err(e) => {
+                        {
+                            let mut q = queue.lock().unwrap();
+                            q.counters.connect_failures += 1;
+                            q.last_error =
+                                Some(format!("connecting to {}: {e:#}", config.collector));
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                         break;
@@ -173,6 +234,10 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                     Some(e) => {
                         queue.lock().unwrap().exchanges.push(e);
                         sync_due = false;
+                        if burst > 0 {
+                            burst -= 1;
+                            sync.reset_after(SYNC_BURST.1);
+                        }
                     }
                     None => {
                         client = None;

@@ -1,0 +1,103 @@
+//! The node agent: phase 2's kernel side on this node, each event's link resolved here (only
+//! this node can read its /proc), and the sightings shipped to the collector through the
+//! uplink. It matches nothing itself: a moment's other sightings may be on other nodes.
+
+use crate::proto::Sighting;
+use crate::uplink::{Uplink, UplinkConfig};
+use anyhow::Result;
+use phase_2_straddle::event::Phase2Event;
+use phase_2_straddle::links::{Link, Links};
+use phase_2_straddle::tracer::Tracer;
+use std::time::{Duration, Instant};
+
+/// How often the ring buffer is drained into a batch.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// A batch goes out at least this often, empty or not: the clock exchanges ride with it.
+const HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// The name both ends of a link give it. A TCP connection between two addresses that are not
+/// loopback names itself the same on every node; anything else (pipes, unix sockets, loopback
+/// TCP) exists on one node only and is qualified by it. Empty: no known other end.
+pub fn link_name(node: &str, link: &Link) -> String {
+    match link {
+        Link::Tcp(a, b) if !a.ip().is_loopback() && !b.ip().is_loopback() => {
+            format!("tcp {a} {b}")
+        }
+        Link::Unpaired(..) => String::new(),
+        Link::Pipe(ino) => format!("{node} pipe {ino}"),
+        Link::Unix(a, b) => format!("{node} unix {a} {b}"),
+        Link::Tcp(a, b) => format!("{node} tcp {a} {b}"),
+    }
+}
+
+pub struct NodeAgent {
+    pub tracer: Tracer,
+    links: Links,
+    pub uplink: Uplink,
+    node: String,
+    batch: Vec<Sighting>,
+    last_push: Instant,
+    pub sightings: u64,
+}
+
+impl NodeAgent {
+    /// Needs a tokio runtime for the uplink's task.
+    pub fn new(tracer: Tracer, uplink: UplinkConfig) -> Self {
+        Self {
+            tracer,
+            links: Links::default(),
+            node: uplink.node.clone(),
+            uplink: Uplink::start(uplink),
+            batch: Vec::new(),
+            last_push: Instant::now(),
+            sightings: 0,
+        }
+    }
+
+    fn sighting(&mut self, e: Phase2Event) -> Sighting {
+        let link = self
+            .links
+            .resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
+        Sighting {
+            signature: e.signature,
+            t_ns: e.call.t_ns,
+            pid: e.call.tgid,
+            comm: e.comm(),
+            fd: e.call.fd,
+            write: e.call.dir == 1,
+            pos: e.end,
+            link: link_name(&self.node, &link),
+            flow_birth_ns: e.call.flow_birth_ns,
+        }
+    }
+
+    /// Drains the kernel's events into the uplink's queue; never waits for the collector.
+    pub fn tick(&mut self) {
+        let mut events = Vec::new();
+        self.tracer.drain(|e| events.push(e));
+        for e in events {
+            let s = self.sighting(e);
+            self.batch.push(s);
+        }
+        if !self.batch.is_empty() || self.last_push.elapsed() >= HEARTBEAT {
+            self.sightings += self.batch.len() as u64;
+            self.uplink.push(std::mem::take(&mut self.batch));
+            self.last_push = Instant::now();
+        }
+    }
+
+    /// The kernel's counters and the uplink's, one line.
+    pub fn health(&self) -> Result<String> {
+        let c = self.uplink.counters();
+        Ok(format!(
+            "{} | uplink: sightings={} batches_sent={} resends={} reconnects={} lost={} pending={}",
+            phase_1_poc::Kernel::health(&self.tracer)?,
+            self.sightings,
+            c.batches_sent,
+            c.resends,
+            c.reconnects,
+            c.lost,
+            self.uplink.pending()
+        ))
+    }
+}

@@ -1,0 +1,254 @@
+//! The two processes of phase 3: `agent` (one per node) and `collector` (one per cluster).
+
+use crate::agent::{NodeAgent, DRAIN_EVERY};
+use crate::collector::{serve, Service};
+use crate::mtls::{ClientTls, ServerTls};
+use crate::outputs::Outputs;
+use crate::uplink::{Skew, UplinkConfig};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use harness::truth::monotonic_ns;
+use phase_2_straddle::tracer::Tracer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// This node's name, as the collector reports it.
+    #[arg(long)]
+    pub node: String,
+    /// The collector, `http://host:port` (`https://` with the --tls-* files).
+    #[arg(long, value_name = "URL")]
+    pub collector: String,
+    #[command(flatten)]
+    pub targets: phase_1_poc::cli::AgentArgs,
+    /// Test only (S9): pretend this node's clock is ahead by this much …
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
+    pub skew_offset_ms: f64,
+    /// … and runs this many ppm fast.
+    #[arg(
+        long,
+        value_name = "PPM",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
+    pub skew_ppm: f64,
+    /// Batches held while the collector is slow or gone (then the oldest are dropped, counted).
+    #[arg(long, default_value_t = 4096)]
+    pub queue_batches: usize,
+    /// Mutual TLS: the CA that signed the collector's certificate, and this agent's own.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the collector's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    pub tls_server_name: String,
+    /// Touched once tracing is attached (for scripts and tests that start the pipeline next).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CollectorArgs {
+    /// Where agents connect (gRPC).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Also write every matched hop as JSON lines (docs/results-schema.md) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Print the live hop table this often (0: only at the end).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub report_every: f64,
+    /// Stop after this many seconds (default: on Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Mutual TLS: the collector's certificate and key, and the CA agents' certificates must
+    /// be signed by.
+    #[arg(long, requires_all = ["tls_key", "tls_client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Test only: take each batch this late (a slow collector).
+    #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+    pub ack_delay_ms: u64,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stopped() {
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Traces this node's targets and ships their sightings until stopped; then waits (a bounded
+/// time) for the collector to hold them all.
+pub fn run_agent(args: &AgentArgs) -> Result<()> {
+    let t = &args.targets;
+    if t.is_demo() {
+        bail!("an agent needs targets: --pid or --comm");
+    }
+    t.check_targets()?;
+    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(ClientTls::from_files(ca, cert, key, &args.tls_server_name)?)
+        }
+        _ => None,
+    };
+    let rt = runtime()?;
+    let _guard = rt.enter();
+    let mut tracer = Tracer::start(&t.fingerprint(), t.comm.as_deref())?;
+    tracer.add_targets(&t.pid)?;
+    let mut agent = NodeAgent::new(
+        tracer,
+        UplinkConfig {
+            node: args.node.clone(),
+            collector: args.collector.clone(),
+            capacity: args.queue_batches.max(1),
+            sync_every: Duration::from_millis(100),
+            skew: Skew {
+                offset_ns: (args.skew_offset_ms * 1e6) as i64,
+                ppm: args.skew_ppm,
+                origin_ns: monotonic_ns(),
+            },
+            tls,
+        },
+    );
+    if let Some(f) = &args.ready_file {
+        std::fs::write(f, b"").with_context(|| format!("writing {}", f.display()))?;
+    }
+    eprintln!("agent {} tracing; Ctrl-C to stop", args.node);
+    rt.block_on(async {
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        let mut liveness = tokio::time::interval(Duration::from_millis(200));
+        let until = tokio::time::sleep(Duration::from_secs_f64(t.duration.unwrap_or(1e9)));
+        let stop = stopped();
+        tokio::pin!(until, stop);
+        loop {
+            tokio::select! {
+                _ = drain.tick() => agent.tick(),
+                _ = liveness.tick() => {
+                    let alive = t.pid.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                    if t.comm.is_none() && !alive {
+                        break;
+                    }
+                    agent.tracer.refresh()?;
+                }
+                _ = &mut stop => break,
+                _ = &mut until => break,
+            }
+        }
+        agent.tick();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent.uplink.pending() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::Ok(())
+    })?;
+    let pending = agent.uplink.pending();
+    println!("{}", agent.health()?);
+    if pending > 0 {
+        bail!(
+            "{pending} batches not delivered: the collector at {} did not take them within 10 s",
+            args.collector
+        );
+    }
+    Ok(())
+}
+
+/// Collects, matches and reports until stopped.
+pub fn run_collector(args: &CollectorArgs) -> Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(ServerTls::from_files(cert, key, ca)?),
+        _ => None,
+    };
+    let mut outputs = Outputs::default();
+    if let Some(p) = &args.json {
+        outputs.json = Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )));
+    }
+    let rt = runtime()?;
+    let service = Service {
+        ack_delay: Duration::from_millis(args.ack_delay_ms),
+        ..Default::default()
+    };
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            rx.wait_for(|&s| s).await.ok();
+        };
+        let mut grpc = tokio::spawn(serve(
+            service.clone(),
+            args.listen,
+            tls,
+            wait(stop_rx.clone()),
+        ));
+        if let Some(addr) = args.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tokio::spawn(crate::metrics::serve_metrics_on(
+                outputs.metrics.clone(),
+                listener,
+                wait(stop_rx.clone()),
+            ));
+        }
+        eprintln!("collector listening on {}; Ctrl-C to stop", args.listen);
+        let every = Duration::from_secs_f64(if args.report_every > 0.0 {
+            args.report_every
+        } else {
+            1e9
+        });
+        let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut close = tokio::time::interval(Duration::from_millis(200));
+        let until = tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(1e9)));
+        let stop = stopped();
+        tokio::pin!(until, stop);
+        loop {
+            tokio::select! {
+                _ = close.tick() => {
+                    outputs.take(service.close_due(Some(monotonic_ns())))?;
+                    outputs.update_nodes(&service);
+                }
+                _ = report.tick() => eprintln!("{}{}", outputs.stats.table(), service.health()),
+                _ = &mut stop => break,
+                _ = &mut until => break,
+                r = &mut grpc => {
+                    r??;
+                    bail!("the gRPC server stopped");
+                }
+            }
+        }
+        stop_tx.send(true).ok();
+        anyhow::Ok(())
+    })?;
+    outputs.take(service.close_due(None))?;
+    println!("{}{}", outputs.stats.table(), service.health());
+    Ok(())
+}

@@ -1,0 +1,435 @@
+//! The collector's Prometheus metrics: per-hop latency and alignment-bound histograms, and per
+//! agent node the cumulative sighting counters and the clock model's offset and bound, rendered
+//! in the text exposition format 0.0.4 and served on GET /metrics.
+//!
+//! Negative latencies (a cross-node hop whose two ends were mapped onto the collector's clock
+//! with errors of opposite sign) are observed as 0: causality says the true latency is ≥ 0, so
+//! 0 is the nearest possible value, and it keeps `_sum` monotonic as counter semantics require
+//! (a falling `_sum` reads as a counter reset to `rate()`). They land in the lowest bucket.
+//!
+//! The alignment bound is a histogram with the latency's buckets rather than a gauge: it is a
+//! property of each observation (the clock models at the moment of the two sightings), so a
+//! gauge would only keep the last one, while the histogram gives its spread and mean over any
+//! range and lines up bucket for bucket with the latency (a latency quantile under the bound's
+//! says the hop is not resolved by the clock alignment). Same-node hops observe a bound of 0.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+/// Upper bounds of the histogram buckets, in ns (rendered in seconds; +Inf is implied).
+const BUCKETS_NS: [u64; 16] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// Label set of one hop: from a component on one node to a component on the same or another.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HopLabels {
+    pub source_node: String,
+    /// A component name, such as a process comm (a workload from phase 4 on).
+    pub source: String,
+    pub destination_node: String,
+    pub destination: String,
+    /// "transit" (a write in one process → a read in another) or "residence" (a read → a write
+    /// inside one process).
+    pub kind: &'static str,
+}
+
+#[derive(Default)]
+struct Histogram {
+    /// Observations per bucket, not cumulative; those above the last bound are only in `count`.
+    buckets: [u64; BUCKETS_NS.len()],
+    /// u128: a u64 of ns overflows after 584 years of summed latency, months at high hop rates.
+    sum_ns: u128,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, ns: u64) {
+        if let Some(b) = self
+            .buckets
+            .get_mut(BUCKETS_NS.partition_point(|&le| le < ns))
+        {
+            *b += 1;
+        }
+        self.sum_ns += u128::from(ns);
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (le, n) in BUCKETS_NS.iter().zip(self.buckets) {
+            cumulative += n;
+            let le = seconds(*le as f64);
+            writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}").unwrap();
+        }
+        let (sum, count) = (seconds(self.sum_ns as f64), self.count);
+        writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}").unwrap();
+        writeln!(out, "{name}_sum{{{labels}}} {sum}").unwrap();
+        writeln!(out, "{name}_count{{{labels}}} {count}").unwrap();
+    }
+}
+
+/// Name and help of each histogram family, in the order of [`Hop::histograms`].
+const HISTOGRAMS: [(&str, &str); 2] = [
+    (
+        "audio_hop_latency_seconds",
+        "Latency of a hop of an audio moment: transit (a write in one process to a read in another) or residence (a read to a write inside one process).",
+    ),
+    (
+        "audio_hop_error_bound_seconds",
+        "Error bound of each hop latency from cross-node clock alignment (0 within a node).",
+    ),
+];
+
+/// Name and help of each per-node counter, in the order of [`NodeStats::counters`].
+const COUNTERS: [(&str, &str); 3] = [
+    (
+        "audio_agent_sightings_total",
+        "Sightings the collector took from the agent on the node.",
+    ),
+    (
+        "audio_agent_lost_sightings_total",
+        "Sightings the agent on the node reported dropping (its uplink queue was full).",
+    ),
+    (
+        "audio_agent_duplicate_batches_total",
+        "Batches from the node the collector already held (resends), acknowledged and dropped.",
+    ),
+];
+
+/// Name and help of each per-node gauge, in the order of [`NodeStats::gauges`].
+const GAUGES: [(&str, &str); 2] = [
+    (
+        "audio_node_clock_offset_seconds",
+        "The collector's clock minus the node's monotonic clock, as the node's clock model estimates it.",
+    ),
+    (
+        "audio_node_clock_bound_seconds",
+        "Error bound of the node's clock model mapping its stamps onto the collector's clock.",
+    ),
+];
+
+#[derive(Default)]
+struct Hop {
+    /// Latency, alignment bound.
+    histograms: [Histogram; 2],
+}
+
+struct NodeStats {
+    /// Sightings, lost, duplicate batches.
+    counters: [u64; 3],
+    /// Clock offset and bound in seconds, while the clock model has them.
+    gauges: [Option<f64>; 2],
+}
+
+/// BTreeMaps: the rendering is in a stable order, which keeps scrapes diffable.
+#[derive(Default)]
+struct Inner {
+    hops: BTreeMap<HopLabels, Hop>,
+    nodes: BTreeMap<String, NodeStats>,
+}
+
+/// The collector's metrics; clones share them.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Metrics {
+    /// One hop of one moment: its latency and the error bound of that latency (0 within a node).
+    pub fn observe_hop(&self, labels: &HopLabels, latency_ns: i64, bound_ns: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        let [latency, bound] = &mut inner.hops.entry(labels.clone()).or_default().histograms;
+        latency.observe(latency_ns.max(0) as u64);
+        bound.observe(bound_ns);
+    }
+
+    /// A node's cumulative counters as the collector holds them, and its clock model's offset
+    /// (collector − node) and bound (`None` until the model has enough exchanges; the series
+    /// is then left out).
+    pub fn set_node(
+        &self,
+        node: &str,
+        sightings_total: u64,
+        lost_total: u64,
+        duplicates_total: u64,
+        clock_offset_ns: Option<i64>,
+        clock_bound_ns: Option<u64>,
+    ) {
+        self.inner.lock().unwrap().nodes.insert(
+            node.to_string(),
+            NodeStats {
+                counters: [sightings_total, lost_total, duplicates_total],
+                gauges: [
+                    clock_offset_ns.map(|ns| seconds(ns as f64)),
+                    clock_bound_ns.map(|ns| seconds(ns as f64)),
+                ],
+            },
+        );
+    }
+
+    /// Everything in the Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let inner = self.inner.lock().unwrap();
+        let mut out = String::new();
+        let hops: Vec<_> = inner
+            .hops
+            .iter()
+            .map(|(l, hop)| {
+                let labels = format!(
+                    "source_node=\"{}\",source=\"{}\",destination_node=\"{}\",destination=\"{}\",kind=\"{}\"",
+                    escape(&l.source_node),
+                    escape(&l.source),
+                    escape(&l.destination_node),
+                    escape(&l.destination),
+                    escape(l.kind),
+                );
+                (labels, hop)
+            })
+            .collect();
+        for (i, (name, help)) in HISTOGRAMS.iter().enumerate() {
+            header(&mut out, name, help, "histogram");
+            for (labels, hop) in &hops {
+                hop.histograms[i].render(&mut out, name, labels);
+            }
+        }
+        for (i, (name, help)) in COUNTERS.iter().enumerate() {
+            header(&mut out, name, help, "counter");
+            for (node, stats) in &inner.nodes {
+                let v = stats.counters[i];
+                writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
+            }
+        }
+        for (i, (name, help)) in GAUGES.iter().enumerate() {
+            header(&mut out, name, help, "gauge");
+            for (node, stats) in &inner.nodes {
+                if let Some(v) = stats.gauges[i] {
+                    writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
+                }
+            }
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}").unwrap();
+}
+
+fn seconds(ns: f64) -> f64 {
+    ns / 1e9
+}
+
+/// A label value as the format wants it: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves GET /metrics on `addr` until `shutdown` resolves.
+pub async fn serve_metrics(
+    metrics: Metrics,
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_metrics_on(metrics, TcpListener::bind(addr).await?, shutdown).await
+}
+
+/// [`serve_metrics`] on a listener already bound (port 0 in tests).
+pub async fn serve_metrics_on(
+    metrics: Metrics,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                metrics.render(),
+            )
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(source: &str, destination: &str, kind: &'static str) -> HopLabels {
+        HopLabels {
+            source_node: "node-a".into(),
+            source: source.into(),
+            destination_node: "node-b".into(),
+            destination: destination.into(),
+            kind,
+        }
+    }
+
+    /// The value of the one sample line starting with `series` (name and labels).
+    fn sample(text: &str, series: &str) -> f64 {
+        let lines: Vec<_> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .collect();
+        assert_eq!(lines.len(), 1, "{series} in\n{text}");
+        lines[0].parse().unwrap()
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_sum_in_seconds() {
+        let m = Metrics::default();
+        let h = hop("src", "relay", "transit");
+        for ns in [5_000, 10_000, 1_200_000, 1_300_000, 3_000_000_000] {
+            m.observe_hop(&h, ns, 200_000);
+        }
+        let text = m.render();
+        let labels = r#"source_node="node-a",source="src",destination_node="node-b",destination="relay",kind="transit""#;
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!("audio_hop_latency_seconds_bucket{{{labels},le=\"{le}\"}}"),
+            )
+        };
+        // An observation equal to a bound is in that bucket (le is ≤).
+        assert_eq!(bucket("0.00001"), 2.0);
+        assert_eq!(bucket("0.001"), 2.0);
+        assert_eq!(bucket("0.0025"), 4.0);
+        assert_eq!(bucket("1"), 4.0);
+        assert_eq!(bucket("+Inf"), 5.0);
+        let les: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("audio_hop_latency_seconds_bucket"))
+            .map(|l| l.split(' ').next_back().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(les.len(), BUCKETS_NS.len() + 1);
+        assert!(les.windows(2).all(|w| w[0] <= w[1]), "{les:?}");
+        let sum = sample(&text, &format!("audio_hop_latency_seconds_sum{{{labels}}}"));
+        assert!((sum - 3.002515).abs() < 1e-12, "{sum}");
+        assert_eq!(
+            sample(
+                &text,
+                &format!("audio_hop_latency_seconds_count{{{labels}}}")
+            ),
+            5.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("audio_hop_error_bound_seconds_bucket{{{labels},le=\"0.00025\"}}")
+            ),
+            5.0
+        );
+    }
+
+    #[test]
+    fn negative_latency_counts_in_the_lowest_bucket_as_zero() {
+        let m = Metrics::default();
+        let h = hop("src", "relay", "transit");
+        m.observe_hop(&h, -40_000, 100_000);
+        m.observe_hop(&h, 2_000_000, 100_000);
+        let text = m.render();
+        let labels = r#"source_node="node-a",source="src",destination_node="node-b",destination="relay",kind="transit""#;
+        assert_eq!(
+            sample(
+                &text,
+                &format!("audio_hop_latency_seconds_bucket{{{labels},le=\"0.00001\"}}")
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(&text, &format!("audio_hop_latency_seconds_sum{{{labels}}}")),
+            0.002
+        );
+    }
+
+    #[test]
+    fn format_headers_escaping_and_node_series() {
+        let m = Metrics::default();
+        m.observe_hop(&hop("a\\b", "say \"hi\"\nnow", "residence"), 1_000, 0);
+        m.set_node("node-a", 10, 2, 1, Some(-50_000_000), None);
+        m.set_node("node-\"b\"", 7, 0, 0, Some(1_500), Some(20_000));
+        let text = m.render();
+        assert!(text.contains(
+            r#"audio_hop_latency_seconds_count{source_node="node-a",source="a\\b",destination_node="node-b",destination="say \"hi\"\nnow",kind="residence"} 1"#
+        ), "{text}");
+        for (name, kind) in [
+            ("audio_hop_latency_seconds", "histogram"),
+            ("audio_hop_error_bound_seconds", "histogram"),
+            ("audio_agent_sightings_total", "counter"),
+            ("audio_agent_lost_sightings_total", "counter"),
+            ("audio_agent_duplicate_batches_total", "counter"),
+            ("audio_node_clock_offset_seconds", "gauge"),
+            ("audio_node_clock_bound_seconds", "gauge"),
+        ] {
+            // HELP then TYPE, each family once and before its samples.
+            let at = text.find(&format!("# HELP {name} ")).unwrap();
+            assert_eq!(text.matches(&format!("# HELP {name} ")).count(), 1);
+            let kind_line = format!("# TYPE {name} {kind}");
+            assert_eq!(text[at..].lines().nth(1), Some(kind_line.as_str()));
+            assert!(!text[..at].contains(&format!("\n{name}")));
+        }
+        assert_eq!(
+            sample(&text, r#"audio_agent_sightings_total{node="node-a"}"#),
+            10.0
+        );
+        assert_eq!(
+            sample(&text, r#"audio_agent_lost_sightings_total{node="node-a"}"#),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"audio_agent_duplicate_batches_total{node="node-a"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(&text, r#"audio_node_clock_offset_seconds{node="node-a"}"#),
+            -0.05
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"audio_node_clock_bound_seconds{node="node-\"b\""}"#
+            ),
+            2e-5
+        );
+        assert!(!text.contains(r#"audio_node_clock_bound_seconds{node="node-a"}"#));
+        // Every sample line: a name, labels in braces, one space, a number.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(series.ends_with('}') && series.contains('{'), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+        assert!(text.ends_with('\n'));
+    }
+}

@@ -1,0 +1,67 @@
+//! Where the collector's hop records go: the live table, JSON lines, Prometheus metrics, and
+//! (for tests and the demo's score) the records themselves.
+
+use crate::collector::Service;
+use crate::metrics::{HopLabels, Metrics};
+use anyhow::Result;
+use harness::schema::{HopKind, HopRecord};
+use phase_1_poc::report::HopStats;
+use std::io::Write;
+
+#[derive(Default)]
+pub struct Outputs {
+    pub stats: HopStats,
+    pub metrics: Metrics,
+    pub json: Option<Box<dyn Write + Send>>,
+    pub records: Option<Vec<HopRecord>>,
+}
+
+fn labels(r: &HopRecord) -> HopLabels {
+    let node = |s: &harness::schema::Sighting| s.node.clone().unwrap_or_default();
+    HopLabels {
+        source_node: node(&r.from),
+        source: r.from.comm.clone(),
+        destination_node: node(&r.to),
+        destination: r.to.comm.clone(),
+        kind: match r.kind {
+            HopKind::Transit => "transit",
+            HopKind::Residence => "residence",
+            HopKind::WriteToWrite => "write_to_write",
+            HopKind::ReadToRead => "read_to_read",
+        },
+    }
+}
+
+impl Outputs {
+    pub fn take(&mut self, records: Vec<HopRecord>) -> Result<()> {
+        for r in &records {
+            self.stats.add(r);
+            self.metrics
+                .observe_hop(&labels(r), r.latency_ns, r.bound_ns.unwrap_or(0));
+        }
+        if let Some(json) = &mut self.json {
+            harness::schema::write_jsonl(json, &records)?;
+            json.flush()?;
+        }
+        if let Some(kept) = &mut self.records {
+            kept.extend(records);
+        }
+        Ok(())
+    }
+
+    /// The nodes' counters and clocks, as the metrics show them.
+    pub fn update_nodes(&self, service: &Service) {
+        let state = service.state.lock().unwrap();
+        for n in state.nodes.values() {
+            let clock = state.clock_offset(n);
+            self.metrics.set_node(
+                &n.name,
+                n.sightings,
+                n.lost,
+                n.duplicates,
+                clock.map(|c| c.0),
+                clock.map(|c| c.1),
+            );
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! S9 (BRIEF §6): three "nodes" (network namespaces joined by veth), an agent process per node
+//! whose clock is skewed on purpose, the collector matching across nodes. Every hop is found,
+//! the collector recovers each node's offset, and every cross-node latency lies within the
+//! bound its record carries.
+
+use harness::scenario::s9;
+use harness::score::TEST_BAR;
+use phase_3_multi_node::run::trace_scenario_phase3;
+use phase_3_multi_node::uplink::Skew;
+use std::path::Path;
+
+const EXE: &str = env!("CARGO_BIN_EXE_phase-3-multi-node");
+
+/// BRIEF §6: offsets up to ±50 ms, drifts of tens of ppm.
+fn skew(node: &str) -> Skew {
+    let (offset_ns, ppm) = match node {
+        "a" => (-20_000_000, 40.0),
+        "b" => (50_000_000, -35.0),
+        _ => (-48_000_000, 20.0),
+    };
+    Skew {
+        offset_ns,
+        ppm,
+        origin_ns: 0,
+    }
+}
+
+#[test]
+fn s9_cross_node_hops_are_measured_within_their_bound() {
+    let r = trace_scenario_phase3(&s9(), Path::new(EXE), skew).expect("S9 (run as root)");
+    eprintln!(
+        "{}\n{}\ncollector: {}",
+        r.measured.table(),
+        r.score,
+        r.collector
+    );
+    for (node, line) in &r.agents {
+        eprintln!("agent {node}: {line}");
+    }
+    let s = &r.score;
+    assert!(
+        s.misses(&TEST_BAR).is_empty(),
+        "{:?}\n{s}",
+        s.misses(&TEST_BAR)
+    );
+    let x = &s.cross_node;
+    // a → b and b → c (twice): three of S9's six hops per call cross nodes.
+    assert!(x.records > 1000, "{s}");
+    assert_eq!(x.outside_bound, 0, "{s}");
+    // BRIEF §7: cross-node error p99 ≤ 200 µs.
+    assert!(x.error_p99_ns <= 200_000, "{s}");
+    // Hops inside node b are measured on b's own clock, as phase 2 measures them (BRIEF §7's
+    // 20 µs is a benchmark figure, BENCHMARKS.md; this bound leaves room for a noisy CI).
+    let node_of = |hop_end: &str| {
+        let name = hop_end.split(':').next().unwrap();
+        r.gt.component(name).and_then(|c| c.node.clone())
+    };
+    let within: Vec<_> = s
+        .hops
+        .iter()
+        .filter(|h| node_of(&h.from) == node_of(&h.to))
+        .collect();
+    // Per call: a → b, b → c twice.
+    assert_eq!(s.hops.len() - within.len(), 3 * 4, "{s}");
+    for h in within {
+        assert!(h.error_p99_ns <= 50_000, "{} → {}: {s}", h.from, h.to);
+    }
+    // The collector recovered every node's clock: offset (collector − node) within its bound
+    // of the skew put in, at the node's drift since the agent started.
+    for node in ["a", "b", "c"] {
+        let part = r
+            .collector
+            .split(" | ")
+            .find(|p| p.starts_with(&format!("{node}: ")))
+            .unwrap_or_else(|| panic!("node {node} in {}", r.collector));
+        assert!(part.contains("lost=0"), "{part}");
+        let offset_ms: f64 = part
+            .split("offset=")
+            .nth(1)
+            .and_then(|v| v.split("ms").next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no offset in {part}"));
+        let want_ms = -(skew(node).offset_ns as f64) / 1e6;
+        // The skew's drift moves the offset by ppm × run time (≤ 50 ppm × 40 s = 2 ms).
+        assert!(
+            (offset_ms - want_ms).abs() < 2.0,
+            "node {node}: offset {offset_ms} ms, skew {want_ms} ms"
+        );
+    }
+}
