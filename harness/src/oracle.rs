@@ -41,6 +41,7 @@ pub fn records(gt: &GroundTruth, calls: &[CallTruthIndex], obs: Observes) -> Vec
                 t_ns,
                 pos,
                 node: log.node.clone(),
+                pod: None,
             })
         };
         for (a, b) in c.hops(obs) {

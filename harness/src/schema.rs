@@ -20,6 +20,19 @@ pub struct Sighting {
     pub pos: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The process in Kubernetes terms, when the tracer knows them (phase 4 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
+/// Where a process runs in Kubernetes terms.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The owning workload (a Deployment, StatefulSet, DaemonSet, Job), or the pod itself.
+    pub workload: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +129,7 @@ mod tests {
             t_ns,
             pos: Some(99),
             node: None,
+            pod: None,
         };
         let r = HopRecord::new(0xFFFF_FFFF_FFFF_FFF1, s(Dir::Write, 100), s(Dir::Read, 350));
         let mut buf = Vec::new();

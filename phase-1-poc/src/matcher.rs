@@ -43,6 +43,7 @@ impl crate::Matching for Matcher {
             // Phase 1's positions count from each write, not from the flow.
             pos: None,
             node: None,
+            pod: None,
         };
         out.extend(
             v.windows(2)

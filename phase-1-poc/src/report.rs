@@ -11,10 +11,15 @@ pub struct HopStats {
     hops: BTreeMap<(String, String), (Vec<i64>, Option<u64>)>,
 }
 
+/// A pod where it is known (phase 4), else a process; prefixed by its node when there are several.
 fn label(s: &Sighting) -> String {
-    match &s.node {
-        Some(node) => format!("{node}/{}[{}]", s.comm, s.pid),
+    let who = match &s.pod {
+        Some(p) => format!("{}/{}", p.namespace, p.pod),
         None => format!("{}[{}]", s.comm, s.pid),
+    };
+    match &s.node {
+        Some(node) => format!("{node}/{who}"),
+        None => who,
     }
 }
 

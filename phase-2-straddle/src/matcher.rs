@@ -200,6 +200,7 @@ fn sighting(s: &Seen) -> Sighting {
         t_ns: s.e.call.t_ns,
         pos: Some(s.e.end),
         node: None,
+        pod: None,
     }
 }
 

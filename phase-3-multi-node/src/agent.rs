@@ -2,7 +2,7 @@
 //! this node can read its /proc), and the sightings shipped to the collector through the
 //! uplink. It matches nothing itself: a moment's other sightings may be on other nodes.
 
-use crate::proto::Sighting;
+use crate::proto::{PodRef, Sighting};
 use crate::uplink::{Uplink, UplinkConfig};
 use anyhow::Result;
 use phase_2_straddle::event::Phase2Event;
@@ -30,8 +30,12 @@ pub fn link_name(node: &str, link: &Link) -> String {
     }
 }
 
+/// Names the process of an event in Kubernetes terms (phase 4), when it can.
+pub type Annotate = Box<dyn FnMut(&Phase2Event) -> Option<PodRef> + Send>;
+
 pub struct NodeAgent {
     pub tracer: Tracer,
+    pub annotate: Option<Annotate>,
     links: Links,
     pub uplink: Uplink,
     node: String,
@@ -45,6 +49,7 @@ impl NodeAgent {
     pub fn new(tracer: Tracer, uplink: UplinkConfig) -> Self {
         Self {
             tracer,
+            annotate: None,
             links: Links::default(),
             node: uplink.node.clone(),
             uplink: Uplink::start(uplink),
@@ -58,6 +63,7 @@ impl NodeAgent {
         let link = self
             .links
             .resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
+        let pod = self.annotate.as_mut().and_then(|f| f(&e));
         Sighting {
             signature: e.signature,
             t_ns: e.call.t_ns,
@@ -68,6 +74,7 @@ impl NodeAgent {
             pos: e.end,
             link: link_name(&self.node, &link),
             flow_birth_ns: e.call.flow_birth_ns,
+            pod,
         }
     }
 

@@ -1,7 +1,10 @@
 //! Phase 3: an agent per node (`agent`: phase 2's kernel side, links resolved on the node,
 //! sightings shipped through `uplink`: batched, bounded, resent until acknowledged, losses
 //! counted), and a collector (`collector`) that maps every node's clock onto its own with an
-//! error bound (`clock`) and matches moments across nodes (`matcher`: phase 2's hop rules).
+//! error bound (`clock`) and matches moments across nodes (`matcher`: phase 2's hop rules),
+//! reporting through `outputs` (table, JSON lines, Prometheus `metrics`). Agent and collector
+//! can require each other's certificates (`mtls`). `cli` holds the two processes, `run` a
+//! harness scenario traced with an agent process per node.
 
 pub mod agent;
 pub mod cli;

@@ -38,6 +38,12 @@ impl NodeSight {
             t_ns: self.mapped_ns,
             pos: Some(self.wire.pos),
             node: Some(self.node.1.to_string()),
+            pod: self.wire.pod.as_ref().map(|p| harness::schema::PodRef {
+                namespace: p.namespace.clone(),
+                pod: p.pod.clone(),
+                container: p.container.clone(),
+                workload: p.workload.clone(),
+            }),
         }
     }
 }

@@ -41,7 +41,7 @@ const BUCKETS_NS: [u64; 16] = [
 ];
 
 /// Label set of one hop: from a component on one node to a component on the same or another.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HopLabels {
     pub source_node: String,
     /// A component name, such as a process comm (a workload from phase 4 on).
@@ -51,6 +51,10 @@ pub struct HopLabels {
     /// "transit" (a write in one process → a read in another) or "residence" (a read → a write
     /// inside one process).
     pub kind: &'static str,
+    /// Kubernetes namespaces of the two workloads (phase 4 on); rendered only when known, as
+    /// Prometheus takes an empty label for an absent one.
+    pub source_namespace: String,
+    pub destination_namespace: String,
 }
 
 #[derive(Default)]
@@ -195,7 +199,7 @@ impl Metrics {
             .hops
             .iter()
             .map(|(l, hop)| {
-                let labels = format!(
+                let mut labels = format!(
                     "source_node=\"{}\",source=\"{}\",destination_node=\"{}\",destination=\"{}\",kind=\"{}\"",
                     escape(&l.source_node),
                     escape(&l.source),
@@ -203,6 +207,14 @@ impl Metrics {
                     escape(&l.destination),
                     escape(l.kind),
                 );
+                for (name, value) in [
+                    ("source_namespace", &l.source_namespace),
+                    ("destination_namespace", &l.destination_namespace),
+                ] {
+                    if !value.is_empty() {
+                        labels += &format!(",{name}=\"{}\"", escape(value));
+                    }
+                }
                 (labels, hop)
             })
             .collect();
@@ -291,6 +303,7 @@ mod tests {
             destination_node: "node-b".into(),
             destination: destination.into(),
             kind,
+            ..Default::default()
         }
     }
 

@@ -4,7 +4,7 @@
 use crate::collector::Service;
 use crate::metrics::{HopLabels, Metrics};
 use anyhow::Result;
-use harness::schema::{HopKind, HopRecord};
+use harness::schema::{HopKind, HopRecord, Sighting};
 use phase_1_poc::report::HopStats;
 use std::io::Write;
 
@@ -16,13 +16,27 @@ pub struct Outputs {
     pub records: Option<Vec<HopRecord>>,
 }
 
+/// A hop between workloads where they are known (phase 4), else between process names.
 fn labels(r: &HopRecord) -> HopLabels {
-    let node = |s: &harness::schema::Sighting| s.node.clone().unwrap_or_default();
+    let node = |s: &Sighting| s.node.clone().unwrap_or_default();
+    let name = |s: &Sighting| {
+        s.pod
+            .as_ref()
+            .map_or(s.comm.clone(), |p| p.workload.clone())
+    };
+    let namespace = |s: &Sighting| {
+        s.pod
+            .as_ref()
+            .map(|p| p.namespace.clone())
+            .unwrap_or_default()
+    };
     HopLabels {
         source_node: node(&r.from),
-        source: r.from.comm.clone(),
+        source: name(&r.from),
+        source_namespace: namespace(&r.from),
         destination_node: node(&r.to),
-        destination: r.to.comm.clone(),
+        destination: name(&r.to),
+        destination_namespace: namespace(&r.to),
         kind: match r.kind {
             HopKind::Transit => "transit",
             HopKind::Residence => "residence",

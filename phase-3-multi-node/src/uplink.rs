@@ -158,7 +158,10 @@ async fn exchange(client: &mut Client, config: &UplinkConfig) -> Option<Exchange
 }
 
 async fn connect(config: &UplinkConfig) -> anyhow::Result<Client> {
-    let mut endpoint = Endpoint::from_shared(config.collector.clone())?;
+    // A collector that accepts and then never answers must not stall the uplink for good.
+    let mut endpoint = Endpoint::from_shared(config.collector.clone())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
     if let Some(tls) = &config.tls {
         // tonic speaks TLS only to an https:// address and plaintext to any other.
         anyhow::ensure!(

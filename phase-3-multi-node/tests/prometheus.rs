@@ -78,6 +78,7 @@ fn labels(source: &str, destination: &str, kind: &'static str) -> HopLabels {
         destination_node: "node-b".into(),
         destination: destination.into(),
         kind,
+        ..Default::default()
     }
 }
 

@@ -58,6 +58,7 @@ fn sightings(batch: u64, n: u64, t_ns: u64) -> Vec<Sighting> {
             pos: i,
             link: "tcp:10.0.0.1:4000-10.0.0.2:5000".into(),
             flow_birth_ns: 1,
+            pod: None,
         })
         .collect()
 }
