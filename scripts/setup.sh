@@ -21,6 +21,8 @@ packages=(
   nats-server stunnel4 libssl-dev pkg-config
   # phase 3's metrics test has a real Prometheus server scrape the collector
   prometheus
+  # phase 4's cgroup attribution test runs busybox containers with crun (no docker, no systemd)
+  crun busybox-static
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -2,6 +2,7 @@
 //! `cargo run --release -p bench -- pairs` (root), `-- agent` and `-- scale` (root). See BENCHMARKS.md for what each mode means.
 
 mod agent;
+pub mod compare;
 mod pairs;
 mod scale;
 
@@ -26,6 +27,16 @@ enum What {
     /// Phase 2's agent on one core: events decoded, matched and closed per second, and its
     /// memory with a second of 1000 calls open in the matching window.
     Agent,
+    /// Every phase on the whole scenario catalogue and S9: which scenarios each passes, its
+    /// figures, and its overhead; writes the comparison page.
+    Compare {
+        #[arg(long, default_value = "docs/phases/comparison.md")]
+        out: std::path::PathBuf,
+        /// Only these scenarios (comma-separated ids; the CI subset), without the overhead
+        /// measurement.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+    },
     /// Concurrent calls in real time through a 3-hop chain of real processes under phase 2:
     /// moments emitted vs received, agent CPU and RSS, and the score (BRIEF §7 "scale").
     Scale {
@@ -44,10 +55,13 @@ enum What {
 fn main() {
     // The scale bench launches its pipeline's components from this binary.
     harness::component::run_if_component();
+    // So does the comparison, and phase 3's agents.
+    phase_3_multi_node::run::run_if_agent();
     let cli = Cli::parse();
     let result = match cli.what {
         What::Pairs { rounds } => pairs::run(rounds),
         What::Agent => agent::run(),
+        What::Compare { out, scenarios } => compare::write_page(&out, &scenarios),
         What::Scale {
             calls,
             seconds,

@@ -24,7 +24,7 @@ const BATCHES: usize = 4;
 const PIPE_SIZE: i32 = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Content {
+pub(crate) enum Content {
     Speech,
     Quiet,
     Json,
@@ -33,7 +33,7 @@ enum Content {
 impl Content {
     const ALL: [Content; 3] = [Content::Speech, Content::Quiet, Content::Json];
 
-    fn bytes(self) -> Result<Vec<u8>> {
+    pub(crate) fn bytes(self) -> Result<Vec<u8>> {
         Ok(match self {
             Content::Speech => audio::speech_call(&audio::speech_corpus()?, 60.0, 1).to_bytes(),
             // Comfort noise at a few LSB: what a muted line carries.
@@ -61,13 +61,13 @@ enum Mode {
     Scan,
 }
 
-struct Pipe {
+pub(crate) struct Pipe {
     r: i32,
     w: i32,
 }
 
 impl Pipe {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let mut fds = [0; 2];
         // SAFETY: fds has room for the two descriptors.
         if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -84,7 +84,7 @@ impl Pipe {
     }
 
     /// Mean ns per pair over one batch of `size`-byte pairs taken from `bytes`.
-    fn batch(&self, bytes: &[u8], size: usize, buf: &mut [u8]) -> f64 {
+    pub(crate) fn batch(&self, bytes: &[u8], size: usize, buf: &mut [u8]) -> f64 {
         let pairs = BATCH_BYTES / size;
         let t = std::time::Instant::now();
         for i in 0..pairs {

@@ -47,6 +47,7 @@ fn demo_skew(node: &str) -> Skew {
 
 fn main() {
     harness::component::run_if_component();
+    phase_3_multi_node::run::run_if_agent();
     let cli = Cli::parse();
     exit_on_error("phase-3-multi-node", || match &cli.command {
         Some(Command::Agent(a)) => run_agent(a),

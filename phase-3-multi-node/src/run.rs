@@ -29,6 +29,24 @@ pub struct Phase3Run {
 
 /// How long an agent may take to load its programs and attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Set on the agents this module starts: the binary they run is whichever runs the scenario.
+const AGENT_ENV: &str = "PHASE3_RUN_AS_AGENT";
+
+/// Makes this binary an agent when [`trace_scenario_phase3`] started it as one (as
+/// `harness::component::run_if_component` makes it a component); call first in `main`.
+pub fn run_if_agent() {
+    if std::env::var_os(AGENT_ENV).is_none() {
+        return;
+    }
+    #[derive(clap::Parser)]
+    struct Agent {
+        #[command(flatten)]
+        args: crate::cli::AgentArgs,
+    }
+    let agent = <Agent as clap::Parser>::parse();
+    phase_1_poc::cli::exit_on_error("agent", || crate::cli::run_agent(&agent.args));
+    std::process::exit(0);
+}
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -45,7 +63,8 @@ fn start_agent(
     ready: &Path,
 ) -> Result<Child> {
     let mut c = Command::new(exe);
-    c.args(["agent", "--node", node, "--collector", collector]);
+    c.env(AGENT_ENV, "1");
+    c.args(["--node", node, "--collector", collector]);
     c.arg("--ready-file").arg(ready);
     c.args([
         "--skew-offset-ms",
@@ -128,7 +147,8 @@ pub fn trace_scenario_phase3(
     // Agents stop by themselves once their processes are gone, after delivering everything.
     let mut agent_lines = Vec::new();
     for (node, mut child) in agents {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Detaching the uprobes of every traced process takes the kernel ~1 s each here.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while child.try_wait()?.is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -66,6 +66,8 @@ struct Queue {
     next_seq: u64,
     counters: UplinkCounters,
     last_error: Option<String>,
+    /// The batch being sent: it may still arrive, so a full queue drops the next oldest.
+    in_flight: Option<u64>,
 }
 
 pub struct Uplink {
@@ -99,7 +101,9 @@ impl Uplink {
         }
         let mut q = self.queue.lock().unwrap();
         if q.batches.len() >= self.config.capacity {
-            let dropped = q.batches.pop_front().expect("capacity is at least 1");
+            let sending = q.in_flight.is_some() && q.in_flight == q.batches.front().map(|b| b.seq);
+            let oldest = usize::from(sending && q.batches.len() > 1);
+            let dropped = q.batches.remove(oldest).expect("capacity is at least 1");
             q.counters.lost += dropped.sightings.len() as u64;
         }
         let seq = q.next_seq;
@@ -196,16 +200,16 @@ async fn connect(config: &UplinkConfig) -> anyhow::Result<Client> {
 async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
     let mut client: Option<Client> = None;
     let mut backoff = Duration::from_millis(20);
-    let mut sync = tokio::time::interval(config.sync_every);
+    let mut next_sync = tokio::time::Instant::now();
     let mut burst = SYNC_BURST.0;
-    let mut sync_due = true;
     let mut highest_sent = 0;
     loop {
         tokio::select! {
             _ = wake.notified() => {}
-            _ = sync.tick() => sync_due = true,
+            _ = tokio::time::sleep_until(next_sync) => {}
         }
-        // Until the queue is empty or the collector unreachable.
+        // Until the queue is empty or the collector unreachable; exchanges keep their pace
+        // while a slow collector keeps the queue from emptying.
         loop {
             let c = match client.as_mut() {
                 Some(c) => c,
@@ -232,15 +236,17 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                     }
                 },
             };
-            if sync_due {
+            if tokio::time::Instant::now() >= next_sync {
                 match exchange(c, &config).await {
                     Some(e) => {
                         queue.lock().unwrap().exchanges.push(e);
-                        sync_due = false;
-                        if burst > 0 {
+                        let pace = if burst > 0 {
                             burst -= 1;
-                            sync.reset_after(SYNC_BURST.1);
-                        }
+                            SYNC_BURST.1
+                        } else {
+                            config.sync_every
+                        };
+                        next_sync = tokio::time::Instant::now() + pace;
                     }
                     None => {
                         client = None;
@@ -258,11 +264,14 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                 };
                 b.lost = lost;
                 b.exchanges.extend(exchanges);
-                b.clone()
+                let b = b.clone();
+                q.in_flight = Some(b.seq);
+                b
             };
             let acked =
                 matches!(c.send(batch.clone()).await, Ok(a) if a.get_ref().seq == batch.seq);
             let mut q = queue.lock().unwrap();
+            q.in_flight = None;
             if batch.seq <= highest_sent {
                 q.counters.resends += 1;
             }
