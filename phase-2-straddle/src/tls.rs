@@ -27,6 +27,11 @@ pub struct TlsProbes {
     attached: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// Targets without libssl mapped (yet): looked at again by `refresh`.
     waiting: HashSet<u32>,
+    /// Targets whose libssl could not be probed (uprobes need CAP_SYS_ADMIN since Linux 6.16):
+    /// their TLS links are seen as ciphertext, the rest of their traffic as usual.
+    failed: HashSet<u32>,
+    /// Why the first of them failed, printed once.
+    pub first_failure: Option<String>,
 }
 
 /// The OpenSSL library `pid` has mapped, as a path this agent can open (through the process's
@@ -70,15 +75,25 @@ impl TlsProbes {
             return Ok(());
         }
         for &pid in pids {
-            if self.attached.contains_key(&pid) {
+            if self.attached.contains_key(&pid) || self.failed.contains(&pid) {
                 continue;
             }
             match libssl_of(pid) {
                 Some(lib) => {
-                    let links = attach(ebpf, pid, &lib)
-                        .with_context(|| format!("probing {} of pid {pid}", lib.display()))?;
-                    self.attached.insert(pid, links);
                     self.waiting.remove(&pid);
+                    match attach(ebpf, pid, &lib) {
+                        Ok(links) => {
+                            self.attached.insert(pid, links);
+                        }
+                        Err(e) => {
+                            if self.first_failure.is_none() {
+                                let why = format!("probing {} of pid {pid}: {e:#}", lib.display());
+                                eprintln!("TLS links of some targets are not seen: {why}");
+                                self.first_failure = Some(why);
+                            }
+                            self.failed.insert(pid);
+                        }
+                    }
                 }
                 None => {
                     self.waiting.insert(pid);
@@ -91,6 +106,7 @@ impl TlsProbes {
     /// Looks again at targets waiting for a libssl, and detaches from processes that exited.
     pub fn refresh(&mut self, ebpf: &mut Ebpf) -> Result<()> {
         self.waiting.retain(|&pid| alive(pid));
+        self.failed.retain(|&pid| alive(pid));
         let waiting: Vec<u32> = self.waiting.iter().copied().collect();
         self.add(ebpf, &waiting)?;
         let gone: Vec<u32> = self
@@ -111,6 +127,11 @@ impl TlsProbes {
     /// Target processes whose libssl is probed.
     pub fn probed(&self) -> usize {
         self.attached.len()
+    }
+
+    /// Target processes whose libssl could not be probed.
+    pub fn failures(&self) -> usize {
+        self.failed.len()
     }
 
     pub fn enabled(&self) -> bool {
@@ -134,10 +155,17 @@ fn attach(ebpf: &mut Ebpf, pid: u32, lib: &PathBuf) -> Result<Vec<(&'static str,
     let mut links = Vec::new();
     for (function, entry) in FUNCTIONS {
         for name in [entry, RETURN_PROGRAM] {
-            let link = program(ebpf, name)?
-                .attach(function, lib, scope)
-                .with_context(|| format!("attaching {name} to {function}"))?;
-            links.push((name, link));
+            match program(ebpf, name).and_then(|p| Ok(p.attach(function, lib, scope)?)) {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    // All of a process's probes or none: a lone return probe would see calls
+                    // whose entry it never saw.
+                    for (name, link) in links {
+                        let _ = program(ebpf, name).and_then(|p| Ok(p.detach(link)?));
+                    }
+                    return Err(e.context(format!("attaching {name} to {function}")));
+                }
+            }
         }
     }
     Ok(links)

@@ -134,7 +134,11 @@ impl phase_1_poc::Kernel for Tracer {
             .get("flows_created")
             .saturating_sub(path.get("flows_closed") + live);
         let tls = if self.tls.enabled() {
-            self.tls.probed().to_string()
+            format!(
+                "{} tls_probe_failures={}",
+                self.tls.probed(),
+                self.tls.failures()
+            )
         } else {
             "off".into()
         };

@@ -106,11 +106,25 @@ async fn stopped() {
     }
 }
 
+/// What a later phase adds to the agent (phase 4: Kubernetes).
+#[derive(Default)]
+pub struct AgentHooks {
+    /// Names each event's process in Kubernetes terms.
+    pub annotate: Option<crate::agent::Annotate>,
+    /// More targets, looked up again every second (processes of the selected pods); with it,
+    /// the agent runs until stopped, whatever its targets do.
+    pub targets: Option<Box<dyn FnMut() -> Result<Vec<u32>>>>,
+}
+
 /// Traces this node's targets and ships their sightings until stopped; then waits (a bounded
 /// time) for the collector to hold them all.
 pub fn run_agent(args: &AgentArgs) -> Result<()> {
+    run_agent_with(args, AgentHooks::default())
+}
+
+pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     let t = &args.targets;
-    if t.is_demo() {
+    if t.is_demo() && hooks.targets.is_none() {
         bail!("an agent needs targets: --pid or --comm");
     }
     t.check_targets()?;
@@ -124,6 +138,9 @@ pub fn run_agent(args: &AgentArgs) -> Result<()> {
     let _guard = rt.enter();
     let mut tracer = Tracer::start(&t.fingerprint(), t.comm.as_deref())?;
     tracer.add_targets(&t.pid)?;
+    if let Some(more) = &mut hooks.targets {
+        tracer.add_targets(&more()?)?;
+    }
     let mut agent = NodeAgent::new(
         tracer,
         UplinkConfig {
@@ -139,6 +156,7 @@ pub fn run_agent(args: &AgentArgs) -> Result<()> {
             tls,
         },
     );
+    agent.annotate = hooks.annotate.take();
     if let Some(f) = &args.ready_file {
         std::fs::write(f, b"").with_context(|| format!("writing {}", f.display()))?;
     }
@@ -146,6 +164,7 @@ pub fn run_agent(args: &AgentArgs) -> Result<()> {
     rt.block_on(async {
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
+        let mut lookup = tokio::time::interval(Duration::from_secs(1));
         let until = tokio::time::sleep(Duration::from_secs_f64(t.duration.unwrap_or(1e9)));
         let stop = stopped();
         tokio::pin!(until, stop);
@@ -154,10 +173,14 @@ pub fn run_agent(args: &AgentArgs) -> Result<()> {
                 _ = drain.tick() => agent.tick(),
                 _ = liveness.tick() => {
                     let alive = t.pid.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-                    if t.comm.is_none() && !alive {
+                    if t.comm.is_none() && hooks.targets.is_none() && !alive {
                         break;
                     }
                     agent.tracer.refresh()?;
+                }
+                _ = lookup.tick(), if hooks.targets.is_some() => {
+                    let pids = (hooks.targets.as_mut().expect("checked"))()?;
+                    agent.tracer.add_targets(&pids)?;
                 }
                 _ = &mut stop => break,
                 _ = &mut until => break,

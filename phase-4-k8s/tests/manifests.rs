@@ -289,12 +289,11 @@ fn env_values(c: &Container, objects: &Objects) -> BTreeMap<String, String> {
     vars
 }
 
-/// Phase 3's agent flags. Phase 4's agent mirrors them and adds the Kubernetes target selection,
-/// which this strips (and returns) before parsing.
+/// Phase 4's agent flags: phase 3's and the Kubernetes target selection.
 #[derive(Parser)]
 struct AgentCli {
     #[command(flatten)]
-    args: phase_3_multi_node::cli::AgentArgs,
+    args: phase_4_k8s::cli::AgentArgs,
 }
 
 #[derive(Parser)]
@@ -303,27 +302,21 @@ struct CollectorCli {
     args: phase_3_multi_node::cli::CollectorArgs,
 }
 
-/// The Kubernetes target selection flags phase 4's agent adds to phase 3's.
-const TARGET_FLAGS: [&str; 3] = ["--namespace", "--selector", "--container"];
-
+/// Phase 3's agent flags, and the Kubernetes target selection flags given.
 fn parse_agent(line: &[String]) -> (phase_3_multi_node::cli::AgentArgs, BTreeMap<String, String>) {
     assert_eq!(line[..2], ["phase-4-k8s", "agent"], "{line:?}");
-    let mut targets = BTreeMap::new();
     let mut rest = vec!["agent".to_string()];
-    let mut words = line[2..].iter();
-    while let Some(w) = words.next() {
-        if TARGET_FLAGS.contains(&w.as_str()) {
-            let v = words.next().unwrap_or_else(|| panic!("{w} needs a value"));
-            assert!(
-                targets.insert(w.clone(), v.clone()).is_none(),
-                "{w} given twice"
-            );
-        } else {
-            rest.push(w.clone());
-        }
-    }
+    rest.extend(line[2..].iter().cloned());
     let cli = AgentCli::try_parse_from(&rest).unwrap_or_else(|e| panic!("{line:?}:\n{e}"));
-    (cli.args, targets)
+    let targets = [
+        ("--namespace", cli.args.namespace),
+        ("--selector", cli.args.selector),
+        ("--container", cli.args.container),
+    ]
+    .into_iter()
+    .filter_map(|(flag, v)| Some((flag.to_string(), v?)))
+    .collect();
+    (cli.args.agent, targets)
 }
 
 fn parse_collector(line: &[String]) -> phase_3_multi_node::cli::CollectorArgs {

@@ -1,0 +1,60 @@
+//! Phase 4's agent: phase 3's, plus pods.
+
+use crate::attribution::{selected_pids, Attribution};
+use crate::cgroup::cgroup2_root;
+use crate::pods::{self, Selector};
+use clap::Args;
+use phase_3_multi_node::cli::{run_agent_with, AgentHooks};
+
+/// Phase 3's agent flags and the Kubernetes target selection.
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub agent: phase_3_multi_node::cli::AgentArgs,
+    /// Trace the pods of this namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Trace the pods matching this label selector (`app=asr,tier!=debug`).
+    #[arg(long, value_name = "LABELS")]
+    pub selector: Option<String>,
+    /// Trace only this container of the selected pods.
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+}
+
+/// The agent: phase 3's, with every event named by its pod and, given a selection, the
+/// selected pods' processes as targets (looked up every second).
+pub fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
+    let selector = Selector::new(
+        args.namespace.as_deref(),
+        args.selector.as_deref(),
+        args.container.as_deref(),
+    )?;
+    let by_pods = args.namespace.is_some() || args.selector.is_some() || args.container.is_some();
+    let node = pods::node_name()?;
+    let cgroup2 = cgroup2_root().ok_or_else(|| {
+        anyhow::anyhow!("no cgroup v2 hierarchy mounted: pods cannot be told apart")
+    })?;
+    // The pod watch runs on a runtime of its own for the agent's lifetime.
+    let k8s = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let index = k8s.block_on(async {
+        let index = pods::start(pods::client().await?, &node).await?;
+        if !index.wait_synced(std::time::Duration::from_secs(30)).await {
+            anyhow::bail!("the pods of node {node} were not listed within 30 s");
+        }
+        anyhow::Ok(index)
+    })?;
+    let mut attribution = Attribution::new(&cgroup2, index.clone());
+    let hooks = AgentHooks {
+        annotate: Some(Box::new(move |e| attribution.pod_of(e.call.cgroup_id))),
+        targets: by_pods.then(|| -> Box<dyn FnMut() -> anyhow::Result<Vec<u32>>> {
+            Box::new(move || Ok(selected_pids(&index, &selector)))
+        }),
+    };
+    let result = run_agent_with(&args.agent, hooks);
+    k8s.shutdown_background();
+    result
+}
