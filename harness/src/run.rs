@@ -164,7 +164,7 @@ fn free_port() -> Result<u16> {
 
 /// Whether something listens on IPv4 `port`. Read from /proc rather than by connecting: a
 /// probe connection into stunnel would make it connect on to our components.
-fn listening(port: u16) -> bool {
+pub fn listening(port: u16) -> bool {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let local = format!(":{port:04X}");
     table.lines().skip(1).any(|l| {

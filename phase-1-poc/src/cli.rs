@@ -230,7 +230,9 @@ pub fn follow_scenario_live(
         Ok(())
     })?;
     let mut child = child.context("agent never started")?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // An agent that probed OpenSSL in its targets takes ~1 s per process to close the uprobes
+    // on exit (the kernel waits for a grace period per probe).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while child.try_wait()?.is_none() {
         if std::time::Instant::now() > deadline {
             child.kill().ok();

@@ -115,11 +115,16 @@ impl TlsProbes {
             .copied()
             .filter(|&p| !alive(p))
             .collect();
+        let mut links = Vec::new();
         for pid in gone {
             for (name, link) in self.attached.remove(&pid).unwrap_or_default() {
-                // The process is gone; its probes went with it, only the link is left.
-                let _ = program(ebpf, name).and_then(|p| Ok(p.detach(link)?));
+                links.extend(program(ebpf, name).and_then(|p| Ok(p.take_link(link)?)));
             }
+        }
+        // The processes are gone, their links are left. Closing a uprobe's perf event waits
+        // for an RCU tasks-trace grace period (~0.2 s each here): not on the tracing loop.
+        if !links.is_empty() {
+            std::thread::spawn(move || drop(links));
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! that ship to a `collector` process of it; the faults are signals to those processes. The
 //! collector's JSON lines are scored against the pipeline's ground truth. Needs root (eBPF).
 
+use harness::run::listening;
 use harness::run::Targets;
 use harness::scenario::Scenario;
 use harness::schema::HopRecord;
@@ -167,16 +168,6 @@ fn free_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-/// Whether something listens on IPv4 loopback `port` (read from /proc: no probe connection).
-fn listening(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let local = format!(":{port:04X}");
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
-    })
 }
 
 /// A collector process on `addr`, once it listens.

@@ -1,5 +1,5 @@
-//! Pod attribution against a fake API server: a minimal HTTP/1.1 server on a loopback port that
-//! answers `GET /api/v1/pods` like kube-apiserver does — the PodList in
+//! Pod attribution against a fake API server (`common/api.rs`): a minimal HTTP/1.1 server on a
+//! loopback port that answers `GET /api/v1/pods` like kube-apiserver does — the PodList in
 //! `fixtures/podlist*.json` (filtered by the `spec.nodeName` field selector when one is given)
 //! and, for `watch=true`, a chunked stream of newline-delimited WatchEvents that each test feeds
 //! line by line from `fixtures/watch-*.jsonl`. Every request is recorded, so that the tests can
@@ -8,19 +8,17 @@
 //! The fixtures hold node-b pods and node-b watch events too: the server drops them only when the
 //! request carries the field selector, as the real API server would.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::api::FakeApi;
 use phase_4_k8s::pods::{self, ContainerKind, PodContainer, PodIndex, PodMeta, Selector};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
 
 const NODE: &str = "node-a";
-const SELECTOR: &str = "spec.nodeName=node-a";
 /// Every wait for the index to catch up.
 const WAIT: Duration = Duration::from_secs(5);
 /// Retention for the tests that watch an id expire.
@@ -55,251 +53,6 @@ const VAD: &str = "6a56fe96c25378b83097c5d36f1cad2154b2ed46bd3df2951a7cbe5efc344
 
 const X2_UID: &str = "8f6a0c4e-3b1d-4e8a-9c2f-5d7b1a0e6c3f";
 const DBG_UID: &str = "d4c3b2a1-0f9e-4d8c-a7b6-c5d4e3f2a1b0";
-
-// ---------------------------------------------------------------------------------------------
-// The fake API server
-
-#[derive(Clone, Debug)]
-struct Request {
-    path: String,
-    query: HashMap<String, String>,
-}
-
-impl Request {
-    fn is_watch(&self) -> bool {
-        self.query.get("watch").map(String::as_str) == Some("true")
-    }
-}
-
-enum Script {
-    /// One WatchEvent line, written to the open watch (or the next one) as one chunk.
-    Event(String),
-    /// The server ends the open watch, as it does after `timeoutSeconds`.
-    Close,
-}
-
-struct ApiState {
-    list: Mutex<Value>,
-    requests: Mutex<Vec<Request>>,
-    script: tokio::sync::Mutex<mpsc::UnboundedReceiver<Script>>,
-}
-
-struct FakeApi {
-    addr: SocketAddr,
-    state: Arc<ApiState>,
-    script: mpsc::UnboundedSender<Script>,
-}
-
-impl FakeApi {
-    async fn start(podlist: &str) -> FakeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let state = Arc::new(ApiState {
-            list: Mutex::new(serde_json::from_str(podlist).unwrap()),
-            requests: Mutex::new(Vec::new()),
-            script: tokio::sync::Mutex::new(rx),
-        });
-        let server_state = state.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let state = server_state.clone();
-                tokio::spawn(async move {
-                    let _ = serve(stream, state).await;
-                });
-            }
-        });
-        FakeApi {
-            addr,
-            state,
-            script: tx,
-        }
-    }
-
-    fn client(&self) -> kube::Client {
-        let url = format!("http://{}", self.addr).parse().unwrap();
-        kube::Client::try_from(kube::Config::new(url)).unwrap()
-    }
-
-    fn set_list(&self, podlist: &str) {
-        *self.state.list.lock().unwrap() = serde_json::from_str(podlist).unwrap();
-    }
-
-    fn send(&self, line: &str) {
-        self.script.send(Script::Event(line.to_string())).unwrap();
-    }
-
-    fn close_watch(&self) {
-        self.script.send(Script::Close).unwrap();
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.state.requests.lock().unwrap().clone()
-    }
-
-    fn lists(&self) -> Vec<Request> {
-        self.requests()
-            .into_iter()
-            .filter(|r| !r.is_watch())
-            .collect()
-    }
-
-    fn watches(&self) -> Vec<Request> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.is_watch())
-            .collect()
-    }
-
-    /// Every request the agent made was for node-a's pods only.
-    fn assert_only_this_node_requested(&self) {
-        let requests = self.requests();
-        assert!(!requests.is_empty());
-        for r in &requests {
-            assert_eq!(r.path, "/api/v1/pods", "{r:?}");
-            assert_eq!(
-                r.query.get("fieldSelector").map(String::as_str),
-                Some(SELECTOR),
-                "{r:?}"
-            );
-            assert!(!r.query.contains_key("labelSelector"), "{r:?}");
-        }
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
-                out.push(u8::from_str_radix(hex, 16).unwrap());
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
-fn parse_target(target: &str) -> Request {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let query = query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    Request {
-        path: path.to_string(),
-        query,
-    }
-}
-
-/// The node a `spec.nodeName=<node>` field selector asks for.
-fn selected_node(r: &Request) -> Option<String> {
-    r.query
-        .get("fieldSelector")?
-        .split(',')
-        .find_map(|term| term.strip_prefix("spec.nodeName=").map(str::to_string))
-}
-
-fn on_node(pod: &Value, node: &Option<String>) -> bool {
-    match node {
-        Some(node) => pod["spec"]["nodeName"].as_str() == Some(node.as_str()),
-        None => true,
-    }
-}
-
-async fn serve(stream: TcpStream, state: Arc<ApiState>) -> std::io::Result<()> {
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    let mut request_line = String::new();
-    if rd.read_line(&mut request_line).await? == 0 {
-        return Ok(());
-    }
-    loop {
-        let mut header = String::new();
-        if rd.read_line(&mut header).await? == 0 || header == "\r\n" {
-            break;
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let request = parse_target(target);
-    state.requests.lock().unwrap().push(request.clone());
-    let node = selected_node(&request);
-
-    if method != "GET" || request.path != "/api/v1/pods" {
-        let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#;
-        let head = format!(
-            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        wr.write_all(head.as_bytes()).await?;
-        wr.write_all(body.as_bytes()).await?;
-        return wr.shutdown().await;
-    }
-
-    if !request.is_watch() {
-        let mut list = state.list.lock().unwrap().clone();
-        if let Some(items) = list["items"].as_array_mut() {
-            items.retain(|pod| on_node(pod, &node));
-        }
-        let body = serde_json::to_vec(&list).unwrap();
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nAudit-Id: 5d0c3e6f-list\r\nCache-Control: no-cache, private\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        wr.write_all(head.as_bytes()).await?;
-        wr.write_all(&body).await?;
-        return wr.shutdown().await;
-    }
-
-    wr.write_all(
-        b"HTTP/1.1 200 OK\r\nAudit-Id: 5d0c3e6f-watch\r\nCache-Control: no-cache, private\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-    )
-    .await?;
-    wr.flush().await?;
-    // One watch at a time holds the script; a watch whose client went away lets go of it.
-    let mut script = state.script.lock().await;
-    let mut probe = [0u8; 64];
-    loop {
-        tokio::select! {
-            cmd = script.recv() => match cmd {
-                Some(Script::Event(line)) => {
-                    let event: Value = serde_json::from_str(&line).unwrap();
-                    let kind = event["type"].as_str().unwrap_or("");
-                    if matches!(kind, "ADDED" | "MODIFIED" | "DELETED") && !on_node(&event["object"], &node) {
-                        continue;
-                    }
-                    let chunk = format!("{:x}\r\n{}\n\r\n", line.len() + 1, line);
-                    wr.write_all(chunk.as_bytes()).await?;
-                    wr.flush().await?;
-                    // The API server ends a watch after an ERROR event.
-                    if kind == "ERROR" {
-                        break;
-                    }
-                }
-                Some(Script::Close) | None => break,
-            },
-            n = rd.read(&mut probe) => {
-                if matches!(n, Ok(0) | Err(_)) {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    wr.write_all(b"0\r\n\r\n").await?;
-    wr.shutdown().await
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -537,7 +290,7 @@ async fn initial_list_names_every_container_and_its_workload() {
         watch.query.get("allowWatchBookmarks").map(String::as_str),
         Some("true")
     );
-    api.assert_only_this_node_requested();
+    api.assert_only_node_requested(NODE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,7 +385,7 @@ async fn watch_churn_adds_modifies_and_deletes() {
     // The rest is untouched.
     assert!(index.by_container_id(X2_ASR_0).is_some());
     assert!(index.by_container_id(P8_ASR).is_some());
-    api.assert_only_this_node_requested();
+    api.assert_only_node_requested(NODE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,7 +443,7 @@ async fn restarted_container_keeps_its_previous_id_for_a_while() {
     assert!(index.by_container_id(X2_ASR_1).is_some() && index.by_container_id(X2_ASR_2).is_some());
     // Its pod uid still names its three containers, once each.
     assert_eq!(index.by_pod_uid(X2_UID).len(), 3);
-    api.assert_only_this_node_requested();
+    api.assert_only_node_requested(NODE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -730,7 +483,7 @@ async fn gone_410_relists() {
             .any(|w| w.query.get("resourceVersion").map(String::as_str) == Some("49002"))
     })
     .await;
-    api.assert_only_this_node_requested();
+    api.assert_only_node_requested(NODE);
 }
 
 #[test]
