@@ -49,8 +49,8 @@ enum phase2_counter {
 	P2_C_TLS_UNPROBED,   /* syscalls outside any SSL call whose bytes begin with a TLS
 	                      * application-data record: one per record on an encrypted link whose
 	                      * plaintext this tracer does not see (TLS library not probed: static,
-	                      * Go, JDK, rustls); the TLS 1.3 session tickets sent right after a
-	                      * probed handshake count too */
+	                      * Go, JDK, rustls); a probed TLS 1.3 link's session tickets and
+	                      * close_notify count too */
 	P2_C_NR,
 };
 

@@ -133,11 +133,12 @@ fn s6_tls_hops_are_measured_on_their_plaintext() {
         r.health
     );
     assert!(counter("ciphertext_skipped") > 0, "{}", r.health);
-    // Outside SSL_read/SSL_write, TLS 1.3 moves only session tickets (type 23 on the wire too;
-    // OpenSSL's servers send two), right after the handshake: a few per connection, where an
-    // unprobed link shows one per record.
+    // Outside SSL_read/SSL_write, TLS 1.3 moves only the session tickets OpenSSL's servers send
+    // right after the handshake (two) and the close_notify alert at shutdown (type 23 on the
+    // wire, like every TLS 1.3 record): at most three per socket end, where an unprobed link
+    // shows one per record (about 1000 here).
     assert!(
-        counter("tls_unprobed") <= counter("tls_sockets"),
+        counter("tls_unprobed") <= 3 * counter("tls_sockets"),
         "{}",
         r.health
     );
