@@ -138,8 +138,12 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     let _guard = rt.enter();
     let mut tracer = Tracer::start(&t.fingerprint(), t.comm.as_deref())?;
     tracer.add_targets(&t.pid)?;
+    // The hook's targets as last looked up: a process that leaves the selection (its pod
+    // relabelled or gone, its pid reused) stops being traced.
+    let mut selected = std::collections::HashSet::new();
     if let Some(more) = &mut hooks.targets {
-        tracer.add_targets(&more()?)?;
+        selected = more()?.into_iter().collect();
+        tracer.add_targets(&selected.iter().copied().collect::<Vec<_>>())?;
     }
     let mut agent = NodeAgent::new(
         tracer,
@@ -179,8 +183,17 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
                     agent.tracer.refresh()?;
                 }
                 _ = lookup.tick(), if hooks.targets.is_some() => {
-                    let pids = (hooks.targets.as_mut().expect("checked"))()?;
-                    agent.tracer.add_targets(&pids)?;
+                    let now: std::collections::HashSet<u32> =
+                        (hooks.targets.as_mut().expect("checked"))()?.into_iter().collect();
+                    let gone: Vec<u32> = selected
+                        .difference(&now)
+                        .filter(|p| !t.pid.contains(p))
+                        .copied()
+                        .collect();
+                    let new: Vec<u32> = now.difference(&selected).copied().collect();
+                    agent.tracer.add_targets(&new)?;
+                    phase_1_poc::Kernel::remove_targets(&mut agent.tracer, &gone)?;
+                    selected = now;
                 }
                 _ = &mut stop => break,
                 _ = &mut until => break,
