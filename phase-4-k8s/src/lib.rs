@@ -1,6 +1,7 @@
-//! Phase 4 (in progress, issue 8): an agent per Kubernetes node (a DaemonSet) whose sightings
-//! name pods, containers and workloads instead of pids, and the manifests, metrics and
-//! dashboard to run it.
+//! Phase 4: phase 3's agent per Kubernetes node (a DaemonSet) whose sightings name pods,
+//! containers and workloads instead of pids (`cgroup` → `pods`, joined in `attribution`), and
+//! which can select its targets in Kubernetes terms (`cli`). deploy/ holds the manifests and
+//! the Grafana dashboard.
 pub mod attribution;
 pub mod cgroup;
 pub mod cli;
