@@ -11,4 +11,5 @@ pub mod run;
 pub mod scenario;
 pub mod schema;
 pub mod score;
+pub mod supervised;
 pub mod truth;

@@ -156,7 +156,7 @@ fn read_port(port_file: &Path) -> Result<u16> {
 
 /// A port free on the IPv4 loopback for an external component to listen on (someone else may
 /// take it before it does: a small race, accepted).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

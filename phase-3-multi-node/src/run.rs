@@ -48,12 +48,6 @@ pub fn run_if_agent() {
     std::process::exit(0);
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn start_agent(
     exe: &Path,
     node: &str,
@@ -92,7 +86,7 @@ pub fn trace_scenario_phase3(
         .enable_all()
         .build()?;
     let service = Service::default();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], harness::run::free_port()?));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = rt.spawn(serve(service.clone(), addr, None, async {
         stopped.await.ok();

@@ -10,13 +10,13 @@ use harness::run::Targets;
 use harness::scenario::Scenario;
 use harness::schema::HopRecord;
 use harness::score::{CallTruthIndex, Observes, Score};
+use harness::supervised::{Exited, Supervised};
 use harness::truth::{monotonic_ns, Dir, GroundTruth};
 use phase_1_poc::counters::in_health;
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,130 +48,12 @@ fn on_time(sc: &Scenario) -> Duration {
     audio_wall(sc).mul_f64(1.5)
 }
 
-/// A process of this test, killed if the test ends while it still runs; its output read by
-/// threads so that it never blocks on a full pipe.
-struct Proc {
-    what: String,
-    child: Child,
-    out: Option<JoinHandle<Printed>>,
-    err: Option<JoinHandle<Printed>>,
-}
-
-/// What a process printed, and when its last output came.
-type Printed = (String, Option<Instant>);
-
-struct Exited {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    /// When its last output on stdout came.
-    printed_at: Option<Instant>,
-}
-
-impl Exited {
-    /// The last line on stdout (a health line).
-    fn last_line(&self) -> &str {
-        self.stdout
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("")
-    }
-}
-
-impl Proc {
-    fn spawn(what: &str, cmd: &mut Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<Printed> {
-            std::thread::spawn(move || {
-                let (mut bytes, mut buf, mut last) = (Vec::new(), [0u8; 4096], None);
-                while let Ok(n @ 1..) = r.read(&mut buf) {
-                    bytes.extend_from_slice(&buf[..n]);
-                    last = Some(Instant::now());
-                }
-                (String::from_utf8_lossy(&bytes).into_owned(), last)
-            })
-        }
-        Proc {
-            what: what.to_string(),
-            out: child.stdout.take().map(reader),
-            err: child.stderr.take().map(reader),
-            child,
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    fn terminate(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("running kill")
-            .success();
-        assert!(ok, "kill -TERM {} ({})", self.child.id(), self.what);
-    }
-
-    /// Waits up to `limit` for it to exit by itself (fails the test past that, with what it
-    /// printed).
-    fn wait(mut self, limit: Duration) -> Exited {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                self.child.kill().ok();
-                self.child.wait().ok();
-                let ((out, _), (err, _)) = self.output();
-                panic!(
-                    "{} still running {limit:?} after it should have stopped; killed. \
-                     stdout: {out}\nstderr: {err}",
-                    self.what
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let ((stdout, printed_at), (stderr, _)) = self.output();
-        Exited {
-            status,
-            stdout,
-            stderr,
-            printed_at,
-        }
-    }
-
-    /// What it printed (once it exited).
-    fn output(&mut self) -> (Printed, Printed) {
-        let text =
-            |h: Option<JoinHandle<Printed>>| h.map(|h| h.join().unwrap()).unwrap_or_default();
-        (text(self.out.take()), text(self.err.take()))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], harness::run::free_port().unwrap()))
 }
 
 /// A collector process on `addr`, once it listens.
-fn collector(addr: SocketAddr, json: &Path, ack_delay_ms: u64) -> Proc {
+fn collector(addr: SocketAddr, json: &Path, ack_delay_ms: u64) -> Supervised {
     let mut cmd = Command::new(EXE);
     cmd.args([
         "collector",
@@ -183,7 +65,7 @@ fn collector(addr: SocketAddr, json: &Path, ack_delay_ms: u64) -> Proc {
     .args(["--ack-delay-ms", &ack_delay_ms.to_string()])
     .arg("--json")
     .arg(json);
-    let mut p = Proc::spawn(&format!("the collector on {addr}"), &mut cmd);
+    let mut p = Supervised::spawn(&format!("the collector on {addr}"), &mut cmd);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !listening(addr.port()) {
         if !p.running() {
@@ -197,7 +79,7 @@ fn collector(addr: SocketAddr, json: &Path, ack_delay_ms: u64) -> Proc {
 }
 
 /// SIGTERM, then its final health line (it must exit 0 within a few seconds).
-fn stop_collector(p: Proc) -> String {
+fn stop_collector(p: Supervised) -> String {
     p.terminate();
     let e = p.wait(Duration::from_secs(10));
     assert!(e.status.success(), "collector: {}\n{}", e.status, e.stderr);
@@ -222,7 +104,7 @@ struct Traced<T> {
     ran: Duration,
     /// When `run()` returned: the pipeline's processes are all gone.
     ended: Instant,
-    agents: Vec<(String, Proc)>,
+    agents: Vec<(String, Supervised)>,
     fault: JoinHandle<T>,
     go_ns: u64,
 }
@@ -245,7 +127,7 @@ fn trace<T: Send + 'static>(
     fault: impl FnOnce(u64, Vec<(String, u32)>) -> T + Send + 'static,
 ) -> Traced<T> {
     let dir = harness::run::workdir(label).unwrap();
-    let mut agents: Vec<(String, Proc)> = Vec::new();
+    let mut agents: Vec<(String, Supervised)> = Vec::new();
     let mut started: Option<(Instant, u64, JoinHandle<T>)> = None;
     let gt = harness::run::run(sc, Path::new(EXE), &dir, |t| {
         for (i, a) in plan(t).into_iter().enumerate() {
@@ -259,7 +141,7 @@ fn trace<T: Send + 'static>(
             for p in &a.pids {
                 cmd.args(["--pid", &p.to_string()]);
             }
-            let mut p = Proc::spawn(&format!("the agent of {}", a.node), &mut cmd);
+            let mut p = Supervised::spawn(&format!("the agent of {}", a.node), &mut cmd);
             let deadline = Instant::now() + Duration::from_secs(30);
             while !ready.exists() {
                 if !p.running() {
@@ -272,10 +154,7 @@ fn trace<T: Send + 'static>(
             agents.push((a.node, p));
         }
         // `run` writes the go file as soon as this returns.
-        let pids = agents
-            .iter()
-            .map(|(n, p)| (n.clone(), p.child.id()))
-            .collect();
+        let pids = agents.iter().map(|(n, p)| (n.clone(), p.pid())).collect();
         let go_ns = monotonic_ns();
         started = Some((
             Instant::now(),
@@ -336,8 +215,8 @@ fn node_part<'a>(health: &'a str, node: &str) -> &'a str {
 
 /// Waits for an agent to stop by itself (its processes are gone), within `limit` of `ended`
 /// (when the pipeline ended), and says how long it took to print its health line and exit.
-fn agent_exit(p: Proc, limit: Duration, ended: Instant) -> Exited {
-    let what = p.what.clone();
+fn agent_exit(p: Supervised, limit: Duration, ended: Instant) -> Exited {
+    let what = p.what().to_string();
     let e = p.wait(limit.saturating_sub(ended.elapsed()));
     eprintln!(
         "{what}: health line {:?} and exit {:?} after the pipeline ended",
@@ -447,7 +326,7 @@ fn a_collector_killed_and_restarted_loses_only_its_open_window() {
             let mut a = a;
             sleep_until(go_ns + 4_000_000_000);
             let kill_ns = monotonic_ns();
-            a.child.kill().unwrap();
+            a.kill();
             let a = a.wait(Duration::from_secs(5));
             sleep_until(kill_ns + 1_500_000_000);
             let b = collector(addr, &json_b2, 0);

@@ -34,14 +34,13 @@ use harness::run::Targets;
 use harness::scenario::Scenario;
 use harness::schema::{HopKind, PodRef, Sighting};
 use harness::score::Observes;
+use harness::supervised::Supervised;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_phase-4-k8s");
@@ -363,109 +362,8 @@ fn podlist(pods: &[PodPlan], containers: &[ContainerPlan]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-/// A process of this test, killed if the test ends while it still runs; its output read by
-/// threads so that it never blocks on a full pipe.
-struct Proc {
-    what: String,
-    child: Child,
-    out: Option<JoinHandle<String>>,
-    err: Option<JoinHandle<String>>,
-}
-
-struct Exited {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Proc {
-    fn spawn(what: &str, cmd: &mut Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
-            std::thread::spawn(move || {
-                let mut bytes = Vec::new();
-                let _ = r.read_to_end(&mut bytes);
-                String::from_utf8_lossy(&bytes).into_owned()
-            })
-        }
-        Proc {
-            what: what.to_string(),
-            out: child.stdout.take().map(reader),
-            err: child.stderr.take().map(reader),
-            child,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// SIGTERM, with the `kill` command.
-    fn terminate(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("running kill")
-            .success();
-        assert!(ok, "kill -TERM {} ({})", self.pid(), self.what);
-    }
-
-    /// Waits up to `limit` for it to exit (fails the test past that, with what it printed).
-    fn wait(mut self, limit: Duration) -> Exited {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                self.child.kill().ok();
-                self.child.wait().ok();
-                let (out, err) = self.output();
-                panic!(
-                    "{} still running {limit:?} after it should have stopped; killed. \
-                     stdout: {out}\nstderr: {err}",
-                    self.what
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let (stdout, stderr) = self.output();
-        Exited {
-            status,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn output(&mut self) -> (String, String) {
-        let text = |h: Option<JoinHandle<String>>| h.map(|h| h.join().unwrap()).unwrap_or_default();
-        (text(self.out.take()), text(self.err.take()))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], harness::run::free_port().unwrap()))
 }
 
 /// Whether something listens on IPv4 loopback `port` (read from /proc: no probe connection).
@@ -646,7 +544,7 @@ fn s10_container_processes_attributed_to_their_pods() {
     // The collector.
     let addr = free_addr();
     let json = dir.0.join("hops.jsonl");
-    let mut collector = Proc::spawn(
+    let mut collector = Supervised::spawn(
         "the collector",
         Command::new(EXE)
             .args(["collector", "--listen", &addr.to_string()])
@@ -667,7 +565,7 @@ fn s10_container_processes_attributed_to_their_pods() {
     // The agent, as the DaemonSet runs it: NODE_NAME from the downward API, a client config,
     // targets by pod selection only. It runs before the pipeline exists.
     let ready = dir.0.join("agent.ready");
-    let mut agent = Proc::spawn(
+    let mut agent = Supervised::spawn(
         "the agent",
         Command::new(EXE)
             .args(["agent", "--node", NODE])
