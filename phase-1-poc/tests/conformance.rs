@@ -71,7 +71,7 @@ fn real_speech(seconds: f64, seed: u64) -> Vec<u8> {
 
 #[test]
 fn same_moments_as_the_reference_on_2048_byte_writes_of_real_speech() {
-    let bytes = real_speech(30.0, 1);
+    let bytes = real_speech(60.0, 1);
     let sizes = vec![2048; bytes.len() / 2048];
     let (found, expected, _) = kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
     assert!(expected.len() > 500, "{} reference moments", expected.len());
@@ -151,4 +151,74 @@ fn quiet_and_non_audio_writes_yield_what_the_reference_yields() {
         "{} moments in quiet and non-audio bytes",
         found.len()
     );
+}
+
+/// Windows built to sit on the edges of the loudness and smoothness tests: every sample a
+/// threshold away from quiet, every step a unit away from the largest allowed, at every lane of
+/// the kernel's 16-bit SWAR words (first and last pairs, word boundaries), with full-scale
+/// wrap-arounds.
+#[test]
+fn loudness_and_smoothness_at_their_edges() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for cfg in [
+        FingerprintConfig {
+            keep_per_256: 256,
+            ..Default::default()
+        },
+        FingerprintConfig {
+            keep_per_256: 256,
+            quiet_threshold: 1000,
+            max_step: 8000,
+            ..Default::default()
+        },
+    ] {
+        let (t, m) = (cfg.quiet_threshold as i32, cfg.max_step as i32);
+        let mut bytes = Vec::new();
+        let (mut loud, mut smooth) = (0, 0);
+        for _ in 0..4000 {
+            let n = cfg.window / 2 - 1;
+            let mut samples = vec![0i32; n];
+            if rng.gen_bool(0.5) {
+                // Quiet but for a sample or two exactly at the threshold or one below.
+                for s in samples.iter_mut() {
+                    *s = rng.gen_range(1 - t..t);
+                }
+                for _ in 0..rng.gen_range(0..3) {
+                    samples[rng.gen_range(0..n)] = [t, t - 1, -t, 1 - t][rng.gen_range(0..4)];
+                }
+            } else {
+                // Steps a unit either side of the largest allowed, wrapping at full scale.
+                samples[0] = [0, t - 1, -t, -32768, 32767][rng.gen_range(0..5)];
+                for k in 1..n {
+                    let step = match rng.gen_range(0..8) {
+                        0 => m,
+                        1 => m + 1,
+                        2 => -m,
+                        3 => -m - 1,
+                        _ => rng.gen_range(-40..40),
+                    };
+                    samples[k] = (samples[k - 1] + step).clamp(-32768, 32767);
+                }
+            }
+            let mut w = vec![rng.gen::<u8>()];
+            for &s in &samples {
+                w.extend((s as i16).to_le_bytes());
+            }
+            // The last sample's low byte passes the pre-gate; the anchor ends the window.
+            let pre = w.len() - 2;
+            w[pre] = 0xA0 | (w[pre] & 0x1F);
+            w.push(0x88 | rng.gen_range(0..8));
+            let (peak, step) = shared::peak_and_max_step(&w[..w.len() - 1], 1);
+            loud += (peak >= cfg.quiet_threshold) as u32;
+            smooth += (step <= cfg.max_step as u32) as u32;
+            bytes.extend(w);
+        }
+        // Both outcomes of both tests occur often, or the edges were not exercised.
+        assert!((400..3600).contains(&loud), "{loud} loud of 4000");
+        assert!((400..3600).contains(&smooth), "{smooth} smooth of 4000");
+        let sizes = vec![cfg.window * 50; bytes.len() / (cfg.window * 50)];
+        let (found, expected, _) = kernel_and_reference(cfg, &bytes, &sizes);
+        assert!(expected.len() > 200, "{} reference moments", expected.len());
+        assert_eq!(found, expected, "{cfg:?}");
+    }
 }

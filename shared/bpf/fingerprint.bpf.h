@@ -7,9 +7,11 @@
  * scratch area behind the last window-1 bytes of what came before (the carry: earlier chunks,
  * earlier iovecs, or — restored by the caller from per-flow state — earlier calls), each chunk
  * in three passes small enough for the verifier:
- *   1. SWAR over 8-byte words: which 32-byte groups may hold a marker-class byte;
- *   2. per marked group (bpf_loop): exact marker bytes, then the 8-byte sampling gate;
- *   3. per gated candidate (bpf_loop): loudness, periodicity, xxh64, emit.
+ *   1. SWAR over 8-byte words: which 32-byte groups may hold an anchor (a marker-class byte
+ *      whose byte two before passes the pre-gate: one marker in 8 of speech);
+ *   2. per marked group (bpf_loop): exact anchor bytes, then the 8-byte sampling gate;
+ *   3. per gated candidate (bpf_loop): loudness and smoothness (SWAR on 16-bit lanes),
+ *      periodicity, xxh64, emit.
  * The includer defines `fp_emit(const struct fp_meta *, __u64 signature, __u64 end)`, called
  * from a bpf_loop callback. */
 #ifndef FINGERPRINT_BPF_H
@@ -21,7 +23,7 @@
 
 #define FP_CHUNK 2048
 #define FP_GROUPS (FP_CHUNK / 32)
-/* Candidates kept per chunk; at keep 32/256 speech has ~3 per 2 KiB, random bytes ~2. */
+/* Candidates kept per chunk; at keep 128/256 speech has ~2 per 2 KiB, random bytes ~1. */
 #define FP_MAX_CANDIDATES 64
 /* The chunk starts here in the scratch buffer; the carry sits just before it. */
 #define FP_DATA FP_WINDOW_MAX
@@ -168,42 +170,60 @@ static __always_inline __u64 fp_xxh64(const __u8 *win, __u32 len)
 	return h;
 }
 
-/* 1 when x < 0, branch-free (x fits in 32 bits, held in 64). */
-static __always_inline __u64 fp_negative(__s64 x)
+#define FP_L16_ONES 0x0001000100010001ULL
+#define FP_L16_TOPS 0x8000800080008000ULL
+#define FP_L32_ONES 0x0000000100000001ULL
+#define FP_L32_LOW16 0x0000ffff0000ffffULL
+
+/* Bit 15 of each 16-bit lane (a signed sample) set where |sample| >= fp_quiet_threshold.
+ * |sample| <= 0x8000 and the threshold is 1..32767, so no lane carries into the next. */
+static __always_inline __u64 fp_loud_lanes(__u64 x)
 {
-	__u64 bit = (__u64)x >> 63;
-	asm volatile("" : "+r"(bit));
-	return bit;
+	__u64 sign = (x >> 15) & FP_L16_ONES;
+	__u64 mag = (x ^ (sign * 0xffff)) + sign;
+	return (mag + (0x8000 - (__u64)fp_quiet_threshold) * FP_L16_ONES) & FP_L16_TOPS;
 }
 
-/* Loud and smooth on byte parity `parity` (shared::is_loud_audio): some |sample| reaches
- * fp_quiet_threshold and no adjacent step exceeds fp_max_step. Flags are OR-accumulated
- * instead of tracking a peak and a maximum: data-dependent branches in this loop multiply
- * the verifier's states past its budget. */
-static __always_inline int fp_loud_on(const __u8 *win, __u32 len, __u32 parity)
+/* For unsigned 16-bit a and b held in 32-bit lanes: bit 18 or 19 of a lane set where
+ * |b - a| > fp_max_step. q = b - a + max_step + 0x40000 lies in 0x30001..0x5fffe (no borrow
+ * between lanes); the step is smooth when 0x40000 <= q (bit 18) and q <= 0x40000 + 2 max_step
+ * (bit 19 of q + 0x3ffff - 2 max_step clear). */
+static __always_inline __u64 fp_rough_lanes(__u64 a, __u64 b)
 {
-	__s64 prev = 0;
+	__u64 q = b + (0x40000 + (__u64)fp_max_step) * FP_L32_ONES - a;
+	return (~q & (0x40000 * FP_L32_ONES)) |
+	       ((q + (0x3ffff - 2 * (__u64)fp_max_step) * FP_L32_ONES) & (0x80000 * FP_L32_ONES));
+}
+
+/* shared::is_loud_audio: read as samples whose low byte is the anchor's (byte 1 on, len/2 - 1
+ * samples), some sample reaches fp_quiet_threshold and no adjacent step exceeds fp_max_step.
+ * Four samples a word: x holds samples 4j..4j+3, y (two bytes on) their successors. In the last
+ * word, lane 3 is past the anchor and lanes 2 and 3 have no successor in the window. */
+static __always_inline int fp_loud_audio(const __u8 *win, __u32 len)
+{
 	__u64 loud = 0, rough = 0;
+	__u32 words = len / 8;
 
-	for (__u32 k = 0; k < FP_WINDOW_MAX / 2; k++) {
-		__u32 at = parity + 2 * k;
-		if (at + 2 > len)
+	for (__u32 j = 0; j < FP_WINDOW_MAX / 8; j++) {
+		if (j >= words)
 			break;
-		__s64 x = (__s16)(win[at] | (win[at + 1] << 8));
-		__s64 mag = x * (1 - 2 * (__s64)fp_negative(x));
-		loud |= 1 - fp_negative(mag - (__s64)fp_quiet_threshold);
-		if (k > 0) {
-			__s64 d = x - prev;
-			d = d * (1 - 2 * (__s64)fp_negative(d));
-			rough |= fp_negative((__s64)fp_max_step - d);
-		}
-		prev = x;
+		__u64 x = fp_load64(win + 1 + 8 * j), y = fp_load64(win + 3 + 8 * j);
+		int last = j + 1 == words;
+		__u64 loud_lanes = last ? 0x0000800080008000ULL : FP_L16_TOPS;
+		/* Steps from even samples in the low halves of 32-bit lanes, odd ones shifted down. */
+		__u64 step_lanes = last ? 0x00000000000c0000ULL : 0x000c0000000c0000ULL;
+		__u64 u = x ^ FP_L16_TOPS, v = y ^ FP_L16_TOPS; /* offset binary: unsigned order */
+		loud |= fp_loud_lanes(x) & loud_lanes;
+		rough |= (fp_rough_lanes(u & FP_L32_LOW16, v & FP_L32_LOW16) |
+			  fp_rough_lanes((u >> 16) & FP_L32_LOW16, (v >> 16) & FP_L32_LOW16)) &
+			 step_lanes;
 	}
-	return loud & (rough ^ 1);
+	return loud && !rough;
 }
 
-/* The window equals itself shifted by an even lag <= len/2 (shared::is_periodic); compared
- * word by word without early exits, for the same reason. */
+/* The window equals itself shifted by an even lag <= len/2 (shared::is_periodic, which says why
+ * the lags up to len/4 need no comparing); compared word by word without early exits:
+ * data-dependent branches in these loops multiply the verifier's states past its budget. */
 static __always_inline int fp_periodic(const __u8 *win, __u32 len)
 {
 	__u64 periodic = 0;
@@ -211,6 +231,8 @@ static __always_inline int fp_periodic(const __u8 *win, __u32 len)
 	for (__u32 lag = 2; lag <= FP_WINDOW_MAX / 2; lag += 2) {
 		if (lag > len / 2)
 			break;
+		if (lag <= len / 4)
+			continue;
 		__u32 n = len - lag; /* bytes compared, >= 8 */
 		__u64 diff = 0;
 		for (__u32 i = 0; i < FP_WINDOW_MAX / 8; i++) {
@@ -250,7 +272,16 @@ static __always_inline int fp_consider(struct fp_scratch *s, __u32 off)
 	return 0;
 }
 
-/* Marked group number i: its exact marker bytes, word by word, lowest first. */
+/* Per byte of the word at chunk offset `at`: zero where an anchor is. */
+static __always_inline __u64 fp_anchor_bytes(struct fp_scratch *s, __u32 at)
+{
+	__u64 w = fp_load64(&s->buf[FP_DATA + at]);
+	__u64 two_before = fp_load64(&s->buf[FP_DATA + at - 2]);
+	return ((w & FP_MARKER_MASK_BCAST) | ((two_before >> FP_PRE_GATE_SHIFT) & FP_PRE_GATE_BITS_BCAST)) ^
+	       FP_ANCHOR_VALUE_BCAST;
+}
+
+/* Marked group number i: its exact anchor bytes, word by word, lowest first. */
 static long fp_group_cb(__u64 i, void *unused)
 {
 	struct fp_scratch *s = fp_scratch();
@@ -261,7 +292,7 @@ static long fp_group_cb(__u64 i, void *unused)
 		return 1;
 	for (__u32 k = 0; k < 4; k++) {
 		__u32 base = g * 32 + k * 8;
-		__u64 t = (fp_load64(&s->buf[FP_DATA + base]) & FP_MARKER_MASK_BCAST) ^ FP_MARKER_VALUE_BCAST;
+		__u64 t = fp_anchor_bytes(s, base);
 		/* Exact: bit 7 of each byte of t that is zero. */
 		__u64 z = ~(((t & ~FP_HIGHS_BCAST) + ~FP_HIGHS_BCAST) | t) & FP_HIGHS_BCAST;
 		for (int b = 0; b < 8; b++) {
@@ -296,7 +327,7 @@ static long fp_candidate_cb(__u64 i, void *unused)
 		*(__u64 *)&s->win[k * 8] = fp_load64(&s->buf[start + k * 8]);
 	}
 	fp_count(FP_C_CANDIDATES, 1);
-	if (!fp_loud_on(s->win, w, 0) && !fp_loud_on(s->win, w, 1))
+	if (!fp_loud_audio(s->win, w))
 		return 0;
 	if (fp_periodic(s->win, w))
 		return 0;
@@ -316,11 +347,12 @@ static __always_inline void fp_scan_chunk(struct fp_scratch *s)
 	for (__u32 g = 0; g < FP_GROUPS; g++) {
 		if (g * 32 >= len)
 			break;
-		/* Bit 7 of a byte is set where (byte & mask) ^ value may be zero; false positives
-		 * (only above a true match) are dropped by the exact test per word. */
+		/* Bit 7 of a byte is set where fp_anchor_bytes may be zero; false positives (only
+		 * above a true match) are dropped by the exact test per word. The carry (or, at a
+		 * flow's start, stale bytes that fp_consider rejects) precedes the chunk's first word. */
 		__u64 z = 0;
 		for (__u32 k = 0; k < 4; k++) {
-			__u64 t = (fp_load64(&s->buf[FP_DATA + g * 32 + k * 8]) & FP_MARKER_MASK_BCAST) ^ FP_MARKER_VALUE_BCAST;
+			__u64 t = fp_anchor_bytes(s, g * 32 + k * 8);
 			z |= (t - FP_ONES_BCAST) & ~t & FP_HIGHS_BCAST;
 		}
 		/* Branch-free: the group is listed, and counted only if marked. clang would turn a
@@ -342,8 +374,10 @@ static __always_inline void fp_scan_chunk(struct fp_scratch *s)
 		bpf_loop(s->ncand, fp_candidate_cb, NULL, 0);
 }
 
-/* After a chunk: keep the last window-1 bytes of carry + chunk in front of FP_DATA. Through
- * `win` because source and destination overlap when the chunk is shorter than the carry. */
+/* After a chunk: keep the last window-1 bytes of carry + chunk in front of FP_DATA. Moved as the
+ * `fp_window` bytes (whole words) that end the chunk, one byte more than kept: word copies cost
+ * a fraction of two helper calls. Through `win` because source and destination overlap when the
+ * chunk is shorter than the window. */
 static __always_inline void fp_shift_carry(struct fp_scratch *s)
 {
 	__u64 keep = fp_window - 1;
@@ -351,18 +385,22 @@ static __always_inline void fp_shift_carry(struct fp_scratch *s)
 	__u64 len = s->len;
 	if (have < keep)
 		keep = have;
-	/* Pin both values so that clang tests the registers it passes on (see fp_chunk_cb). */
-	asm volatile("" : "+r"(keep), "+r"(len));
-	if (keep > FP_WINDOW_MAX - 1 || len > FP_CHUNK || keep > FP_DATA + len)
+	/* Pinned so that clang tests the register it uses (see fp_chunk_cb). */
+	asm volatile("" : "+r"(len));
+	if (len > FP_CHUNK)
 		return;
-	/* Bytes from..FP_DATA + len move to to..FP_DATA. The indexes are computed as scalars and
-	 * pinned: a pointer built by subtraction has a negative range the verifier refuses. */
-	__u64 from = FP_DATA + len - keep, to = FP_DATA - keep;
-	asm volatile("" : "+r"(from), "+r"(to));
-	if (from > FP_DATA + FP_CHUNK || to > FP_DATA)
-		return;
-	bpf_probe_read_kernel(s->win, keep, &s->buf[from]);
-	bpf_probe_read_kernel(&s->buf[to], keep, s->win);
+	__u32 words = fp_window / 8;
+	__u64 from = FP_DATA + len - fp_window, to = FP_DATA - fp_window;
+	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
+		if (k >= words)
+			break;
+		*(__u64 *)&s->win[k * 8] = fp_load64(&s->buf[from + k * 8]);
+	}
+	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
+		if (k >= words)
+			break;
+		*(__u64 *)&s->buf[to + k * 8] = *(__u64 *)&s->win[k * 8];
+	}
 	s->carry = keep;
 }
 

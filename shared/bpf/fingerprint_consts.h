@@ -4,12 +4,18 @@
 #ifndef FINGERPRINT_CONSTS_H
 #define FINGERPRINT_CONSTS_H
 
-/* An anchor byte b has (b & FP_MARKER_MASK) == FP_MARKER_VALUE. */
+/* An anchor byte b, with p the byte two before it, has (b & FP_MARKER_MASK) == FP_MARKER_VALUE
+ * and (p >> FP_PRE_GATE_SHIFT) == FP_PRE_GATE_VALUE; together,
+ * ((b & FP_MARKER_MASK) | (p >> FP_PRE_GATE_SHIFT)) == FP_ANCHOR_VALUE. */
 #define FP_MARKER_MASK 0xf8
 #define FP_MARKER_VALUE 0x88
+#define FP_PRE_GATE_SHIFT 5
+#define FP_PRE_GATE_VALUE 5
+#define FP_ANCHOR_VALUE 0x8d
 /* The same in every byte of a word, and the SWAR "has a zero byte" masks. */
 #define FP_MARKER_MASK_BCAST 0xf8f8f8f8f8f8f8f8ULL
-#define FP_MARKER_VALUE_BCAST 0x8888888888888888ULL
+#define FP_PRE_GATE_BITS_BCAST 0x0707070707070707ULL
+#define FP_ANCHOR_VALUE_BCAST 0x8d8d8d8d8d8d8d8dULL
 #define FP_ONES_BCAST 0x0101010101010101ULL
 #define FP_HIGHS_BCAST 0x8080808080808080ULL
 #define FP_SEED 0x415544494f4d4f4dULL
@@ -20,7 +26,7 @@
 
 /* Defaults of FingerprintConfig (cluster-wide settings, overridable at load time). */
 #define FP_DEFAULT_WINDOW 32
-#define FP_DEFAULT_KEEP_PER_256 32
+#define FP_DEFAULT_KEEP_PER_256 128
 #define FP_DEFAULT_QUIET_THRESHOLD 300
 #define FP_DEFAULT_MAX_STEP 16384
 

@@ -1,5 +1,6 @@
 use crate::{
-    FingerprintConfig, GATE_MULT, MARKER_MASK, MARKER_VALUE, SEED, WINDOW_MAX, WINDOW_MIN,
+    FingerprintConfig, ANCHOR_VALUE, GATE_MULT, MARKER_MASK, MARKER_VALUE, PRE_GATE_SHIFT,
+    PRE_GATE_VALUE, SEED, WINDOW_MAX, WINDOW_MIN,
 };
 
 /// The constants the eBPF side of the definition needs, as a C header. The committed
@@ -14,12 +15,18 @@ pub fn c_header() -> String {
 #ifndef FINGERPRINT_CONSTS_H
 #define FINGERPRINT_CONSTS_H
 
-/* An anchor byte b has (b & FP_MARKER_MASK) == FP_MARKER_VALUE. */
+/* An anchor byte b, with p the byte two before it, has (b & FP_MARKER_MASK) == FP_MARKER_VALUE
+ * and (p >> FP_PRE_GATE_SHIFT) == FP_PRE_GATE_VALUE; together,
+ * ((b & FP_MARKER_MASK) | (p >> FP_PRE_GATE_SHIFT)) == FP_ANCHOR_VALUE. */
 #define FP_MARKER_MASK 0x{MARKER_MASK:02x}
 #define FP_MARKER_VALUE 0x{MARKER_VALUE:02x}
+#define FP_PRE_GATE_SHIFT {PRE_GATE_SHIFT}
+#define FP_PRE_GATE_VALUE {PRE_GATE_VALUE}
+#define FP_ANCHOR_VALUE 0x{ANCHOR_VALUE:02x}
 /* The same in every byte of a word, and the SWAR "has a zero byte" masks. */
 #define FP_MARKER_MASK_BCAST 0x{mask_bcast:016x}ULL
-#define FP_MARKER_VALUE_BCAST 0x{value_bcast:016x}ULL
+#define FP_PRE_GATE_BITS_BCAST 0x{pre_bits:016x}ULL
+#define FP_ANCHOR_VALUE_BCAST 0x{anchor_bcast:016x}ULL
 #define FP_ONES_BCAST 0x{ones:016x}ULL
 #define FP_HIGHS_BCAST 0x{highs:016x}ULL
 #define FP_SEED 0x{SEED:016x}ULL
@@ -44,7 +51,8 @@ pub fn c_header() -> String {
 #endif /* FINGERPRINT_CONSTS_H */
 "#,
         mask_bcast = bcast(MARKER_MASK),
-        value_bcast = bcast(MARKER_VALUE),
+        pre_bits = bcast(0xFF >> PRE_GATE_SHIFT),
+        anchor_bcast = bcast(ANCHOR_VALUE),
         ones = bcast(0x01),
         highs = bcast(0x80),
         window = d.window,

@@ -1,10 +1,11 @@
 //! The executable definition of an audio "moment" (BRIEF §3).
 //!
-//! A moment is a window of `window` bytes of a byte stream that ends at an *anchor*: a byte of
-//! the marker class ([`is_marker`]) for which
+//! A moment is a window of `window` bytes of a byte stream that ends at an *anchor*
+//! ([`is_anchor`]): a byte of the marker class whose byte two before has its top three bits equal
+//! to [`PRE_GATE_VALUE`] (both tested on eight bytes at once in the kernel), for which
 //!   1. the 8 bytes ending at the anchor pass the sampling gate ([`gate`] below `keep_per_256`):
 //!      hash-based consistent sampling, and cheap, so it runs before the window tests;
-//!   2. the window is loud, smooth audio on at least one of the two byte parities
+//!   2. the window is loud, smooth audio when read as samples whose low byte is the anchor's
 //!      ([`is_loud_audio`]);
 //!   3. the window does not repeat itself within its own length ([`is_periodic`]: tones).
 //!
@@ -32,6 +33,16 @@ pub use scanner::{scan, Moment, Scanner};
 /// anchors at similar rates (docs/fingerprint.md).
 pub const MARKER_MASK: u8 = 0xF8;
 pub const MARKER_VALUE: u8 = 0x88;
+/// The pre-gate: an anchor's byte two before (the low byte of the sample before the anchor's)
+/// has `byte >> PRE_GATE_SHIFT == PRE_GATE_VALUE`. Low bytes of speech are noise, so this keeps
+/// one marker in 8 on linear, µ-law and A-law speech alike (docs/fingerprint.md), and the kernel
+/// tests it in the same SWAR step as the marker class: the three bits land in the three bits
+/// `MARKER_MASK` leaves out, and a word's anchors are the zero bytes of
+/// `((w & MARKER_MASK) | (w_two_before >> 5 & 7)) ^ ANCHOR_VALUE`, per byte.
+pub const PRE_GATE_SHIFT: u8 = 5;
+pub const PRE_GATE_VALUE: u8 = 5;
+/// What an anchor byte and its pre-gate bits make together.
+pub const ANCHOR_VALUE: u8 = MARKER_VALUE | PRE_GATE_VALUE;
 /// Odd multiplier of the sampling gate (2^64 / golden ratio).
 pub const GATE_MULT: u64 = 0x9E37_79B9_7F4A_7C15;
 /// Seed of the xxh64 signature ("AUDIOMOM").
@@ -64,7 +75,7 @@ impl Default for FingerprintConfig {
     fn default() -> Self {
         Self {
             window: 32,
-            keep_per_256: 32,
+            keep_per_256: 128,
             quiet_threshold: 300,
             max_step: 16384,
         }
@@ -107,6 +118,13 @@ pub fn is_marker(byte: u8) -> bool {
     byte & MARKER_MASK == MARKER_VALUE
 }
 
+/// True when the last byte of `bytes` (at least 3 long) is an anchor: a marker whose byte two
+/// before passes the pre-gate.
+pub fn is_anchor(bytes: &[u8]) -> bool {
+    let n = bytes.len();
+    is_marker(bytes[n - 1]) && bytes[n - 3] >> PRE_GATE_SHIFT == PRE_GATE_VALUE
+}
+
 /// The sampling gate of an anchor: the top byte of the 8 bytes ending at it (little-endian),
 /// multiplied by [`GATE_MULT`].
 pub fn gate(last8: [u8; 8]) -> u16 {
@@ -135,22 +153,27 @@ pub fn peak_and_max_step(bytes: &[u8], parity: usize) -> (u16, u32) {
     (peak, max_step)
 }
 
-/// True when, on at least one byte parity, the window reads as audio that is not quiet (a sample
-/// reaches `quiet_threshold`) and is smooth (no adjacent step above `max_step`). Trying both
-/// parities keeps the test alignment-free; the smoothness bound rejects random bytes.
+/// True when the window, read as little-endian samples whose low byte is the anchor's (byte
+/// parity 1, since the window has an even length and ends at the anchor; byte 0 and the
+/// anchor are half samples), is not quiet (a sample reaches `quiet_threshold`) and smooth (no
+/// adjacent step above `max_step`). The sample grid comes from the anchor, not from the stream,
+/// so the test is alignment-free; the smoothness bound rejects random bytes.
 pub fn is_loud_audio(window: &[u8], cfg: &FingerprintConfig) -> bool {
-    (0..2).any(|parity| {
-        let (peak, step) = peak_and_max_step(window, parity);
-        peak >= cfg.quiet_threshold && step <= cfg.max_step as u32
-    })
+    let (peak, step) = peak_and_max_step(&window[..window.len() - 1], 1);
+    peak >= cfg.quiet_threshold && step <= cfg.max_step as u32
 }
 
 /// True when the window repeats itself at an even byte lag of at most half its length
 /// (a whole number of samples): pure tones with short periods, digital test patterns.
+///
+/// Only lags above a quarter of the length are compared: a window that repeats at lag `l`
+/// repeats at every multiple of `l` too, and the largest multiple up to half the length is
+/// above a quarter of it. The kernel compares half as many lags for the same answer.
 pub fn is_periodic(window: &[u8]) -> bool {
-    (2..=window.len() / 2)
-        .step_by(2)
-        .any(|lag| window[lag..] == window[..window.len() - lag])
+    let n = window.len();
+    (n / 4 + 1..=n / 2)
+        .filter(|lag| lag % 2 == 0)
+        .any(|lag| window[lag..] == window[..n - lag])
 }
 
 /// What the definition says of one window ending at a marker byte.
@@ -167,7 +190,7 @@ pub enum Verdict {
 /// Classifies a window whose last byte is a marker.
 pub fn classify(window: &[u8], cfg: &FingerprintConfig) -> Verdict {
     debug_assert_eq!(window.len(), cfg.window);
-    debug_assert!(is_marker(window[window.len() - 1]));
+    debug_assert!(is_anchor(window));
     let last8: [u8; 8] = window[window.len() - 8..]
         .try_into()
         .expect("window >= 8 bytes");
@@ -191,22 +214,30 @@ mod tests {
         samples.iter().flat_map(|s| s.to_le_bytes()).collect()
     }
 
+    /// `samples` as a window that ends at the low byte of one more sample, `last_low`: the
+    /// window starts with the high byte of a sample before them, `first_high`.
+    fn window_of(first_high: u8, samples: &[i16], last_low: u8) -> Vec<u8> {
+        let mut w = vec![first_high];
+        w.extend(pcm(samples));
+        w.push(last_low);
+        w
+    }
+
     #[test]
-    fn loudness_and_smoothness_on_either_parity() {
+    fn loudness_and_smoothness_on_the_anchors_sample_grid() {
         let cfg = FingerprintConfig::default();
-        let ramp: Vec<i16> = (0..16).map(|i| i * 100).collect();
-        assert!(is_loud_audio(&pcm(&ramp), &cfg), "peak 1500, small steps");
-        let quiet: Vec<i16> = (0..16).map(|i| (i % 5) * 50).collect();
-        assert!(!is_loud_audio(&pcm(&quiet), &cfg), "peak 200");
-        let jumpy: Vec<i16> = (0..16)
+        let ramp: Vec<i16> = (0..15).map(|i| i * 100).collect();
+        assert!(is_loud_audio(&window_of(0, &ramp, 0x88), &cfg), "peak 1400, small steps");
+        let quiet: Vec<i16> = (0..15).map(|i| (i % 5) * 50).collect();
+        assert!(!is_loud_audio(&window_of(0x7f, &quiet, 0x88), &cfg), "peak 200; the half samples at both ends do not count");
+        let jumpy: Vec<i16> = (0..15)
             .map(|i| if i % 2 == 0 { 14000 } else { -14000 })
             .collect();
-        assert!(!is_loud_audio(&pcm(&jumpy), &cfg), "steps of 28000");
-        // The same ramp one byte off the sample grid is still found (parity 1).
-        let mut shifted = vec![0x11];
-        shifted.extend(pcm(&ramp));
-        shifted.truncate(32);
-        assert!(is_loud_audio(&shifted, &cfg));
+        assert!(!is_loud_audio(&window_of(0, &jumpy, 0x88), &cfg), "steps of 28000");
+        // The other byte parity is not read: the ramp one byte off the anchor's grid is noise.
+        let mut shifted = pcm(&ramp);
+        shifted.extend([0, 0x88]);
+        assert!(!is_loud_audio(&shifted, &cfg));
     }
 
     #[test]
@@ -220,11 +251,42 @@ mod tests {
     }
 
     #[test]
+    fn periodic_compares_only_the_upper_lags_yet_finds_every_period() {
+        // The literal definition: any even lag up to half the window.
+        let literal = |w: &[u8]| {
+            (2..=w.len() / 2)
+                .step_by(2)
+                .any(|lag| w[lag..] == w[..w.len() - lag])
+        };
+        for n in (WINDOW_MIN..=WINDOW_MAX).step_by(8) {
+            for lag in (2..=n / 2).step_by(2) {
+                let w: Vec<u8> = (0..n).map(|i| (i % lag) as u8 * 37 + 1).collect();
+                assert!(is_periodic(&w) && literal(&w), "window {n}, lag {lag}");
+                let mut broken = w.clone();
+                broken[n - 1] ^= 0x40;
+                assert_eq!(is_periodic(&broken), literal(&broken), "window {n}, lag {lag}");
+            }
+        }
+    }
+
+    #[test]
+    fn anchors_are_markers_that_pass_the_pre_gate() {
+        let with = |two_before: u8, last: u8| [two_before, 0x00, last];
+        assert!(is_anchor(&with(0xA0, 0x88)));
+        assert!(is_anchor(&with(0xBF, 0x8F)));
+        assert!(!is_anchor(&with(0xC0, 0x88)), "pre-gate bits 6");
+        assert!(!is_anchor(&with(0x9F, 0x88)), "pre-gate bits 4");
+        assert!(!is_anchor(&with(0xA0, 0x90)), "not a marker");
+        assert_eq!(ANCHOR_VALUE, 0x8D);
+    }
+
+    #[test]
     fn sampling_keeps_by_gate() {
-        // A real anchor: the marker is the low byte of the window's last sample, so the window
-        // starts on a high byte (parity 1 holds the whole samples).
+        // A real anchor: the marker is the low byte of the window's last sample and the low
+        // byte of the sample before passes the pre-gate.
         let mut samples: Vec<i16> = (0..17).map(|i| 1000 + i * 37).collect();
         samples[16] = (samples[16] & !0xff) | MARKER_VALUE as i16;
+        samples[15] = (samples[15] & !0xff) | 0xA5;
         let w = pcm(&samples)[1..33].to_vec();
         let all = FingerprintConfig {
             keep_per_256: 256,

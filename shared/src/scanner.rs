@@ -1,4 +1,4 @@
-use crate::{classify, is_marker, FingerprintConfig, Verdict, WINDOW_MAX};
+use crate::{classify, is_anchor, is_marker, FingerprintConfig, Verdict, WINDOW_MAX};
 
 /// A recognised moment of one flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +47,9 @@ impl Scanner {
                 window[from_tail..w].copy_from_slice(&bytes[..=i]);
                 &window[..w]
             };
+            if !is_anchor(window) {
+                continue;
+            }
             if let Verdict::Moment(signature) = classify(window, &self.cfg) {
                 emit(Moment {
                     signature,

@@ -39,7 +39,7 @@ fn same_moments_whatever_the_chunking() {
     let bytes = real_call(60.0, 1);
     let whole = scan(cfg(), &bytes);
     assert!(
-        whole.len() > 600,
+        whole.len() > 300,
         "too few moments to test with: {}",
         whole.len()
     );
@@ -129,7 +129,7 @@ fn short_period_tones_yield_no_moments() {
 fn non_audio_bytes_rarely_yield_moments() {
     let (json, random) = non_audio(16 << 20, 9);
     let per_mib = |b: &[u8]| scan(cfg(), b).len() as f64 / 16.0;
-    // Speech yields about 2.5 moments per KiB of audio (20 per 8 kHz second); these must be
+    // Speech yields about 0.75 moments per KiB of audio (12 per 8 kHz second); these must be
     // thousands of times rarer.
     assert_eq!(per_mib(&json), 0.0, "JSON has no marker byte");
     let random_rate = per_mib(&random);
@@ -146,11 +146,11 @@ fn speech_is_dense_enough_to_cover_every_nonsilent_second() {
     let per_second = s.moments as f64 / s.nonsilent_seconds as f64;
     let covered = s.covered_seconds as f64 / s.nonsilent_seconds as f64;
     assert!(
-        per_second >= 15.0,
+        per_second >= 10.0,
         "{per_second:.1} moments per non-silent second"
     );
     assert!(
-        covered >= 0.97,
+        covered >= 0.99,
         "{:.2} % of non-silent seconds hold a moment",
         covered * 100.0
     );
@@ -175,11 +175,11 @@ fn speech_through_g711_still_yields_moments() {
         let per_second = s.moments as f64 / s.nonsilent_seconds as f64;
         let covered = s.covered_seconds as f64 / s.nonsilent_seconds as f64;
         assert!(
-            per_second >= 8.0,
+            per_second >= 5.0,
             "{codec}: {per_second:.1} moments per non-silent second"
         );
         assert!(
-            covered >= 0.99,
+            covered >= 0.985,
             "{codec}: {:.2} % of non-silent seconds hold a moment",
             covered * 100.0
         );
