@@ -23,6 +23,10 @@ enum What {
         /// Rounds of every mode (loads included); medians are over all batches of all rounds.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Time inside the eBPF programs per pair instead of the wall clock (sets
+        /// kernel.bpf_stats_enabled while it runs).
+        #[arg(long)]
+        program_time: bool,
     },
     /// Phase 2's agent on one core: events decoded, matched and closed per second, and its
     /// memory with a second of 1000 calls open in the matching window.
@@ -59,7 +63,10 @@ fn main() {
     phase_3_multi_node::run::run_if_agent();
     let cli = Cli::parse();
     let result = match cli.what {
-        What::Pairs { rounds } => pairs::run(rounds),
+        What::Pairs {
+            rounds,
+            program_time,
+        } => pairs::run(rounds, program_time),
         What::Agent => agent::run(),
         What::Compare { out, scenarios } => compare::write_page(&out, &scenarios),
         What::Scale {

@@ -3,10 +3,15 @@
 //! - untraced: no program loaded;
 //! - not a target: the phase loaded, this process not traced (what every other process pays);
 //! - floor: this process traced, the programs copy its bytes but do not scan them;
+//! - mark: the copy and the scan's first pass (SWAR over every word), nothing after it;
 //! - scan: the tracer as it runs.
 //!
 //! Modes are interleaved batch by batch within a load, rounds repeat every load, and each
 //! figure is the median of its batches' means: the machine's noise hits every mode alike.
+//!
+//! With `--program-time` the figures are instead the time spent inside the phase's eBPF
+//! programs per pair (their `run_time_ns`, counted while `kernel.bpf_stats_enabled` is set):
+//! what each pass costs, free of the syscall path and of the host's steal time.
 
 use anyhow::Result;
 use harness::audio;
@@ -58,6 +63,7 @@ enum Mode {
     Untraced,
     NotTarget,
     Floor,
+    Mark,
     Scan,
 }
 
@@ -81,6 +87,17 @@ impl Pipe {
             r: fds[0],
             w: fds[1],
         })
+    }
+
+    /// Mean ns per pair over one batch of `size`-byte pairs taken from `bytes`, by the clock
+    /// or inside the eBPF programs.
+    fn measure(&self, bytes: &[u8], size: usize, buf: &mut [u8], program_time: bool) -> f64 {
+        if !program_time {
+            return self.batch(bytes, size, buf);
+        }
+        let before = program_ns();
+        self.batch(bytes, size, buf);
+        (program_ns() - before) as f64 / (BATCH_BYTES / size) as f64
     }
 
     /// Mean ns per pair over one batch of `size`-byte pairs taken from `bytes`.
@@ -115,9 +132,45 @@ impl Drop for Pipe {
     }
 }
 
+/// ns spent so far in the eBPF programs this process holds, by their fdinfo's `run_time_ns`.
+fn program_ns() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|info| info.contains("prog_type:"))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_time_ns:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Sets `kernel.bpf_stats_enabled` for its lifetime, then restores it.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let was = std::fs::read_to_string(BPF_STATS)?;
+        std::fs::write(BPF_STATS, "1")?;
+        Ok(Self(was))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.0.trim());
+    }
+}
+
 type Cells = BTreeMap<(&'static str, usize, Content, Mode), Vec<f64>>;
 
 struct Bench {
+    program_time: bool,
     pipe: Pipe,
     buf: Vec<u8>,
     contents: Vec<(Content, Vec<u8>)>,
@@ -129,7 +182,9 @@ impl Bench {
     fn sweep(&mut self, phase: &'static str, mode: Mode, mut drain: impl FnMut()) {
         for size in SIZES {
             for (content, bytes) in &self.contents {
-                let ns = self.pipe.batch(bytes, size, &mut self.buf);
+                let ns = self
+                    .pipe
+                    .measure(bytes, size, &mut self.buf, self.program_time);
                 self.cells
                     .entry((phase, size, *content, mode))
                     .or_default()
@@ -157,12 +212,14 @@ impl Bench {
                 });
             }
             drop(k);
-            let mut k = K::start(&cfg, None, ScanMode::CopyOnly)?;
-            k.add_targets(&me)?;
-            for _ in 0..BATCHES {
-                self.sweep(phase, Mode::Floor, || {
-                    k.drain(&mut |_| {});
-                });
+            for (scan, mode) in [(ScanMode::CopyOnly, Mode::Floor), (ScanMode::MarkOnly, Mode::Mark)] {
+                let mut k = K::start(&cfg, None, scan)?;
+                k.add_targets(&me)?;
+                for _ in 0..BATCHES {
+                    self.sweep(phase, mode, || {
+                        k.drain(&mut |_| {});
+                    });
+                }
             }
         }
         Ok(())
@@ -176,8 +233,10 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-pub fn run(rounds: usize) -> Result<()> {
+pub fn run(rounds: usize, program_time: bool) -> Result<()> {
+    let _stats = program_time.then(BpfStats::enable).transpose()?;
     let mut bench = Bench {
+        program_time,
         pipe: Pipe::new()?,
         buf: vec![0; *SIZES.iter().max().unwrap()],
         contents: Content::ALL
@@ -190,11 +249,16 @@ pub fn run(rounds: usize) -> Result<()> {
     bench.phase::<phase_2_straddle::tracer::Tracer>("phase-2-straddle", rounds)?;
 
     println!(
-        "ns per write+read pair through a pipe, median of {} batch means (min–max)\n",
+        "{} per write+read pair through a pipe, median of {} batch means (min–max)\n",
+        if program_time {
+            "ns inside the eBPF programs"
+        } else {
+            "ns"
+        },
         rounds * BATCHES
     );
-    println!("| phase | pair | content | untraced | not a target | floor (copy) | scan | not a target: ns per syscall | scan ÷ floor | scan over copy, ns/B |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| phase | pair | content | untraced | not a target | floor (copy) | mark (pass 1) | scan | not a target: ns per syscall | scan ÷ floor | pass 1 over copy, ns/B | scan over copy, ns/B |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for phase in ["phase-1-poc", "phase-2-straddle"] {
         // Phase 1 copies and scans the write side only.
         let sides = if phase == "phase-1-poc" { 1.0 } else { 2.0 };
@@ -202,22 +266,26 @@ pub fn run(rounds: usize) -> Result<()> {
             for content in Content::ALL {
                 let cell = |m| stats(&bench.cells[&(phase, size, content, m)]);
                 let fmt = |(med, lo, hi): (f64, f64, f64)| format!("{med:.0} ({lo:.0}–{hi:.0})");
-                let (u, nt, floor, scan) = (
+                let (u, nt, floor, mark, scan) = (
                     cell(Mode::Untraced),
                     cell(Mode::NotTarget),
                     cell(Mode::Floor),
+                    cell(Mode::Mark),
                     cell(Mode::Scan),
                 );
+                let per_byte = |ns: f64| (ns - floor.0) / (sides * size as f64);
                 println!(
-                    "| {phase} | {} KiB | {content:?} | {} | {} | {} | {} | {:.0} | {:.2} | {:.3} |",
+                    "| {phase} | {} KiB | {content:?} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.3} | {:.3} |",
                     size / 1024,
                     fmt(u),
                     fmt(nt),
                     fmt(floor),
+                    fmt(mark),
                     fmt(scan),
                     (nt.0 - u.0) / 2.0,
                     scan.0 / floor.0,
-                    (scan.0 - floor.0) / (sides * size as f64),
+                    per_byte(mark.0),
+                    per_byte(scan.0),
                 );
             }
         }

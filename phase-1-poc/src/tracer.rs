@@ -54,14 +54,17 @@ pub fn verifier_error(program: &str, e: ProgramError) -> anyhow::Error {
     }
 }
 
-/// What the kernel side does with a target's bytes.
+/// What the kernel side does with a target's bytes (`fp_stage` in shared/bpf/fingerprint.bpf.h).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u32)]
 pub enum ScanMode {
     /// Scan them for moments: the tracer.
     #[default]
-    Scan,
+    Scan = 0,
     /// Copy them from user memory and stop: the floor benchmarks measure the scan against.
-    CopyOnly,
+    CopyOnly = 1,
+    /// Copy them and run the SWAR marking pass only: what every byte costs, whatever it holds.
+    MarkOnly = 2,
 }
 
 /// Loads an object built on shared/bpf with the cluster-wide fingerprint settings, the
@@ -97,7 +100,7 @@ pub fn load_object(
         .override_global("fp_keep_per_256", &keep, true)
         .override_global("fp_quiet_threshold", &quiet, true)
         .override_global("fp_max_step", &step, true)
-        .override_global("fp_copy_only", &((mode == ScanMode::CopyOnly) as u32), true)
+        .override_global("fp_stage", &(mode as u32), true)
         .override_global("target_comm", &comm[..], true)
         .override_global("target_comm_len", &comm_len, true)
         .load(object)

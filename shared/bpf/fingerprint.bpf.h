@@ -7,7 +7,7 @@
  * scratch area behind the last window-1 bytes of what came before (the carry: earlier chunks,
  * earlier iovecs, or — restored by the caller from per-flow state — earlier calls), each chunk
  * in three passes small enough for the verifier:
- *   1. SWAR over 8-byte words: which 32-byte groups may hold an anchor (a marker-class byte
+ *   1. SWAR over 8-byte words: which 64-byte groups may hold an anchor (a marker-class byte
  *      whose byte two before passes the pre-gate: one marker in 8 of speech);
  *   2. per marked group (bpf_loop): exact anchor bytes, then the 8-byte sampling gate;
  *   3. per gated candidate (bpf_loop): loudness and smoothness (SWAR on 16-bit lanes),
@@ -22,7 +22,10 @@
 #include "fingerprint_consts.h"
 
 #define FP_CHUNK 2048
-#define FP_GROUPS (FP_CHUNK / 32)
+/* Bytes per group of pass 1: a group is listed when it may hold an anchor. Larger groups list
+ * less often; on speech one group in ten holds an anchor. */
+#define FP_GROUP 64
+#define FP_GROUPS (FP_CHUNK / FP_GROUP)
 /* Candidates kept per chunk; at keep 128/256 speech has ~2 per 2 KiB, random bytes ~1. */
 #define FP_MAX_CANDIDATES 64
 /* The chunk starts here in the scratch buffer; the carry sits just before it. */
@@ -35,9 +38,14 @@ volatile const __u32 fp_window = FP_DEFAULT_WINDOW;
 volatile const __u32 fp_keep_per_256 = FP_DEFAULT_KEEP_PER_256;
 volatile const __u32 fp_quiet_threshold = FP_DEFAULT_QUIET_THRESHOLD;
 volatile const __u32 fp_max_step = FP_DEFAULT_MAX_STEP;
-/* Benchmarks only: copy a call's bytes but do not scan them (the floor the scan is measured
- * against). */
-volatile const __u32 fp_copy_only = 0;
+/* Benchmarks only: how far a call's bytes go, so that the floor (the copy) and each pass are
+ * measured side by side (phase_1_poc::tracer::ScanMode). */
+enum fp_stage {
+	FP_STAGE_SCAN, /* the tracer */
+	FP_STAGE_COPY, /* copied from user memory, not scanned */
+	FP_STAGE_MARK, /* copied, and pass 1 only (plus the carry) */
+};
+volatile const __u32 fp_stage = FP_STAGE_SCAN;
 
 /* What the emitter needs to know about the call being scanned. */
 struct fp_meta {
@@ -106,6 +114,14 @@ static __always_inline void fp_count(__u32 counter, __u64 n)
 static __always_inline __u64 fp_load64(const __u8 *p)
 {
 	return *(const __u64 *)p;
+}
+
+/* A word copy that clang cannot merge into a memcpy loop: it would lower that to byte stores. */
+static __always_inline void fp_copy64(__u8 *to, const __u8 *from)
+{
+	__u64 v = fp_load64(from);
+	asm volatile("" : "+r"(v));
+	*(__u64 *)to = v;
 }
 
 static __always_inline __u64 fp_rotl(__u64 x, int r)
@@ -276,9 +292,8 @@ static __always_inline int fp_consider(struct fp_scratch *s, __u32 off)
 static __always_inline __u64 fp_anchor_bytes(struct fp_scratch *s, __u32 at)
 {
 	__u64 w = fp_load64(&s->buf[FP_DATA + at]);
-	__u64 two_before = fp_load64(&s->buf[FP_DATA + at - 2]);
-	return ((w & FP_MARKER_MASK_BCAST) | ((two_before >> FP_PRE_GATE_SHIFT) & FP_PRE_GATE_BITS_BCAST)) ^
-	       FP_ANCHOR_VALUE_BCAST;
+	__u64 pre = fp_load64(&s->buf[FP_DATA + at - 2]) >> FP_PRE_GATE_SHIFT;
+	return ((w & FP_MARKER_MASK_BCAST) | (pre & FP_PRE_GATE_BITS_BCAST)) ^ FP_ANCHOR_VALUE_BCAST;
 }
 
 /* Marked group number i: its exact anchor bytes, word by word, lowest first. */
@@ -290,8 +305,8 @@ static long fp_group_cb(__u64 i, void *unused)
 	__u32 g = s->marked[i];
 	if (g >= FP_GROUPS)
 		return 1;
-	for (__u32 k = 0; k < 4; k++) {
-		__u32 base = g * 32 + k * 8;
+	for (__u32 k = 0; k < FP_GROUP / 8; k++) {
+		__u32 base = g * FP_GROUP + k * 8;
 		__u64 t = fp_anchor_bytes(s, base);
 		/* Exact: bit 7 of each byte of t that is zero. */
 		__u64 z = ~(((t & ~FP_HIGHS_BCAST) + ~FP_HIGHS_BCAST) | t) & FP_HIGHS_BCAST;
@@ -324,7 +339,7 @@ static long fp_candidate_cb(__u64 i, void *unused)
 	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
 		if (k * 8 >= w)
 			break;
-		*(__u64 *)&s->win[k * 8] = fp_load64(&s->buf[start + k * 8]);
+		fp_copy64(&s->win[k * 8], &s->buf[start + k * 8]);
 	}
 	fp_count(FP_C_CANDIDATES, 1);
 	if (!fp_loud_audio(s->win, w))
@@ -345,16 +360,20 @@ static __always_inline void fp_scan_chunk(struct fp_scratch *s)
 
 	s->nmarked = 0;
 	for (__u32 g = 0; g < FP_GROUPS; g++) {
-		if (g * 32 >= len)
+		if (g * FP_GROUP >= len)
 			break;
 		/* Bit 7 of a byte is set where fp_anchor_bytes may be zero; false positives (only
 		 * above a true match) are dropped by the exact test per word. The carry (or, at a
 		 * flow's start, stale bytes that fp_consider rejects) precedes the chunk's first word. */
 		__u64 z = 0;
-		for (__u32 k = 0; k < 4; k++) {
-			__u64 t = fp_anchor_bytes(s, g * 32 + k * 8);
-			z |= (t - FP_ONES_BCAST) & ~t & FP_HIGHS_BCAST;
+		for (__u32 k = 0; k < FP_GROUP / 8; k++) {
+			__u32 at = g * FP_GROUP + k * 8;
+			__u64 t = fp_anchor_bytes(s, at);
+			/* Bit 7 of ~t is bit 7 of the word itself (the anchor value has bit 7 set):
+			 * one operation less per word than the textbook (t - 1) & ~t. */
+			z |= (t - FP_ONES_BCAST) & fp_load64(&s->buf[FP_DATA + at]);
 		}
+		z &= FP_HIGHS_BCAST;
 		/* Branch-free: the group is listed, and counted only if marked. clang would turn a
 		 * test back into a branch per group without the empty asm. */
 		__u64 any = (z | -z) >> 63;
@@ -366,6 +385,8 @@ static __always_inline void fp_scan_chunk(struct fp_scratch *s)
 		s->nmarked = n + any;
 	}
 	s->ncand = 0;
+	if (fp_stage == FP_STAGE_MARK)
+		return;
 	__u32 marked = *(volatile __u32 *)&s->nmarked;
 	if (!marked || marked > FP_GROUPS)
 		return;
@@ -394,12 +415,12 @@ static __always_inline void fp_shift_carry(struct fp_scratch *s)
 	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
 		if (k >= words)
 			break;
-		*(__u64 *)&s->win[k * 8] = fp_load64(&s->buf[from + k * 8]);
+		fp_copy64(&s->win[k * 8], &s->buf[from + k * 8]);
 	}
 	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
 		if (k >= words)
 			break;
-		*(__u64 *)&s->buf[to + k * 8] = *(__u64 *)&s->win[k * 8];
+		fp_copy64(&s->buf[to + k * 8], &s->win[k * 8]);
 	}
 	s->carry = keep;
 }
@@ -431,7 +452,7 @@ static long fp_chunk_cb(__u64 i, void *ctx)
 		return 1;
 	}
 	s->len = n;
-	if (fp_copy_only) {
+	if (fp_stage == FP_STAGE_COPY) {
 		s->meta.base += n;
 		return 0;
 	}
