@@ -257,7 +257,7 @@ pub fn study() -> Result<String> {
     writeln!(out, "\n### Density (window {}): moments per non-silent second, and share of non-silent seconds with a moment\n", cfg.window)?;
     writeln!(out, "| keep_per_256 | real speech 8 kHz | µ-law | A-law |")?;
     writeln!(out, "| ---: | ---: | ---: | ---: |")?;
-    for keep in [8, 16, 24, 32, 48, 64, 128, 256] {
+    for keep in [32, 64, 96, 128, 160, 192, 256] {
         let c = FingerprintConfig {
             keep_per_256: keep,
             ..cfg

@@ -191,24 +191,24 @@ static __always_inline __u64 fp_xxh64(const __u8 *win, __u32 len)
 #define FP_L32_ONES 0x0000000100000001ULL
 #define FP_L32_LOW16 0x0000ffff0000ffffULL
 
-/* Bit 15 of each 16-bit lane (a signed sample) set where |sample| >= fp_quiet_threshold.
- * |sample| <= 0x8000 and the threshold is 1..32767, so no lane carries into the next. */
-static __always_inline __u64 fp_loud_lanes(__u64 x)
+/* Bit 15 of each 16-bit lane (a signed sample) set where |sample| >= the threshold that
+ * `quiet_bias` encodes, (0x8000 - threshold) in every lane. |sample| <= 0x8000 and the
+ * threshold is 1..32767, so no lane carries into the next. */
+static __always_inline __u64 fp_loud_lanes(__u64 x, __u64 quiet_bias)
 {
 	__u64 sign = (x >> 15) & FP_L16_ONES;
 	__u64 mag = (x ^ (sign * 0xffff)) + sign;
-	return (mag + (0x8000 - (__u64)fp_quiet_threshold) * FP_L16_ONES) & FP_L16_TOPS;
+	return (mag + quiet_bias) & FP_L16_TOPS;
 }
 
 /* For unsigned 16-bit a and b held in 32-bit lanes: bit 18 or 19 of a lane set where
- * |b - a| > fp_max_step. q = b - a + max_step + 0x40000 lies in 0x30001..0x5fffe (no borrow
+ * |b - a| > max_step. q = b - a + max_step + 0x40000 lies in 0x30001..0x5fffe (no borrow
  * between lanes); the step is smooth when 0x40000 <= q (bit 18) and q <= 0x40000 + 2 max_step
- * (bit 19 of q + 0x3ffff - 2 max_step clear). */
-static __always_inline __u64 fp_rough_lanes(__u64 a, __u64 b)
+ * (bit 19 of q + 0x3ffff - 2 max_step clear). The biases come per lane from the caller. */
+static __always_inline __u64 fp_rough_lanes(__u64 a, __u64 b, __u64 low_bias, __u64 high_bias)
 {
-	__u64 q = b + (0x40000 + (__u64)fp_max_step) * FP_L32_ONES - a;
-	return (~q & (0x40000 * FP_L32_ONES)) |
-	       ((q + (0x3ffff - 2 * (__u64)fp_max_step) * FP_L32_ONES) & (0x80000 * FP_L32_ONES));
+	__u64 q = b + low_bias - a;
+	return (~q & (0x40000 * FP_L32_ONES)) | ((q + high_bias) & (0x80000 * FP_L32_ONES));
 }
 
 /* shared::is_loud_audio: read as samples whose low byte is the anchor's (byte 1 on, len/2 - 1
@@ -217,6 +217,11 @@ static __always_inline __u64 fp_rough_lanes(__u64 a, __u64 b)
  * word, lane 3 is past the anchor and lanes 2 and 3 have no successor in the window. */
 static __always_inline int fp_loud_audio(const __u8 *win, __u32 len)
 {
+	/* The settings are volatile: read once, not once per word. */
+	__u64 quiet_bias = (0x8000 - (__u64)fp_quiet_threshold) * FP_L16_ONES;
+	__u64 max_step = fp_max_step;
+	__u64 low_bias = (0x40000 + max_step) * FP_L32_ONES;
+	__u64 high_bias = (0x3ffff - 2 * max_step) * FP_L32_ONES;
 	__u64 loud = 0, rough = 0;
 	__u32 words = len / 8;
 
@@ -229,9 +234,10 @@ static __always_inline int fp_loud_audio(const __u8 *win, __u32 len)
 		/* Steps from even samples in the low halves of 32-bit lanes, odd ones shifted down. */
 		__u64 step_lanes = last ? 0x00000000000c0000ULL : 0x000c0000000c0000ULL;
 		__u64 u = x ^ FP_L16_TOPS, v = y ^ FP_L16_TOPS; /* offset binary: unsigned order */
-		loud |= fp_loud_lanes(x) & loud_lanes;
-		rough |= (fp_rough_lanes(u & FP_L32_LOW16, v & FP_L32_LOW16) |
-			  fp_rough_lanes((u >> 16) & FP_L32_LOW16, (v >> 16) & FP_L32_LOW16)) &
+		loud |= fp_loud_lanes(x, quiet_bias) & loud_lanes;
+		rough |= (fp_rough_lanes(u & FP_L32_LOW16, v & FP_L32_LOW16, low_bias, high_bias) |
+			  fp_rough_lanes((u >> 16) & FP_L32_LOW16, (v >> 16) & FP_L32_LOW16, low_bias,
+					 high_bias)) &
 			 step_lanes;
 	}
 	return loud && !rough;
