@@ -54,9 +54,8 @@ pub fn host() -> Result<Host> {
             "{tool} is missing: {SETUP} (it installs crun and busybox-static)"
         );
     }
-    let busybox = in_path("busybox").with_context(|| {
-        format!("busybox is missing: {SETUP} (it installs busybox-static)")
-    })?;
+    let busybox = in_path("busybox")
+        .with_context(|| format!("busybox is missing: {SETUP} (it installs busybox-static)"))?;
     ensure!(
         is_static(&busybox),
         "{} is dynamically linked, the container has no libraries: {SETUP} (busybox-static)",
