@@ -148,7 +148,10 @@ pub fn page(results: &[(String, Vec<Outcome>)], overheads: &[(&str, f64)]) -> St
          (root); CI runs a subset and snapshots which scenarios each phase passes \
          (`bench/tests/compare.rs`). A phase passes a scenario when it finds every hop with \
          coverage ≥ 95 %, no false match and latency error p99 ≤ 200 µs (the tests' bar; \
-         BENCHMARKS.md holds the 20 µs figures). One run each on a shared 2-core VM.\n\n",
+         BENCHMARKS.md holds the 20 µs figures). Phase 4 runs on a cluster faked on this \
+         machine: each component in a crun container of a pod of its own, a fake API server, an \
+         agent per node selecting those pods (`phase-4-k8s/src/run.rs`); it passes only if every \
+         sighting also names its component's pod. One run each on a shared 2-core VM.\n\n",
     );
     out += "| scenario | phase | result | hops found | coverage min | error p50 / p99 / max (µs) | false | across nodes: p99 error / max bound (µs) |\n";
     out += "| --- | --- | --- | --- | --- | --- | --- | --- |\n";
