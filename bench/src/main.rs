@@ -59,8 +59,9 @@ enum What {
 fn main() {
     // The scale bench launches its pipeline's components from this binary.
     harness::component::run_if_component();
-    // So does the comparison, and phase 3's agents.
+    // So does the comparison, and phase 3's and phase 4's agents.
     phase_3_multi_node::run::run_if_agent();
+    phase_4_k8s::run::run_if_agent();
     let cli = Cli::parse();
     let result = match cli.what {
         What::Pairs {

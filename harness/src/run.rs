@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub struct Targets {
     pub pids: Vec<u32>,
+    /// Every component's name and pid, in `pids`' order.
+    pub components: Vec<(String, u32)>,
     pub comm_prefix: String,
     /// `pids` by node: the scenario's nodes in order, then [`HOST`] for the components on none
     /// (if any).
@@ -486,6 +488,10 @@ pub fn run(
         }
         let targets = Targets {
             pids: running.iter().map(|r| r.child.id()).collect(),
+            components: running
+                .iter()
+                .map(|r| (r.name.clone(), r.child.id()))
+                .collect(),
             comm_prefix: "hx-".into(),
             nodes: by_node,
             net: nodes.as_ref().map_or(Vec::new(), |n| n.all().to_vec()),

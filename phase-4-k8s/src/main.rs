@@ -1,7 +1,10 @@
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use phase_1_poc::cli::exit_on_error;
 use phase_3_multi_node::cli::{run_collector, CollectorArgs};
+use phase_3_multi_node::uplink::Skew;
 use phase_4_k8s::cli::{run_agent, AgentArgs};
+use phase_4_k8s::run::trace_scenario_phase4;
 
 /// Phase 4 of ebpf-audio-tracer: phase 3's agent and collector for Kubernetes. The agent (a
 /// DaemonSet: one per node) watches the pods of its node (`NODE_NAME` from the downward API),
@@ -19,16 +22,47 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Trace this node's selected pods (and --pid/--comm targets); stream to the collector.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Phase 3's collector: match across nodes, report per workload hop.
     Collector(CollectorArgs),
+    /// A harness scenario on a cluster faked on this machine: each component in a crun
+    /// container of its own pod, a fake API server, an agent per node selecting those pods
+    /// (needs root, crun and busybox-static: scripts/setup.sh).
+    Scenario {
+        /// Its id (`harness list`; S9 runs on three nodes, clocks unskewed).
+        #[arg(default_value = "S1")]
+        id: String,
+    },
 }
 
 fn main() {
     harness::component::run_if_component();
+    // The scenario's agents run from this binary.
+    phase_4_k8s::run::run_if_agent();
     let cli = Cli::parse();
     exit_on_error("phase-4-k8s", || match &cli.command {
         Command::Agent(a) => run_agent(a),
         Command::Collector(c) => run_collector(c),
+        Command::Scenario { id } => {
+            let sc = harness::scenario::by_id(id)
+                .with_context(|| format!("unknown scenario {id:?}; `harness list` shows them"))?;
+            let run = trace_scenario_phase4(&sc, &std::env::current_exe()?, |_| Skew::default())?;
+            let c = &run.cluster;
+            println!("measured (collector):\n{}", c.measured.table());
+            println!(
+                "ground truth recorded by the pipeline:\n{}",
+                c.truth.table()
+            );
+            print!("{}", c.score);
+            println!("collector: {}", c.collector);
+            for (node, line) in &c.agents {
+                println!("agent {node}: {line}");
+            }
+            println!(
+                "sightings not named by their component's pod: {} {:?}",
+                run.misattributed, run.misattributed_examples
+            );
+            Ok(())
+        }
     });
 }

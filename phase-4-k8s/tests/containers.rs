@@ -3,19 +3,17 @@
 //! their cgroup id (the directory's inode), and the id the eBPF tracer stamps on a container's
 //! write is that same inode.
 //!
-//! The containers (`common/crun.rs`): crun's cgroupfs manager creates whatever `cgroupsPath` it
+//! The containers (`phase_4_k8s::testbed::crun`): crun's cgroupfs manager creates whatever `cgroupsPath` it
 //! is given, so systemd-driver names are made without systemd. On a hybrid host (v1 controllers,
 //! the unified hierarchy at `/sys/fs/cgroup/unified`) crun refuses to run while the unified
 //! hierarchy has a controller (hugetlb here); each crun call then runs in a private mount
 //! namespace where `/sys/fs/cgroup` is the cgroup2 mount, so crun sees a v2 host and puts the
 //! container in the unified hierarchy, which is what eBPF cgroup ids name.
 
-mod common;
-
-use common::crun::{exclusive, host, random_ids, Container};
 use phase_2_straddle::event::Phase2Event;
 use phase_2_straddle::tracer::Tracer;
 use phase_4_k8s::cgroup::{cgroup_of_pid, container_of, CgroupPaths, ContainerRef, Runtime};
+use phase_4_k8s::testbed::crun::{exclusive, host, random_ids, Container};
 use shared::{FingerprintConfig, Scanner};
 use std::fs;
 use std::io::Read;
@@ -25,18 +23,18 @@ use std::path::PathBuf;
 /// Runs one sleeping container per (cgroups path, expected container) at once and finds each
 /// back from its pid and from its cgroup id.
 fn attribute(cases: &[(String, ContainerRef)]) {
-    let _lock = exclusive();
-    let host = host();
+    let _lock = exclusive().unwrap();
+    let host = host().unwrap();
     let containers: Vec<Container> = cases
         .iter()
-        .map(|(path, _)| Container::new(&host, path, &["sleep", "600"], &[]))
+        .map(|(path, _)| Container::new(&host, path, &["sleep", "600"], &[]).unwrap())
         .collect();
     for c in &containers {
-        c.run();
+        c.run().unwrap();
     }
     let mut paths = CgroupPaths::new(&host.root);
     for (c, (path, want)) in containers.iter().zip(cases) {
-        let pid = c.pid();
+        let pid = c.pid().unwrap();
         let rel = PathBuf::from(&c.cgroup);
         assert_eq!(cgroup_of_pid(pid), Some(rel.clone()), "pid {pid} of {path}");
         let line = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -111,8 +109,8 @@ fn cgroupfs_driver_paths() {
 /// container's `dd` writes speech-like PCM to its stdout, a pipe this test reads.
 #[test]
 fn ebpf_cgroup_id_is_the_cgroup_directory_inode() {
-    let _lock = exclusive();
-    let host = host();
+    let _lock = exclusive().unwrap();
+    let host = host().unwrap();
     let (id, uid) = random_ids();
     let path = format!("/kubepods/burstable/pod{uid}/{id}");
     let audio = harness::audio::speech_like(8000, 10.0, 5).to_bytes();
@@ -121,16 +119,17 @@ fn ebpf_cgroup_id_is_the_cgroup_directory_inode() {
         &path,
         &["dd", "if=/audio.raw", "bs=4096"],
         &[("audio.raw", &audio)],
-    );
+    )
+    .unwrap();
     let (mut reader, writer) = std::io::pipe().unwrap();
-    c.create(writer);
+    c.create(writer).unwrap();
     // crun create leaves the container's init waiting in its cgroup, under its final pid.
-    let pid = c.pid();
+    let pid = c.pid().unwrap();
     let ino = fs::metadata(c.cgroup_dir()).unwrap().ino();
     let cfg = FingerprintConfig::default();
     let mut tracer = Tracer::start(&cfg, None).expect("loading phase 2 (run as root)");
     tracer.add_targets(&[pid]).unwrap();
-    c.start();
+    c.start().unwrap();
     let mut got = Vec::new();
     reader.read_to_end(&mut got).unwrap();
     assert!(

@@ -1,4 +1,4 @@
-//! Pod attribution against a fake API server (`common/api.rs`): a minimal HTTP/1.1 server on a
+//! Pod attribution against a fake API server (`phase_4_k8s::testbed::api`): a minimal HTTP/1.1 server on a
 //! loopback port that answers `GET /api/v1/pods` like kube-apiserver does — the PodList in
 //! `fixtures/podlist*.json` (filtered by the `spec.nodeName` field selector when one is given)
 //! and, for `watch=true`, a chunked stream of newline-delimited WatchEvents that each test feeds
@@ -8,13 +8,11 @@
 //! The fixtures hold node-b pods and node-b watch events too: the server drops them only when the
 //! request carries the field selector, as the real API server would.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::api::FakeApi;
 use phase_4_k8s::pods::{self, ContainerKind, PodContainer, PodIndex, PodMeta, Selector};
+use phase_4_k8s::testbed::api::FakeApi;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -91,7 +89,7 @@ fn container(index: &PodIndex, id: &str) -> Option<String> {
 }
 
 async fn started(api: &FakeApi, retention: Duration) -> PodIndex {
-    let index = pods::start_with_retention(api.client(), NODE, retention)
+    let index = pods::start_with_retention(api.client().unwrap(), NODE, retention)
         .await
         .unwrap();
     assert!(index.wait_synced(WAIT).await, "no initial list");
@@ -112,8 +110,8 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_list_names_every_container_and_its_workload() {
-    let api = FakeApi::start(PODLIST).await;
-    let index = pods::start(api.client(), NODE).await.unwrap();
+    let api = FakeApi::start(PODLIST).await.unwrap();
+    let index = pods::start(api.client().unwrap(), NODE).await.unwrap();
     assert!(index.wait_synced(WAIT).await, "no initial list");
     eventually("the first watch", || !api.watches().is_empty()).await;
 
@@ -290,12 +288,12 @@ async fn initial_list_names_every_container_and_its_workload() {
         watch.query.get("allowWatchBookmarks").map(String::as_str),
         Some("true")
     );
-    api.assert_only_node_requested(NODE);
+    api.only_node_requested(NODE).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_churn_adds_modifies_and_deletes() {
-    let api = FakeApi::start(PODLIST).await;
+    let api = FakeApi::start(PODLIST).await.unwrap();
     let index = started(&api, RETENTION).await;
     let events = lines(WATCH_CHURN);
     assert_eq!(events.len(), 8);
@@ -385,12 +383,12 @@ async fn watch_churn_adds_modifies_and_deletes() {
     // The rest is untouched.
     assert!(index.by_container_id(X2_ASR_0).is_some());
     assert!(index.by_container_id(P8_ASR).is_some());
-    api.assert_only_node_requested(NODE);
+    api.only_node_requested(NODE).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_container_keeps_its_previous_id_for_a_while() {
-    let api = FakeApi::start(PODLIST).await;
+    let api = FakeApi::start(PODLIST).await.unwrap();
     let index = started(&api, RETENTION).await;
     let events = lines(WATCH_RESTART);
     assert_eq!(events.len(), 4);
@@ -443,19 +441,19 @@ async fn restarted_container_keeps_its_previous_id_for_a_while() {
     assert!(index.by_container_id(X2_ASR_1).is_some() && index.by_container_id(X2_ASR_2).is_some());
     // Its pod uid still names its three containers, once each.
     assert_eq!(index.by_pod_uid(X2_UID).len(), 3);
-    api.assert_only_node_requested(NODE);
+    api.only_node_requested(NODE).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_410_relists() {
-    let api = FakeApi::start(PODLIST).await;
+    let api = FakeApi::start(PODLIST).await.unwrap();
     let index = started(&api, RETENTION).await;
     assert!(index.by_container_id(DBG_SHELL).is_some());
     assert!(index.by_container_id(VAD).is_none());
 
     // The watch's resourceVersion is compacted away; meanwhile the debug pod went and a vad pod
     // came: the agent re-lists.
-    api.set_list(PODLIST_RELIST);
+    api.set_list(PODLIST_RELIST).unwrap();
     api.send(lines(WATCH_GONE)[0]);
     eventually("the re-listed pod resolves", || {
         index.by_container_id(VAD).is_some()
@@ -483,7 +481,7 @@ async fn gone_410_relists() {
             .any(|w| w.query.get("resourceVersion").map(String::as_str) == Some("49002"))
     })
     .await;
-    api.assert_only_node_requested(NODE);
+    api.only_node_requested(NODE).unwrap();
 }
 
 #[test]

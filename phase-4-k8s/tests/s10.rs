@@ -3,14 +3,14 @@
 //!
 //! - The pipeline is S1's (two calls, each source → relay → relay → sink over pipes), run by the
 //!   harness from this crate's binary.
-//! - Every component gets a real crun container (busybox `sleep 3600`, `common/crun.rs`) in a
+//! - Every component gets a real crun container (busybox `sleep 3600`, `testbed::crun`) in a
 //!   cgroup named the way kubelet names it, both drivers mixed: the sources and first relays in
 //!   two replicas of the Deployment `audio/asr` (systemd driver), the second relays in the pods
 //!   of the StatefulSet `audio/mixer` (cgroupfs driver, one of them CRI-O's), one sink in the
 //!   bare pod `audio/asr-recorder` (systemd, guaranteed QoS) and the other in the bare pod
 //!   `archive/archiver` (cgroupfs, guaranteed). Once the components are up, each process is moved
 //!   into its container's cgroup.
-//! - A fake API server (`common/api.rs`) lists node-a's pods with those containers' ids, plus an
+//! - A fake API server (`testbed::api`) lists node-a's pods with those containers' ids, plus an
 //!   unrelated pod `audio/tts-…` (label `app=tts`) whose real container is never traced, and a
 //!   node-b pod that claims the archiver's container (served only to a client that forgets the
 //!   `spec.nodeName` field selector).
@@ -26,21 +26,21 @@
 //! no false match and every hop between selected components found. Needs root, crun,
 //! busybox-static and bpftool (`scripts/setup.sh`).
 
-mod common;
-
-use common::api::FakeApi;
-use common::crun::{exclusive, host, in_path, random_ids, Container, SETUP};
-use harness::run::Targets;
+use harness::run::{listening, Targets};
 use harness::scenario::Scenario;
 use harness::schema::{HopKind, PodRef, Sighting};
 use harness::score::Observes;
 use harness::supervised::Supervised;
-use serde_json::{json, Value};
+use phase_4_k8s::cgroup::Runtime;
+use phase_4_k8s::testbed::crun::{exclusive, host, in_path, random_ids, SETUP};
+use phase_4_k8s::testbed::plan::{self, ContainerPlan, Driver, PodPlan, Qos};
+use phase_4_k8s::testbed::FakeCluster;
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_phase-4-k8s");
@@ -67,207 +67,134 @@ fn scenario() -> Scenario {
 // ---------------------------------------------------------------------------------------------
 // The pods
 
-/// How kubelet names a pod's cgroups.
-#[derive(Clone, Copy, Debug)]
-enum Driver {
-    Systemd,
-    Cgroupfs,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Runtime {
-    Containerd,
-    CriO,
-}
-
-struct PodPlan {
-    namespace: &'static str,
-    name: &'static str,
-    uid: String,
-    node: &'static str,
-    labels: Vec<(&'static str, &'static str)>,
-    /// The controller owner: (kind, name).
-    owner: Option<(&'static str, &'static str)>,
-    /// `burstable`, `besteffort`, or `None` for guaranteed.
-    qos: Option<&'static str>,
-    driver: Driver,
-    /// The workload attribution must give.
-    workload: &'static str,
-}
-
-impl PodPlan {
-    /// What the agent's selection picks (written out here, not through the crate's selector).
-    fn selected(&self) -> bool {
-        let app = self
-            .labels
-            .iter()
-            .find(|(k, _)| *k == "app")
-            .map(|(_, v)| *v);
-        self.namespace == NAMESPACE && app.is_some_and(|a| SELECTED_APPS.contains(&a))
-    }
-}
-
-struct ContainerPlan {
-    pod: usize,
-    name: &'static str,
-    id: String,
-    runtime: Runtime,
-    /// The component that joins it; `None`: the container's own `sleep` only.
-    component: Option<&'static str>,
-}
-
-impl ContainerPlan {
-    /// `status.containerStatuses[].containerID`.
-    fn status_id(&self) -> String {
-        let scheme = match self.runtime {
-            Runtime::Containerd => "containerd",
-            Runtime::CriO => "cri-o",
-        };
-        format!("{scheme}://{}", self.id)
-    }
-
-    /// The cgroup kubelet and the runtime would give it (cgroup.rs's module doc).
-    fn cgroups_path(&self, pod: &PodPlan) -> String {
-        let id = &self.id;
-        match pod.driver {
-            Driver::Systemd => {
-                let uid_ = pod.uid.replace('-', "_");
-                let prefix = match self.runtime {
-                    Runtime::Containerd => "cri-containerd",
-                    Runtime::CriO => "crio",
-                };
-                let pod_slice = match pod.qos {
-                    Some(q) => format!("kubepods-{q}.slice/kubepods-{q}-pod{uid_}.slice"),
-                    None => format!("kubepods-pod{uid_}.slice"),
-                };
-                format!("/kubepods.slice/{pod_slice}/{prefix}-{id}.scope")
-            }
-            Driver::Cgroupfs => {
-                let uid = &pod.uid;
-                let leaf = match self.runtime {
-                    Runtime::Containerd => id.clone(),
-                    Runtime::CriO => format!("crio-{id}"),
-                };
-                match pod.qos {
-                    Some(q) => format!("/kubepods/{q}/pod{uid}/{leaf}"),
-                    None => format!("/kubepods/pod{uid}/{leaf}"),
-                }
-            }
-        }
-    }
+/// What the agent's selection picks (written out here, not through the crate's selector).
+fn selected(pod: &PodPlan) -> bool {
+    let app = pod
+        .labels
+        .iter()
+        .find(|(k, _)| k == "app")
+        .map(|(_, v)| v.as_str());
+    pod.namespace == NAMESPACE && app.is_some_and(|a| SELECTED_APPS.contains(&a))
 }
 
 /// The pods of node-a (and one of node-b) and their containers, fresh ids each run.
 fn plan() -> (Vec<PodPlan>, Vec<ContainerPlan>) {
     let uid = || random_ids().1;
     let id = || random_ids().0;
-    let asr_labels = vec![("app", "asr"), ("pod-template-hash", "6f7b9c8d54")];
+    let labels = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let owner = |kind: &str, name: &str| Some((kind.to_string(), name.to_string()));
+    let asr_labels = labels(&[("app", "asr"), ("pod-template-hash", "6f7b9c8d54")]);
     let pods = vec![
         PodPlan {
-            namespace: "audio",
-            name: "asr-6f7b9c8d54-k2x7p",
+            namespace: "audio".into(),
+            name: "asr-6f7b9c8d54-k2x7p".into(),
             uid: uid(),
-            node: NODE,
+            node: NODE.into(),
             labels: asr_labels.clone(),
-            owner: Some(("ReplicaSet", "asr-6f7b9c8d54")),
-            qos: Some("burstable"),
+            owner: owner("ReplicaSet", "asr-6f7b9c8d54"),
+            qos: Qos::Burstable,
             driver: Driver::Systemd,
-            workload: "asr",
+            workload: "asr".into(),
         },
         PodPlan {
-            namespace: "audio",
-            name: "asr-6f7b9c8d54-w9q4m",
+            namespace: "audio".into(),
+            name: "asr-6f7b9c8d54-w9q4m".into(),
             uid: uid(),
-            node: NODE,
+            node: NODE.into(),
             labels: asr_labels.clone(),
-            owner: Some(("ReplicaSet", "asr-6f7b9c8d54")),
-            qos: Some("burstable"),
+            owner: owner("ReplicaSet", "asr-6f7b9c8d54"),
+            qos: Qos::Burstable,
             driver: Driver::Systemd,
-            workload: "asr",
+            workload: "asr".into(),
         },
         PodPlan {
-            namespace: "audio",
-            name: "mixer-0",
+            namespace: "audio".into(),
+            name: "mixer-0".into(),
             uid: uid(),
-            node: NODE,
-            labels: vec![
+            node: NODE.into(),
+            labels: labels(&[
                 ("app", "mixer"),
                 ("statefulset.kubernetes.io/pod-name", "mixer-0"),
-            ],
-            owner: Some(("StatefulSet", "mixer")),
-            qos: Some("besteffort"),
+            ]),
+            owner: owner("StatefulSet", "mixer"),
+            qos: Qos::BestEffort,
             driver: Driver::Cgroupfs,
-            workload: "mixer",
+            workload: "mixer".into(),
         },
         PodPlan {
-            namespace: "audio",
-            name: "mixer-1",
+            namespace: "audio".into(),
+            name: "mixer-1".into(),
             uid: uid(),
-            node: NODE,
-            labels: vec![
+            node: NODE.into(),
+            labels: labels(&[
                 ("app", "mixer"),
                 ("statefulset.kubernetes.io/pod-name", "mixer-1"),
-            ],
-            owner: Some(("StatefulSet", "mixer")),
-            qos: Some("burstable"),
+            ]),
+            owner: owner("StatefulSet", "mixer"),
+            qos: Qos::Burstable,
             driver: Driver::Cgroupfs,
-            workload: "mixer",
+            workload: "mixer".into(),
         },
         PodPlan {
-            namespace: "audio",
-            name: "asr-recorder",
+            namespace: "audio".into(),
+            name: "asr-recorder".into(),
             uid: uid(),
-            node: NODE,
-            labels: vec![("app", "asr"), ("role", "recorder")],
+            node: NODE.into(),
+            labels: labels(&[("app", "asr"), ("role", "recorder")]),
             owner: None,
-            qos: None,
+            qos: Qos::Guaranteed,
             driver: Driver::Systemd,
-            workload: "asr-recorder",
+            workload: "asr-recorder".into(),
         },
         // Same label, another namespace: not selected.
         PodPlan {
-            namespace: "archive",
-            name: "archiver",
+            namespace: "archive".into(),
+            name: "archiver".into(),
             uid: uid(),
-            node: NODE,
-            labels: vec![("app", "asr")],
+            node: NODE.into(),
+            labels: labels(&[("app", "asr")]),
             owner: None,
-            qos: None,
+            qos: Qos::Guaranteed,
             driver: Driver::Cgroupfs,
-            workload: "archiver",
+            workload: "archiver".into(),
         },
         // The right namespace, another label: not selected.
         PodPlan {
-            namespace: "audio",
-            name: "tts-5d8c7b6f4-q9w2e",
+            namespace: "audio".into(),
+            name: "tts-5d8c7b6f4-q9w2e".into(),
             uid: uid(),
-            node: NODE,
-            labels: vec![("app", "tts"), ("pod-template-hash", "5d8c7b6f4")],
-            owner: Some(("ReplicaSet", "tts-5d8c7b6f4")),
-            qos: Some("besteffort"),
+            node: NODE.into(),
+            labels: labels(&[("app", "tts"), ("pod-template-hash", "5d8c7b6f4")]),
+            owner: owner("ReplicaSet", "tts-5d8c7b6f4"),
+            qos: Qos::BestEffort,
             driver: Driver::Systemd,
-            workload: "tts",
+            workload: "tts".into(),
         },
-        // On node-b, selected by labels, claiming the archiver's container: only a client
-        // that asked for every node's pods would trace the archiver for it.
+        // On node-b, selected by labels, claiming the archiver's container (`podlist`): only
+        // a client that asked for every node's pods would trace the archiver for it.
         PodPlan {
-            namespace: "audio",
-            name: "asr-6f7b9c8d54-zz9tb",
+            namespace: "audio".into(),
+            name: "asr-6f7b9c8d54-zz9tb".into(),
             uid: uid(),
-            node: "node-b",
+            node: "node-b".into(),
             labels: asr_labels,
-            owner: Some(("ReplicaSet", "asr-6f7b9c8d54")),
-            qos: Some("burstable"),
+            owner: owner("ReplicaSet", "asr-6f7b9c8d54"),
+            qos: Qos::Burstable,
             driver: Driver::Systemd,
-            workload: "asr",
+            workload: "asr".into(),
         },
     ];
-    let c = |pod, name, runtime, component| ContainerPlan {
+    let c = |pod, name: &str, runtime, component: Option<&str>| ContainerPlan {
         pod,
-        name,
+        name: name.into(),
         id: id(),
         runtime,
-        component,
+        component: component.map(str::to_string),
     };
     use Runtime::{Containerd, CriO};
     let containers = vec![
@@ -284,79 +211,19 @@ fn plan() -> (Vec<PodPlan>, Vec<ContainerPlan>) {
     (pods, containers)
 }
 
-/// The PodList the fake API server serves (node-b's pod included: the server drops it for a
-/// client that asks for node-a's pods only).
+/// The PodList the fake API server serves: the plan's, and node-b's pod with a container
+/// whose id is the archiver's (the server drops it for a client that asks for node-a's pods
+/// only).
 fn podlist(pods: &[PodPlan], containers: &[ContainerPlan]) -> String {
-    let items: Vec<Value> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let mine: Vec<(&str, String)> = if p.node == NODE {
-                containers
-                    .iter()
-                    .filter(|c| c.pod == i)
-                    .map(|c| (c.name, c.status_id()))
-                    .collect()
-            } else {
-                let archiver = containers.iter().find(|c| c.name == "archiver").unwrap();
-                vec![("asr", archiver.status_id())]
-            };
-            let labels: BTreeMap<&str, &str> = p.labels.iter().copied().collect();
-            let mut metadata = json!({
-                "name": p.name,
-                "namespace": p.namespace,
-                "uid": p.uid,
-                "resourceVersion": format!("{}", 1000 + i),
-                "creationTimestamp": "2025-06-01T19:02:37Z",
-                "labels": labels,
-            });
-            if let Some((kind, name)) = p.owner {
-                metadata["ownerReferences"] = json!([{
-                    "apiVersion": "apps/v1",
-                    "kind": kind,
-                    "name": name,
-                    "uid": "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e",
-                    "controller": true,
-                    "blockOwnerDeletion": true,
-                }]);
-            }
-            json!({
-                "metadata": metadata,
-                "spec": {
-                    "nodeName": p.node,
-                    "containers": mine.iter().map(|(name, _)| json!({
-                        "name": name,
-                        "image": "docker.io/library/busybox:1.36",
-                    })).collect::<Vec<_>>(),
-                },
-                "status": {
-                    "phase": "Running",
-                    "qosClass": match p.qos {
-                        Some("burstable") => "Burstable",
-                        Some(_) => "BestEffort",
-                        None => "Guaranteed",
-                    },
-                    "containerStatuses": mine.iter().map(|(name, id)| json!({
-                        "name": name,
-                        "containerID": id,
-                        "image": "docker.io/library/busybox:1.36",
-                        "imageID": "docker.io/library/busybox@sha256:768e5c6f5cb6db0794eec98dc7a967f40631746c32232b78a3105fb946f3ab83",
-                        "ready": true,
-                        "started": true,
-                        "restartCount": 0,
-                        "state": {"running": {"startedAt": "2025-06-01T19:02:40Z"}},
-                    })).collect::<Vec<_>>(),
-                },
-            })
-        })
-        .collect();
-    json!({
-        "kind": "PodList",
-        "apiVersion": "v1",
-        "metadata": {"resourceVersion": "2000"},
-        "items": items,
-    })
-    .to_string()
+    let archiver = containers.iter().find(|c| c.name == "archiver").unwrap();
+    let claim = ContainerPlan {
+        pod: pods.iter().position(|p| p.node != NODE).unwrap(),
+        name: "asr".into(),
+        component: None,
+        ..archiver.clone()
+    };
+    let listed: Vec<ContainerPlan> = containers.iter().cloned().chain([claim]).collect();
+    plan::podlist(pods, &listed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,48 +233,12 @@ fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], harness::run::free_port().unwrap()))
 }
 
-/// Whether something listens on IPv4 loopback `port` (read from /proc: no probe connection).
-fn listening(port: u16) -> bool {
-    let table = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let local = format!(":{port:04X}");
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1].ends_with(&local) && f[3] == "0A"
-    })
-}
-
 /// The run's directory, removed at the end.
 struct RunDir(PathBuf);
 
 impl Drop for RunDir {
     fn drop(&mut self) {
         fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-/// Component processes moved into container cgroups. Normally they have exited by the end; on
-/// a failure any that still run (still in one of those cgroups) are moved back to the root
-/// cgroup and killed, so that the containers' cgroups can be removed.
-struct Moved {
-    root: PathBuf,
-    /// (pid, its container's cgroup, relative to the root).
-    pids: Vec<(u32, String)>,
-}
-
-impl Drop for Moved {
-    fn drop(&mut self) {
-        for (pid, cgroup) in &self.pids {
-            let line = format!("0::/{cgroup}");
-            let still = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .is_ok_and(|t| t.lines().any(|l| l == line));
-            if still {
-                let _ = fs::write(self.root.join("cgroup.procs"), pid.to_string());
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
     }
 }
 
@@ -484,28 +315,21 @@ impl TargetsMap {
     }
 }
 
-/// A process's comm.
-fn comm(pid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_string())
-        .unwrap_or_default()
-}
-
 // ---------------------------------------------------------------------------------------------
 // S10
 
 #[test]
 fn s10_container_processes_attributed_to_their_pods() {
     let began = Instant::now();
-    let _lock = exclusive();
-    let host = host();
+    let _lock = exclusive().unwrap();
+    let host = host().unwrap();
     let bpftool = in_path("bpftool")
         .or_else(|| Some(PathBuf::from("/usr/sbin/bpftool")).filter(|p| p.is_file()))
         .unwrap_or_else(|| panic!("bpftool is missing: {SETUP}"));
     let sc = scenario();
     let (pods, plans) = plan();
     let pod_of = |c: &ContainerPlan| &pods[c.pod];
-    let selected = |c: &ContainerPlan| pod_of(c).selected();
+    let selected = |c: &ContainerPlan| selected(pod_of(c));
     assert_eq!(
         plans
             .iter()
@@ -515,31 +339,11 @@ fn s10_container_processes_attributed_to_their_pods() {
         "the selection picks 7 of the 8 components"
     );
 
-    // The containers, all made before any runs: a parent cgroup they share is then removed by
-    // the last one dropped.
-    let containers: Vec<Container> = plans
-        .iter()
-        .map(|c| Container::new(&host, &c.cgroups_path(pod_of(c)), &["sleep", "3600"], &[]))
-        .collect();
-    for c in &containers {
-        c.run();
-    }
-    let inits: Vec<u32> = containers.iter().map(|c| c.pid()).collect();
-    let mut moved = Moved {
-        root: host.root.clone(),
-        pids: Vec::new(),
-    };
-
-    // The API server and the kubeconfig that points at it.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let api = rt.block_on(FakeApi::start(&podlist(&pods, &plans)));
+    // The containers, the API server and the kubeconfig that points at it.
     let dir = RunDir(harness::run::workdir("s10").unwrap());
-    let kubeconfig = dir.0.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
+    let mut fake =
+        FakeCluster::start(&host, &pods, &plans, &podlist(&pods, &plans), &dir.0).unwrap();
+    let inits: Vec<u32> = fake.containers.iter().map(|c| c.pid().unwrap()).collect();
 
     // The collector.
     let addr = free_addr();
@@ -565,19 +369,15 @@ fn s10_container_processes_attributed_to_their_pods() {
     // The agent, as the DaemonSet runs it: NODE_NAME from the downward API, a client config,
     // targets by pod selection only. It runs before the pipeline exists.
     let ready = dir.0.join("agent.ready");
-    let mut agent = Supervised::spawn(
-        "the agent",
-        Command::new(EXE)
-            .args(["agent", "--node", NODE])
-            .args(["--collector", &format!("http://{addr}")])
-            .args(["--namespace", NAMESPACE, "--selector", SELECTOR])
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("NODE_NAME", NODE)
-            .env("KUBECONFIG", &kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT"),
-    );
+    let mut agent_cmd = Command::new(EXE);
+    agent_cmd
+        .args(["agent", "--node", NODE])
+        .args(["--collector", &format!("http://{addr}")])
+        .args(["--namespace", NAMESPACE, "--selector", SELECTOR])
+        .arg("--ready-file")
+        .arg(&ready);
+    fake.agent_env(&mut agent_cmd, NODE);
+    let mut agent = Supervised::spawn("the agent", &mut agent_cmd);
     let deadline = Instant::now() + ATTACH_TIMEOUT;
     while !ready.exists() {
         if !agent.running() {
@@ -592,7 +392,7 @@ fn s10_container_processes_attributed_to_their_pods() {
     }
     let targets = TargetsMap::of(&bpftool, agent.pid());
     // Its first lookup (before the ready file): the selected containers' own processes.
-    for ((c, &pid), container) in plans.iter().zip(&inits).zip(&containers) {
+    for ((c, &pid), container) in plans.iter().zip(&inits).zip(&fake.containers) {
         assert_eq!(
             targets.has(pid),
             selected(c),
@@ -609,28 +409,22 @@ fn s10_container_processes_attributed_to_their_pods() {
     let comp_plan: HashMap<&str, usize> = plans
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| Some((c.component?, i)))
+        .filter_map(|(i, c)| Some((c.component.as_deref()?, i)))
         .collect();
     let mut selected_after = Duration::ZERO;
     let run_dir = dir.0.join("run");
     fs::create_dir_all(&run_dir).unwrap();
     let gt = harness::run::run(&sc, Path::new(EXE), &run_dir, |t: &Targets| {
         let mut placed: Vec<(u32, usize)> = Vec::new();
-        for &pid in &t.pids {
-            let comm = comm(pid);
-            let name = comm.strip_prefix("hx-").unwrap_or(&comm);
+        for (name, pid) in &t.components {
             let &i = comp_plan
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("pid {pid} ({comm}) is no planned component"))?;
+                .get(name.as_str())
+                .ok_or_else(|| anyhow::anyhow!("{name} (pid {pid}) is no planned component"))?;
             // The process joins its container's cgroup, and only that: not the container's
             // mount, pid, network or other namespaces. Attribution uses nothing else (the
             // cgroup id the kernel stamps on each syscall, /proc/<pid>/cgroup for selection).
-            moved.pids.push((pid, containers[i].cgroup.clone()));
-            fs::write(
-                containers[i].cgroup_dir().join("cgroup.procs"),
-                pid.to_string(),
-            )?;
-            placed.push((pid, i));
+            fake.join(*pid, i)?;
+            placed.push((*pid, i));
         }
         anyhow::ensure!(placed.len() == comp_plan.len(), "components: {placed:?}");
         // The agent looks its targets up every second: wait until it traces every selected
@@ -675,7 +469,7 @@ fn s10_container_processes_attributed_to_their_pods() {
             "the container's own process (pid {}) of {what} targeted",
             inits[i]
         );
-        if let Some(pid) = c.component.map(|n| component_pids[n]) {
+        if let Some(pid) = c.component.as_deref().map(|n| component_pids[n]) {
             assert!(
                 selected(c) || !targets.has(pid),
                 "pid {pid} of {what} targeted"
@@ -698,7 +492,7 @@ fn s10_container_processes_attributed_to_their_pods() {
     collector.terminate();
     let c = collector.wait(Duration::from_secs(10));
     assert!(c.status.success(), "collector: {}\n{}", c.status, c.stderr);
-    api.assert_only_node_requested(NODE);
+    fake.api.only_node_requested(NODE).unwrap();
 
     let records = harness::schema::read_jsonl(std::io::BufReader::new(
         fs::File::open(&json).expect("the collector's JSON lines"),
@@ -831,5 +625,5 @@ fn s10_container_processes_attributed_to_their_pods() {
         began.elapsed().as_secs_f64(),
         a.stdout.trim()
     );
-    drop(moved);
+    drop(fake);
 }

@@ -2,7 +2,7 @@
 //! `GET /api/v1/pods` like kube-apiserver does — a PodList (filtered by the `spec.nodeName`
 //! field selector when one is given) and, for `watch=true`, a chunked stream of
 //! newline-delimited WatchEvents that a test feeds line by line ([`FakeApi::send`]). Every
-//! request is recorded, so that tests can check that an agent only ever asked for its own
+//! request is recorded, so that a test can check that an agent only ever asked for its own
 //! node's pods. Needs a multi-threaded tokio runtime: [`FakeApi::start`] spawns the server on
 //! the current one.
 
@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -48,59 +49,65 @@ pub struct FakeApi {
 }
 
 impl FakeApi {
-    pub async fn start(podlist: &str) -> FakeApi {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// Serves `podlist` (a PodList's JSON) until dropped with its runtime.
+    pub async fn start(podlist: &str) -> Result<FakeApi> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ApiState {
-            list: Mutex::new(serde_json::from_str(podlist).unwrap()),
+            list: Mutex::new(serde_json::from_str(podlist).context("the pod list")?),
             requests: Mutex::new(Vec::new()),
             script: tokio::sync::Mutex::new(rx),
         });
         let server_state = state.clone();
         tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
                 let state = server_state.clone();
                 tokio::spawn(async move {
                     let _ = serve(stream, state).await;
                 });
             }
         });
-        FakeApi {
+        Ok(FakeApi {
             addr,
             state,
             script: tx,
-        }
+        })
     }
 
-    pub fn client(&self) -> kube::Client {
-        let url = format!("http://{}", self.addr).parse().unwrap();
-        kube::Client::try_from(kube::Config::new(url)).unwrap()
+    /// A client of this server (plain HTTP, no credentials).
+    pub fn client(&self) -> Result<kube::Client> {
+        let url = format!("http://{}", self.addr).parse()?;
+        Ok(kube::Client::try_from(kube::Config::new(url))?)
     }
 
     /// Writes a kubeconfig to `path` that points a client at this server (plain HTTP, no
     /// credentials), for an agent process started with `KUBECONFIG=<path>`.
-    pub fn write_kubeconfig(&self, path: &Path) {
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n\
              current-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
             self.addr
         );
-        std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 
-    pub fn set_list(&self, podlist: &str) {
-        *self.state.list.lock().unwrap() = serde_json::from_str(podlist).unwrap();
+    /// What the next lists return.
+    pub fn set_list(&self, podlist: &str) -> Result<()> {
+        *self.state.list.lock().unwrap() = serde_json::from_str(podlist).context("the pod list")?;
+        Ok(())
     }
 
+    /// Writes one WatchEvent line to the open watch (or the next one).
     pub fn send(&self, line: &str) {
-        self.script.send(Script::Event(line.to_string())).unwrap();
+        // The receiving end lives as long as `self`: sending cannot fail.
+        let _ = self.script.send(Script::Event(line.to_string()));
     }
 
+    /// Ends the open watch (or the next one), as the API server does after `timeoutSeconds`.
     pub fn close_watch(&self) {
-        self.script.send(Script::Close).unwrap();
+        let _ = self.script.send(Script::Close);
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -121,20 +128,21 @@ impl FakeApi {
             .collect()
     }
 
-    /// Every request the agent made was for `node`'s pods only.
-    pub fn assert_only_node_requested(&self, node: &str) {
+    /// Checks that there were requests and that every one was for `node`'s pods only (no
+    /// label selector: selection happens in the agent).
+    pub fn only_node_requested(&self, node: &str) -> Result<()> {
         let selector = format!("spec.nodeName={node}");
         let requests = self.requests();
-        assert!(!requests.is_empty());
+        ensure!(!requests.is_empty(), "no request");
         for r in &requests {
-            assert_eq!(r.path, "/api/v1/pods", "{r:?}");
-            assert_eq!(
-                r.query.get("fieldSelector").map(String::as_str),
-                Some(selector.as_str()),
-                "{r:?}"
+            ensure!(
+                r.path == "/api/v1/pods"
+                    && r.query.get("fieldSelector") == Some(&selector)
+                    && !r.query.contains_key("labelSelector"),
+                "a request for more than {node}'s pods: {r:?}"
             );
-            assert!(!r.query.contains_key("labelSelector"), "{r:?}");
         }
+        Ok(())
     }
 }
 
@@ -146,15 +154,22 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
-                out.push(u8::from_str_radix(hex, 16).unwrap());
-                i += 2;
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
             }
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8(out).unwrap()
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn parse_target(target: &str) -> Request {
@@ -223,7 +238,7 @@ async fn serve(stream: TcpStream, state: Arc<ApiState>) -> std::io::Result<()> {
         if let Some(items) = list["items"].as_array_mut() {
             items.retain(|pod| on_node(pod, &node));
         }
-        let body = serde_json::to_vec(&list).unwrap();
+        let body = serde_json::to_vec(&list)?;
         let head = format!(
             "HTTP/1.1 200 OK\r\nAudit-Id: 5d0c3e6f-list\r\nCache-Control: no-cache, private\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
@@ -245,7 +260,7 @@ async fn serve(stream: TcpStream, state: Arc<ApiState>) -> std::io::Result<()> {
         tokio::select! {
             cmd = script.recv() => match cmd {
                 Some(Script::Event(line)) => {
-                    let event: Value = serde_json::from_str(&line).unwrap();
+                    let event: Value = serde_json::from_str(&line).unwrap_or_default();
                     let kind = event["type"].as_str().unwrap_or("");
                     if matches!(kind, "ADDED" | "MODIFIED" | "DELETED") && !on_node(&event["object"], &node) {
                         continue;

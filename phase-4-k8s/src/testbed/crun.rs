@@ -1,5 +1,5 @@
-//! Real containers for the tests: busybox containers run by crun in cgroups named the way
-//! kubelet names them under each cgroup driver.
+//! Real containers: busybox containers run by crun in cgroups named the way kubelet names them
+//! under each cgroup driver.
 //!
 //! crun's cgroupfs manager creates whatever `cgroupsPath` it is given, so systemd-driver names
 //! are made without systemd. On a hybrid host (v1 controllers, the unified hierarchy at
@@ -8,7 +8,8 @@
 //! `/sys/fs/cgroup` is the cgroup2 mount, so crun sees a v2 host and puts the container in the
 //! unified hierarchy, which is what eBPF cgroup ids name.
 
-use phase_4_k8s::cgroup::cgroup2_root;
+use crate::cgroup::cgroup2_root;
+use anyhow::{bail, ensure, Context, Result};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,20 +17,22 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// The tests that run containers share the `kubepods` trees at the hierarchy's root: one at a
-/// time, across processes too (two test binaries), so that one's cleanup never races another's
-/// containers for a parent cgroup (or leaves behind one the other made). An exclusive flock,
-/// released when the file closes.
-pub fn exclusive() -> fs::File {
-    let f = fs::File::create(std::env::temp_dir().join("ebpf-audio-tracer-containers.lock"))
-        .expect("creating the lock file");
-    f.lock().expect("locking the lock file");
-    f
+/// Whoever runs containers shares the `kubepods` trees at the hierarchy's root: one at a time,
+/// across processes too (two test binaries, a test and the comparison), so that one's cleanup
+/// never races another's containers for a parent cgroup (or leaves behind one the other made).
+/// An exclusive flock, released when the file closes.
+pub fn exclusive() -> Result<fs::File> {
+    let path = std::env::temp_dir().join("ebpf-audio-tracer-containers.lock");
+    let f = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    f.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(f)
 }
 
 pub const SETUP: &str = "run `bash scripts/setup.sh`";
 
-/// The host as the tests see it.
+/// The host as the containers see it.
+#[derive(Clone, Debug)]
 pub struct Host {
     /// The unified hierarchy's mount point.
     pub root: PathBuf,
@@ -38,33 +41,32 @@ pub struct Host {
     pub busybox: PathBuf,
 }
 
-/// Checks that this runs as root with crun, unshare and a static busybox (one-line failures
+/// Checks that this runs as root with crun, unshare and a static busybox (one-line errors
 /// naming scripts/setup.sh otherwise).
-pub fn host() -> Host {
-    assert_eq!(
-        fs::metadata("/proc/self").unwrap().uid(),
-        0,
-        "these tests run containers: run them as root"
+pub fn host() -> Result<Host> {
+    ensure!(
+        fs::metadata("/proc/self")?.uid() == 0,
+        "running containers needs root"
     );
     for tool in ["crun", "unshare"] {
-        assert!(
+        ensure!(
             in_path(tool).is_some(),
             "{tool} is missing: {SETUP} (it installs crun and busybox-static)"
         );
     }
     let busybox = in_path("busybox")
-        .unwrap_or_else(|| panic!("busybox is missing: {SETUP} (it installs busybox-static)"));
-    assert!(
+        .with_context(|| format!("busybox is missing: {SETUP} (it installs busybox-static)"))?;
+    ensure!(
         is_static(&busybox),
         "{} is dynamically linked, the container has no libraries: {SETUP} (busybox-static)",
         busybox.display()
     );
-    let root = cgroup2_root().expect("no cgroup2 hierarchy is mounted (a v1-only host)");
-    Host {
+    let root = cgroup2_root().context("no cgroup2 hierarchy is mounted (a v1-only host)")?;
+    Ok(Host {
         hybrid: root != Path::new("/sys/fs/cgroup"),
         root,
         busybox,
-    }
+    })
 }
 
 /// An ELF64 file without a PT_INTERP program header: it needs no dynamic loader.
@@ -105,38 +107,39 @@ impl Host {
         cmd
     }
 
-    pub fn crun_ok(&self, args: &[&str]) -> String {
+    /// Runs crun, its stdout if it succeeds.
+    pub fn crun_ok(&self, args: &[&str]) -> Result<String> {
         let out = self
             .crun(args)
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("crun {args:?}: {e}"));
-        assert!(
+            .with_context(|| format!("crun {args:?}"))?;
+        ensure!(
             out.status.success(),
             "crun {args:?}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
-/// A 64-hex id and a pod uid, fresh for each container.
+/// A 64-hex container id and a pod uid, fresh for each call.
 pub fn random_ids() -> (String, String) {
+    // The kernel makes a fresh UUID on every read of this file.
     let uuid = || {
         fs::read_to_string("/proc/sys/kernel/random/uuid")
-            .unwrap()
+            .expect("reading /proc/sys/kernel/random/uuid")
             .trim()
             .to_string()
     };
     let id = format!("{}{}", uuid(), uuid()).replace('-', "");
-    assert_eq!(id.len(), 64);
     (id, uuid())
 }
 
 /// One crun container and everything it leaves behind, removed on drop (panics included).
-pub struct Container<'h> {
-    host: &'h Host,
+pub struct Container {
+    host: Host,
     pub name: String,
     bundle: PathBuf,
     /// `cgroupsPath` without its leading `/`.
@@ -145,13 +148,18 @@ pub struct Container<'h> {
     made_dirs: Vec<PathBuf>,
 }
 
-impl<'h> Container<'h> {
+impl Container {
     /// Prepares a bundle: a busybox rootfs (plus `files`) and a config running `args` in the
     /// cgroup `cgroups_path`.
-    pub fn new(host: &'h Host, cgroups_path: &str, args: &[&str], files: &[(&str, &[u8])]) -> Self {
+    pub fn new(
+        host: &Host,
+        cgroups_path: &str,
+        args: &[&str],
+        files: &[(&str, &[u8])],
+    ) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
-            "eat-cgroup-test-{}-{}",
+            "eat-container-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
@@ -165,8 +173,9 @@ impl<'h> Container<'h> {
                 made_dirs.push(p.clone());
             }
         }
+        // From here on, dropping it cleans up whatever was made.
         let c = Self {
-            host,
+            host: host.clone(),
             name,
             bundle,
             cgroup,
@@ -174,80 +183,80 @@ impl<'h> Container<'h> {
         };
         let _ = fs::remove_dir_all(&c.bundle);
         let bin = c.bundle.join("rootfs/bin");
-        fs::create_dir_all(&bin).unwrap();
-        fs::copy(&host.busybox, bin.join("busybox")).unwrap();
+        fs::create_dir_all(&bin)?;
+        fs::copy(&host.busybox, bin.join("busybox"))?;
         for applet in ["sh", "sleep", "cat", "dd"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
         }
         for (path, bytes) in files {
-            fs::write(c.bundle.join("rootfs").join(path), bytes).unwrap();
+            fs::write(c.bundle.join("rootfs").join(path), bytes)?;
         }
-        let bundle = c.bundle.to_str().unwrap().to_string();
-        host.crun_ok(&["spec", "--bundle", &bundle]);
+        host.crun_ok(&["spec", "--bundle", &c.bundle()])?;
         let spec_path = c.bundle.join("config.json");
-        let mut spec: serde_json::Value =
-            serde_json::from_slice(&fs::read(&spec_path).unwrap()).unwrap();
+        let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(&spec_path)?)?;
         spec["process"]["args"] = serde_json::json!(args);
         spec["process"]["terminal"] = false.into();
         spec["linux"]["cgroupsPath"] = cgroups_path.into();
         // No resources: the spec's device rules make crun 1.8 load an eBPF device filter after
         // raising RLIMIT_MEMLOCK, which fails without CAP_SYS_RESOURCE (some sandboxes).
-        spec["linux"].as_object_mut().unwrap().remove("resources");
-        fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-        c
+        if let Some(linux) = spec["linux"].as_object_mut() {
+            linux.remove("resources");
+        }
+        fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
+        Ok(c)
     }
 
     fn bundle(&self) -> String {
-        self.bundle.to_str().unwrap().to_string()
+        self.bundle.to_string_lossy().into_owned()
     }
 
-    /// `crun run -d`: the container runs with no stdio; crun's errors go to a file.
-    pub fn run(&self) {
+    /// Runs `crun <args>` with its errors in a file, to name them if it fails.
+    fn crun_quiet(&self, args: &[&str], stdout: Stdio) -> Result<()> {
         let err = self.bundle.join("crun.err");
         let status = self
             .host
-            .crun(&["run", "-d", "--bundle", &self.bundle(), &self.name])
+            .crun(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&err).unwrap())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "crun run {}: {}",
-            self.name,
-            fs::read_to_string(&err).unwrap_or_default()
-        );
+            .stdout(stdout)
+            .stderr(fs::File::create(&err)?)
+            .status()?;
+        if !status.success() {
+            bail!(
+                "crun {} {}: {}",
+                args[0],
+                self.name,
+                fs::read_to_string(&err).unwrap_or_default().trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// `crun run -d`: the container runs with no stdio.
+    pub fn run(&self) -> Result<()> {
+        self.crun_quiet(
+            &["run", "-d", "--bundle", &self.bundle(), &self.name],
+            Stdio::null(),
+        )
     }
 
     /// `crun create`: the container's process waits to be started, its stdout is `stdout`.
-    pub fn create(&self, stdout: std::io::PipeWriter) {
-        let err = self.bundle.join("crun.err");
-        let status = self
-            .host
-            .crun(&["create", "--bundle", &self.bundle(), &self.name])
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(fs::File::create(&err).unwrap())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "crun create {}: {}",
-            self.name,
-            fs::read_to_string(&err).unwrap_or_default()
-        );
+    pub fn create(&self, stdout: std::io::PipeWriter) -> Result<()> {
+        self.crun_quiet(
+            &["create", "--bundle", &self.bundle(), &self.name],
+            stdout.into(),
+        )
     }
 
-    pub fn start(&self) {
-        self.host.crun_ok(&["start", &self.name]);
+    pub fn start(&self) -> Result<()> {
+        self.host.crun_ok(&["start", &self.name]).map(drop)
     }
 
     /// The container's init pid, from `crun state`.
-    pub fn pid(&self) -> u32 {
+    pub fn pid(&self) -> Result<u32> {
         let state: serde_json::Value =
-            serde_json::from_str(&self.host.crun_ok(&["state", &self.name])).unwrap();
-        state["pid"].as_u64().expect("crun state has a pid") as u32
+            serde_json::from_str(&self.host.crun_ok(&["state", &self.name])?)?;
+        let pid = state["pid"].as_u64().context("crun state has no pid")?;
+        Ok(pid as u32)
     }
 
     /// Its cgroup's directory in the unified hierarchy.
@@ -256,7 +265,7 @@ impl<'h> Container<'h> {
     }
 }
 
-impl Drop for Container<'_> {
+impl Drop for Container {
     fn drop(&mut self) {
         let _ = self
             .host
@@ -278,5 +287,50 @@ impl Drop for Container<'_> {
             }
         }
         let _ = fs::remove_dir_all(&self.bundle);
+    }
+}
+
+/// Processes moved into containers' cgroups (only the cgroup: not the container's mount, pid,
+/// network or other namespaces; attribution uses nothing else). Normally they have exited by
+/// the end; on drop any that still run (still in one of those cgroups) are moved back to the
+/// root cgroup and killed, so that the containers' cgroups can be removed: drop it before the
+/// containers.
+pub struct Joined {
+    root: PathBuf,
+    /// (pid, its container's cgroup, relative to the root).
+    pids: Vec<(u32, String)>,
+}
+
+impl Joined {
+    pub fn new(host: &Host) -> Self {
+        Self {
+            root: host.root.clone(),
+            pids: Vec::new(),
+        }
+    }
+
+    /// Moves `pid` (every thread of it) into `container`'s cgroup.
+    pub fn join(&mut self, pid: u32, container: &Container) -> Result<()> {
+        self.pids.push((pid, container.cgroup.clone()));
+        let procs = container.cgroup_dir().join("cgroup.procs");
+        fs::write(&procs, pid.to_string())
+            .with_context(|| format!("moving pid {pid} into {}", procs.display()))
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        for (pid, cgroup) in &self.pids {
+            let line = format!("0::/{cgroup}");
+            let still = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|t| t.lines().any(|l| l == line));
+            if still {
+                let _ = fs::write(self.root.join("cgroup.procs"), pid.to_string());
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
