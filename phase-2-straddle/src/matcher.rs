@@ -83,10 +83,13 @@ pub struct MatchCounters {
     pub unpaired: u64,
 }
 
+/// A way through a process: (process, input link, output link).
+type Edge<S> = (<S as Sight>::Process, <S as Sight>::Link, <S as Sight>::Link);
+
 /// The hop rules, with what they learn across moments.
 pub struct Hops<S: Sight> {
-    /// (process, input link, output link) → unambiguous moments that took that way.
-    edges: HashMap<(S::Process, S::Link, S::Link), u64>,
+    /// Unambiguous moments that took each way.
+    edges: HashMap<Edge<S>, u64>,
     pub counters: MatchCounters,
 }
 
