@@ -187,7 +187,7 @@ pub enum Verdict {
     Moment(u64),
 }
 
-/// Classifies a window whose last byte is a marker.
+/// Classifies a window whose last byte is an anchor ([`is_anchor`]).
 pub fn classify(window: &[u8], cfg: &FingerprintConfig) -> Verdict {
     debug_assert_eq!(window.len(), cfg.window);
     debug_assert!(is_anchor(window));
