@@ -18,7 +18,8 @@ use std::process::{Child, Command, Stdio};
 const PER_CALL: usize = 3;
 /// Sightings per moment: write and read at each of three links.
 const POINTS: usize = 6;
-/// Moments per non-silent second of a call (docs/fingerprint.md: 20–24).
+/// Moments per non-silent second of a call: twice the default density (docs/fingerprint.md:
+/// 12 per second of linear speech at keep 128), the rate at keep 256, as a margin.
 const MOMENTS_PER_SECOND: usize = 24;
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
