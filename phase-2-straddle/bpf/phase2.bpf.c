@@ -39,8 +39,15 @@ struct flow_state {
 	__u64 birth_ns;
 	__u32 carry;    /* valid bytes in tail */
 	__u32 pad;
+	/* Who made the flow's calls, looked up at most once a second (see who_made_it). */
+	__u64 who_ns;
+	__u64 cgroup_id;
+	char comm[PHASE2_COMM_LEN];
 	__u8 tail[FP_WINDOW_MAX];
 };
+
+/* How long a flow's cgroup id and command name are reused. */
+#define WHO_REFRESH_NS 1000000000ULL
 
 /* Bounded: least recently used flows are evicted (evictions = created - closed - live). */
 struct {
@@ -187,8 +194,22 @@ static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
 	c->h.n = n + 1;
 }
 
+/* The cgroup id and command name a call's record carries: the flow's, looked up again when
+ * they are a second old. The two helpers cost about 80 ns a call here (BENCHMARKS.md); a
+ * process moved to another cgroup, or a thread renamed, shows its old one for up to a second. */
+static __always_inline void who_made_it(struct flow_state *f, __u64 t_ns, struct phase2_call *h)
+{
+	if (t_ns - f->who_ns >= WHO_REFRESH_NS) {
+		f->cgroup_id = bpf_get_current_cgroup_id();
+		bpf_get_current_comm(f->comm, sizeof(f->comm));
+		f->who_ns = t_ns;
+	}
+	h->cgroup_id = f->cgroup_id;
+	__builtin_memcpy(h->comm, f->comm, sizeof(h->comm));
+}
+
 /* Stamps (writes at entry, reads now) and sends the call's moments. */
-static __always_inline void submit_moments(struct fp_scratch *s)
+static __always_inline void submit_moments(struct fp_scratch *s, struct flow_state *f)
 {
 	struct call_record *c = call_record();
 	if (!c)
@@ -198,12 +219,11 @@ static __always_inline void submit_moments(struct fp_scratch *s)
 		return;
 	c->h.t_ns = s->meta.dir == PHASE2_DIR_READ ? bpf_ktime_get_ns() : s->meta.t_ns;
 	c->h.flow_birth_ns = s->meta.flow_birth_ns;
-	c->h.cgroup_id = bpf_get_current_cgroup_id();
+	who_made_it(f, s->meta.t_ns, &c->h);
 	c->h.tgid = s->meta.tgid;
 	c->h.tid = s->meta.tid;
 	c->h.fd = s->meta.fd;
 	c->h.dir = s->meta.dir;
-	bpf_get_current_comm(c->h.comm, sizeof(c->h.comm));
 	__u64 size = sizeof(struct phase2_call) + n * sizeof(struct phase2_moment);
 	asm volatile("" : "+r"(size));
 	if (size > sizeof(struct call_record))
@@ -345,7 +365,7 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 		return 0;
 	}
 	if (!f) {
-		/* A 280-byte value: built in a per-CPU map, not on the 512-byte stack. */
+		/* A 312-byte value: built in a per-CPU map, not on the 512-byte stack. */
 		__u32 zero = 0;
 		struct flow_state *fresh = bpf_map_lookup_elem(&flow_init, &zero);
 		if (!fresh)
@@ -353,6 +373,7 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 		fresh->pos = 0;
 		fresh->carry = 0;
 		fresh->birth_ns = t_ns;
+		fresh->who_ns = 0;
 		bpf_map_update_elem(&flows, &key, fresh, BPF_NOEXIST);
 		p2_count(P2_C_FLOWS_CREATED);
 		f = bpf_map_lookup_elem(&flows, &key);
@@ -408,7 +429,7 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 	}
 
 	f->pos += ret;
-	submit_moments(s);
+	submit_moments(s, f);
 	if (unreached || total < (__u64)ret) {
 		/* Bytes went unscanned: what is carried no longer precedes the next call's bytes. */
 		p2_count(P2_C_BROKEN_FLOWS);

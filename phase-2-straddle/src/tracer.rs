@@ -90,7 +90,10 @@ impl Tracer {
 
     /// Flow states alive now; evictions = created - closed - live.
     pub fn live_flows(&self) -> Result<usize> {
-        let flows: aya::maps::HashMap<_, [u8; 16], [u8; 280]> =
+        // sizeof(struct flow_state) in bpf/phase2.bpf.c: only its keys are read here, and aya
+        // refuses a map whose value size differs, so a change there fails every tracer test.
+        const FLOW_STATE_SIZE: usize = 312;
+        let flows: aya::maps::HashMap<_, [u8; 16], [u8; FLOW_STATE_SIZE]> =
             aya::maps::HashMap::try_from(self.ebpf.map("flows").context("map flows missing")?)?;
         Ok(flows.keys().filter(|k| k.is_ok()).count())
     }
