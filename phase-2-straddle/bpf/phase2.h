@@ -16,7 +16,7 @@ struct phase2_moment {
 struct phase2_call {
 	__u64 t_ns;          /* writes: syscall entry; reads: when the call's scan is done */
 	__u64 flow_birth_ns; /* when this flow's state was created: (tgid, fd, birth) names a flow */
-	__u64 cgroup_id;
+	__u64 cgroup_id;     /* the caller's, like comm: looked up per flow at most once a second */
 	__u32 tgid;
 	__u32 tid;
 	__s32 fd;
