@@ -25,12 +25,13 @@ mod scanner;
 pub use c_header::c_header;
 pub use scanner::{scan, Moment, Scanner};
 
-/// Anchor bytes are those with `byte & MARKER_MASK == MARKER_VALUE`: 0x88..=0x8F. In
+/// Marker bytes are those with `byte & MARKER_MASK == MARKER_VALUE`: 0x88..=0x8F (an anchor is a
+/// marker that also passes the pre-gate, [`is_anchor`]). In
 /// little-endian PCM16 they land mostly in the noisy low byte of a sample; there they mean
 /// |sample| >= 113, so quiet audio (and ASCII text) almost never offers one. A class of 8 values
 /// rather than one value because G.711 decoding leaves low bytes of only 4 mod 8 (µ-law) or
 /// 0 mod 8 (A-law): the class holds one of each, and linear, µ-law and A-law speech all offer
-/// anchors at similar rates (docs/fingerprint.md).
+/// markers at similar rates (docs/fingerprint.md).
 pub const MARKER_MASK: u8 = 0xF8;
 pub const MARKER_VALUE: u8 = 0x88;
 /// The pre-gate: an anchor's byte two before (the low byte of the sample before the anchor's)
