@@ -121,7 +121,7 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
 fn run_agent(records: &[Vec<u8>], matching: &mut Matched<Matcher>) -> (usize, usize) {
     let mut events = 0;
     for r in records {
-        for e in Phase2Call::parse(r).into_iter().flatten() {
+        for e in Phase2Call::parse(r) {
             matching.push(e);
             events += 1;
         }
@@ -183,7 +183,7 @@ pub fn run() -> Result<()> {
         .collect();
     let mut open = 0;
     for r in &second {
-        for e in Phase2Call::parse(r).into_iter().flatten() {
+        for e in Phase2Call::parse(r) {
             matching.push(e);
             open += 1;
         }

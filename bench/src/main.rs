@@ -27,6 +27,9 @@ enum What {
         /// kernel.bpf_stats_enabled while it runs).
         #[arg(long)]
         program_time: bool,
+        /// Only these phases (comma-separated: phase-1-poc, phase-2-straddle).
+        #[arg(long, value_delimiter = ',')]
+        phases: Vec<String>,
     },
     /// Phase 2's agent on one core: events decoded, matched and closed per second, and its
     /// memory with a second of 1000 calls open in the matching window.
@@ -67,7 +70,8 @@ fn main() {
         What::Pairs {
             rounds,
             program_time,
-        } => pairs::run(rounds, program_time),
+            phases,
+        } => pairs::run(rounds, program_time, &phases),
         What::Agent => agent::run(),
         What::Compare { out, scenarios } => compare::write_page(&out, &scenarios),
         What::Scale {

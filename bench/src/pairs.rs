@@ -233,7 +233,17 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-pub fn run(rounds: usize, program_time: bool) -> Result<()> {
+/// The phases with a kernel program of their own.
+const PHASES: [&str; 2] = ["phase-1-poc", "phase-2-straddle"];
+
+pub fn run(rounds: usize, program_time: bool, only: &[String]) -> Result<()> {
+    if let Some(unknown) = only.iter().find(|p| !PHASES.contains(&p.as_str())) {
+        anyhow::bail!("no phase {unknown} to measure (phases: {})", PHASES.join(", "));
+    }
+    let phases: Vec<&str> = PHASES
+        .into_iter()
+        .filter(|p| only.is_empty() || only.iter().any(|o| o == p))
+        .collect();
     let _stats = program_time.then(BpfStats::enable).transpose()?;
     let mut bench = Bench {
         program_time,
@@ -245,8 +255,12 @@ pub fn run(rounds: usize, program_time: bool) -> Result<()> {
             .collect::<Result<_>>()?,
         cells: Cells::new(),
     };
-    bench.phase::<phase_1_poc::tracer::Tracer>("phase-1-poc", rounds)?;
-    bench.phase::<phase_2_straddle::tracer::Tracer>("phase-2-straddle", rounds)?;
+    if phases.contains(&PHASES[0]) {
+        bench.phase::<phase_1_poc::tracer::Tracer>(PHASES[0], rounds)?;
+    }
+    if phases.contains(&PHASES[1]) {
+        bench.phase::<phase_2_straddle::tracer::Tracer>(PHASES[1], rounds)?;
+    }
 
     println!(
         "{} per write+read pair through a pipe, median of {} batch means (min–max)\n",
@@ -259,9 +273,9 @@ pub fn run(rounds: usize, program_time: bool) -> Result<()> {
     );
     println!("| phase | pair | content | untraced | not a target | floor (copy) | mark (pass 1) | scan | not a target: ns per syscall | scan ÷ floor | pass 1 over copy, ns/B | scan over copy, ns/B |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for phase in ["phase-1-poc", "phase-2-straddle"] {
+    for phase in phases {
         // Phase 1 copies and scans the write side only.
-        let sides = if phase == "phase-1-poc" { 1.0 } else { 2.0 };
+        let sides = if phase == PHASES[0] { 1.0 } else { 2.0 };
         for size in SIZES {
             for content in Content::ALL {
                 let cell = |m| stats(&bench.cells[&(phase, size, content, m)]);

@@ -69,12 +69,13 @@ pub enum ScanMode {
 
 /// Loads an object built on shared/bpf with the cluster-wide fingerprint settings, the
 /// command-name target prefix and the scan mode as `.rodata` globals (after the preflight
-/// checks).
+/// checks); `cpu_indexed_maps` get one entry per possible CPU.
 pub fn load_object(
     object: &[u8],
     cfg: &FingerprintConfig,
     comm_prefix: Option<&str>,
     mode: ScanMode,
+    cpu_indexed_maps: &[&str],
 ) -> Result<Ebpf> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     preflight()?;
@@ -95,7 +96,14 @@ pub fn load_object(
         cfg.max_step as u32,
     );
     let comm_len = prefix.len() as u32;
-    EbpfLoader::new()
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(what, e)| anyhow::anyhow!("counting the possible CPUs ({what}): {e}"))?
+        as u32;
+    let mut loader = EbpfLoader::new();
+    for map in cpu_indexed_maps {
+        loader.map_max_entries(map, cpus);
+    }
+    loader
         .override_global("fp_window", &window, true)
         .override_global("fp_keep_per_256", &keep, true)
         .override_global("fp_quiet_threshold", &quiet, true)
@@ -173,7 +181,7 @@ impl Tracer {
         comm_prefix: Option<&str>,
         mode: ScanMode,
     ) -> Result<Self> {
-        let mut ebpf = load_object(OBJECT, cfg, comm_prefix, mode)?;
+        let mut ebpf = load_object(OBJECT, cfg, comm_prefix, mode, &[])?;
         attach_syscall(&mut ebpf, PROGRAM, "sys_enter_write")?;
         let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
         Ok(Self { ebpf, events })

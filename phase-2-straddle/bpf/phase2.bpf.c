@@ -158,30 +158,89 @@ struct iovec_user {
 	__u64 len;
 };
 
-/* A call's moments wait here until its scan is done, then leave as one record: a read is
- * stamped when its bytes reach the process (after the scan), and the ring buffer is paid once
- * per call, not per moment. */
+/* A call's record: its header, then its moments. */
 struct call_record {
 	struct phase2_call h;
 	struct phase2_moment m[PHASE2_MAX_MOMENTS];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct call_record);
-} call_map SEC(".maps");
+/* Calls' records leave in batches. One ring-buffer output costs about 100 ns here, as much as
+ * finding a 2 KiB call's moments (BENCHMARKS.md), so each CPU builds its calls' records in
+ * place, back to back, and outputs them together once BATCH_BYTES have gathered, when the
+ * oldest is BATCH_AGE_NS old, or when the agent asks (flush_batch, on every CPU each time it
+ * drains). A read is still stamped when its scan is done: only the delivery waits. */
+#define BATCH_BYTES 4096
+#define BATCH_AGE_NS (50 * 1000 * 1000ULL)
 
-static __always_inline struct call_record *call_record(void)
+struct batch {
+	__u64 first_ns; /* when the oldest record in buf was made */
+	__u32 used;     /* bytes of whole call records in buf */
+	__u32 moments;  /* the moments they hold */
+	__u32 busy;     /* a call on this CPU is building its record: the agent's flush waits */
+	__u32 pad;
+	/* One call's record may run past BATCH_BYTES: it is built behind the ones before it. */
+	__u8 buf[BATCH_BYTES + sizeof(struct call_record)];
+};
+
+/* Indexed by CPU: a per-CPU array's value cannot exceed 32 KiB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1); /* the number of possible CPUs, set at load */
+	__type(key, __u32);
+	__type(value, struct batch);
+} batches SEC(".maps");
+
+static __always_inline struct batch *this_cpu_batch(void)
 {
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&call_map, &zero);
+	__u32 cpu = bpf_get_smp_processor_id();
+	return bpf_map_lookup_elem(&batches, &cpu);
+}
+
+/* The record of the call being scanned on this CPU, behind the batch's whole records. */
+static __always_inline struct call_record *open_record(struct batch *b)
+{
+	__u32 used = b->used;
+	if (used > BATCH_BYTES)
+		return NULL;
+	return (struct call_record *)(b->buf + used);
+}
+
+static __always_inline void flush(struct batch *b)
+{
+	__u64 used = b->used;
+	asm volatile("" : "+r"(used));
+	if (used == 0 || used > sizeof(b->buf))
+		return;
+	/* No wake-up: the agent drains on a timer. */
+	if (bpf_ringbuf_output(&events, b->buf, used, BPF_RB_NO_WAKEUP))
+		fp_count(FP_C_DROPS, b->moments);
+	else
+		fp_count(FP_C_MOMENTS, b->moments);
+	b->used = 0;
+	b->moments = 0;
+}
+
+/* The agent's flush (BPF_PROG_TEST_RUN on each CPU in turn, from an IPI when the CPU is not
+ * the agent's): returns 1, and leaves the batch, when it interrupted a call building its
+ * record; that call or the agent's next drain sends it. */
+SEC("raw_tp")
+int flush_batch(void *ctx)
+{
+	struct batch *b = this_cpu_batch();
+	if (!b)
+		return 0;
+	if (*(volatile __u32 *)&b->busy)
+		return 1;
+	flush(b);
+	return 0;
 }
 
 static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
 {
-	struct call_record *c = call_record();
+	struct batch *b = this_cpu_batch();
+	if (!b)
+		return;
+	struct call_record *c = open_record(b);
 	if (!c)
 		return;
 	__u32 n = c->h.n;
@@ -208,15 +267,31 @@ static __always_inline void who_made_it(struct flow_state *f, __u64 t_ns, struct
 	__builtin_memcpy(h->comm, f->comm, sizeof(h->comm));
 }
 
-/* Stamps (writes at entry, reads now) and sends the call's moments. */
-static __always_inline void submit_moments(struct fp_scratch *s, struct flow_state *f)
+/* Opens this CPU's record for the call about to be scanned; the agent's flush waits until
+ * close_record. */
+static __always_inline struct call_record *begin_record(struct batch *b, __u32 tls)
 {
-	struct call_record *c = call_record();
+	struct call_record *c = open_record(b);
 	if (!c)
-		return;
-	__u64 n = c->h.n;
+		return NULL;
+	b->busy = 1;
+	asm volatile("" ::: "memory");
+	c->h.n = 0;
+	c->h.tls = tls;
+	return c;
+}
+
+/* Stamps (writes at entry, reads now) the call's record if it found moments, adds it to the
+ * batch, and sends the batch when it is full or old. */
+static __always_inline void close_record(struct batch *b, struct fp_scratch *s,
+					 struct flow_state *f)
+{
+	struct call_record *c = open_record(b);
+	if (!c)
+		goto done;
+	__u32 n = c->h.n;
 	if (n == 0 || n > PHASE2_MAX_MOMENTS)
-		return;
+		goto done;
 	c->h.t_ns = s->meta.dir == PHASE2_DIR_READ ? bpf_ktime_get_ns() : s->meta.t_ns;
 	c->h.flow_birth_ns = s->meta.flow_birth_ns;
 	who_made_it(f, s->meta.t_ns, &c->h);
@@ -224,15 +299,15 @@ static __always_inline void submit_moments(struct fp_scratch *s, struct flow_sta
 	c->h.tid = s->meta.tid;
 	c->h.fd = s->meta.fd;
 	c->h.dir = s->meta.dir;
-	__u64 size = sizeof(struct phase2_call) + n * sizeof(struct phase2_moment);
-	asm volatile("" : "+r"(size));
-	if (size > sizeof(struct call_record))
-		return;
-	/* No wake-up per record: the agent drains on a timer. */
-	if (bpf_ringbuf_output(&events, c, size, BPF_RB_NO_WAKEUP))
-		fp_count(FP_C_DROPS, n);
-	else
-		fp_count(FP_C_MOMENTS, n);
+	if (b->used == 0)
+		b->first_ns = s->meta.t_ns;
+	b->used += sizeof(struct phase2_call) + n * sizeof(struct phase2_moment);
+	b->moments += n;
+	if (b->used >= BATCH_BYTES || s->meta.t_ns - b->first_ns >= BATCH_AGE_NS)
+		flush(b);
+done:
+	asm volatile("" ::: "memory");
+	b->busy = 0;
 }
 
 static __always_inline void forget_flows(__u32 tgid, __s32 fd)
@@ -381,11 +456,9 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 			return 0;
 	}
 
-	struct call_record *found = call_record();
-	if (!found)
+	struct batch *b = this_cpu_batch();
+	if (!b)
 		return 0;
-	found->h.n = 0;
-	found->h.tls = call.tls;
 	fp_count(FP_C_CALLS, 1);
 	__u64 total = ret;
 	if (total > PHASE2_MAX_BYTES) {
@@ -415,6 +488,8 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 		bpf_probe_read_kernel(&s->buf[to], carry, f->tail);
 	s->carry = carry;
 
+	if (!begin_record(b, call.tls))
+		return 0;
 	__u64 unreached = 0;
 	if (call.kind == CALL_BUF) {
 		fp_scan_user((const void *)call.ptr, total);
@@ -429,7 +504,7 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 	}
 
 	f->pos += ret;
-	submit_moments(s, f);
+	close_record(b, s, f);
 	if (unreached || total < (__u64)ret) {
 		/* Bytes went unscanned: what is carried no longer precedes the next call's bytes. */
 		p2_count(P2_C_BROKEN_FLOWS);

@@ -56,27 +56,27 @@ pub struct Phase2Event {
 }
 
 impl Phase2Call {
-    /// Decodes one ring-buffer record into its moments; `None` if it is malformed.
-    pub fn parse(bytes: &[u8]) -> Option<impl Iterator<Item = Phase2Event> + '_> {
-        let head = std::mem::size_of::<Self>();
-        if bytes.len() < head {
-            return None;
-        }
-        // SAFETY: the length is checked; the struct is plain old data, read unaligned.
-        let call: Self = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let body = &bytes[head..];
-        if body.len() < call.n as usize * std::mem::size_of::<Phase2Moment>() {
-            return None;
-        }
-        Some(
-            body.chunks_exact(16)
-                .take(call.n as usize)
-                .map(move |m| Phase2Event {
-                    call,
-                    signature: u64::from_le_bytes(m[..8].try_into().unwrap()),
-                    end: u64::from_le_bytes(m[8..].try_into().unwrap()),
-                }),
-        )
+    /// Decodes one ring-buffer record, a batch of call records back to back (a header, then
+    /// its `n` moments), into its moments; a malformed call record ends the batch.
+    pub fn parse(bytes: &[u8]) -> impl Iterator<Item = Phase2Event> + '_ {
+        let mut rest = bytes;
+        std::iter::from_fn(move || {
+            let head = std::mem::size_of::<Self>();
+            if rest.len() < head {
+                return None;
+            }
+            // SAFETY: the length is checked; the struct is plain old data, read unaligned.
+            let call: Self = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+            let body = call.n as usize * std::mem::size_of::<Phase2Moment>();
+            let moments = rest.get(head..head + body)?;
+            rest = &rest[head + body..];
+            Some(moments.chunks_exact(16).map(move |m| Phase2Event {
+                call,
+                signature: u64::from_le_bytes(m[..8].try_into().unwrap()),
+                end: u64::from_le_bytes(m[8..].try_into().unwrap()),
+            }))
+        })
+        .flatten()
     }
 }
 
@@ -118,6 +118,46 @@ impl Phase2Event {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn record(tgid: u32, moments: &[(u64, u64)]) -> Vec<u8> {
+        let call = Phase2Call {
+            t_ns: 5,
+            flow_birth_ns: 1,
+            cgroup_id: 2,
+            tgid,
+            tid: tgid,
+            fd: 3,
+            dir: 1,
+            n: moments.len() as u32,
+            tls: 0,
+            comm: [b'x'; COMM_LEN],
+        };
+        // SAFETY: a #[repr(C)] struct without padding, read as bytes.
+        let mut bytes = unsafe {
+            std::slice::from_raw_parts((&call as *const Phase2Call).cast::<u8>(), 64)
+        }
+        .to_vec();
+        for &(signature, end) in moments {
+            bytes.extend(signature.to_le_bytes());
+            bytes.extend(end.to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_batch_yields_every_call_in_it_and_stops_at_a_torn_one() {
+        let mut batch = record(10, &[(1, 100), (2, 200)]);
+        batch.extend(record(11, &[(3, 300)]));
+        let mut torn = record(12, &[(4, 400), (5, 500)]);
+        torn.truncate(64 + 16);
+        batch.extend(torn);
+        let got: Vec<(u32, u64, u64)> = Phase2Call::parse(&batch)
+            .map(|e| (e.call.tgid, e.signature, e.end))
+            .collect();
+        assert_eq!(got, [(10, 1, 100), (10, 2, 200), (11, 3, 300)]);
+    }
+
     #[test]
     fn counter_names_follow_the_c_enum() {
         let header = include_str!("../bpf/phase2.h");

@@ -6,9 +6,8 @@ use crate::event::{Phase2Call, Phase2Event, PHASE2_COUNTERS};
 use crate::tls::TlsProbes;
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use aya::programs::BtfTracePoint;
-use aya::Btf;
-use aya::Ebpf;
+use aya::programs::{BtfTracePoint, RawTracePoint};
+use aya::{Btf, Ebpf, RawTracePointRunOptions, TestRun};
 use phase_1_poc::counters::{Counters, SCAN_COUNTERS};
 use phase_1_poc::tracer::{
     add_targets, load_object, read_counters, remove_targets, verifier_error, ScanMode,
@@ -18,10 +17,16 @@ use shared::FingerprintConfig;
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase2.bpf.o"));
 /// The BTF raw tracepoints that dispatch every syscall by number, and their programs.
 const RAW_TRACEPOINTS: [&str; 2] = ["sys_enter", "sys_exit"];
+/// The program that sends a CPU's batch of call records now (run, never attached).
+const FLUSH: &str = "flush_batch";
 
 pub struct Tracer {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
+    /// Where `flush_batch` runs before each drain.
+    cpus: Vec<u32>,
+    /// Runs of `flush_batch` the kernel refused.
+    flush_failures: u64,
     tls: TlsProbes,
     comm_prefix: Option<String>,
 }
@@ -39,7 +44,7 @@ impl Tracer {
         mode: ScanMode,
         tls: bool,
     ) -> Result<Self> {
-        let mut ebpf = load_object(OBJECT, cfg, comm_prefix, mode)?;
+        let mut ebpf = load_object(OBJECT, cfg, comm_prefix, mode, &["batches"])?;
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for name in RAW_TRACEPOINTS {
             let p: &mut BtfTracePoint = ebpf
@@ -50,11 +55,20 @@ impl Tracer {
             p.attach()
                 .with_context(|| format!("attaching to the raw tracepoint {name}"))?;
         }
+        let flush: &mut RawTracePoint = ebpf
+            .program_mut(FLUSH)
+            .with_context(|| format!("{FLUSH} missing"))?
+            .try_into()?;
+        flush.load().map_err(|e| verifier_error(FLUSH, e))?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| anyhow::anyhow!("listing the online CPUs ({what}): {e}"))?;
         let tls = TlsProbes::load(&mut ebpf, tls)?;
         let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
         let mut tracer = Self {
             ebpf,
             events,
+            cpus,
+            flush_failures: 0,
             tls,
             comm_prefix: comm_prefix.map(str::to_string),
         };
@@ -76,16 +90,40 @@ impl Tracer {
         self.tls.refresh(&mut self.ebpf)
     }
 
-    /// Hands every moment waiting in the ring buffer to `f`; returns how many there were.
+    /// Sends every CPU's batch of call records to the ring buffer, then hands every moment
+    /// waiting there to `f`; returns how many there were.
     pub fn drain(&mut self, mut f: impl FnMut(Phase2Event)) -> usize {
+        self.flush_batches();
         let mut n = 0;
         while let Some(item) = self.events.next() {
-            for e in Phase2Call::parse(&item).into_iter().flatten() {
+            for e in Phase2Call::parse(&item) {
                 f(e);
                 n += 1;
             }
         }
         n
+    }
+
+    /// Runs `flush_batch` on each CPU. A CPU busy with a call keeps its batch until that call
+    /// or the next drain sends it; a failed run leaves it to the age limit (50 ms), and is
+    /// counted.
+    fn flush_batches(&mut self) {
+        let Some(flush) = self
+            .ebpf
+            .program(FLUSH)
+            .and_then(|p| <&RawTracePoint>::try_from(p).ok())
+        else {
+            return;
+        };
+        for &cpu in &self.cpus {
+            let run = flush.test_run(RawTracePointRunOptions {
+                cpu: Some(cpu),
+                ..RawTracePointRunOptions::new()
+            });
+            if run.is_err() {
+                self.flush_failures += 1;
+            }
+        }
     }
 
     /// Flow states alive now; evictions = created - closed - live.
@@ -146,7 +184,8 @@ impl phase_1_poc::Kernel for Tracer {
             "off".into()
         };
         Ok(format!(
-            "{scan} {path} flows_live={live} flows_evicted={evicted} tls_probed_processes={tls}"
+            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} tls_probed_processes={tls}",
+            self.flush_failures
         ))
     }
 }

@@ -385,3 +385,41 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
     assert_eq!(path.get("tls_handshakes"), 2, "{path}");
     assert!(path.get("ciphertext_skipped") > 0, "{path}");
 }
+
+/// Calls' records leave the kernel in batches of about 4 KiB per CPU: a lone call whose
+/// batch is far from full still reaches the agent at its next drain (the agent sends every
+/// CPU's batch first), with the reference's moments, and the kernel counts them as sent.
+#[test]
+fn a_lone_call_reaches_the_agent_at_the_next_drain() {
+    let cfg = FingerprintConfig::default();
+    let bytes = audio_bytes(5.0);
+    // The first 2 KiB stretch that holds a moment of its own.
+    let (at, want) = (0..bytes.len() - 2048)
+        .step_by(2048)
+        .find_map(|at| {
+            let found: Vec<(u64, u64)> = Scanner::new(cfg)
+                .feed_collect(&bytes[at..at + 2048])
+                .iter()
+                .map(|m| (m.end, m.signature))
+                .collect();
+            (!found.is_empty()).then_some((at, found))
+        })
+        .expect("speech has moments");
+    let mut tracer = Tracer::start(&cfg, None).unwrap();
+    tracer.add_targets(&[std::process::id()]).unwrap();
+    let (r, w) = std::io::pipe().unwrap();
+    // SAFETY: the range is inside `bytes`; the pipe's end is open.
+    let k = unsafe { libc::write(w.as_raw_fd(), bytes[at..].as_ptr().cast(), 2048) };
+    assert_eq!(k, 2048);
+    let mut got = Vec::new();
+    tracer.drain(|e| {
+        if e.call.fd == w.as_raw_fd() && e.call.tgid == std::process::id() {
+            got.push((e.end, e.signature));
+        }
+    });
+    got.sort_unstable();
+    assert_eq!(got, want);
+    let (scan, _) = tracer.counters().unwrap();
+    assert_eq!(scan.get("moments"), want.len() as u64);
+    drop(r);
+}

@@ -243,18 +243,28 @@ static __always_inline int fp_loud_audio(const __u8 *win, __u32 len)
 	return loud && !rough;
 }
 
-/* The window equals itself shifted by an even lag <= len/2 (shared::is_periodic, which says why
- * the lags up to len/4 need no comparing); compared word by word without early exits:
- * data-dependent branches in these loops multiply the verifier's states past its budget. */
+/* The window equals itself shifted by an even lag in (len/4, len/2] (shared::is_periodic says
+ * why the shorter lags need no comparing). Audio almost never repeats even its first word at
+ * one of those lags, so that is tested first; the whole comparison runs word by word without
+ * early exits: data-dependent branches in these loops multiply the verifier's states past its
+ * budget. */
 static __always_inline int fp_periodic(const __u8 *win, __u32 len)
 {
-	__u64 periodic = 0;
+	__u32 first_lag = len / 4 + 2, lags = len / 8; /* len is a multiple of 8 */
+	__u64 head = fp_load64(win), head_repeats = 0;
 
-	for (__u32 lag = 2; lag <= FP_WINDOW_MAX / 2; lag += 2) {
-		if (lag > len / 2)
+	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
+		if (k >= lags)
 			break;
-		if (lag <= len / 4)
-			continue;
+		head_repeats |= fp_load64(win + first_lag + 2 * k) == head;
+	}
+	if (!head_repeats)
+		return 0;
+	__u64 periodic = 0;
+	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
+		if (k >= lags)
+			break;
+		__u32 lag = first_lag + 2 * k;
 		__u32 n = len - lag; /* bytes compared, >= 8 */
 		__u64 diff = 0;
 		for (__u32 i = 0; i < FP_WINDOW_MAX / 8; i++) {
@@ -347,7 +357,6 @@ static long fp_candidate_cb(__u64 i, void *unused)
 			break;
 		fp_copy64(&s->win[k * 8], &s->buf[start + k * 8]);
 	}
-	fp_count(FP_C_CANDIDATES, 1);
 	if (!fp_loud_audio(s->win, w))
 		return 0;
 	if (fp_periodic(s->win, w))
@@ -397,8 +406,10 @@ static __always_inline void fp_scan_chunk(struct fp_scratch *s)
 	if (!marked || marked > FP_GROUPS)
 		return;
 	bpf_loop(marked, fp_group_cb, NULL, 0);
-	if (s->ncand)
-		bpf_loop(s->ncand, fp_candidate_cb, NULL, 0);
+	if (!s->ncand)
+		return;
+	fp_count(FP_C_CANDIDATES, s->ncand);
+	bpf_loop(s->ncand, fp_candidate_cb, NULL, 0);
 }
 
 /* After a chunk: keep the last window-1 bytes of carry + chunk in front of FP_DATA. Moved as the
