@@ -8,3 +8,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --release --no-fail-fast
 fi
+# The criterion benchmarks, run once each as tests (their figures: BENCHMARKS.md).
+cargo bench -p bench --benches -- --test

@@ -1,11 +1,12 @@
-//! The agent on one core: phase 2's ring-buffer records decoded, admitted through the matching
-//! window and closed into hop records, as fast as it goes; and its memory with a full second
-//! of 1000 calls open in the window.
+//! Phase 2's agent on one core: the records it decodes, admits through the matching window and
+//! closes into hop records (timed by criterion: `cargo bench -p bench --bench agent`), and its
+//! memory with a full second of 1000 calls open in the window (`bench agent`).
 //!
 //! The records are what the kernel would send for calls through a 3-hop chain of real
 //! processes (`sleep` holders of real pipes, so links resolve as in production): source →
 //! relay → relay → sink, every moment seen at six points, three moments per call record (a
-//! 2 KiB call of speech).
+//! 2 KiB call of speech), one call record per ring-buffer record (the decoder reads the kernel's
+//! batches of several the same way).
 
 use anyhow::Result;
 use phase_1_poc::Matched;
@@ -15,13 +16,14 @@ use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 
 /// Moments per call record.
-const PER_CALL: usize = 3;
+pub const PER_CALL: usize = 3;
 /// Sightings per moment: write and read at each of three links.
 const POINTS: usize = 6;
 /// Moments per non-silent second of a call: twice the default density (docs/fingerprint.md:
 /// 12 per second of linear speech at keep 128), the rate at keep 256, as a margin.
 const MOMENTS_PER_SECOND: usize = 24;
-const WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+/// The matching window.
+pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A process holding pipe ends as its stdin and stdout, for as long as the bench runs.
 fn holder(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<Child> {
@@ -32,14 +34,14 @@ fn holder(stdin: Option<OwnedFd>, stdout: Option<OwnedFd>) -> Result<Child> {
     Ok(c.spawn()?)
 }
 
-struct Chain {
+pub struct Chain {
     holders: Vec<Child>,
     /// (tgid, fd, write) of the six points, in path order.
     points: [(u32, i32, bool); POINTS],
 }
 
 impl Chain {
-    fn new() -> Result<Self> {
+    pub fn new() -> Result<Self> {
         let pipes: Vec<(OwnedFd, OwnedFd)> = (0..3)
             .map(|_| {
                 let (r, w) = std::io::pipe()?;
@@ -71,7 +73,7 @@ impl Chain {
 
     /// The ring-buffer records of `moments` moments of call `call` starting at `t0`, one
     /// record per point per `PER_CALL` moments, in the order a drain would deliver them.
-    fn records(&self, call: u64, moments: usize, t0: u64) -> Vec<Vec<u8>> {
+    pub fn records(&self, call: u64, moments: usize, t0: u64) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for first in (0..moments).step_by(PER_CALL) {
             let n = PER_CALL.min(moments - first);
@@ -118,7 +120,7 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
 }
 
 /// Decodes, admits and closes every record; returns the events handled and the hop records.
-fn run_agent(records: &[Vec<u8>], matching: &mut Matched<Matcher>) -> (usize, usize) {
+pub fn run_agent(records: &[Vec<u8>], matching: &mut Matched<Matcher>) -> (usize, usize) {
     let mut events = 0;
     for r in records {
         for e in Phase2Call::parse(r) {
@@ -142,41 +144,16 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-pub fn run() -> Result<()> {
+/// The agent's memory with one second of 1000 calls open in the window, after a throughput
+/// pass has come and gone (the agent's steady state).
+pub fn memory() -> Result<()> {
     let chain = Chain::new()?;
-    // Throughput: 200 calls × 600 moments, in batches of 20 calls.
-    let batches: Vec<Vec<Vec<u8>>> = (0..10)
-        .map(|b| {
-            (0..20)
-                .flat_map(|c| chain.records(b * 20 + c, 600, 1_000_000_000))
-                .collect()
-        })
-        .collect();
     let mut matching = Matched::<Matcher>::new(WINDOW);
-    let mut rates = Vec::new();
-    let mut produced = 0;
-    for round in 0..3 {
-        for batch in &batches {
-            let t = std::time::Instant::now();
-            let (events, hops) = run_agent(batch, &mut matching);
-            rates.push(events as f64 / t.elapsed().as_secs_f64());
-            if round == 0 {
-                produced += hops;
-            }
-        }
-    }
-    rates.sort_by(f64::total_cmp);
-    println!(
-        "agent, one core: {:.2} M events/s decoded, matched and closed (median of {} batches of {} events; min {:.2}, max {:.2}); {} hop records per pass",
-        rates[rates.len() / 2] / 1e6,
-        rates.len(),
-        batches[0].len() * PER_CALL,
-        rates[0] / 1e6,
-        rates[rates.len() - 1] / 1e6,
-        produced
-    );
-
-    // Memory: one second of 1000 calls open in the window at once.
+    let pass: Vec<Vec<u8>> = (0..200)
+        .flat_map(|c| chain.records(c, 600, 1_000_000_000))
+        .collect();
+    let (_, hops) = run_agent(&pass, &mut matching);
+    drop(pass);
     let before = rss_kib();
     let second: Vec<Vec<u8>> = (0..1000)
         .flat_map(|c| chain.records(10_000 + c, MOMENTS_PER_SECOND, 5_000_000_000))
@@ -190,7 +167,7 @@ pub fn run() -> Result<()> {
     }
     let held = rss_kib();
     println!(
-        "agent memory: {} MiB RSS with {open} sightings of 1000 calls (1 s) open in the window ({} MiB before filling it)",
+        "agent memory: {} MiB RSS with {open} sightings of 1000 calls (1 s) open in the window ({} MiB before filling it; {hops} hop records in the pass before)",
         held / 1024,
         before / 1024
     );

@@ -1,7 +1,8 @@
 //! Whole-system benchmarks (BRIEF §7), every figure measured side by side in one run:
-//! `cargo run --release -p bench -- pairs` (root), `-- agent` and `-- scale` (root). See BENCHMARKS.md for what each mode means.
+//! `cargo run --release -p bench -- pairs` (root), `-- agent` and `-- scale` (root); the
+//! agent's throughput, in-process, by criterion: `cargo bench -p bench`. See BENCHMARKS.md for
+//! what each mode means.
 
-mod agent;
 pub mod compare;
 mod pairs;
 mod scale;
@@ -31,8 +32,8 @@ enum What {
         #[arg(long, value_delimiter = ',')]
         phases: Vec<String>,
     },
-    /// Phase 2's agent on one core: events decoded, matched and closed per second, and its
-    /// memory with a second of 1000 calls open in the matching window.
+    /// Phase 2's agent: its memory with a second of 1000 calls open in the matching window (its
+    /// throughput on one core is criterion's: `cargo bench -p bench --bench agent`).
     Agent,
     /// Every phase on the whole scenario catalogue and S9: which scenarios each passes, its
     /// figures, and its overhead; writes the comparison page.
@@ -72,7 +73,7 @@ fn main() {
             program_time,
             phases,
         } => pairs::run(rounds, program_time, &phases),
-        What::Agent => agent::run(),
+        What::Agent => bench::agent::memory(),
         What::Compare { out, scenarios } => compare::write_page(&out, &scenarios),
         What::Scale {
             calls,

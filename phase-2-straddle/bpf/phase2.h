@@ -7,7 +7,8 @@
 #define PHASE2_DIR_READ 0
 #define PHASE2_DIR_WRITE 1
 
-/* One record per call that found moments: a header, then `n` moments. */
+/* One record per call that found moments: a header, then `n` moments. A ring-buffer record is
+ * a batch of such records back to back, from one CPU. */
 struct phase2_moment {
 	__u64 signature;
 	__u64 end;           /* flow position just past the moment's window */

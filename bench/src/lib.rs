@@ -1,0 +1,3 @@
+//! What the `bench` binary and the criterion benchmarks (`benches/`) share.
+
+pub mod agent;
