@@ -25,6 +25,8 @@ const RETURN_PROGRAM: &str = "tls_leave";
 pub struct TlsProbes {
     enabled: bool,
     attached: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Processes probed so far, those that exited since included.
+    probed: usize,
     /// Targets without libssl mapped (yet): looked at again by `refresh`.
     waiting: HashSet<u32>,
     /// Targets whose libssl could not be probed (uprobes need CAP_SYS_ADMIN since Linux 6.16):
@@ -84,6 +86,7 @@ impl TlsProbes {
                     match attach(ebpf, pid, &lib) {
                         Ok(links) => {
                             self.attached.insert(pid, links);
+                            self.probed += 1;
                         }
                         Err(e) => {
                             if self.first_failure.is_none() {
@@ -129,9 +132,10 @@ impl TlsProbes {
         Ok(())
     }
 
-    /// Target processes whose libssl is probed.
+    /// Target processes whose libssl was probed, those that exited since included: a count
+    /// read after a pipeline ends must not depend on whether `refresh` saw its processes go.
     pub fn probed(&self) -> usize {
-        self.attached.len()
+        self.probed
     }
 
     /// Target processes whose libssl could not be probed.
