@@ -222,3 +222,57 @@ fn loudness_and_smoothness_at_their_edges() {
         assert_eq!(found, expected, "{cfg:?}");
     }
 }
+
+/// Windows that repeat themselves at every even lag the definition knows (the kernel compares
+/// only those above a quarter window, after checking whether the first word repeats at all),
+/// and near misses: the same with one byte changed, the first byte included.
+#[test]
+fn periodic_windows_and_near_misses() {
+    const SPACING: usize = 512;
+    let mut rng = StdRng::seed_from_u64(13);
+    for window in [32, 48] {
+        let cfg = FingerprintConfig {
+            window,
+            keep_per_256: 256,
+            ..Default::default()
+        };
+        let mut bytes = Vec::new();
+        let mut periodic = 0;
+        for _ in 0..3000 {
+            // Lag 2 would put the anchor and its pre-gate byte at one place of the pattern.
+            let lag = 2 * rng.gen_range(2..=window / 4);
+            // Loud and smooth on the anchor's grid: high bytes 0x10, low bytes anything.
+            let mut pattern: Vec<u8> = (0..lag)
+                .map(|i| if i % 2 == 0 { 0x10 } else { rng.gen() })
+                .collect();
+            pattern[(window - 1) % lag] = 0x88 | rng.gen_range(0..8);
+            pattern[(window - 3) % lag] = 0xA0 | rng.gen_range(0..32);
+            let mut w: Vec<u8> = (0..window).map(|i| pattern[i % lag]).collect();
+            if rng.gen_bool(0.5) {
+                // Anywhere but the anchor and its pre-gate byte; low bytes keep it smooth.
+                let at = if rng.gen_bool(0.2) {
+                    0
+                } else {
+                    2 * rng.gen_range(0..window / 2 - 2) + 1
+                };
+                w[at] = w[at].wrapping_add(rng.gen_range(1..=255));
+            }
+            periodic += (shared::classify(&w, &cfg) == shared::Verdict::Periodic) as u32;
+            bytes.extend(w);
+            // A periodic window holds an anchor every `lag` bytes: silence between windows
+            // keeps a 2 KiB chunk under the kernel's 64 candidates (more are counted, not
+            // examined).
+            bytes.resize(bytes.len() + SPACING - window, 0);
+        }
+        assert!((1000..2000).contains(&periodic), "{periodic} periodic of 3000");
+        let sizes = vec![4096; bytes.len() / 4096];
+        let (found, expected, _) = kernel_and_reference(cfg, &bytes, &sizes);
+        assert!(expected.len() > 1000, "{} reference moments", expected.len());
+        let missing: Vec<_> = expected.iter().filter(|m| !found.contains(m)).take(5).collect();
+        let extra: Vec<_> = found.iter().filter(|m| !expected.contains(m)).take(5).collect();
+        assert!(
+            found == expected,
+            "window {window}: first missing {missing:?}, first extra {extra:?}"
+        );
+    }
+}

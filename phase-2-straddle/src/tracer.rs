@@ -105,8 +105,8 @@ impl Tracer {
     }
 
     /// Runs `flush_batch` on each CPU. A CPU busy with a call keeps its batch until that call
-    /// or the next drain sends it; a failed run leaves it to the age limit (50 ms), and is
-    /// counted.
+    /// or the next drain sends it; a refused run is counted, and leaves the batch to the next
+    /// drain or to the CPU's next call once the batch is 50 ms old.
     fn flush_batches(&mut self) {
         let Some(flush) = self
             .ebpf
