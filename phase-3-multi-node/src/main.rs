@@ -59,16 +59,7 @@ fn main() {
                 sc.id, sc.title, sc.calls, sc.seconds
             );
             let run = trace_scenario_phase3(&sc, &std::env::current_exe()?, demo_skew)?;
-            println!("\nmeasured (collector):\n{}", run.measured.table());
-            println!(
-                "ground truth recorded by the pipeline:\n{}",
-                run.truth.table()
-            );
-            print!("{}", run.score);
-            println!("collector: {}", run.collector);
-            for (node, line) in &run.agents {
-                println!("agent {node}: {line}");
-            }
+            print!("\n{}", run.report());
             Ok(())
         }
     });

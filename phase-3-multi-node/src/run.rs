@@ -32,6 +32,21 @@ pub struct ClusterRun {
 }
 
 impl ClusterRun {
+    /// What the collector measured next to the ground truth, the score, and every health line.
+    pub fn report(&self) -> String {
+        let mut out = format!(
+            "measured (collector):\n{}\nground truth recorded by the pipeline:\n{}\n{}collector: {}\n",
+            self.measured.table(),
+            self.truth.table(),
+            self.score,
+            self.collector
+        );
+        for (node, line) in &self.agents {
+            out += &format!("agent {node}: {line}\n");
+        }
+        out
+    }
+
     /// Scores what the collector reported (`records`, `measured`, its health line) against
     /// the ground truth, for the tracer named `tracer`.
     pub fn score(

@@ -47,17 +47,7 @@ fn main() {
             let sc = harness::scenario::by_id(id)
                 .with_context(|| format!("unknown scenario {id:?}; `harness list` shows them"))?;
             let run = trace_scenario_phase4(&sc, &std::env::current_exe()?, |_| Skew::default())?;
-            let c = &run.cluster;
-            println!("measured (collector):\n{}", c.measured.table());
-            println!(
-                "ground truth recorded by the pipeline:\n{}",
-                c.truth.table()
-            );
-            print!("{}", c.score);
-            println!("collector: {}", c.collector);
-            for (node, line) in &c.agents {
-                println!("agent {node}: {line}");
-            }
+            print!("{}", run.cluster.report());
             println!(
                 "sightings not named by their component's pod: {} {:?}",
                 run.misattributed, run.misattributed_examples
