@@ -8,9 +8,6 @@
 #include "syscalls.bpf.h"
 #include "phase1.h"
 
-/* Bytes scanned per write; the rest is counted as truncated. */
-#define PHASE1_MAX_BYTES (64 * 1024)
-
 char LICENSE[] SEC("license") = "GPL";
 
 struct {
@@ -18,7 +15,7 @@ struct {
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
-static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
+static __always_inline void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
 {
 	struct phase1_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -51,9 +48,9 @@ int phase1_write(struct sys_enter_ctx *ctx)
 		return 0;
 	__u64 count = ctx->args[2];
 	fp_count(FP_C_CALLS, 1);
-	if (count > PHASE1_MAX_BYTES) {
-		fp_count(FP_C_TRUNCATED, count - PHASE1_MAX_BYTES);
-		count = PHASE1_MAX_BYTES;
+	if (count > FP_MAX_CALL_BYTES) {
+		fp_count(FP_C_TRUNCATED, count - FP_MAX_CALL_BYTES);
+		count = FP_MAX_CALL_BYTES;
 	}
 	fp_count(FP_C_BYTES, count);
 	s->meta.t_ns = t_ns;
@@ -63,6 +60,6 @@ int phase1_write(struct sys_enter_ctx *ctx)
 	s->meta.dir = PHASE1_DIR_WRITE;
 	s->meta.base = 0;
 	s->carry = 0; /* nothing carried from earlier writes */
-	fp_scan_user((const void *)ctx->args[1], count);
+	fp_scan_user(ctx->args[1], count);
 	return 0;
 }

@@ -15,8 +15,8 @@
 #include <asm/unistd.h>
 #include "phase2.h"
 
-/* Bytes scanned per call, and iovecs per call; more is counted, and the flow's carry restarts. */
-#define PHASE2_MAX_BYTES (64 * 1024)
+/* Iovecs scanned per call (and bytes: FP_MAX_CALL_BYTES); more is counted, and the flow's carry
+ * restarts. */
 #define PHASE2_MAX_IOV 64
 #define MSG_PEEK 2
 
@@ -235,7 +235,7 @@ int flush_batch(void *ctx)
 	return 0;
 }
 
-static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
+static __always_inline void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
 {
 	struct batch *b = this_cpu_batch();
 	if (!b)
@@ -361,37 +361,32 @@ static __always_inline int enter(__s32 fd, __u64 ptr, __u64 count, __u32 dir, __
 	return 0;
 }
 
-struct iov_ctx {
-	const struct iovec_user *iov;
-	__u64 left;
-};
-
-static long iov_cb(__u64 i, void *ctx)
+/* Scans `total` bytes spread over `iovcnt` iovecs; returns the bytes it could not reach. A
+ * global function, like the scan's stages (fingerprint.bpf.h): verified once, its loop's exits
+ * end here. */
+__noinline __u64 scan_iov(__u64 iov, __u64 iovcnt, __u64 total)
 {
-	struct iov_ctx *c = ctx;
-	struct iovec_user v;
-	if (c->left == 0)
-		return 1;
-	if (bpf_probe_read_user(&v, sizeof(v), &c->iov[i])) {
-		fp_count(FP_C_READ_ERRORS, 1);
-		return 1;
-	}
-	__u64 n = v.len < c->left ? v.len : c->left;
-	c->left -= n;
-	fp_scan_user(v.base, n);
-	return 0;
-}
-
-/* Scans `total` bytes spread over `iovcnt` iovecs; returns the bytes it could not reach. */
-static __always_inline __u64 scan_iov(const void *iov, __u64 iovcnt, __u64 total)
-{
-	struct iov_ctx c = { .iov = iov, .left = total };
-	if (iovcnt > PHASE2_MAX_IOV) {
+	__u64 left = total;
+	/* Counted, not clamped: the loop's bound is the limit, and one path through it is cheaper
+	 * to verify than two. */
+	if (iovcnt > PHASE2_MAX_IOV)
 		p2_count(P2_C_IOV_TRUNCATED);
-		iovcnt = PHASE2_MAX_IOV;
+	for (__u32 i = 0; i < PHASE2_MAX_IOV; i++) {
+		struct iovec_user v;
+		if (i >= iovcnt || left == 0)
+			break;
+		if (bpf_probe_read_user(&v, sizeof(v), (const void *)(iov + i * sizeof(v)))) {
+			fp_count(FP_C_READ_ERRORS, 1);
+			break;
+		}
+		if (v.len >= left) {
+			fp_scan_user((__u64)v.base, left);
+			return 0;
+		}
+		fp_scan_user((__u64)v.base, v.len);
+		left -= v.len;
 	}
-	bpf_loop(iovcnt, iov_cb, &c, 0);
-	return c.left;
+	return left;
 }
 
 #define TLS_HANDSHAKE 22
@@ -461,9 +456,9 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 		return 0;
 	fp_count(FP_C_CALLS, 1);
 	__u64 total = ret;
-	if (total > PHASE2_MAX_BYTES) {
-		fp_count(FP_C_TRUNCATED, total - PHASE2_MAX_BYTES);
-		total = PHASE2_MAX_BYTES;
+	if (total > FP_MAX_CALL_BYTES) {
+		fp_count(FP_C_TRUNCATED, total - FP_MAX_CALL_BYTES);
+		total = FP_MAX_CALL_BYTES;
 	}
 	fp_count(FP_C_BYTES, total);
 	s->meta.t_ns = t_ns;
@@ -492,15 +487,15 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 		return 0;
 	__u64 unreached = 0;
 	if (call.kind == CALL_BUF) {
-		fp_scan_user((const void *)call.ptr, total);
+		fp_scan_user(call.ptr, total);
 	} else if (call.kind == CALL_IOV) {
-		unreached = scan_iov((const void *)call.ptr, call.count, total);
+		unreached = scan_iov(call.ptr, call.count, total);
 	} else {
 		struct msghdr_iov m;
 		if (bpf_probe_read_user(&m, sizeof(m), (const __u8 *)call.ptr + MSGHDR_IOV_OFFSET))
 			unreached = total;
 		else
-			unreached = scan_iov(m.msg_iov, m.msg_iovlen, total);
+			unreached = scan_iov((__u64)m.msg_iov, m.msg_iovlen, total);
 	}
 
 	f->pos += ret;

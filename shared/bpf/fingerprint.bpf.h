@@ -6,14 +6,20 @@
  * A user buffer is scanned (fp_scan_user) in chunks of FP_CHUNK bytes copied into a per-CPU
  * scratch area behind the last window-1 bytes of what came before (the carry: earlier chunks,
  * earlier iovecs, or — restored by the caller from per-flow state — earlier calls), each chunk
- * in three passes small enough for the verifier:
+ * in three passes:
  *   1. SWAR over 8-byte words: which 64-byte groups may hold an anchor (a marker-class byte
  *      whose byte two before passes the pre-gate: one marker in 8 of speech);
- *   2. per marked group (bpf_loop): exact anchor bytes, then the 8-byte sampling gate;
- *   3. per gated candidate (bpf_loop): loudness and smoothness (SWAR on 16-bit lanes),
- *      periodicity, xxh64, emit.
- * The includer defines `fp_emit(const struct fp_meta *, __u64 signature, __u64 end)`, called
- * from a bpf_loop callback. */
+ *   2. per marked group: exact anchor bytes, then the 8-byte sampling gate;
+ *   3. per gated candidate: loudness and smoothness (SWAR on 16-bit lanes), periodicity,
+ *      xxh64, emit.
+ *
+ * Verification cost. Each stage that runs in a loop is a global function (fp_scan_chunk,
+ * fp_group_anchors, fp_examine): the verifier checks it once, against its arguments' types,
+ * however many times and from wherever it is called, so a loop over it costs the verifier a
+ * few instructions per iteration. Nothing here relies on the verifier pruning the paths of a
+ * loop body, or on how it treats bpf_loop callbacks: those change between kernels, stable ones
+ * included. Global functions take scalars only and find their state in the per-CPU scratch.
+ * The includer defines `fp_emit(const struct fp_meta *, __u64 signature, __u64 end)`. */
 #ifndef FINGERPRINT_BPF_H
 #define FINGERPRINT_BPF_H
 
@@ -26,6 +32,8 @@
  * less often; on speech one group in ten holds an anchor. */
 #define FP_GROUP 64
 #define FP_GROUPS (FP_CHUNK / FP_GROUP)
+/* Bytes scanned of one call (callers count the rest as truncated). */
+#define FP_MAX_CALL_BYTES (64 * 1024)
 /* Candidates kept per chunk; at keep 128/256 speech has ~2 per 2 KiB, random bytes ~1. */
 #define FP_MAX_CANDIDATES 64
 /* The chunk starts here in the scratch buffer; the carry sits just before it. */
@@ -312,45 +320,48 @@ static __always_inline __u64 fp_anchor_bytes(struct fp_scratch *s, __u32 at)
 	return ((w & FP_MARKER_MASK_BCAST) | (pre & FP_PRE_GATE_BITS_BCAST)) ^ FP_ANCHOR_VALUE_BCAST;
 }
 
-/* Marked group number i: its exact anchor bytes, word by word, lowest first. */
-static long fp_group_cb(__u64 i, void *unused)
+/* Pass 2 for marked group number i: its exact anchor bytes, word by word, lowest first.
+ * Returns 1 when the candidate list is full (or on a bad index). */
+__noinline int fp_group_anchors(__u64 i)
 {
 	struct fp_scratch *s = fp_scratch();
 	if (!s || i >= FP_GROUPS)
 		return 1;
-	__u32 g = s->marked[i];
+	/* Masked as well as tested: clang may test one copy of i and index with another. */
+	__u32 g = s->marked[i & (FP_GROUPS - 1)];
 	if (g >= FP_GROUPS)
 		return 1;
+#pragma unroll
 	for (__u32 k = 0; k < FP_GROUP / 8; k++) {
 		__u32 base = g * FP_GROUP + k * 8;
 		__u64 t = fp_anchor_bytes(s, base);
 		/* Exact: bit 7 of each byte of t that is zero. */
 		__u64 z = ~(((t & ~FP_HIGHS_BCAST) + ~FP_HIGHS_BCAST) | t) & FP_HIGHS_BCAST;
-		for (int b = 0; b < 8; b++) {
-			if (!z)
-				break;
-			__u64 low = z & -z;
-			/* The byte index of a lone bit 8j+7: j = top byte of (low >> 7) * 0x0001…0607. */
-			__u32 j = ((low >> 7) * 0x0001020304050607ULL) >> 56;
-			z ^= low;
-			if (fp_consider(s, base + (j & 7)))
+		if (!z)
+			continue;
+		/* Byte by byte, not bit-walking z: a loop of fixed length is unrolled, so the
+		 * verifier sees no loop here at all. */
+#pragma unroll
+		for (__u32 j = 0; j < 8; j++) {
+			if ((z >> (8 * j + 7)) & 1 && fp_consider(s, base + j))
 				return 1;
 		}
 	}
 	return 0;
 }
 
-static void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end);
+static __always_inline void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end);
 
-static long fp_candidate_cb(__u64 i, void *unused)
+/* Pass 3 for candidate number i: copy its window, classify it, emit its moment. */
+__noinline int fp_examine(__u64 i)
 {
 	struct fp_scratch *s = fp_scratch();
 	if (!s || i >= FP_MAX_CANDIDATES)
-		return 1;
+		return 0;
 	__u32 w = fp_window;
-	__u32 q = s->cand[i];
+	__u32 q = s->cand[i & (FP_MAX_CANDIDATES - 1)];
 	if (w < FP_WINDOW_MIN || w > FP_WINDOW_MAX || q < FP_DATA || q >= FP_DATA + FP_CHUNK)
-		return 1;
+		return 0;
 	__u32 start = q + 1 - w;
 	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
 		if (k * 8 >= w)
@@ -365,13 +376,36 @@ static long fp_candidate_cb(__u64 i, void *unused)
 	return 0;
 }
 
-/* Scans s->buf[FP_DATA .. FP_DATA + s->len) with s->carry bytes before it, for the call
- * described by s->meta. */
-static __always_inline void fp_scan_chunk(struct fp_scratch *s)
+/* Passes 2 and 3 over the chunk pass 1 marked. */
+__noinline int fp_find_moments(void)
 {
-	/* Volatile reads: the loop narrows `len` differently at each exit, so nothing after the
-	 * loop may use (or share a register with) the copy the loop tested. */
-	__u32 len = *(volatile __u32 *)&s->len;
+	struct fp_scratch *s = fp_scratch();
+	if (!s)
+		return 0;
+	__u32 marked = s->nmarked;
+	s->ncand = 0;
+	for (__u32 i = 0; i < FP_GROUPS; i++) {
+		if (i >= marked || fp_group_anchors(i))
+			break;
+	}
+	__u32 found = s->ncand;
+	if (found)
+		fp_count(FP_C_CANDIDATES, found);
+	for (__u32 i = 0; i < FP_MAX_CANDIDATES; i++) {
+		if (i >= found)
+			break;
+		fp_examine(i);
+	}
+	return 0;
+}
+
+/* Pass 1 over s->buf[FP_DATA .. FP_DATA + s->len): the groups that may hold an anchor. */
+__noinline int fp_mark_groups(void)
+{
+	struct fp_scratch *s = fp_scratch();
+	if (!s)
+		return 0;
+	__u32 len = s->len;
 
 	s->nmarked = 0;
 	for (__u32 g = 0; g < FP_GROUPS; g++) {
@@ -393,40 +427,23 @@ static __always_inline void fp_scan_chunk(struct fp_scratch *s)
 		 * test back into a branch per group without the empty asm. */
 		__u64 any = (z | -z) >> 63;
 		asm volatile("" : "+r"(any));
-		/* The count lives in memory: a register that depends on the exit iteration would make
-		 * the verifier re-walk everything after the loop once per exit. */
 		__u32 n = s->nmarked;
 		s->marked[n & (FP_GROUPS - 1)] = g;
 		s->nmarked = n + any;
 	}
-	s->ncand = 0;
-	if (fp_stage == FP_STAGE_MARK)
-		return;
-	__u32 marked = *(volatile __u32 *)&s->nmarked;
-	if (!marked || marked > FP_GROUPS)
-		return;
-	bpf_loop(marked, fp_group_cb, NULL, 0);
-	if (!s->ncand)
-		return;
-	fp_count(FP_C_CANDIDATES, s->ncand);
-	bpf_loop(s->ncand, fp_candidate_cb, NULL, 0);
+	return 0;
 }
 
 /* After a chunk: keep the last window-1 bytes of carry + chunk in front of FP_DATA. Moved as the
  * `fp_window` bytes (whole words) that end the chunk, one byte more than kept: word copies cost
  * a fraction of two helper calls. Through `win` because source and destination overlap when the
  * chunk is shorter than the window. */
-static __always_inline void fp_shift_carry(struct fp_scratch *s)
+static __always_inline void fp_shift_carry(struct fp_scratch *s, __u64 len)
 {
 	__u64 keep = fp_window - 1;
-	__u64 have = (__u64)s->carry + s->len;
-	__u64 len = s->len;
+	__u64 have = (__u64)s->carry + len;
 	if (have < keep)
 		keep = have;
-	/* Pinned so that clang tests the register it uses (see fp_chunk_cb). */
-	asm volatile("" : "+r"(len));
-	if (len > FP_CHUNK)
-		return;
 	__u32 words = fp_window / 8;
 	__u64 from = FP_DATA + len - fp_window, to = FP_DATA - fp_window;
 	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
@@ -442,49 +459,47 @@ static __always_inline void fp_shift_carry(struct fp_scratch *s)
 	s->carry = keep;
 }
 
-struct fp_user_ctx {
-	const __u8 *ubuf;
-	__u64 len;
-};
-
-static long fp_chunk_cb(__u64 i, void *ctx)
+/* One chunk: the next min(left, FP_CHUNK) bytes at user address `ubuf`, continuing s->meta's
+ * flow at s->meta.base with s->carry bytes carried; advances both. Returns 1 when the bytes
+ * could not be read (the carry restarts). */
+__noinline int fp_scan_chunk(__u64 ubuf, __u64 left)
 {
-	struct fp_user_ctx *u = ctx;
 	struct fp_scratch *s = fp_scratch();
 	if (!s)
 		return 1;
-	__u64 off = i * FP_CHUNK;
-	if (off >= u->len)
-		return 1;
-	__u64 n = u->len - off;
-	if (n > FP_CHUNK)
-		n = FP_CHUNK;
-	/* Keep clang from folding the clamp away: the verifier must see n <= FP_CHUNK. */
+	__u64 n = left < FP_CHUNK ? left : FP_CHUNK;
+	/* Keep clang from folding the clamp away: the verifier must see 0 < n <= FP_CHUNK. */
 	asm volatile("" : "+r"(n));
 	if (n == 0 || n > FP_CHUNK)
 		return 1;
-	if (bpf_probe_read_user(&s->buf[FP_DATA], n, u->ubuf + off)) {
+	if (bpf_probe_read_user(&s->buf[FP_DATA], n, (const void *)ubuf)) {
 		fp_count(FP_C_READ_ERRORS, 1);
 		s->carry = 0;
 		return 1;
 	}
 	s->len = n;
-	if (fp_stage == FP_STAGE_COPY) {
-		s->meta.base += n;
-		return 0;
+	if (fp_stage != FP_STAGE_COPY) {
+		fp_mark_groups();
+		if (fp_stage == FP_STAGE_SCAN)
+			fp_find_moments();
+		fp_shift_carry(s, n);
 	}
-	fp_scan_chunk(s);
-	fp_shift_carry(s);
 	s->meta.base += n;
 	return 0;
 }
 
-/* Scans `len` bytes at user address `ubuf` as the continuation of s->meta's flow, from flow
- * position s->meta.base with s->carry bytes carried; advances both. */
-static __always_inline void fp_scan_user(const void *ubuf, __u64 len)
+/* Scans `len` bytes (at most FP_MAX_CALL_BYTES) at user address `ubuf` as the continuation of
+ * s->meta's flow, from flow position s->meta.base with s->carry bytes carried; advances both.
+ * Global too: its loop's exits end here, instead of each leading the verifier through the
+ * caller's rest. */
+__noinline int fp_scan_user(__u64 ubuf, __u64 len)
 {
-	struct fp_user_ctx u = { .ubuf = ubuf, .len = len };
-	bpf_loop((len + FP_CHUNK - 1) / FP_CHUNK, fp_chunk_cb, &u, 0);
+	for (__u32 i = 0; i < FP_MAX_CALL_BYTES / FP_CHUNK; i++) {
+		__u64 off = (__u64)i * FP_CHUNK;
+		if (off >= len || fp_scan_chunk(ubuf + off, len - off))
+			break;
+	}
+	return 0;
 }
 
 #endif /* FINGERPRINT_BPF_H */
