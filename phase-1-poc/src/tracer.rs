@@ -3,7 +3,7 @@
 use crate::counters::{Counters, SCAN_COUNTERS};
 use crate::event::{Phase1Event, COMM_LEN};
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, MapType, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use shared::FingerprintConfig;
@@ -19,12 +19,16 @@ pub struct Tracer {
     events: RingBuf<MapData>,
 }
 
+/// The kernels the tracer is tested on; every phase's programs load on each of them.
+pub const SUPPORTED_KERNELS: &str = "Linux 6.1 and newer";
+
 /// Fails with one clear line when this machine cannot run the tracer.
 pub fn preflight() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("must run as root: loading eBPF programs needs CAP_BPF and CAP_PERFMON");
     }
+    kernel_features()?;
     if !Path::new("/sys/kernel/tracing/events/syscalls").exists()
         && !Path::new("/sys/kernel/debug/tracing/events/syscalls").exists()
     {
@@ -34,6 +38,44 @@ pub fn preflight() -> Result<()> {
         bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux): build it with CONFIG_DEBUG_INFO_BTF=y");
     }
     Ok(())
+}
+
+/// The kernel features the programs need, probed (distributions backport features, so a
+/// version number proves nothing), each named with the first Linux release that had it.
+fn kernel_features() -> Result<()> {
+    let missing = |what: &str, since: &str| {
+        anyhow::anyhow!(
+            "this kernel lacks {what} (Linux {since}); the tracer supports {SUPPORTED_KERNELS}"
+        )
+    };
+    let features = aya::features();
+    let Some(btf) = features.btf() else {
+        return Err(missing("BTF for BPF programs", "5.1"));
+    };
+    if !btf.btf_func_global() {
+        return Err(missing("global BPF functions, which every scan stage is", "5.6"));
+    }
+    if !features.bpf_global_data() {
+        return Err(missing("BPF global data (the cluster-wide settings)", "5.2"));
+    }
+    if !aya::sys::is_map_supported(MapType::RingBuf).unwrap_or(false) {
+        return Err(missing("the BPF ring buffer", "5.8"));
+    }
+    Ok(())
+}
+
+/// Each loaded program of `ebpf` with the instructions the kernel's verifier walked to accept
+/// it (`None` before Linux 5.16, which does not say).
+pub fn verified_instructions(ebpf: &Ebpf) -> Vec<(String, Option<u32>)> {
+    let mut programs: Vec<_> = ebpf
+        .programs()
+        .filter_map(|(name, p)| {
+            let info = p.info().ok()?;
+            Some((name.to_string(), info.verified_instruction_count()))
+        })
+        .collect();
+    programs.sort();
+    programs
 }
 
 /// A verifier rejection as one line, then the end of the verifier's log.
@@ -205,6 +247,10 @@ impl Tracer {
 
     pub fn counters(&self) -> Result<Counters> {
         read_counters(&self.ebpf, "fp_counters", &SCAN_COUNTERS)
+    }
+
+    pub fn verified_instructions(&self) -> Vec<(String, Option<u32>)> {
+        verified_instructions(&self.ebpf)
     }
 }
 

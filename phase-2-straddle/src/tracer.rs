@@ -143,6 +143,10 @@ impl Tracer {
             read_counters(&self.ebpf, "phase2_counters", &PHASE2_COUNTERS)?,
         ))
     }
+
+    pub fn verified_instructions(&self) -> Vec<(String, Option<u32>)> {
+        phase_1_poc::tracer::verified_instructions(&self.ebpf)
+    }
 }
 
 impl phase_1_poc::Kernel for Tracer {

@@ -251,11 +251,32 @@ static __always_inline int fp_loud_audio(const __u8 *win, __u32 len)
 	return loud && !rough;
 }
 
-/* The window equals itself shifted by an even lag in (len/4, len/2] (shared::is_periodic says
- * why the shorter lags need no comparing). Audio almost never repeats even its first word at
- * one of those lags, so that is tested first; the whole comparison runs word by word without
- * early exits: data-dependent branches in these loops multiply the verifier's states past its
- * budget. */
+/* Whether the candidate's window, win[0..len), equals itself shifted by `lag` bytes: compared
+ * word by word without early exits, and a last, overlapping word ending at len - lag. */
+__noinline int fp_repeats_at(__u64 len, __u64 lag)
+{
+	struct fp_scratch *s = fp_scratch();
+	if (!s || len > FP_WINDOW_MAX || lag > FP_WINDOW_MAX / 2 || lag + 8 > len)
+		return 0;
+	__u64 n = len - lag; /* bytes compared, >= 8 */
+	__u64 diff = 0;
+	for (__u32 i = 0; i < FP_WINDOW_MAX / 8; i++) {
+		__u64 at = i * 8;
+		if (at >= n)
+			break;
+		if (at + 8 > n)
+			at = n - 8;
+		/* Masks the verifier keeps, whatever clang does with the tests above: lag + at + 8
+		 * stays inside win. */
+		at &= FP_WINDOW_MAX - 1;
+		diff |= fp_load64(&s->win[(lag & (FP_WINDOW_MAX - 1)) + at]) ^ fp_load64(&s->win[at]);
+	}
+	return diff == 0;
+}
+
+/* The window (s->win) equals itself shifted by an even lag in (len/4, len/2]
+ * (shared::is_periodic says why the shorter lags need no comparing). Audio almost never
+ * repeats even its first word at one of those lags, so that is tested first. */
 static __always_inline int fp_periodic(const __u8 *win, __u32 len)
 {
 	__u32 first_lag = len / 4 + 2, lags = len / 8; /* len is a multiple of 8 */
@@ -268,25 +289,13 @@ static __always_inline int fp_periodic(const __u8 *win, __u32 len)
 	}
 	if (!head_repeats)
 		return 0;
-	__u64 periodic = 0;
 	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
 		if (k >= lags)
 			break;
-		__u32 lag = first_lag + 2 * k;
-		__u32 n = len - lag; /* bytes compared, >= 8 */
-		__u64 diff = 0;
-		for (__u32 i = 0; i < FP_WINDOW_MAX / 8; i++) {
-			/* Words at 0, 8, ... and a last, overlapping one ending at n. */
-			__u32 at = i * 8;
-			if (at >= n)
-				break;
-			if (at + 8 > n)
-				at = n - 8;
-			diff |= fp_load64(win + lag + at) ^ fp_load64(win + at);
-		}
-		periodic |= diff == 0;
+		if (fp_repeats_at(len, first_lag + 2 * k))
+			return 1;
 	}
-	return periodic;
+	return 0;
 }
 
 /* One candidate anchor at chunk offset `off`: keep it if its window is available and it passes
