@@ -1,200 +1,39 @@
 #!/usr/bin/env bash
-# Kernel matrix: runs one command, as root in the repo root, on several Debian kernels and on this
-# machine's own kernel. Like aya's CI, no VM image is built: virtme-ng boots each kernel under qemu
-# with this machine's root filesystem shared read-only, so the command sees the same binaries, and
-# the repo, /tmp and $HOME through throwaway overlays (writable; the writes stay in the guest).
-#
-#   bash scripts/kernel-matrix.sh [--kernels 'REGEX...'] [--no-host] [--] COMMAND...
-#   e.g. bash scripts/kernel-matrix.sh 'echo "MATRIX btf $(test -e /sys/kernel/btf/vmlinux && echo yes)"'
-#
-# Kernels: the newest linux-image-VERSION package of bookworm-security or trixie-backports whose
-# VERSION matches each regex in full. Default: Debian 12's 6.1 and 6.12, and trixie-backports'
-# newest 6.18 and newest 7.x. --kernels (repeatable) or KERNEL_MATRIX_KERNELS (space-separated)
-# replace that set; --no-host or KERNEL_MATRIX_HOST=0 skip the run on this machine's kernel.
-# Every stdout line of COMMAND that starts with "MATRIX " is printed prefixed by "[<kernel>]"; a
-# summary line per kernel ends the output; the exit status is 1 if any kernel failed.
-# KERNEL_MATRIX_TIMEOUT: seconds per kernel (900). KERNEL_MATRIX_CACHE: downloads, tools and logs
-# (/var/cache/ebpf-audio-tracer/kernel-matrix). KERNEL_MATRIX_MIRROR: Debian mirror
-# (http://deb.debian.org/debian; security updates from the same URL + "-security").
-# KERNEL_MATRIX_KVM: 1/0 force hardware virtualisation on/off (default: on unless /dev/kvm is
-# PVM-backed, as on our cloud machines, where stock kernels die with "KVM internal error").
-# Guests get 2 CPUs and 3G; under TCG a short command takes about 15 s of boot per kernel.
+# The kernel matrix (docs/kernels.md): builds kernel-check and the phases' conformance tests,
+# runs them (kernel-matrix/checks.sh) on this machine's kernel and on each Debian kernel the
+# project supports, booted under qemu (kernel-matrix/boot.sh, which takes the same options:
+# --kernels 'REGEX...', --no-host), and prints the verified instructions of each program per
+# kernel, the most over the windows loaded.
 set -euo pipefail
-
-usage() { sed -n '7,8p' "$0" | sed 's/^# *//' >&2; exit 2; }
-die() { echo "kernel-matrix: $*" >&2; exit 2; }
-
-regexes=() host=${KERNEL_MATRIX_HOST:-1}
-while [ $# -gt 0 ]; do
-  case $1 in
-    --kernels) [ $# -ge 2 ] || usage; read -ra r <<<"$2"; regexes+=("${r[@]}"); shift 2 ;;
-    --no-host) host=0; shift ;;
-    --) shift; break ;;
-    -h|--help) usage ;;
-    -*) die "unknown option $1" ;;
-    *) break ;;
-  esac
-done
-[ $# -gt 0 ] || usage
-cmd="$*"
-[ ${#regexes[@]} -gt 0 ] || read -ra regexes <<<"${KERNEL_MATRIX_KERNELS:-}"
-[ ${#regexes[@]} -gt 0 ] || regexes=(
-  '6\.1\.0-[0-9]+-amd64'            # bookworm-security
-  '6\.12\.[0-9]+\+deb12-amd64'      # bookworm-security
-  '6\.18\.[0-9]+\+deb13-amd64'      # trixie-backports
-  '7\.[0-9]+\.[0-9]+\+deb13-amd64'  # trixie-backports, newest
-)
-[ "$(id -u)" = 0 ] || die "must run as root (it installs qemu and the command loads eBPF programs)"
-repo=$(cd "$(dirname "$0")/.." && pwd)
-cache=${KERNEL_MATRIX_CACHE:-/var/cache/ebpf-audio-tracer/kernel-matrix}
-timeout=${KERNEL_MATRIX_TIMEOUT:-900}
-mirror=${KERNEL_MATRIX_MIRROR:-http://deb.debian.org/debian}
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-mkdir -p "$cache"/{kernels,logs,run,apt/lists/partial,apt/cache/archives/partial}
-# One run at a time: runs share the apt lists, the unpacked kernels and the log files.
-exec 9>"$cache/lock"
-flock -n 9 || { echo "kernel-matrix: waiting for another run to finish" >&2; flock 9; }
-
-# --- Host tools -------------------------------------------------------------------------------
-# qemu; depmod (virtme-ng regenerates modules.dep of unpacked kernels); a static busybox (the
-# guest's initramfs); file (virtme-ng reads the kernel version with it); venv for virtme-ng.
-packages=(qemu-system-x86 kmod busybox-static file python3-venv)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "kernel-matrix: installing ${missing[*]}" >&2
-  # On Debian 12 qemu comes from bookworm-backports: bookworm's qemu 7.2 conflicts with the
-  # qemu-utils 10.x some of our machines have. The source is added only if no other file lists
-  # it (apt rejects a suite listed twice with different Signed-By), and the pin takes qemu and
-  # the seabios it needs from it; every other backport keeps apt's default priority 100, i.e.
-  # never installed unless asked for by name.
-  if [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ]; then
-    if ! grep -Eqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-        /etc/apt/sources.list.d/*.sources; then
-      printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
-        "$mirror" "$keyring" > /etc/apt/sources.list.d/bookworm-backports.sources
-    fi
-    printf '%s\n' '# scripts/kernel-matrix.sh of ebpf-audio-tracer: qemu from bookworm-backports' \
-      'Package: qemu-* seabios' 'Pin: release n=bookworm-backports' 'Pin-Priority: 500' \
-      > /etc/apt/preferences.d/kernel-matrix-qemu
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove "${missing[@]}" >/dev/null
-fi
-# virtme-ng from PyPI (Debian 12 has none), pinned: its guest init and flags change often.
-if [ ! -x "$cache/venv/bin/vng" ]; then
-  rm -rf "$cache/venv"
-  /usr/bin/python3 -m venv "$cache/venv"
-  "$cache/venv/bin/pip" install -q --disable-pip-version-check virtme-ng==1.42
-fi
-
-# --- Kernels ----------------------------------------------------------------------------------
-# A private apt configuration (own sources, lists and an empty dpkg status) only for downloading:
-# the host's apt sources stay as they are and no kernel is ever installed on the host.
-printf 'deb [signed-by=%s] %s %s main\n' "$keyring" "$mirror-security" bookworm-security \
-  "$keyring" "$mirror" trixie-backports > "$cache/apt/sources.list"
-APT=(-o Dir::Etc::SourceList="$cache/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-     -o Dir::State::Lists="$cache/apt/lists" -o Dir::Cache="$cache/apt/cache"
-     -o Dir::State::status=/dev/null -o APT::Sandbox::User=root)
-# Refreshed daily so "newest" means newest; an offline run goes on with the lists it has.
-if ! find "$cache/apt/lists" -name '*Packages*' -mtime -1 | grep -q .; then
-  apt-get "${APT[@]}" -qq update || find "$cache/apt/lists" -name '*Packages*' | grep -q . ||
-    die "cannot download the package lists of bookworm-security and trixie-backports"
-fi
-available=$(apt-cache "${APT[@]}" search --names-only '^linux-image-[0-9]' | cut -d' ' -f1 |
-            sed 's/^linux-image-//' | sort -V)
-versions=() images=()
-for re in "${regexes[@]}"; do
-  ver=$(grep -E "^($re)\$" <<<"$available" | tail -1) || die "no linux-image package matches '$re'"
-  dir="$cache/kernels/$ver"
-  if [ ! -e "$dir/.unpacked" ]; then
-    echo "kernel-matrix: downloading linux-image-$ver" >&2
-    rm -rf "$dir" "$cache/run/debs"; mkdir -p "$dir" "$cache/run/debs"
-    # Kernels from 6.19 on split the image into linux-base/-binary/-modules-VERSION packages.
-    parts=$(apt-cache "${APT[@]}" depends "linux-image-$ver" | awk '{print $NF}' | sort -u |
-            grep -Fx -e "linux-base-$ver" -e "linux-binary-$ver" -e "linux-modules-$ver" || true)
-    (cd "$cache/run/debs" && apt-get "${APT[@]}" -qq download "linux-image-$ver" $parts)
-    for deb in "$cache/run/debs"/*.deb; do dpkg-deb -x "$deb" "$dir"; done
-    rm -rf "$cache/run/debs"
-    touch "$dir/.unpacked"
-  fi
-  img=$(find "$dir" -name 'vmlinuz*' -type f | head -1)
-  [ -n "$img" ] || die "no vmlinuz in linux-image-$ver"
-  versions+=("$ver"); images+=("$img")
-done
-
-# --- Runs -------------------------------------------------------------------------------------
-printf '%s\n' "$cmd" > "$cache/run/command.sh"
-# In the guest: the mounts the host has and virtme-ng may not make (bpffs, tracefs, a writable
-# /tmp), the host's PATH (cargo, pyenv), the kernel's console log level lowered so its messages
-# cannot land inside the command's output lines (virtme-ng's output channel needs udev, so
-# without it the command writes to the console), then the kernel messages the command caused,
-# and the exit status as a marker line: vng's own exit status is not the command's.
-{
-  printf 'export PATH=%q HOME=%q\n' "$PATH" "$HOME"
-  cat <<'EOF'
-dmesg -n 1
-mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
-mountpoint -q /tmp || mount -t tmpfs -o mode=1777 tmpfs /tmp
-echo "KERNEL_MATRIX_BOOTED $(uname -r) after $(cut -d' ' -f1 /proc/uptime) s"
-before=$(dmesg | wc -l)
-bash "${0%/*}/command.sh"
-rc=$?
-dmesg | tail -n +"$((before + 1))"
-echo "KERNEL_MATRIX_RC=$rc"
-EOF
-} > "$cache/run/guest.sh"
-
-accel=--disable-kvm
-if [ "${KERNEL_MATRIX_KVM:-}" = 1 ] ||
-   { [ -z "${KERNEL_MATRIX_KVM:-}" ] && [ -w /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ]; }; then
-  accel=
-fi
-
-summary=() failed=0
-report() {  # VERSION LOG EXIT-STATUS("" if none) SECONDS TIMED-OUT(0/1)
-  local ver=$1 log=$2 rc=${3:-none} secs=$4 note=""
-  tr -d '\r' < "$log" | grep -a '^MATRIX ' | sed "s/^/[$ver] /" || true
-  if [ "$rc" = 0 ]; then
-    summary+=("kernel $ver: ok (exit 0, $secs s)")
-  else
-    if [ "$5" = 1 ]; then note="; timed out after $timeout s"
-    elif [ "$rc" = none ]; then note="; the kernel did not boot or crashed"; fi
-    summary+=("kernel $ver: FAILED (exit $rc, $secs s$note)")
-    failed=1
-    echo "[$ver] FAILED: full log $log; its last lines that are not kernel messages:"
-    tr -d '\r' < "$log" | grep -av '^\[ *[0-9]*\.[0-9]*\]' | tail -n 30 | sed "s/^/[$ver]   /" || true
-  fi
-}
-
-if [ "$host" != 0 ]; then
-  ver=$(uname -r); log="$cache/logs/host-$ver.log"; start=$SECONDS
-  echo "== kernel $ver (this machine)"
-  # The same mounts as in the guests (tracefs: scripts/setup.sh mounts it on this machine too).
-  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-  mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
-  rc=0; (cd "$repo" && timeout -k 10 "$timeout" bash "$cache/run/command.sh") </dev/null >"$log" 2>&1 9>&- || rc=$?
-  report "$ver" "$log" "$rc" $((SECONDS - start)) $((rc == 124))
-fi
-
-for i in "${!versions[@]}"; do
-  ver=${versions[$i]}; log="$cache/logs/$ver.log"; start=$SECONDS
-  echo "== kernel $ver (qemu${accel:+, TCG})"
-  # --verbose puts the console, and with it the command's output, on vng's stdout.
-  # vng runs its sibling virtme-run through PATH. --rodir: virtme-ng's init mounts a tmpfs on
-  # /var/cache, which would hide the default cache and with it guest.sh and the kernel's modules.
-  # $HOME gets an overlay too: cargo and pip write there, and virtme-ng leaves /root read-only.
-  (cd "$repo" && PATH="$cache/venv/bin:$PATH" timeout -k 30 "$timeout" vng --verbose $accel \
-     --run "${images[$i]}" --user root --cpus 2 --memory 3G --rodir "$cache" \
-     --overlay-rwdir "$repo" --overlay-rwdir "$HOME" --cwd "$repo" --exec "bash $(printf %q "$cache/run/guest.sh")") \
-    </dev/null >"$log" 2>&1 9>&- && vng_rc=0 || vng_rc=$?
-  rc=$(tr -d '\r' < "$log" | grep -aoE '^KERNEL_MATRIX_RC=[0-9]+' | tail -1 | cut -d= -f2 || true)
-  report "$ver" "$log" "$rc" $((SECONDS - start)) $([ -z "$rc" ] && [ "$vng_rc" = 124 ] && echo 1 || echo 0)
-done
-
-echo "== summary"
-printf '%s\n' "${summary[@]}"
-exit $failed
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release -q -p kernel-check
+tests=$(cargo test --release --no-run -q -p phase-1-poc -p phase-2-straddle --test conformance \
+          --message-format=json | python3 -c '
+import json, os, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "conformance":
+        print(os.path.basename(os.path.dirname(m["manifest_path"])) + "=" + m["executable"])
+')
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+rc=0
+bash scripts/kernel-matrix/boot.sh "$@" -- bash scripts/kernel-matrix/checks.sh $tests | tee "$log" || rc=$?
+# The table: a row per program, a column per kernel.
+python3 - "$log" <<'PY'
+import re, sys
+cost, kernels = {}, []
+for line in open(sys.argv[1]):
+    m = re.match(r"\[(\S+)\] MATRIX (\S+) window=\d+ (\w+) (\d+)$", line.strip())
+    if m:
+        kernel, phase, program, n = m.groups()
+        kernels += [kernel] if kernel not in kernels else []
+        key = (phase, program)
+        cost.setdefault(key, {})[kernel] = max(cost.get(key, {}).get(kernel, 0), int(n))
+print("| program | " + " | ".join(kernels) + " |")
+print("| --- |" + " --- |" * len(kernels))
+for (phase, program), per in sorted(cost.items()):
+    print(f"| {phase} {program} | " + " | ".join(f"{per[k]:,}" if k in per else "–" for k in kernels) + " |")
+PY
+exit $rc

@@ -43,7 +43,10 @@ int phase1_write(struct sys_enter_ctx *ctx)
 	if (!is_target(tgid))
 		return 0;
 	__u64 t_ns = bpf_ktime_get_ns();
-	struct fp_scratch *s = fp_scratch();
+	int slot = fp_claim();
+	if (slot < 0)
+		return 0;
+	struct fp_scratch *s = fp_scratch(slot);
 	if (!s)
 		return 0;
 	__u64 count = ctx->args[2];
@@ -60,6 +63,7 @@ int phase1_write(struct sys_enter_ctx *ctx)
 	s->meta.dir = PHASE1_DIR_WRITE;
 	s->meta.base = 0;
 	s->carry = 0; /* nothing carried from earlier writes */
-	fp_scan_user(ctx->args[1], count);
+	fp_scan_user(slot, ctx->args[1], count);
+	fp_release(s);
 	return 0;
 }

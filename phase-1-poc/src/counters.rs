@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// Names in the order of `enum fp_counter`.
-pub const SCAN_COUNTERS: [&str; 8] = [
+pub const SCAN_COUNTERS: [&str; 10] = [
     "calls",
     "bytes",
     "candidates",
@@ -13,6 +13,8 @@ pub const SCAN_COUNTERS: [&str; 8] = [
     "truncated",
     "candidate_overflow",
     "read_errors",
+    "nested_scans",
+    "unscanned_nested",
 ];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

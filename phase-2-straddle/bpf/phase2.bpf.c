@@ -235,8 +235,63 @@ int flush_batch(void *ctx)
 	return 0;
 }
 
+/* A call scanned while an earlier call on its CPU is preempted mid-scan (fp_claim's slots 1 and
+ * up) leaves the CPU's batch to that call: it sends its own record, NESTED_MOMENTS moments at a
+ * time. Rare where programs are not preempted; a record per call costs only the output. */
+#define NESTED_MOMENTS 64
+
+struct nested_record {
+	struct phase2_call h;
+	struct phase2_moment m[NESTED_MOMENTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FP_SLOTS);
+	__type(key, __u32);
+	__type(value, struct nested_record);
+} nested_records SEC(".maps");
+
+static __always_inline struct nested_record *nested_record(const struct fp_meta *meta)
+{
+	__u32 slot = meta->slot;
+	return bpf_map_lookup_elem(&nested_records, &slot);
+}
+
+/* Writes are stamped at entry, reads when their scan is done. */
+static __always_inline __u64 stamp(const struct fp_meta *meta)
+{
+	return meta->dir == PHASE2_DIR_READ ? bpf_ktime_get_ns() : meta->t_ns;
+}
+
+static __always_inline void send_nested(struct nested_record *r, const struct fp_meta *meta)
+{
+	__u64 n = r->h.n;
+	asm volatile("" : "+r"(n));
+	if (n == 0 || n > NESTED_MOMENTS)
+		return;
+	r->h.t_ns = stamp(meta);
+	if (bpf_ringbuf_output(&events, r, sizeof(r->h) + n * sizeof(r->m[0]), BPF_RB_NO_WAKEUP))
+		fp_count(FP_C_DROPS, n);
+	else
+		fp_count(FP_C_MOMENTS, n);
+	r->h.n = 0;
+}
+
 static __always_inline void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end)
 {
+	if (meta->slot) {
+		struct nested_record *r = nested_record(meta);
+		if (!r)
+			return;
+		if (r->h.n >= NESTED_MOMENTS)
+			send_nested(r, meta);
+		__u32 n = r->h.n;
+		r->m[n & (NESTED_MOMENTS - 1)].signature = signature;
+		r->m[n & (NESTED_MOMENTS - 1)].end = end;
+		r->h.n = n + 1;
+		return;
+	}
 	struct batch *b = this_cpu_batch();
 	if (!b)
 		return;
@@ -267,38 +322,61 @@ static __always_inline void who_made_it(struct flow_state *f, __u64 t_ns, struct
 	__builtin_memcpy(h->comm, f->comm, sizeof(h->comm));
 }
 
-/* Opens this CPU's record for the call about to be scanned; the agent's flush waits until
- * close_record. */
-static __always_inline struct call_record *begin_record(struct batch *b, __u32 tls)
+/* Everything in a call's record header but its stamp and moment count. */
+static __always_inline void describe_call(struct phase2_call *h, struct fp_scratch *s,
+					  struct flow_state *f)
 {
+	h->flow_birth_ns = s->meta.flow_birth_ns;
+	who_made_it(f, s->meta.t_ns, h);
+	h->tgid = s->meta.tgid;
+	h->tid = s->meta.tid;
+	h->fd = s->meta.fd;
+	h->dir = s->meta.dir;
+}
+
+/* Opens the record of the call about to be scanned: in slot 0 this CPU's, in the batch (the
+ * agent's flush waits until close_record); in the slots after it, the call's own. */
+static __always_inline int begin_record(struct batch *b, struct fp_scratch *s,
+					struct flow_state *f, __u32 tls)
+{
+	if (s->meta.slot) {
+		struct nested_record *r = nested_record(&s->meta);
+		if (!r)
+			return 0;
+		describe_call(&r->h, s, f);
+		r->h.n = 0;
+		r->h.tls = tls;
+		return 1;
+	}
 	struct call_record *c = open_record(b);
 	if (!c)
-		return NULL;
+		return 0;
 	b->busy = 1;
 	asm volatile("" ::: "memory");
 	c->h.n = 0;
 	c->h.tls = tls;
-	return c;
+	return 1;
 }
 
-/* Stamps (writes at entry, reads now) the call's record if it found moments, adds it to the
- * batch, and sends the batch when it is full or old. */
+/* Stamps the call's record if it found moments and sends it: in slot 0 it joins the batch,
+ * which is sent when full or old. */
 static __always_inline void close_record(struct batch *b, struct fp_scratch *s,
 					 struct flow_state *f)
 {
+	if (s->meta.slot) {
+		struct nested_record *r = nested_record(&s->meta);
+		if (r)
+			send_nested(r, &s->meta);
+		return;
+	}
 	struct call_record *c = open_record(b);
 	if (!c)
 		goto done;
 	__u32 n = c->h.n;
 	if (n == 0 || n > PHASE2_MAX_MOMENTS)
 		goto done;
-	c->h.t_ns = s->meta.dir == PHASE2_DIR_READ ? bpf_ktime_get_ns() : s->meta.t_ns;
-	c->h.flow_birth_ns = s->meta.flow_birth_ns;
-	who_made_it(f, s->meta.t_ns, &c->h);
-	c->h.tgid = s->meta.tgid;
-	c->h.tid = s->meta.tid;
-	c->h.fd = s->meta.fd;
-	c->h.dir = s->meta.dir;
+	c->h.t_ns = stamp(&s->meta);
+	describe_call(&c->h, s, f);
 	if (b->used == 0)
 		b->first_ns = s->meta.t_ns;
 	b->used += sizeof(struct phase2_call) + n * sizeof(struct phase2_moment);
@@ -364,7 +442,7 @@ static __always_inline int enter(__s32 fd, __u64 ptr, __u64 count, __u32 dir, __
 /* Scans `total` bytes spread over `iovcnt` iovecs; returns the bytes it could not reach. A
  * global function, like the scan's stages (fingerprint.bpf.h): verified once, its loop's exits
  * end here. */
-__noinline __u64 scan_iov(__u64 iov, __u64 iovcnt, __u64 total)
+__noinline __u64 scan_iov(__u64 slot, __u64 iov, __u64 iovcnt, __u64 total)
 {
 	__u64 left = total;
 	/* Counted, not clamped: the loop's bound is the limit, and one path through it is cheaper
@@ -380,10 +458,10 @@ __noinline __u64 scan_iov(__u64 iov, __u64 iovcnt, __u64 total)
 			break;
 		}
 		if (v.len >= left) {
-			fp_scan_user((__u64)v.base, left);
+			fp_scan_user(slot, (__u64)v.base, left);
 			return 0;
 		}
-		fp_scan_user((__u64)v.base, v.len);
+		fp_scan_user(slot, (__u64)v.base, v.len);
 		left -= v.len;
 	}
 	return left;
@@ -406,20 +484,87 @@ static __always_inline __u8 tls_record_type(const struct pending *call, __u64 to
 	return h[0];
 }
 
-/* Scans the `ret` bytes a call moved on its flow and sends the moments found. A global
- * function: verified once per program on its own, not once per caller's path, which halves
- * the load time. */
+/* Scans the `ret` bytes a call moved, from the flow's position and carry, in the scratch area
+ * the call claimed, and sends the moments found. */
+static __always_inline void scan_flow(struct fp_scratch *s, struct flow_state *f,
+				      const struct pending *call, __u64 id, long ret)
+{
+	struct batch *b = this_cpu_batch();
+	if (!b)
+		return;
+	fp_count(FP_C_CALLS, 1);
+	__u64 total = ret;
+	if (total > FP_MAX_CALL_BYTES) {
+		fp_count(FP_C_TRUNCATED, total - FP_MAX_CALL_BYTES);
+		total = FP_MAX_CALL_BYTES;
+	}
+	fp_count(FP_C_BYTES, total);
+	s->meta.t_ns = call->t_enter;
+	s->meta.base = f->pos;
+	s->meta.flow_birth_ns = f->birth_ns;
+	s->meta.tgid = (__u32)(id >> 32);
+	s->meta.tid = (__u32)id;
+	s->meta.fd = call->fd;
+	s->meta.dir = call->dir;
+	__u64 carry = f->carry;
+	if (carry > FP_WINDOW_MAX - 1)
+		carry = 0;
+	/* Pinned, then tested on the register the helper gets (clang would test a copy). */
+	asm volatile("" : "+r"(carry));
+	if (carry > FP_WINDOW_MAX - 1)
+		return;
+	__u64 to = FP_DATA - carry;
+	asm volatile("" : "+r"(to));
+	if (to > FP_DATA)
+		return;
+	if (carry)
+		bpf_probe_read_kernel(&s->buf[to], carry, f->tail);
+	s->carry = carry;
+
+	if (!begin_record(b, s, f, call->tls))
+		return;
+	__u64 unreached = 0;
+	if (call->kind == CALL_BUF) {
+		fp_scan_user(s->meta.slot, call->ptr, total);
+	} else if (call->kind == CALL_IOV) {
+		unreached = scan_iov(s->meta.slot, call->ptr, call->count, total);
+	} else {
+		struct msghdr_iov m;
+		if (bpf_probe_read_user(&m, sizeof(m), (const __u8 *)call->ptr + MSGHDR_IOV_OFFSET))
+			unreached = total;
+		else
+			unreached = scan_iov(s->meta.slot, (__u64)m.msg_iov, m.msg_iovlen, total);
+	}
+
+	f->pos += ret;
+	close_record(b, s, f);
+	if (unreached || total < (__u64)ret) {
+		/* Bytes went unscanned: what is carried no longer precedes the next call's bytes. */
+		p2_count(P2_C_BROKEN_FLOWS);
+		f->carry = 0;
+		return;
+	}
+	carry = s->carry;
+	asm volatile("" : "+r"(carry));
+	if (carry > FP_WINDOW_MAX - 1)
+		return;
+	__u64 from = FP_DATA - carry;
+	asm volatile("" : "+r"(from));
+	if (from > FP_DATA)
+		return;
+	bpf_probe_read_kernel(f->tail, carry, &s->buf[from]);
+	f->carry = carry;
+}
+
+/* A call's bytes on its flow. A global function: verified once per program on its own, not
+ * once per caller's path. */
 __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 {
 	if (!p)
 		return 0;
 	struct pending call = *p;
-	/* Writes are stamped at entry; reads when their scan is done (submit_moments). */
+	/* Writes are stamped at entry; reads when their scan is done (stamp). */
 	__u64 t_ns = call.t_enter;
-	struct fp_scratch *s = fp_scratch();
-	if (!s)
-		return 0;
-
 	struct flow_key key = { .tgid = id >> 32, .fd = call.fd, .dir = call.dir };
 	struct flow_state *f = bpf_map_lookup_elem(&flows, &key);
 	__u8 record = tls_record_type(&call, ret);
@@ -451,71 +596,19 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 			return 0;
 	}
 
-	struct batch *b = this_cpu_batch();
-	if (!b)
-		return 0;
-	fp_count(FP_C_CALLS, 1);
-	__u64 total = ret;
-	if (total > FP_MAX_CALL_BYTES) {
-		fp_count(FP_C_TRUNCATED, total - FP_MAX_CALL_BYTES);
-		total = FP_MAX_CALL_BYTES;
-	}
-	fp_count(FP_C_BYTES, total);
-	s->meta.t_ns = t_ns;
-	s->meta.base = f->pos;
-	s->meta.flow_birth_ns = f->birth_ns;
-	s->meta.tgid = key.tgid;
-	s->meta.tid = (__u32)id;
-	s->meta.fd = call.fd;
-	s->meta.dir = call.dir;
-	__u64 carry = f->carry;
-	if (carry > FP_WINDOW_MAX - 1)
-		carry = 0;
-	/* Pinned, then tested on the register the helper gets (clang would test a copy). */
-	asm volatile("" : "+r"(carry));
-	if (carry > FP_WINDOW_MAX - 1)
-		return 0;
-	__u64 to = FP_DATA - carry;
-	asm volatile("" : "+r"(to));
-	if (to > FP_DATA)
-		return 0;
-	if (carry)
-		bpf_probe_read_kernel(&s->buf[to], carry, f->tail);
-	s->carry = carry;
-
-	if (!begin_record(b, call.tls))
-		return 0;
-	__u64 unreached = 0;
-	if (call.kind == CALL_BUF) {
-		fp_scan_user(call.ptr, total);
-	} else if (call.kind == CALL_IOV) {
-		unreached = scan_iov(call.ptr, call.count, total);
-	} else {
-		struct msghdr_iov m;
-		if (bpf_probe_read_user(&m, sizeof(m), (const __u8 *)call.ptr + MSGHDR_IOV_OFFSET))
-			unreached = total;
-		else
-			unreached = scan_iov((__u64)m.msg_iov, m.msg_iovlen, total);
-	}
-
-	f->pos += ret;
-	close_record(b, s, f);
-	if (unreached || total < (__u64)ret) {
-		/* Bytes went unscanned: what is carried no longer precedes the next call's bytes. */
-		p2_count(P2_C_BROKEN_FLOWS);
+	int slot = fp_claim();
+	if (slot < 0) {
+		/* Not scanned: the flow's positions stay true, its carry restarts. */
+		f->pos += ret;
 		f->carry = 0;
+		p2_count(P2_C_BROKEN_FLOWS);
 		return 0;
 	}
-	carry = s->carry;
-	asm volatile("" : "+r"(carry));
-	if (carry > FP_WINDOW_MAX - 1)
+	struct fp_scratch *s = fp_scratch(slot);
+	if (!s)
 		return 0;
-	__u64 from = FP_DATA - carry;
-	asm volatile("" : "+r"(from));
-	if (from > FP_DATA)
-		return 0;
-	bpf_probe_read_kernel(f->tail, carry, &s->buf[from]);
-	f->carry = carry;
+	scan_flow(s, f, &call, id, ret);
+	fp_release(s);
 	return 0;
 }
 

@@ -104,10 +104,13 @@ impl Tracer {
         n
     }
 
-    /// Runs `flush_batch` on each CPU. A CPU busy with a call keeps its batch until that call
-    /// or the next drain sends it; a refused run is counted, and leaves the batch to the next
-    /// drain or to the CPU's next call once the batch is 50 ms old.
+    /// Runs `flush_batch` on each CPU. A CPU in the middle of a call keeps its batch: the run is
+    /// tried again a few times (a call takes microseconds, or longer if it was preempted); a run
+    /// still refused, or that failed, is counted, and leaves the batch to the next drain or to the
+    /// CPU's next call once the batch is 50 ms old.
     fn flush_batches(&mut self) {
+        /// Tries of a CPU whose batch is busy, 100 µs apart.
+        const TRIES: u32 = 20;
         let Some(flush) = self
             .ebpf
             .program(FLUSH)
@@ -116,11 +119,23 @@ impl Tracer {
             return;
         };
         for &cpu in &self.cpus {
-            let run = flush.test_run(RawTracePointRunOptions {
-                cpu: Some(cpu),
-                ..RawTracePointRunOptions::new()
-            });
-            if run.is_err() {
+            let mut sent = false;
+            for try_ in 0..TRIES {
+                if try_ > 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(100));
+                }
+                let run = flush.test_run(RawTracePointRunOptions {
+                    cpu: Some(cpu),
+                    ..RawTracePointRunOptions::new()
+                });
+                match run {
+                    Ok(r) if r.return_value != 0 => continue, // busy: a call is building its record
+                    Ok(_) => sent = true,
+                    Err(_) => {} // the kernel refused the run itself: no retry changes that
+                }
+                break;
+            }
+            if !sent {
                 self.flush_failures += 1;
             }
         }

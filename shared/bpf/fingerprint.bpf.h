@@ -18,8 +18,8 @@
  * however many times and from wherever it is called, so a loop over it costs the verifier a
  * few instructions per iteration. Nothing here relies on the verifier pruning the paths of a
  * loop body, or on how it treats bpf_loop callbacks: those change between kernels, stable ones
- * included. Global functions take scalars only and find their state in the per-CPU scratch.
- * The includer defines `fp_emit(const struct fp_meta *, __u64 signature, __u64 end)`. */
+ * included. Global functions take scalars only: the slot of the scratch area their call
+ * claimed (fp_claim), where they find its state. The includer defines `fp_emit(const struct fp_meta *, __u64 signature, __u64 end)`. */
 #ifndef FINGERPRINT_BPF_H
 #define FINGERPRINT_BPF_H
 
@@ -64,9 +64,13 @@ struct fp_meta {
 	__u32 tid;
 	__s32 fd;
 	__u32 dir;
+	__u32 slot;  /* the scratch area the call claimed */
+	__u32 pad;
 };
 
 struct fp_scratch {
+	__u32 busy; /* claimed by a call (fp_claim) */
+	__u32 pad;
 	struct fp_meta meta;
 	__u8 buf[FP_BUF_SIZE];
 	__u8 win[2 * FP_WINDOW_MAX + 8];
@@ -78,17 +82,24 @@ struct fp_scratch {
 	__u32 nmarked;
 };
 
+/* A CPU's scratch areas. A program may be preempted mid-scan (always possible from Linux 7.0,
+ * whose x86 kernels are all preemptible, and on PREEMPT_FULL, lazy or RT kernels before it), and
+ * the task that runs next on that CPU may be traced too: each call claims an area of its own for
+ * its whole scan. Slot 0 is the common case; FP_SLOTS calls preempted at once on one CPU leave the
+ * next one unscanned, and counted. */
+#define FP_SLOTS 4
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, FP_SLOTS);
 	__type(key, __u32);
 	__type(value, struct fp_scratch);
 } fp_scratch_map SEC(".maps");
 
-static __always_inline struct fp_scratch *fp_scratch(void)
+static __always_inline struct fp_scratch *fp_scratch(__u64 slot)
 {
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&fp_scratch_map, &zero);
+	__u32 key = slot & (FP_SLOTS - 1);
+	return bpf_map_lookup_elem(&fp_scratch_map, &key);
 }
 
 /* Counters, per CPU, summed by the agent. */
@@ -101,6 +112,8 @@ enum fp_counter {
 	FP_C_TRUNCATED,   /* bytes beyond the per-call limit, not scanned */
 	FP_C_CANDIDATE_OVERFLOW, /* gated anchors beyond FP_MAX_CANDIDATES in a chunk, not examined */
 	FP_C_READ_ERRORS, /* user buffers that could not be copied */
+	FP_C_NESTED_SCANS, /* calls scanned while an earlier one on their CPU was preempted mid-scan */
+	FP_C_UNSCANNED_NESTED, /* calls not scanned: FP_SLOTS calls on their CPU were mid-scan */
 	FP_C_NR,
 };
 
@@ -118,6 +131,31 @@ static __always_inline void fp_count(__u32 counter, __u64 n)
 		*v += n;
 }
 
+/* Claims a scratch area for a call: its slot, or -1 (counted) when every slot is held. An atomic
+ * exchange, because the program itself may be preempted between a test and a store. */
+static __always_inline int fp_claim(void)
+{
+#pragma unroll
+	for (__u32 slot = 0; slot < FP_SLOTS; slot++) {
+		struct fp_scratch *s = fp_scratch(slot);
+		if (!s)
+			return -1;
+		if (__sync_val_compare_and_swap(&s->busy, 0, 1) == 0) {
+			if (slot)
+				fp_count(FP_C_NESTED_SCANS, 1);
+			s->meta.slot = slot;
+			return slot;
+		}
+	}
+	fp_count(FP_C_UNSCANNED_NESTED, 1);
+	return -1;
+}
+
+static __always_inline void fp_release(struct fp_scratch *s)
+{
+	asm volatile("" ::: "memory");
+	s->busy = 0;
+}
 
 static __always_inline __u64 fp_load64(const __u8 *p)
 {
@@ -253,9 +291,9 @@ static __always_inline int fp_loud_audio(const __u8 *win, __u32 len)
 
 /* Whether the candidate's window, win[0..len), equals itself shifted by `lag` bytes: compared
  * word by word without early exits, and a last, overlapping word ending at len - lag. */
-__noinline int fp_repeats_at(__u64 len, __u64 lag)
+__noinline int fp_repeats_at(__u64 slot, __u64 len, __u64 lag)
 {
-	struct fp_scratch *s = fp_scratch();
+	struct fp_scratch *s = fp_scratch(slot);
 	if (!s || len > FP_WINDOW_MAX || lag > FP_WINDOW_MAX / 2 || lag + 8 > len)
 		return 0;
 	__u64 n = len - lag; /* bytes compared, >= 8 */
@@ -277,7 +315,7 @@ __noinline int fp_repeats_at(__u64 len, __u64 lag)
 /* The window (s->win) equals itself shifted by an even lag in (len/4, len/2]
  * (shared::is_periodic says why the shorter lags need no comparing). Audio almost never
  * repeats even its first word at one of those lags, so that is tested first. */
-static __always_inline int fp_periodic(const __u8 *win, __u32 len)
+static __always_inline int fp_periodic(__u64 slot, const __u8 *win, __u32 len)
 {
 	__u32 first_lag = len / 4 + 2, lags = len / 8; /* len is a multiple of 8 */
 	__u64 head = fp_load64(win), head_repeats = 0;
@@ -292,7 +330,7 @@ static __always_inline int fp_periodic(const __u8 *win, __u32 len)
 	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
 		if (k >= lags)
 			break;
-		if (fp_repeats_at(len, first_lag + 2 * k))
+		if (fp_repeats_at(slot, len, first_lag + 2 * k))
 			return 1;
 	}
 	return 0;
@@ -316,7 +354,7 @@ static __always_inline int fp_consider(struct fp_scratch *s, __u32 off)
 		fp_count(FP_C_CANDIDATE_OVERFLOW, 1);
 		return 1;
 	}
-	s->cand[n] = q;
+	s->cand[n & (FP_MAX_CANDIDATES - 1)] = q; /* masked too: older verifiers lose the test */
 	s->ncand = n + 1;
 	return 0;
 }
@@ -331,9 +369,9 @@ static __always_inline __u64 fp_anchor_bytes(struct fp_scratch *s, __u32 at)
 
 /* Pass 2 for marked group number i: its exact anchor bytes, word by word, lowest first.
  * Returns 1 when the candidate list is full (or on a bad index). */
-__noinline int fp_group_anchors(__u64 i)
+__noinline int fp_group_anchors(__u64 slot, __u64 i)
 {
-	struct fp_scratch *s = fp_scratch();
+	struct fp_scratch *s = fp_scratch(slot);
 	if (!s || i >= FP_GROUPS)
 		return 1;
 	/* Masked as well as tested: clang may test one copy of i and index with another. */
@@ -362,9 +400,9 @@ __noinline int fp_group_anchors(__u64 i)
 static __always_inline void fp_emit(const struct fp_meta *meta, __u64 signature, __u64 end);
 
 /* Pass 3 for candidate number i: copy its window, classify it, emit its moment. */
-__noinline int fp_examine(__u64 i)
+__noinline int fp_examine(__u64 slot, __u64 i)
 {
-	struct fp_scratch *s = fp_scratch();
+	struct fp_scratch *s = fp_scratch(slot);
 	if (!s || i >= FP_MAX_CANDIDATES)
 		return 0;
 	__u32 w = fp_window;
@@ -379,22 +417,22 @@ __noinline int fp_examine(__u64 i)
 	}
 	if (!fp_loud_audio(s->win, w))
 		return 0;
-	if (fp_periodic(s->win, w))
+	if (fp_periodic(slot, s->win, w))
 		return 0;
 	fp_emit(&s->meta, fp_xxh64(s->win, w), s->meta.base + (q - FP_DATA) + 1);
 	return 0;
 }
 
 /* Passes 2 and 3 over the chunk pass 1 marked. */
-__noinline int fp_find_moments(void)
+__noinline int fp_find_moments(__u64 slot)
 {
-	struct fp_scratch *s = fp_scratch();
+	struct fp_scratch *s = fp_scratch(slot);
 	if (!s)
 		return 0;
 	__u32 marked = s->nmarked;
 	s->ncand = 0;
 	for (__u32 i = 0; i < FP_GROUPS; i++) {
-		if (i >= marked || fp_group_anchors(i))
+		if (i >= marked || fp_group_anchors(slot, i))
 			break;
 	}
 	__u32 found = s->ncand;
@@ -403,15 +441,15 @@ __noinline int fp_find_moments(void)
 	for (__u32 i = 0; i < FP_MAX_CANDIDATES; i++) {
 		if (i >= found)
 			break;
-		fp_examine(i);
+		fp_examine(slot, i);
 	}
 	return 0;
 }
 
 /* Pass 1 over s->buf[FP_DATA .. FP_DATA + s->len): the groups that may hold an anchor. */
-__noinline int fp_mark_groups(void)
+__noinline int fp_mark_groups(__u64 slot)
 {
-	struct fp_scratch *s = fp_scratch();
+	struct fp_scratch *s = fp_scratch(slot);
 	if (!s)
 		return 0;
 	__u32 len = s->len;
@@ -471,9 +509,9 @@ static __always_inline void fp_shift_carry(struct fp_scratch *s, __u64 len)
 /* One chunk: the next min(left, FP_CHUNK) bytes at user address `ubuf`, continuing s->meta's
  * flow at s->meta.base with s->carry bytes carried; advances both. Returns 1 when the bytes
  * could not be read (the carry restarts). */
-__noinline int fp_scan_chunk(__u64 ubuf, __u64 left)
+__noinline int fp_scan_chunk(__u64 slot, __u64 ubuf, __u64 left)
 {
-	struct fp_scratch *s = fp_scratch();
+	struct fp_scratch *s = fp_scratch(slot);
 	if (!s)
 		return 1;
 	__u64 n = left < FP_CHUNK ? left : FP_CHUNK;
@@ -488,9 +526,9 @@ __noinline int fp_scan_chunk(__u64 ubuf, __u64 left)
 	}
 	s->len = n;
 	if (fp_stage != FP_STAGE_COPY) {
-		fp_mark_groups();
+		fp_mark_groups(slot);
 		if (fp_stage == FP_STAGE_SCAN)
-			fp_find_moments();
+			fp_find_moments(slot);
 		fp_shift_carry(s, n);
 	}
 	s->meta.base += n;
@@ -501,11 +539,11 @@ __noinline int fp_scan_chunk(__u64 ubuf, __u64 left)
  * s->meta's flow, from flow position s->meta.base with s->carry bytes carried; advances both.
  * Global too: its loop's exits end here, instead of each leading the verifier through the
  * caller's rest. */
-__noinline int fp_scan_user(__u64 ubuf, __u64 len)
+__noinline int fp_scan_user(__u64 slot, __u64 ubuf, __u64 len)
 {
 	for (__u32 i = 0; i < FP_MAX_CALL_BYTES / FP_CHUNK; i++) {
 		__u64 off = (__u64)i * FP_CHUNK;
-		if (off >= len || fp_scan_chunk(ubuf + off, len - off))
+		if (off >= len || fp_scan_chunk(slot, ubuf + off, len - off))
 			break;
 	}
 	return 0;

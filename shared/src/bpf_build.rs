@@ -25,6 +25,8 @@ pub fn compile(source: &str, object: &str) {
             "-target",
             "bpf",
             "-D__TARGET_ARCH_x86",
+            // v3: atomic compare-and-exchange (fp_claim), Linux 5.12+.
+            "-mcpu=v3",
             "-Wall",
             "-Werror",
         ])
