@@ -560,21 +560,23 @@ static __always_inline void scan_flow(struct fp_scratch *s, struct flow_state *f
  * once per caller's path. */
 __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 {
-	if (!p)
+	/* Read in place, not copied: the stack of the deepest chain of calls must stay within
+	 * 512 bytes as 6.1 counts it. */
+	const struct pending *call = p;
+	if (!call)
 		return 0;
-	struct pending call = *p;
 	/* Writes are stamped at entry; reads when their scan is done (stamp). */
-	__u64 t_ns = call.t_enter;
-	struct flow_key key = { .tgid = id >> 32, .fd = call.fd, .dir = call.dir };
+	__u64 t_ns = call->t_enter;
+	struct flow_key key = { .tgid = id >> 32, .fd = call->fd, .dir = call->dir };
 	struct flow_state *f = bpf_map_lookup_elem(&flows, &key);
-	__u8 record = tls_record_type(&call, ret);
+	__u8 record = tls_record_type(call, ret);
 	if (record == TLS_APPLICATION_DATA)
 		p2_count(P2_C_TLS_UNPROBED);
 	if (!f && record == TLS_HANDSHAKE) {
 		/* A flow that opens with a handshake is TLS from its first byte: not one byte of it
 		 * is scanned, so a handshake cannot pass for a moment before an SSL call names the
 		 * socket (or when no SSL call ever will). */
-		mark_tls_socket(key.tgid, call.fd);
+		mark_tls_socket(key.tgid, call->fd);
 		p2_count(P2_C_TLS_HANDSHAKES);
 		p2_count(P2_C_CIPHERTEXT_SKIPPED);
 		return 0;
@@ -607,7 +609,7 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 	struct fp_scratch *s = fp_scratch(slot);
 	if (!s)
 		return 0;
-	scan_flow(s, f, &call, id, ret);
+	scan_flow(s, f, call, id, ret);
 	fp_release(s);
 	return 0;
 }
@@ -766,33 +768,36 @@ int tls_leave(struct pt_regs *ctx)
 	struct tls_call *p = bpf_map_lookup_elem(&tls_calls, &id);
 	if (!p)
 		return 0;
-	struct tls_call c = *p;
+	/* The call as scan_call takes it, built straight from the map: no second copy on the
+	 * stack (6.1 counts 512 bytes over the deepest chain of calls). */
+	struct pending call = {
+		.t_enter = p->t_enter, .ptr = p->buf, .fd = p->fd, .dir = p->dir,
+		.kind = CALL_BUF, .tls = 1,
+	};
+	__u64 ssl = p->ssl, moved_at = p->moved_at;
 	bpf_map_delete_elem(&tls_calls, &id);
 	int rc = (int)PT_REGS_RC(ctx);
 	__u64 moved = 0;
-	if (c.moved_at) {
-		if (rc != 1 || bpf_probe_read_user(&moved, sizeof(moved), (const void *)c.moved_at))
+	if (moved_at) {
+		if (rc != 1 || bpf_probe_read_user(&moved, sizeof(moved), (const void *)moved_at))
 			return 0;
 	} else if (rc > 0) {
 		moved = rc;
 	}
 	if (moved == 0)
 		return 0;
-	struct tls_session session = { .tgid = tgid, .ssl = c.ssl };
+	struct tls_session session = { .tgid = tgid, .ssl = ssl };
 	__s32 *known = bpf_map_lookup_elem(&tls_sessions, &session);
-	if (c.fd >= 0) {
-		if (!known || *known != c.fd)
-			bpf_map_update_elem(&tls_sessions, &session, &c.fd, BPF_ANY);
+	if (call.fd >= 0) {
+		if (!known || *known != call.fd)
+			bpf_map_update_elem(&tls_sessions, &session, &call.fd, BPF_ANY);
 	} else if (known) {
-		c.fd = *known;
+		call.fd = *known;
 	} else {
 		p2_count(P2_C_TLS_UNATTRIBUTED);
 		return 0;
 	}
 	p2_count(P2_C_TLS_CALLS);
-	struct pending call = {
-		.t_enter = c.t_enter, .ptr = c.buf, .count = moved, .fd = c.fd, .dir = c.dir,
-		.kind = CALL_BUF, .tls = 1,
-	};
+	call.count = moved;
 	return scan_call(id, &call, moved);
 }

@@ -109,8 +109,9 @@ impl Tracer {
     /// still refused, or that failed, is counted, and leaves the batch to the next drain or to the
     /// CPU's next call once the batch is 50 ms old.
     fn flush_batches(&mut self) {
-        /// Tries of a CPU whose batch is busy, 100 µs apart.
-        const TRIES: u32 = 20;
+        /// Tries of a CPU whose batch is busy, 200 µs apart: a call preempted mid-scan holds it
+        /// for a time slice.
+        const TRIES: u32 = 100;
         let Some(flush) = self
             .ebpf
             .program(FLUSH)
@@ -122,7 +123,7 @@ impl Tracer {
             let mut sent = false;
             for try_ in 0..TRIES {
                 if try_ > 0 {
-                    std::thread::sleep(std::time::Duration::from_micros(100));
+                    std::thread::sleep(std::time::Duration::from_micros(200));
                 }
                 let run = flush.test_run(RawTracePointRunOptions {
                     cpu: Some(cpu),

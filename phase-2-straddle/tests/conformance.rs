@@ -105,9 +105,10 @@ fn stream(
             .collect();
         assert!(
             got == want,
-            "{what} side, calls {calls:?}: {} moments, reference {}; first missing {missing:?}, first extra {extra:?}",
+            "{what} side, calls {calls:?}: {} moments, reference {}; first missing {missing:?}, first extra {extra:?}; kernel: {}",
             got.len(),
-            want.len()
+            want.len(),
+            phase_1_poc::Kernel::health(&tracer).unwrap_or_default()
         );
         // Each moment is stamped inside the call that carried its anchor byte, between the
         // caller's clocks around it (how close to each end is BENCHMARKS.md's business).
@@ -323,7 +324,9 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
             let k = tls.ssl_read(&mut buf[..n]).unwrap();
             got.extend_from_slice(&buf[..k]);
         }
-        (fd, got)
+        // The stream goes back too: its fd stays open, and unused by the other tests in this
+        // process, until the events are read.
+        (fd, got, tls)
     });
     let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
     connector.set_verify(SslVerifyMode::NONE);
@@ -346,7 +349,7 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
         .min(total - sent);
         sent += tls.ssl_write(&bytes[sent..sent + n]).unwrap();
     }
-    let (server_fd, got) = server.join().unwrap();
+    let (server_fd, got, _server_tls) = server.join().unwrap();
     assert!(got == bytes, "the TLS link delivered other bytes");
     let mut events: Vec<Phase2Event> = Vec::new();
     tracer.drain(|e| events.push(e));

@@ -10,7 +10,7 @@ rc=0
 target/release/kernel-check || rc=1
 for arg in "$@"; do
   phase=${arg%%=*} test=${arg#*=}
-  out=$("$test" --test-threads 2 2>&1) || rc=1
+  out=$("$test" --test-threads 1 2>&1) || rc=1
   result=$(grep -E '^test result' <<<"$out" | tail -1)
   echo "MATRIX $phase conformance ${result:-did not run}"
   # The failing tests and their messages, for the matrix's log.

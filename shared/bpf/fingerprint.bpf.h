@@ -82,8 +82,8 @@ struct fp_scratch {
 	__u32 nmarked;
 };
 
-/* A CPU's scratch areas. A program may be preempted mid-scan (always possible from Linux 7.0,
- * whose x86 kernels are all preemptible, and on PREEMPT_FULL, lazy or RT kernels before it), and
+/* A CPU's scratch areas. A program may be preempted mid-scan (on PREEMPT_FULL, lazy or RT
+ * kernels: Debian's 7.x boots lazy whatever preempt= says), and
  * the task that runs next on that CPU may be traced too: each call claims an area of its own for
  * its whole scan. Slot 0 is the common case; FP_SLOTS calls preempted at once on one CPU leave the
  * next one unscanned, and counted. */
@@ -409,7 +409,11 @@ __noinline int fp_examine(__u64 slot, __u64 i)
 	__u32 q = s->cand[i & (FP_MAX_CANDIDATES - 1)];
 	if (w < FP_WINDOW_MIN || w > FP_WINDOW_MAX || q < FP_DATA || q >= FP_DATA + FP_CHUNK)
 		return 0;
-	__u32 start = q + 1 - w;
+	/* 64-bit and pinned: 6.1's verifier loses a 32-bit difference's bounds. */
+	__u64 start = (__u64)q + 1 - w;
+	asm volatile("" : "+r"(start));
+	if (start > FP_DATA + FP_CHUNK)
+		return 0;
 	for (__u32 k = 0; k < FP_WINDOW_MAX / 8; k++) {
 		if (k * 8 >= w)
 			break;
