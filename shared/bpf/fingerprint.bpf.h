@@ -83,10 +83,10 @@ struct fp_scratch {
 };
 
 /* A CPU's scratch areas. A program may be preempted mid-scan (on PREEMPT_FULL, lazy or RT
- * kernels: Debian's 7.x boots lazy whatever preempt= says), and
- * the task that runs next on that CPU may be traced too: each call claims an area of its own for
- * its whole scan. Slot 0 is the common case; FP_SLOTS calls preempted at once on one CPU leave the
- * next one unscanned, and counted. */
+ * kernels: Debian's 7.x boots lazy whatever preempt= says), and another program sharing this
+ * scratch (phase 2's syscall exit and its OpenSSL uprobe) may then run on that CPU: each call
+ * claims an area of its own for its whole scan. Slot 0 is the common case; FP_SLOTS calls
+ * preempted at once on one CPU leave the next one unscanned, and counted. */
 #define FP_SLOTS 4
 
 struct {
