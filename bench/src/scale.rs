@@ -266,6 +266,8 @@ pub fn run(calls: u32, seconds: f64, untraced: bool) -> Result<()> {
         "candidate_overflow",
         "read_errors",
         "iov_truncated",
+        "unscanned_nested",
+        "recursion_misses",
     ] {
         if let Some(v) = in_health(&health, key) {
             println!("| kernel {key} | {v} |");

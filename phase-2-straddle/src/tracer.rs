@@ -204,8 +204,9 @@ impl phase_1_poc::Kernel for Tracer {
             "off".into()
         };
         Ok(format!(
-            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} tls_probed_processes={tls}",
-            self.flush_failures
+            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls}",
+            self.flush_failures,
+            phase_1_poc::tracer::recursion_misses(&self.ebpf)
         ))
     }
 }
