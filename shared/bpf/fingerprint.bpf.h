@@ -13,13 +13,16 @@
  *   3. per gated candidate: loudness and smoothness (SWAR on 16-bit lanes), periodicity,
  *      xxh64, emit.
  *
- * Verification cost. Each stage that runs in a loop is a global function (fp_scan_chunk,
- * fp_group_anchors, fp_examine): the verifier checks it once, against its arguments' types,
- * however many times and from wherever it is called, so a loop over it costs the verifier a
- * few instructions per iteration. Nothing here relies on the verifier pruning the paths of a
- * loop body, or on how it treats bpf_loop callbacks: those change between kernels, stable ones
- * included. Global functions take scalars only: the slot of the scratch area their call
- * claimed (fp_claim), where they find its state. The includer defines `fp_emit(const struct fp_meta *, __u64 signature, __u64 end)`. */
+ * Verification cost (docs/kernels.md). Each stage that runs in a loop is a global function
+ * (fp_scan_user, fp_scan_chunk, fp_mark_groups, fp_find_moments, fp_group_anchors, fp_examine,
+ * fp_repeats_at): the verifier checks it once, against its arguments' types, however many
+ * times and from wherever it is called, so a loop over it costs the verifier a few instructions
+ * per iteration. Nothing here relies on the verifier pruning the paths of a loop body, or on
+ * how it treats bpf_loop callbacks: those change between kernels, stable ones included. Global
+ * functions take scalars only: the slot of the scratch area their call claimed (fp_claim),
+ * where they find its state.
+ *
+ * The includer defines `fp_emit(const struct fp_meta *, __u64 signature, __u64 end)`. */
 #ifndef FINGERPRINT_BPF_H
 #define FINGERPRINT_BPF_H
 
