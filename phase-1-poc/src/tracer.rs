@@ -40,28 +40,37 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// The kernel features the programs need, probed (distributions backport features, so a
-/// version number proves nothing), each named with the first Linux release that had it.
+/// The kernel features the programs need, each with the first Linux release that had it, in
+/// the order they are checked.
+const KERNEL_FEATURES: [(&str, &str); 4] = [
+    ("BTF for BPF programs", "5.1"),
+    ("global BPF functions, which every scan stage is", "5.6"),
+    ("BPF global data (the cluster-wide settings)", "5.2"),
+    ("the BPF ring buffer", "5.8"),
+];
+
+/// Probes KERNEL_FEATURES (distributions backport features, so a version number proves
+/// nothing) and names the first one missing.
 fn kernel_features() -> Result<()> {
-    let missing = |what: &str, since: &str| {
-        anyhow::anyhow!(
-            "this kernel lacks {what} (Linux {since}); the tracer supports {SUPPORTED_KERNELS}"
-        )
-    };
     let features = aya::features();
-    let Some(btf) = features.btf() else {
-        return Err(missing("BTF for BPF programs", "5.1"));
-    };
-    if !btf.btf_func_global() {
-        return Err(missing("global BPF functions, which every scan stage is", "5.6"));
-    }
-    if !features.bpf_global_data() {
-        return Err(missing("BPF global data (the cluster-wide settings)", "5.2"));
-    }
-    if !aya::sys::is_map_supported(MapType::RingBuf).unwrap_or(false) {
-        return Err(missing("the BPF ring buffer", "5.8"));
-    }
-    Ok(())
+    let present = [
+        features.btf().is_some(),
+        features.btf().is_some_and(|btf| btf.btf_func_global()),
+        features.bpf_global_data(),
+        aya::sys::is_map_supported(MapType::RingBuf).unwrap_or(false),
+    ];
+    missing_feature(present).map_or(Ok(()), Err)
+}
+
+/// One line for the first feature of KERNEL_FEATURES that `present` lacks.
+fn missing_feature(present: [bool; KERNEL_FEATURES.len()]) -> Option<anyhow::Error> {
+    let (what, since) = KERNEL_FEATURES
+        .iter()
+        .zip(present)
+        .find_map(|(feature, here)| (!here).then_some(feature))?;
+    Some(anyhow::anyhow!(
+        "this kernel lacks {what} (Linux {since}); the tracer supports {SUPPORTED_KERNELS}"
+    ))
 }
 
 /// Each loaded program of `ebpf` with the instructions the kernel's verifier walked to accept
@@ -309,6 +318,20 @@ impl crate::Kernel for Tracer {
 mod tests {
     use super::*;
     use aya_obj::VerifierLog;
+
+    #[test]
+    fn a_missing_kernel_feature_is_one_line_with_its_release() {
+        assert!(missing_feature([true; 4]).is_none());
+        let e = missing_feature([true, true, true, false]).unwrap().to_string();
+        assert_eq!(
+            e,
+            "this kernel lacks the BPF ring buffer (Linux 5.8); the tracer supports Linux 6.1 and newer"
+        );
+        // The first missing one is named: without BTF, nothing after it matters.
+        let e = missing_feature([false, false, true, false]).unwrap().to_string();
+        assert!(e.starts_with("this kernel lacks BTF for BPF programs (Linux 5.1)"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+    }
 
     #[test]
     fn fdinfo_fields_are_read_by_name() {
