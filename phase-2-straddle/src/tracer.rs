@@ -163,6 +163,11 @@ impl Tracer {
     pub fn verified_instructions(&self) -> Vec<(String, Option<u32>)> {
         phase_1_poc::tracer::verified_instructions(&self.ebpf)
     }
+
+    /// Runs of the programs the kernel skipped (docs/kernels.md, preemptible kernels).
+    pub fn recursion_misses(&self) -> u64 {
+        phase_1_poc::tracer::recursion_misses(&self.ebpf)
+    }
 }
 
 impl phase_1_poc::Kernel for Tracer {
