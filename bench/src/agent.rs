@@ -1,5 +1,5 @@
-//! Phase 2's agent on one core: the records it decodes, admits through the matching window and
-//! closes into hop records (timed by criterion: `cargo bench -p bench --bench agent`), and its
+//! Phase 2's agent on one core: the records it decodes, links it resolves, admits through the
+//! matching window and closes into hop records (timed by criterion: `cargo bench -p bench --bench agent`), and its
 //! memory with a full second of 1000 calls open in the window (`bench agent`).
 //!
 //! The records are what the kernel would send for calls through a 3-hop chain of real
@@ -8,9 +8,10 @@
 //! 2 KiB call of speech), one call record per ring-buffer record (the decoder reads the kernel's
 //! batches of several the same way).
 
+use agent::pipeline::Matched;
 use anyhow::Result;
-use phase_1_poc::Matched;
-use phase_2_straddle::event::{Phase2Call, Phase2Moment};
+use phase_2_straddle::event::{Phase2Call, Phase2Event, Phase2Moment};
+use phase_2_straddle::links::{Links, Seen};
 use phase_2_straddle::matcher::Matcher;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
@@ -119,15 +120,38 @@ fn as_bytes<T: Copy>(v: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((v as *const T).cast(), std::mem::size_of::<T>()) }
 }
 
-/// Decodes, admits and closes every record; returns the events handled and the hop records.
-pub fn run_agent(records: &[Vec<u8>], matching: &mut Matched<Matcher>) -> (usize, usize) {
+/// What the agent keeps across drains: the links it resolved and the matching window.
+pub struct AgentState {
+    pub links: Links,
+    pub matching: Matched<Matcher>,
+}
+
+impl AgentState {
+    pub fn new() -> Self {
+        Self {
+            links: Links::default(),
+            matching: Matched::new(WINDOW),
+        }
+    }
+
+    /// One decoded event, its link resolved as the tracer's drain does, into the window.
+    fn push(&mut self, e: Phase2Event) {
+        let link = self.links.resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
+        self.matching.push(Seen { e, link });
+    }
+}
+
+/// Decodes, links, admits and closes every record; returns the events handled and the hop
+/// records.
+pub fn run_agent(records: &[Vec<u8>], state: &mut AgentState) -> (usize, usize) {
     let mut events = 0;
     for r in records {
         for e in Phase2Call::parse(r) {
-            matching.push(e);
+            state.push(e);
             events += 1;
         }
     }
+    let matching = &mut state.matching;
     let mut hops = Vec::new();
     matching.close_due(None, &mut hops);
     (events, hops.len())
@@ -148,11 +172,11 @@ fn rss_kib() -> u64 {
 /// criterion benchmark's records has come and gone (links resolved, as in a running agent).
 pub fn memory() -> Result<()> {
     let chain = Chain::new()?;
-    let mut matching = Matched::<Matcher>::new(WINDOW);
+    let mut state = AgentState::new();
     let pass: Vec<Vec<u8>> = (0..20)
         .flat_map(|c| chain.records(c, 600, 1_000_000_000))
         .collect();
-    let (_, hops) = run_agent(&pass, &mut matching);
+    let (_, hops) = run_agent(&pass, &mut state);
     drop(pass);
     let before = rss_kib();
     let second: Vec<Vec<u8>> = (0..1000)
@@ -161,7 +185,7 @@ pub fn memory() -> Result<()> {
     let mut open = 0;
     for r in &second {
         for e in Phase2Call::parse(r) {
-            matching.push(e);
+            state.push(e);
             open += 1;
         }
     }
@@ -171,6 +195,6 @@ pub fn memory() -> Result<()> {
         held / 1024,
         before / 1024
     );
-    drop(matching);
+    drop(state);
     Ok(())
 }

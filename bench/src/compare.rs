@@ -7,8 +7,8 @@ use crate::pairs::{Content, Pipe};
 use anyhow::Result;
 use harness::scenario::Scenario;
 use harness::score::{Score, TEST_BAR};
-use phase_1_poc::tracer::ScanMode;
-use phase_1_poc::Kernel;
+use agent::loader::ScanMode;
+use agent::pipeline::Kernel;
 use phase_3_multi_node::uplink::Skew;
 use shared::FingerprintConfig;
 use std::fmt::Write;
@@ -71,9 +71,9 @@ pub fn run(phase: &str, sc: &Scenario, exe: &Path) -> Result<Outcome> {
         "phase-1-poc" | "phase-2-straddle" if nodes => {
             Outcome::Unsupported("one node: no clock alignment across nodes")
         }
-        "phase-1-poc" => Outcome::scored(phase_1_poc::trace_scenario_phase1(sc, exe, &cfg)?.score),
+        "phase-1-poc" => Outcome::scored(phase_1_poc::demo::trace_scenario_phase1(sc, exe, &cfg)?.score),
         "phase-2-straddle" => {
-            Outcome::scored(phase_2_straddle::trace_scenario_phase2(sc, exe, &cfg)?.score)
+            Outcome::scored(phase_2_straddle::demo::trace_scenario_phase2(sc, exe, &cfg)?.score)
         }
         "phase-3-multi-node" => {
             Outcome::scored(phase_3_multi_node::run::trace_scenario_phase3(sc, exe, skew)?.score)

@@ -15,8 +15,8 @@
 
 use anyhow::Result;
 use harness::audio;
-use phase_1_poc::tracer::ScanMode;
-use phase_1_poc::Kernel;
+use agent::loader::ScanMode;
+use agent::pipeline::Kernel;
 use shared::FingerprintConfig;
 use std::collections::BTreeMap;
 

@@ -14,7 +14,7 @@
 use anyhow::{bail, Result};
 use harness::scenario;
 use harness::truth::Dir;
-use phase_1_poc::counters::in_health;
+use agent::counters::in_health;
 use shared::FingerprintConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,12 +155,12 @@ pub fn run(calls: u32, seconds: f64, untraced: bool) -> Result<()> {
         let idx = harness::score::CallTruthIndex::build(&gt, cfg);
         std::fs::remove_dir_all(&dir).ok();
         let idx = idx?;
-        let records = harness::oracle::records(&gt, &idx, phase_2_straddle::OBSERVES);
+        let records = harness::oracle::records(&gt, &idx, phase_2_straddle::demo::OBSERVES);
         let score = harness::score::score_indexed(
             &gt,
             &idx,
             &records,
-            phase_2_straddle::OBSERVES,
+            phase_2_straddle::demo::OBSERVES,
             cfg,
             "oracle",
         );
@@ -171,7 +171,7 @@ pub fn run(calls: u32, seconds: f64, untraced: bool) -> Result<()> {
         );
         (gt, records.len(), score, String::new())
     } else {
-        let run = phase_2_straddle::trace_scenario_phase2(&sc, &exe, &cfg)?;
+        let run = phase_2_straddle::demo::trace_scenario_phase2(&sc, &exe, &cfg)?;
         // The agent keeps every hop record for the scorer (a test agent's mode): their share
         // of its RSS, the Vec plus each sighting's comm.
         let kept = run.records.capacity() * std::mem::size_of::<harness::schema::HopRecord>()

@@ -2,8 +2,7 @@
 //! are ordered by time and consecutive writers become hops (write → write).
 
 use crate::event::Phase1Event;
-use harness::schema::{HopRecord, Sighting};
-use harness::truth::Dir;
+use agent::schema::{Dir, HopRecord, Sighting};
 
 #[derive(Default)]
 pub struct Matcher {
@@ -13,7 +12,7 @@ pub struct Matcher {
     pub unmatched: u64,
 }
 
-impl crate::Matching for Matcher {
+impl agent::pipeline::Matching for Matcher {
     type Event = Phase1Event;
     type Seen = Phase1Event;
 
@@ -59,7 +58,7 @@ impl crate::Matching for Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Matched;
+    use agent::pipeline::Matched;
     use std::time::Duration;
 
     fn ev(signature: u64, tgid: u32, t_ns: u64) -> Phase1Event {

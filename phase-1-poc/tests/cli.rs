@@ -3,8 +3,8 @@
 
 use harness::scenario;
 use harness::score::TEST_BAR;
-use phase_1_poc::cli::follow_scenario_live;
-use phase_1_poc::OBSERVES;
+use harness::demo::follow_scenario_live;
+use phase_1_poc::demo::OBSERVES;
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -2,7 +2,7 @@
 
 use harness::scenario;
 use harness::score::TEST_BAR;
-use phase_1_poc::trace_scenario_phase1 as trace_scenario;
+use phase_1_poc::demo::trace_scenario_phase1 as trace_scenario;
 use shared::FingerprintConfig;
 use std::path::Path;
 

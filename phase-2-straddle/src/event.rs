@@ -1,7 +1,7 @@
 //! The Rust mirror of `bpf/phase2.h`.
 
-use harness::truth::Dir;
-use phase_1_poc::event::COMM_LEN;
+use agent::schema::Dir;
+use agent::targets::COMM_LEN;
 
 /// `struct phase2_call`: the header of one call's record; `n` `Phase2Moment`s follow it.
 #[repr(C)]
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn counter_names_follow_the_c_enum() {
         let header = include_str!("../bpf/phase2.h");
-        let names = phase_1_poc::counters::c_enum_names(header, "phase2_counter", "P2_C_");
+        let names = agent::counters::c_enum_names(header, "phase2_counter", "P2_C_");
         assert_eq!(names, super::PHASE2_COUNTERS);
     }
 }

@@ -3,6 +3,7 @@
 //! A moment written on a link and read on the same link is one transit hop, whatever else
 //! carries the same bytes (shared hold music, a tone).
 
+use crate::event::Phase2Event;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
@@ -23,6 +24,13 @@ impl Link {
     pub fn is_paired(&self) -> bool {
         !matches!(self, Link::Unpaired(..))
     }
+}
+
+/// A moment's sighting and the link it was seen on: what the matcher works with.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub e: Phase2Event,
+    pub link: Link,
 }
 
 /// Resolves (pid, fd, flow birth) to a link through /proc, once per flow.

@@ -6,13 +6,12 @@
 //!   through one relay) pairs each write with the read whose link fed that write's link in
 //!   unambiguous moments before (learned edges), or refuses.
 //!
-//! The rules ([`Hops`]) see sightings through [`Sight`]: phase 2 builds them from kernel events
-//! and links resolved on this node, phase 3's collector from what agents on several nodes sent.
+//! The rules ([`Hops`]) see sightings through [`Sight`], whoever made them: here, kernel events
+//! whose links the tracer resolved as it drained them ([`Seen`]). The matcher reads nothing but
+//! its sightings.
 
-use crate::event::Phase2Event;
-use crate::links::{Link, Links};
-use harness::schema::{HopRecord, Sighting};
-use harness::truth::Dir;
+use crate::links::{Link, Seen};
+use agent::schema::{Dir, HopRecord, Sighting};
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -36,13 +35,6 @@ pub trait Sight {
     }
     /// The hop record of `from` → `to`.
     fn hop(from: &Self, to: &Self) -> HopRecord;
-}
-
-/// A sighting and the link it was seen on.
-#[derive(Clone, Debug)]
-pub struct Seen {
-    e: Phase2Event,
-    link: Link,
 }
 
 impl Sight for Seen {
@@ -102,10 +94,9 @@ impl<S: Sight> Default for Hops<S> {
     }
 }
 
-/// Phase 2's matcher: links resolved on this node, then the hop rules.
+/// Phase 2's matcher: the hop rules over linked sightings.
 #[derive(Default)]
 pub struct Matcher {
-    links: Links,
     pub hops: Hops<Seen>,
 }
 
@@ -207,16 +198,12 @@ fn sighting(s: &Seen) -> Sighting {
     }
 }
 
-impl phase_1_poc::Matching for Matcher {
-    type Event = Phase2Event;
+impl agent::pipeline::Matching for Matcher {
+    type Event = Seen;
     type Seen = Seen;
 
-    fn admit(&mut self, e: Phase2Event) -> (u64, u64, Seen) {
-        // Resolved now, while the fd is most likely still open.
-        let link = self
-            .links
-            .resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
-        (e.signature, e.call.t_ns, Seen { e, link })
+    fn admit(&mut self, seen: Seen) -> (u64, u64, Seen) {
+        (seen.e.signature, seen.e.call.t_ns, seen)
     }
 
     fn close(&mut self, seen: Vec<Seen>, out: &mut Vec<HopRecord>) {
@@ -242,8 +229,9 @@ impl std::fmt::Display for MatchCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Phase2Call;
-    use phase_1_poc::Matched;
+    use crate::event::{Phase2Call, Phase2Event};
+    use crate::links::Links;
+    use agent::pipeline::Matched;
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
@@ -269,10 +257,17 @@ mod tests {
         }
     }
 
+    /// The event with its link, resolved as the tracer does.
+    fn seen(links: &mut Links, e: Phase2Event) -> Seen {
+        let link = links.resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
+        Seen { e, link }
+    }
+
     fn run(events: Vec<Phase2Event>) -> (Vec<HopRecord>, MatchCounters) {
+        let mut links = Links::default();
         let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000_000));
         for e in events {
-            m.push(e);
+            m.push(seen(&mut links, e));
         }
         let mut out = Vec::new();
         m.close_due(None, &mut out);
@@ -353,9 +348,10 @@ mod tests {
             ev(2, fd(1, false), false, 11, 0),
             ev(2, fd(3, true), true, 21, 0),
         ]);
+        let mut links = Links::default();
         let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000));
         for e in events {
-            m.push(e);
+            m.push(seen(&mut links, e));
         }
         let mut out = Vec::new();
         m.close_due(Some(5_000), &mut out);
@@ -367,7 +363,7 @@ mod tests {
             ev(3, fd(2, true), true, 10_100, 0),
             ev(3, fd(3, true), true, 10_101, 0),
         ] {
-            m.push(e);
+            m.push(seen(&mut links, e));
         }
         out.clear();
         m.close_due(None, &mut out);

@@ -62,7 +62,7 @@ impl TlsProbes {
             {
                 program(ebpf, name)?
                     .load()
-                    .map_err(|e| phase_1_poc::tracer::verifier_error(name, e))?;
+                    .map_err(|e| agent::loader::verifier_error(name, e))?;
             }
         }
         Ok(Self {

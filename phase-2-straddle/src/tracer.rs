@@ -3,15 +3,17 @@
 //! functions in target processes) and drains their events.
 
 use crate::event::{Phase2Call, Phase2Event, PHASE2_COUNTERS};
+use crate::links::{Links, Seen};
 use crate::tls::TlsProbes;
+use agent::counters::{Counters, SCAN_COUNTERS};
+use agent::loader::{
+    load_object, read_counters, recursion_misses, verified_instructions, verifier_error, ScanMode,
+};
+use agent::targets::{add_targets, pids_with_comm_prefix, remove_targets};
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint};
 use aya::{Btf, Ebpf, RawTracePointRunOptions, TestRun};
-use phase_1_poc::counters::{Counters, SCAN_COUNTERS};
-use phase_1_poc::tracer::{
-    add_targets, load_object, read_counters, remove_targets, verifier_error, ScanMode,
-};
 use shared::FingerprintConfig;
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase2.bpf.o"));
@@ -29,6 +31,8 @@ pub struct Tracer {
     flush_failures: u64,
     tls: TlsProbes,
     comm_prefix: Option<String>,
+    /// Each event's link, resolved as it is drained (while its fd is most likely still open).
+    links: Links,
 }
 
 impl Tracer {
@@ -71,6 +75,7 @@ impl Tracer {
             flush_failures: 0,
             tls,
             comm_prefix: comm_prefix.map(str::to_string),
+            links: Links::default(),
         };
         tracer.refresh()?;
         Ok(tracer)
@@ -84,7 +89,7 @@ impl Tracer {
     /// Probes the TLS library of targets that appeared or mapped it since the last look.
     pub fn refresh(&mut self) -> Result<()> {
         if let Some(prefix) = &self.comm_prefix {
-            let pids = phase_1_poc::cli::pids_with_comm_prefix(prefix)?;
+            let pids = pids_with_comm_prefix(prefix)?;
             self.tls.add(&mut self.ebpf, &pids)?;
         }
         self.tls.refresh(&mut self.ebpf)
@@ -161,17 +166,18 @@ impl Tracer {
     }
 
     pub fn verified_instructions(&self) -> Vec<(String, Option<u32>)> {
-        phase_1_poc::tracer::verified_instructions(&self.ebpf)
+        verified_instructions(&self.ebpf)
     }
 
     /// Runs of the programs the kernel skipped (docs/kernels.md, preemptible kernels).
     pub fn recursion_misses(&self) -> u64 {
-        phase_1_poc::tracer::recursion_misses(&self.ebpf)
+        recursion_misses(&self.ebpf)
     }
 }
 
-impl phase_1_poc::Kernel for Tracer {
-    type Event = Phase2Event;
+/// As the agent's pipeline drains it: each event with the link it was seen on.
+impl agent::pipeline::Kernel for Tracer {
+    type Event = Seen;
 
     fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>, mode: ScanMode) -> Result<Self> {
         Tracer::start_with(cfg, comm_prefix, mode, true)
@@ -181,8 +187,14 @@ impl phase_1_poc::Kernel for Tracer {
         remove_targets(&mut self.ebpf, pids)
     }
 
-    fn drain(&mut self, f: &mut dyn FnMut(Phase2Event)) -> usize {
-        Tracer::drain(self, f)
+    fn drain(&mut self, f: &mut dyn FnMut(Seen)) -> usize {
+        let mut links = std::mem::take(&mut self.links);
+        let n = Tracer::drain(self, |e| {
+            let link = links.resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
+            f(Seen { e, link })
+        });
+        self.links = links;
+        n
     }
 
     fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
@@ -211,7 +223,7 @@ impl phase_1_poc::Kernel for Tracer {
         Ok(format!(
             "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls}",
             self.flush_failures,
-            phase_1_poc::tracer::recursion_misses(&self.ebpf)
+            self.recursion_misses()
         ))
     }
 }

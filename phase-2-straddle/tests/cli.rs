@@ -4,8 +4,8 @@
 
 use harness::scenario;
 use harness::score::TEST_BAR;
-use phase_1_poc::cli::follow_scenario_live;
-use phase_2_straddle::OBSERVES;
+use harness::demo::follow_scenario_live;
+use phase_2_straddle::demo::OBSERVES;
 use std::path::Path;
 
 #[test]
@@ -83,7 +83,7 @@ fn live_agent_probes_openssl_in_targets_started_after_it() {
     std::fs::remove_dir_all(&dir).ok();
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> u64 {
-        phase_1_poc::counters::in_health(&text, name).unwrap_or_else(|| panic!("{text}"))
+        agent::counters::in_health(&text, name).unwrap_or_else(|| panic!("{text}"))
     };
     // Every component of S6 runs this binary, which links libssl.so.3.
     let ours = gt.components.iter().filter(|c| !c.external).count() as u64;

@@ -141,7 +141,7 @@ fn stream(
             "{what} side, calls {calls:?}: {} moments, reference {}; first missing {missing:?}, first extra {extra:?}; kernel: {}",
             got.len(),
             want.len(),
-            phase_1_poc::Kernel::health(&tracer).unwrap_or_default()
+            agent::pipeline::Kernel::health(&tracer).unwrap_or_default()
         );
         // Each moment is stamped inside the call that carried its anchor byte, between the
         // caller's clocks around it (how close to each end is BENCHMARKS.md's business).

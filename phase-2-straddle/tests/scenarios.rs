@@ -3,9 +3,9 @@
 
 use harness::scenario;
 use harness::score::TEST_BAR;
-use phase_1_poc::counters::in_health;
-use phase_1_poc::TracedRun;
-use phase_2_straddle::{trace_scenario_phase2, trace_scenario_phase2_with};
+use agent::counters::in_health;
+use harness::demo::TracedRun;
+use phase_2_straddle::demo::{trace_scenario_phase2, trace_scenario_phase2_with};
 use shared::FingerprintConfig;
 use std::path::Path;
 

@@ -2,11 +2,13 @@
 //! this node can read its /proc), and the sightings shipped to the collector through the
 //! uplink. It matches nothing itself: a moment's other sightings may be on other nodes.
 
-use crate::proto::{PodRef, Sighting};
+use crate::proto::{NodeSighting, PodRef};
 use crate::uplink::{Uplink, UplinkConfig};
+use agent::pipeline::Kernel;
+use agent::schema::Dir;
 use anyhow::Result;
 use phase_2_straddle::event::Phase2Event;
-use phase_2_straddle::links::{Link, Links};
+use phase_2_straddle::links::{Link, Seen};
 use phase_2_straddle::tracer::Tracer;
 use std::time::{Duration, Instant};
 
@@ -30,16 +32,15 @@ pub fn link_name(node: &str, link: &Link) -> String {
     }
 }
 
-/// Names the process of an event in Kubernetes terms (phase 4), when it can.
+/// Names the process of an event in Kubernetes terms (`AgentHooks::annotate`), when it can.
 pub type Annotate = Box<dyn FnMut(&Phase2Event) -> Option<PodRef> + Send>;
 
 pub struct NodeAgent {
     pub tracer: Tracer,
     pub annotate: Option<Annotate>,
-    links: Links,
     pub uplink: Uplink,
     node: String,
-    batch: Vec<Sighting>,
+    batch: Vec<NodeSighting>,
     last_push: Instant,
     pub sightings: u64,
 }
@@ -50,7 +51,6 @@ impl NodeAgent {
         Self {
             tracer,
             annotate: None,
-            links: Links::default(),
             node: uplink.node.clone(),
             uplink: Uplink::start(uplink),
             batch: Vec::new(),
@@ -59,18 +59,15 @@ impl NodeAgent {
         }
     }
 
-    fn sighting(&mut self, e: Phase2Event) -> Sighting {
-        let link = self
-            .links
-            .resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
+    fn sighting(&mut self, Seen { e, link }: Seen) -> NodeSighting {
         let pod = self.annotate.as_mut().and_then(|f| f(&e));
-        Sighting {
+        NodeSighting {
             signature: e.signature,
             t_ns: e.call.t_ns,
             pid: e.call.tgid,
             comm: e.comm(),
             fd: e.call.fd,
-            write: e.call.dir == 1,
+            write: e.dir() == Dir::Write,
             pos: e.end,
             link: link_name(&self.node, &link),
             flow_birth_ns: e.call.flow_birth_ns,
@@ -80,10 +77,10 @@ impl NodeAgent {
 
     /// Drains the kernel's events into the uplink's queue; never waits for the collector.
     pub fn tick(&mut self) {
-        let mut events = Vec::new();
-        self.tracer.drain(|e| events.push(e));
-        for e in events {
-            let s = self.sighting(e);
+        let mut seen = Vec::new();
+        Kernel::drain(&mut self.tracer, &mut |s| seen.push(s));
+        for s in seen {
+            let s = self.sighting(s);
             self.batch.push(s);
         }
         if !self.batch.is_empty() || self.last_push.elapsed() >= HEARTBEAT {
@@ -98,7 +95,7 @@ impl NodeAgent {
         let c = self.uplink.counters();
         Ok(format!(
             "{} | uplink: sightings={} batches_sent={} resends={} reconnects={} lost={} pending={}",
-            phase_1_poc::Kernel::health(&self.tracer)?,
+            self.tracer.health()?,
             self.sightings,
             c.batches_sent,
             c.resends,

@@ -7,7 +7,7 @@ use crate::outputs::Outputs;
 use crate::uplink::{Skew, UplinkConfig};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use harness::truth::monotonic_ns;
+use agent::clock::monotonic_ns;
 use phase_2_straddle::tracer::Tracer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "URL")]
     pub collector: String,
     #[command(flatten)]
-    pub targets: phase_1_poc::cli::AgentArgs,
+    pub targets: agent::cli::AgentArgs,
     /// Test only (S9): pretend this node's clock is ahead by this much …
     #[arg(
         long,
@@ -106,13 +106,14 @@ async fn stopped() {
     }
 }
 
-/// What a later phase adds to the agent (phase 4: Kubernetes).
+/// What a deployment adds to the agent: who its processes are in its own terms, and which to
+/// trace.
 #[derive(Default)]
 pub struct AgentHooks {
-    /// Names each event's process in Kubernetes terms.
+    /// Names each event's process (`PodRef`) where it can.
     pub annotate: Option<crate::agent::Annotate>,
-    /// More targets, looked up again every second (processes of the selected pods); with it,
-    /// the agent runs until stopped, whatever its targets do.
+    /// More targets, looked up again every second; with it, the agent runs until stopped,
+    /// whatever its targets do.
     pub targets: Option<Box<dyn FnMut() -> Result<Vec<u32>>>>,
 }
 
@@ -124,7 +125,7 @@ pub fn run_agent(args: &AgentArgs) -> Result<()> {
 
 pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     let t = &args.targets;
-    if t.is_demo() && hooks.targets.is_none() {
+    if t.has_no_targets() && hooks.targets.is_none() {
         bail!("an agent needs targets: --pid or --comm");
     }
     t.check_targets()?;
@@ -138,8 +139,8 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     let _guard = rt.enter();
     let mut tracer = Tracer::start(&t.fingerprint(), t.comm.as_deref())?;
     tracer.add_targets(&t.pid)?;
-    // The hook's targets as last looked up: a process that leaves the selection (its pod
-    // relabelled or gone, its pid reused) stops being traced.
+    // The hook's targets as last looked up: a process that leaves the selection (relabelled or
+    // gone, its pid reused) stops being traced.
     let mut selected = std::collections::HashSet::new();
     if let Some(more) = &mut hooks.targets {
         selected = more()?.into_iter().collect();
@@ -192,7 +193,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
                         .collect();
                     let new: Vec<u32> = now.difference(&selected).copied().collect();
                     agent.tracer.add_targets(&new)?;
-                    phase_1_poc::Kernel::remove_targets(&mut agent.tracer, &gone)?;
+                    agent::pipeline::Kernel::remove_targets(&mut agent.tracer, &gone)?;
                     selected = now;
                 }
                 _ = &mut stop => break,

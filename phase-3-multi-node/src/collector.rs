@@ -7,10 +7,10 @@
 use crate::clock::{ClockModel, Exchange as ClockExchange};
 use crate::matcher::{CrossNode, NodeSight};
 use crate::proto::collector_server::{Collector, CollectorServer};
-use crate::proto::{Ack, Batch, Sighting, SyncReply, SyncRequest};
-use harness::schema::HopRecord;
-use harness::truth::monotonic_ns;
-use phase_1_poc::Matched;
+use crate::proto::{Ack, Batch, NodeSighting, SyncReply, SyncRequest};
+use agent::clock::monotonic_ns;
+use agent::pipeline::Matched;
+use agent::schema::HopRecord;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ pub const LATENESS: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct Received {
     pub node: String,
-    pub sighting: Sighting,
+    pub sighting: NodeSighting,
     /// On arrival; `None` while the node's clock model could not map yet.
     pub mapped: Option<(u64, u64)>,
 }
@@ -44,7 +44,7 @@ pub struct Node {
     pub lost: u64,
     pub duplicates: u64,
     /// Sightings that arrived before the node's clock model could map them.
-    backlog: Vec<Sighting>,
+    backlog: Vec<NodeSighting>,
 }
 
 pub struct State {
@@ -66,7 +66,7 @@ impl Default for State {
 }
 
 impl State {
-    fn admit(&mut self, node: &str, sightings: Vec<Sighting>) {
+    fn admit(&mut self, node: &str, sightings: Vec<NodeSighting>) {
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };

@@ -3,8 +3,8 @@
 //! counted), and a collector (`collector`) that maps every node's clock onto its own with an
 //! error bound (`clock`) and matches moments across nodes (`matcher`: phase 2's hop rules),
 //! reporting through `outputs` (table, JSON lines, Prometheus `metrics`). Agent and collector
-//! can require each other's certificates (`mtls`). `cli` holds the two processes, `run` a
-//! harness scenario traced with an agent process per node.
+//! can require each other's certificates (`mtls`). `cli` holds the two processes; with
+//! the `demo` feature, `run` traces a harness scenario with an agent process per node.
 
 pub mod agent;
 pub mod cli;
@@ -14,6 +14,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod mtls;
 pub mod outputs;
+#[cfg(feature = "demo")]
 pub mod run;
 pub mod uplink;
 

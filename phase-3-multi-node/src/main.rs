@@ -1,8 +1,6 @@
+use agent::cli::exit_on_error;
 use clap::{Parser, Subcommand};
-use phase_1_poc::cli::exit_on_error;
 use phase_3_multi_node::cli::{run_agent, run_collector, AgentArgs, CollectorArgs};
-use phase_3_multi_node::run::trace_scenario_phase3;
-use phase_3_multi_node::uplink::Skew;
 
 /// Phase 3 of ebpf-audio-tracer: an agent per node runs phase 2's eBPF programs on that node's
 /// targets and streams the moments' signatures and metadata (never audio) to a collector over
@@ -11,7 +9,7 @@ use phase_3_multi_node::uplink::Skew;
 /// each moment across nodes and reports per hop: count, p50, p90, p99, max and, across nodes,
 /// the error bound — as a table, JSON lines and Prometheus metrics.
 ///
-/// Without a subcommand it runs the demo: scenario S9 on three "nodes" (network namespaces
+/// Without a subcommand (in a build with the demo, the default) it runs the demo: scenario S9 on three "nodes" (network namespaces
 /// joined by veth) with an agent per node whose clock is skewed on purpose. Needs root.
 #[derive(Parser)]
 #[command(version, verbatim_doc_comment)]
@@ -28,8 +26,11 @@ enum Command {
     Collector(CollectorArgs),
 }
 
-/// The demo's node clocks: within BRIEF §6's ±50 ms and tens of ppm.
-fn demo_skew(node: &str) -> Skew {
+/// The demo's node clocks: offsets within ±50 ms and drifts of tens of ppm, as unsynchronised
+/// nodes are.
+#[cfg(feature = "demo")]
+fn demo_skew(node: &str) -> phase_3_multi_node::uplink::Skew {
+    use phase_3_multi_node::uplink::Skew;
     match node {
         "b" => Skew {
             offset_ns: 37_500_000,
@@ -46,13 +47,21 @@ fn demo_skew(node: &str) -> Skew {
 }
 
 fn main() {
-    harness::component::run_if_component();
-    phase_3_multi_node::run::run_if_agent();
+    // The demo's pipeline components and node agents run from this binary.
+    #[cfg(feature = "demo")]
+    {
+        harness::component::run_if_component();
+        phase_3_multi_node::run::run_if_agent();
+    }
     let cli = Cli::parse();
     exit_on_error("phase-3-multi-node", || match &cli.command {
         Some(Command::Agent(a)) => run_agent(a),
         Some(Command::Collector(c)) => run_collector(c),
+        #[cfg(not(feature = "demo"))]
+        None => anyhow::bail!("give a subcommand: agent or collector (--help)"),
+        #[cfg(feature = "demo")]
         None => {
+            use phase_3_multi_node::run::trace_scenario_phase3;
             let sc = harness::scenario::s9();
             println!(
                 "phase-3-multi-node demo: {} ({}), {} calls of {} s; node clocks skewed: b +37.5 ms +25 ppm, c −45 ms −30 ppm",

@@ -9,9 +9,8 @@
 //! is what makes the bound (and the error) small.
 
 use crate::clock::ClockModel;
-use crate::proto::Sighting as Wire;
-use harness::schema::{HopRecord, Sighting};
-use harness::truth::Dir;
+use crate::proto::NodeSighting as Wire;
+use agent::schema::{Dir, HopRecord, PodRef, Sighting};
 use phase_2_straddle::matcher::{Hops, Sight};
 use std::sync::Arc;
 
@@ -38,7 +37,7 @@ impl NodeSight {
             t_ns: self.mapped_ns,
             pos: Some(self.wire.pos),
             node: Some(self.node.1.to_string()),
-            pod: self.wire.pod.as_ref().map(|p| harness::schema::PodRef {
+            pod: self.wire.pod.as_ref().map(|p| PodRef {
                 namespace: p.namespace.clone(),
                 pod: p.pod.clone(),
                 container: p.container.clone(),
@@ -115,7 +114,7 @@ impl CrossNode {
     }
 }
 
-impl phase_1_poc::Matching for CrossNode {
+impl agent::pipeline::Matching for CrossNode {
     type Event = NodeSight;
     type Seen = NodeSight;
 

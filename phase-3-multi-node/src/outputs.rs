@@ -4,8 +4,8 @@
 use crate::collector::Service;
 use crate::metrics::{HopLabels, Metrics};
 use anyhow::Result;
-use harness::schema::{HopKind, HopRecord, Sighting};
-use phase_1_poc::report::HopStats;
+use agent::schema::{self, HopKind, HopRecord, Sighting};
+use agent::stats::HopStats;
 use std::io::Write;
 
 #[derive(Default)]
@@ -54,7 +54,7 @@ impl Outputs {
                 .observe_hop(&labels(r), r.latency_ns, r.bound_ns.unwrap_or(0));
         }
         if let Some(json) = &mut self.json {
-            harness::schema::write_jsonl(json, &records)?;
+            schema::write_jsonl(json, &records)?;
             json.flush()?;
         }
         if let Some(kept) = &mut self.records {

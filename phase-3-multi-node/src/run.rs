@@ -9,10 +9,11 @@ use crate::outputs::Outputs;
 use crate::uplink::Skew;
 use anyhow::{bail, Context, Result};
 use harness::scenario::Scenario;
-use harness::schema::HopRecord;
+use agent::schema::HopRecord;
 use harness::score::{CallTruthIndex, Observes, Score};
-use harness::truth::{monotonic_ns, GroundTruth};
-use phase_1_poc::report::HopStats;
+use agent::clock::monotonic_ns;
+use harness::truth::GroundTruth;
+use agent::stats::HopStats;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -99,7 +100,7 @@ pub fn run_agent_if<A: clap::Args>(env: &str, agent: impl FnOnce(&A) -> Result<(
         args: A,
     }
     let parsed = <Agent<A> as clap::Parser>::parse();
-    phase_1_poc::cli::exit_on_error("agent", || agent(&parsed.args));
+    agent::cli::exit_on_error("agent", || agent(&parsed.args));
     std::process::exit(0);
 }
 

@@ -5,8 +5,8 @@
 //! same task runs the clock exchanges and ships them with the batches.
 
 use crate::proto::collector_client::CollectorClient;
-use crate::proto::{Batch, Exchange, Sighting, SyncRequest};
-use harness::truth::monotonic_ns;
+use crate::proto::{Batch, Exchange, NodeSighting, SyncRequest};
+use agent::clock::monotonic_ns;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -95,7 +95,7 @@ impl Uplink {
     }
 
     /// Queues one batch of sightings (their `t_ns` on this node's clock); never waits.
-    pub fn push(&self, mut sightings: Vec<Sighting>) {
+    pub fn push(&self, mut sightings: Vec<NodeSighting>) {
         for s in &mut sightings {
             s.t_ns = self.config.skew.apply(s.t_ns);
         }

@@ -12,7 +12,7 @@ use harness::schema::HopRecord;
 use harness::score::{CallTruthIndex, Observes, Score};
 use harness::supervised::{Exited, Supervised};
 use harness::truth::{monotonic_ns, Dir, GroundTruth};
-use phase_1_poc::counters::in_health;
+use agent::counters::in_health;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -5,7 +5,7 @@
 
 use phase_3_multi_node::collector::{serve, Service};
 use phase_3_multi_node::mtls::{write_test_pki, ClientTls, ServerTls, TestPki};
-use phase_3_multi_node::proto::Sighting;
+use phase_3_multi_node::proto::NodeSighting;
 use phase_3_multi_node::uplink::{Skew, Uplink, UplinkConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,9 +49,9 @@ fn agent(node: &str, collector: String, tls: Option<ClientTls>) -> Uplink {
 }
 
 /// Batch `b`: 10 sightings, signatures `b * 1000 ..`.
-fn batch(b: u64) -> Vec<Sighting> {
+fn batch(b: u64) -> Vec<NodeSighting> {
     (0..10)
-        .map(|i| Sighting {
+        .map(|i| NodeSighting {
             signature: b * 1000 + i,
             t_ns: 0,
             pid: 42,

@@ -4,7 +4,7 @@
 
 use harness::truth::monotonic_ns;
 use phase_3_multi_node::collector::{serve, Service};
-use phase_3_multi_node::proto::Sighting;
+use phase_3_multi_node::proto::NodeSighting;
 use phase_3_multi_node::uplink::{Skew, Uplink, UplinkConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,9 +46,9 @@ fn config(addr: SocketAddr, capacity: usize, skew: Skew) -> UplinkConfig {
     }
 }
 
-fn sightings(batch: u64, n: u64, t_ns: u64) -> Vec<Sighting> {
+fn sightings(batch: u64, n: u64, t_ns: u64) -> Vec<NodeSighting> {
     (0..n)
-        .map(|i| Sighting {
+        .map(|i| NodeSighting {
             signature: batch * 1000 + i,
             t_ns,
             pid: 42,

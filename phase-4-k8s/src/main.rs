@@ -1,10 +1,7 @@
-use anyhow::Context;
+use agent::cli::exit_on_error;
 use clap::{Parser, Subcommand};
-use phase_1_poc::cli::exit_on_error;
 use phase_3_multi_node::cli::{run_collector, CollectorArgs};
-use phase_3_multi_node::uplink::Skew;
 use phase_4_k8s::cli::{run_agent, AgentArgs};
-use phase_4_k8s::run::trace_scenario_phase4;
 
 /// Phase 4 of ebpf-audio-tracer: phase 3's agent and collector for Kubernetes. The agent (a
 /// DaemonSet: one per node) watches the pods of its node (`NODE_NAME` from the downward API),
@@ -27,7 +24,8 @@ enum Command {
     Collector(CollectorArgs),
     /// A harness scenario on a cluster faked on this machine: each component in a crun
     /// container of its own pod, a fake API server, an agent per node selecting those pods
-    /// (needs root, crun and busybox-static: scripts/setup.sh).
+    /// (needs root, crun and busybox-static: scripts/setup.sh). Not in the shipped image.
+    #[cfg(feature = "demo")]
     Scenario {
         /// Its id (`harness list`; S9 runs on three nodes, clocks unskewed).
         #[arg(default_value = "S1")]
@@ -36,14 +34,21 @@ enum Command {
 }
 
 fn main() {
-    harness::component::run_if_component();
-    // The scenario's agents run from this binary.
-    phase_4_k8s::run::run_if_agent();
+    // The scenario's pipeline components and agents run from this binary.
+    #[cfg(feature = "demo")]
+    {
+        harness::component::run_if_component();
+        phase_4_k8s::run::run_if_agent();
+    }
     let cli = Cli::parse();
     exit_on_error("phase-4-k8s", || match &cli.command {
         Command::Agent(a) => run_agent(a),
         Command::Collector(c) => run_collector(c),
+        #[cfg(feature = "demo")]
         Command::Scenario { id } => {
+            use anyhow::Context;
+            use phase_3_multi_node::uplink::Skew;
+            use phase_4_k8s::run::trace_scenario_phase4;
             let sc = harness::scenario::by_id(id)
                 .with_context(|| format!("unknown scenario {id:?}; `harness list` shows them"))?;
             let run = trace_scenario_phase4(&sc, &std::env::current_exe()?, |_| Skew::default())?;

@@ -21,7 +21,7 @@ use crate::testbed::FakeCluster;
 use anyhow::{Context, Result};
 use harness::nodes::HOST;
 use harness::scenario::Scenario;
-use harness::schema::{PodRef, Sighting};
+use agent::schema::{PodRef, Sighting};
 use phase_3_multi_node::run::{
     run_agent_if, skew_args, AgentProcess, ClusterRun, InProcessCollector,
 };

@@ -2,7 +2,7 @@
 //! runtimes would give those containers, and the PodList the API server would serve.
 
 use crate::cgroup::Runtime;
-use harness::schema::PodRef;
+use agent::schema::PodRef;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 

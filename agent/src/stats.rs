@@ -1,8 +1,7 @@
 //! Per-hop latency statistics: count, p50, p90, p99, max, and across nodes the largest
 //! clock-alignment bound of the hop's records.
 
-use harness::schema::{HopRecord, Sighting};
-use harness::score::percentile;
+use crate::schema::HopRecord;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -11,21 +10,18 @@ pub struct HopStats {
     hops: BTreeMap<(String, String), (Vec<i64>, Option<u64>)>,
 }
 
-/// A pod where it is known (phase 4), else a process; prefixed by its node when there are several.
-fn label(s: &Sighting) -> String {
-    let who = match &s.pod {
-        Some(p) => format!("{}/{}", p.namespace, p.pod),
-        None => format!("{}[{}]", s.comm, s.pid),
-    };
-    match &s.node {
-        Some(node) => format!("{node}/{who}"),
-        None => who,
+/// The nearest-rank `q`-quantile of an ascending slice.
+pub fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
     }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 impl HopStats {
     pub fn add(&mut self, r: &HopRecord) {
-        let (latencies, bound) = self.hops.entry((label(&r.from), label(&r.to))).or_default();
+        let (latencies, bound) = self.hops.entry((r.from.who(), r.to.who())).or_default();
         latencies.push(r.latency_ns);
         if let Some(b) = r.bound_ns {
             *bound = Some(bound.unwrap_or(0).max(b));

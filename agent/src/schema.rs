@@ -1,10 +1,17 @@
 //! The common result schema every phase's agent emits: one JSON line per matched hop of a moment
 //! (documented in docs/results-schema.md).
 
-use crate::truth::Dir;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::io::{BufRead, Write};
+
+/// Which way bytes moved through a process's fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    Read,
+    Write,
+}
 
 /// One side of a hop: who read or wrote the moment, and when (ns, CLOCK_MONOTONIC of its node).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +30,21 @@ pub struct Sighting {
     /// The process in Kubernetes terms, when the tracer knows them (phase 4 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
+}
+
+impl Sighting {
+    /// Who it was, as tables name it: its pod where that is known, else its process; prefixed
+    /// by its node when there are several.
+    pub fn who(&self) -> String {
+        let who = match &self.pod {
+            Some(p) => format!("{}/{}", p.namespace, p.pod),
+            None => format!("{}[{}]", self.comm, self.pid),
+        };
+        match &self.node {
+            Some(node) => format!("{node}/{who}"),
+            None => who,
+        }
+    }
 }
 
 /// Where a process runs in Kubernetes terms.

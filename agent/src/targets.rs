@@ -1,0 +1,59 @@
+//! Which processes are traced: the kernel side's `targets` bitmap of tgids
+//! (shared/bpf/targets.bpf.h), filled with given pids and with the processes whose command name
+//! starts with a prefix.
+
+use anyhow::{Context, Result};
+use aya::maps::Array;
+use aya::Ebpf;
+use std::path::Path;
+
+/// Bytes of a command name in the kernel, its NUL included (TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+
+/// Adds tgids to the shared `targets` bitmap (shared/bpf/targets.bpf.h).
+pub fn add_targets(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
+    set_targets(ebpf, pids, true)
+}
+
+/// Takes tgids out of the `targets` bitmap.
+pub fn remove_targets(ebpf: &mut Ebpf, pids: &[u32]) -> Result<()> {
+    set_targets(ebpf, pids, false)
+}
+
+fn set_targets(ebpf: &mut Ebpf, pids: &[u32], on: bool) -> Result<()> {
+    let mut bits: Array<_, u64> =
+        Array::try_from(ebpf.map_mut("targets").context("map targets missing")?)?;
+    for &pid in pids {
+        let word = pid / 64;
+        let old = bits
+            .get(&word, 0)
+            .with_context(|| format!("pid {pid} is beyond the kernel's pid limit"))?;
+        let new = if on {
+            old | 1 << (pid % 64)
+        } else {
+            old & !(1 << (pid % 64))
+        };
+        bits.set(word, new, 0)
+            .with_context(|| format!("updating target {pid}"))?;
+    }
+    Ok(())
+}
+
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Processes whose command name starts with `prefix`.
+pub fn pids_with_comm_prefix(prefix: &str) -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
