@@ -1,4 +1,4 @@
-//! Whole-system benchmarks (BRIEF §7), every figure measured side by side in one run:
+//! Whole-system benchmarks (BENCHMARKS.md holds their results), every figure measured side by side in one run:
 //! `cargo run --release -p bench -- pairs` (root), `-- agent` and `-- scale` (root); the
 //! agent's throughput, in-process, by criterion: `cargo bench -p bench`. See BENCHMARKS.md for
 //! what each mode means.
@@ -46,7 +46,7 @@ enum What {
         scenarios: Vec<String>,
     },
     /// Concurrent calls in real time through a 3-hop chain of real processes under phase 2:
-    /// moments emitted vs received, agent CPU and RSS, and the score (BRIEF §7 "scale").
+    /// moments emitted vs received, agent CPU and RSS, and the score.
     Scale {
         #[arg(long, default_value_t = 1000)]
         calls: u32,

@@ -1,4 +1,4 @@
-//! Scale (BRIEF §7): N concurrent 8 kHz calls in real time through a 3-hop chain of real
+//! Scale: N concurrent 8 kHz calls in real time through a 3-hop chain of real
 //! processes (`harness::scenario::scale`), traced by phase 2 and scored against the ground
 //! truth.
 //!
@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Result};
 use harness::scenario;
-use harness::truth::Dir;
+use agent::schema::Dir;
 use agent::counters::in_health;
 use shared::FingerprintConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -174,7 +174,7 @@ pub fn run(calls: u32, seconds: f64, untraced: bool) -> Result<()> {
         let run = phase_2_straddle::demo::trace_scenario_phase2(&sc, &exe, &cfg)?;
         // The agent keeps every hop record for the scorer (a test agent's mode): their share
         // of its RSS, the Vec plus each sighting's comm.
-        let kept = run.records.capacity() * std::mem::size_of::<harness::schema::HopRecord>()
+        let kept = run.records.capacity() * std::mem::size_of::<agent::schema::HopRecord>()
             + run
                 .records
                 .iter()

@@ -3,9 +3,9 @@
 //! scores perfectly, and a relay forwarding an envelope's header bytes unchanged is framing,
 //! not a false match.
 
-use harness::schema::{HopRecord, Sighting};
+use agent::schema::{Dir, HopRecord, Sighting};
 use harness::score::{score_indexed, CallTruthIndex, Observes, SAME_NODE_BAR};
-use harness::truth::{Dir, GroundTruth, Io};
+use harness::truth::{GroundTruth, Io};
 use harness::{oracle, run, scenario};
 use shared::FingerprintConfig;
 use std::path::Path;

@@ -4,10 +4,9 @@
 //! black boxes are scored.
 
 use harness::scenario::{External, Kind};
-use harness::schema::Sighting;
-use harness::schema::{self, HopRecord};
+use agent::schema::{self, Dir, HopRecord, Sighting};
 use harness::score::{score_indexed, CallTruthIndex, Observes, Score, SAME_NODE_BAR};
-use harness::truth::{Dir, GroundTruth, Segment};
+use harness::truth::{GroundTruth, Segment};
 use harness::{oracle, run, scenario};
 use shared::FingerprintConfig;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! position, on the same writes (real eBPF program, this kernel, this process as the target).
 
 use harness::audio;
-use harness::truth::monotonic_ns;
+use agent::clock::monotonic_ns;
 use phase_1_poc::event::Phase1Event;
 use phase_1_poc::tracer::Tracer;
 use rand::rngs::StdRng;

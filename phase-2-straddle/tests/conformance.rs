@@ -3,7 +3,8 @@
 //! as if it had arrived whole. Timestamps are checked against the calls' own clocks.
 
 use harness::audio;
-use harness::truth::{monotonic_ns, Dir};
+use agent::clock::monotonic_ns;
+use agent::schema::Dir;
 use phase_2_straddle::event::Phase2Event;
 use phase_2_straddle::tracer::Tracer;
 use rand::rngs::StdRng;

@@ -207,7 +207,7 @@ mod tests {
         }
     }
 
-    /// Exchanges (one per 100 ms) before the bound is held to BRIEF §7's 200 µs.
+    /// Exchanges (one per 100 ms) before the bound is held to 200 µs, the cross-node accuracy the collector promises.
     const WARM_UP: usize = 50;
 
     #[test]
@@ -241,7 +241,7 @@ mod tests {
                     }
                 }
             }
-            // BRIEF §7: cross-node error p99 ≤ 200 µs, inside the bound.
+            // The cross-node promise: error p99 ≤ 200 µs, inside the bound.
             assert!(
                 worst.1 < 200_000,
                 "{offset_ms} ms {ppm} ppm: bound {} ns",

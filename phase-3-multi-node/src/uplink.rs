@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tonic::transport::Endpoint;
 
-/// A node clock for tests (BRIEF §6, S9): the node's times as if its clock were `offset_ns`
+/// A node clock for tests (S9: unsynchronised nodes): the node's times as if its clock were `offset_ns`
 /// ahead of the real one at `origin_ns` and ran `ppm` fast since. Production agents use the
 /// identity.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,6 +1,5 @@
-//! Faults with real processes (BRIEF: "kill the collector mid-run and restart it; kill an
-//! agent; a slow collector — nothing hangs, the traced pipeline is never slowed, losses are
-//! counted"). Each test runs a host-only harness scenario (S1's pipe chain, paced to 10 s)
+//! Faults with real processes: the collector killed mid-run and restarted, an agent killed, a
+//! slow collector. Nothing hangs, the traced pipeline is never slowed, losses are counted. Each test runs a host-only harness scenario (S1's pipe chain, paced to 10 s)
 //! whose components are real processes, traced by `agent` processes of this crate's binary
 //! that ship to a `collector` process of it; the faults are signals to those processes. The
 //! collector's JSON lines are scored against the pipeline's ground truth. Needs root (eBPF).
@@ -8,10 +7,12 @@
 use harness::run::listening;
 use harness::run::Targets;
 use harness::scenario::Scenario;
-use harness::schema::HopRecord;
+use agent::schema::HopRecord;
 use harness::score::{CallTruthIndex, Observes, Score};
 use harness::supervised::{Exited, Supervised};
-use harness::truth::{monotonic_ns, Dir, GroundTruth};
+use agent::clock::monotonic_ns;
+use agent::schema::Dir;
+use harness::truth::GroundTruth;
 use agent::counters::in_health;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -186,7 +187,7 @@ fn sleep_until(t_ns: u64) {
 
 fn read_records(path: &Path) -> Vec<HopRecord> {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    harness::schema::read_jsonl(std::io::BufReader::new(f)).unwrap()
+    agent::schema::read_jsonl(std::io::BufReader::new(f)).unwrap()
 }
 
 fn score(gt: &GroundTruth, records: &[HopRecord]) -> Score {

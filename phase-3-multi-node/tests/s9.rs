@@ -1,4 +1,4 @@
-//! S9 (BRIEF §6): three "nodes" (network namespaces joined by veth), an agent process per node
+//! S9: three "nodes" (network namespaces joined by veth), an agent process per node
 //! whose clock is skewed on purpose, the collector matching across nodes. Every hop is found,
 //! the collector recovers each node's offset, and every cross-node latency lies within the
 //! bound its record carries.
@@ -11,7 +11,7 @@ use std::path::Path;
 
 const EXE: &str = env!("CARGO_BIN_EXE_phase-3-multi-node");
 
-/// BRIEF §6: offsets up to ±50 ms, drifts of tens of ppm.
+/// Unsynchronised nodes: offsets up to ±50 ms, drifts of tens of ppm.
 fn skew(node: &str) -> Skew {
     let (offset_ns, ppm) = match node {
         "a" => (-20_000_000, 40.0),
@@ -47,10 +47,10 @@ fn s9_cross_node_hops_are_measured_within_their_bound() {
     // a → b and b → c (twice): three of S9's six hops per call cross nodes.
     assert!(x.records > 1000, "{s}");
     assert_eq!(x.outside_bound, 0, "{s}");
-    // BRIEF §7: cross-node error p99 ≤ 200 µs.
+    // The cross-node promise: error p99 ≤ 200 µs.
     assert!(x.error_p99_ns <= 200_000, "{s}");
-    // Hops inside node b are measured on b's own clock, as phase 2 measures them (BRIEF §7's
-    // 20 µs is a benchmark figure, BENCHMARKS.md; this bound leaves room for a noisy CI).
+    // Hops inside node b are measured on b's own clock, as phase 2 measures them (the
+    // 20 µs same-node target is a benchmark figure, BENCHMARKS.md; this bound leaves room for a noisy CI).
     let node_of = |hop_end: &str| {
         let name = hop_end.split(':').next().unwrap();
         r.gt.component(name).and_then(|c| c.node.clone())

@@ -2,7 +2,7 @@
 //! and duplicates nothing; a collector gone too long costs counted losses, never silent ones;
 //! a node clock offset by 50 ms and drifting 30 ppm is mapped back within its reported bound.
 
-use harness::truth::monotonic_ns;
+use agent::clock::monotonic_ns;
 use phase_3_multi_node::collector::{serve, Service};
 use phase_3_multi_node::proto::NodeSighting;
 use phase_3_multi_node::uplink::{Skew, Uplink, UplinkConfig};
@@ -169,7 +169,7 @@ async fn a_skewed_node_clock_is_mapped_back_within_its_bound() {
         let err = mapped.abs_diff(truth);
         assert!(err <= bound + 1, "error {err} ns beyond bound {bound} ns");
         if r.sighting.signature >= 300_000 {
-            // After 1.5 s of exchanges: BRIEF §7's 200 µs.
+            // After 1.5 s of exchanges: the promised 200 µs.
             worst_bound = worst_bound.max(bound);
         }
         worst_err = worst_err.max(err);

@@ -28,7 +28,7 @@
 
 use harness::run::{listening, Targets};
 use harness::scenario::Scenario;
-use harness::schema::{HopKind, PodRef, Sighting};
+use agent::schema::{HopKind, PodRef, Sighting};
 use harness::score::Observes;
 use harness::supervised::Supervised;
 use phase_4_k8s::cgroup::Runtime;
@@ -494,7 +494,7 @@ fn s10_container_processes_attributed_to_their_pods() {
     assert!(c.status.success(), "collector: {}\n{}", c.status, c.stderr);
     fake.api.only_node_requested(NODE).unwrap();
 
-    let records = harness::schema::read_jsonl(std::io::BufReader::new(
+    let records = agent::schema::read_jsonl(std::io::BufReader::new(
         fs::File::open(&json).expect("the collector's JSON lines"),
     ))
     .unwrap();

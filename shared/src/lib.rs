@@ -1,4 +1,4 @@
-//! The executable definition of an audio "moment" (BRIEF §3).
+//! The executable definition of an audio "moment" (docs/fingerprint.md says why it is this one).
 //!
 //! A moment is a window of `window` bytes of a byte stream that ends at an *anchor*
 //! ([`is_anchor`]): a byte of the marker class whose byte two before has its top three bits equal
@@ -53,7 +53,7 @@ pub const WINDOW_MAX: usize = 256;
 /// Smallest window the definition allows (the study measures from here up).
 pub const WINDOW_MIN: usize = 16;
 
-/// The cluster-wide fingerprint settings; every node must use the same values (BRIEF §3.6).
+/// The cluster-wide fingerprint settings; every node must use the same values: a moment is recognised only where the settings agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FingerprintConfig {
     /// Window length in bytes: a multiple of 8 in `WINDOW_MIN..=WINDOW_MAX`.

@@ -1,4 +1,4 @@
-//! The invariants of BRIEF §3, checked on real speech and on the hard synthetic cases.
+//! The invariants of the moment definition (docs/fingerprint.md), checked on real speech and on the hard synthetic cases.
 
 use harness::audio::{self, Audio};
 use harness::collisions::{moment_stats, non_audio, repeats};
