@@ -9,26 +9,28 @@ use shared::FingerprintConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What to trace, and the agent's own settings: the flags every phase's agent has.
 #[derive(Args, Debug, Clone)]
-pub struct AgentArgs {
+pub struct TraceArgs {
     /// Trace this process (repeatable).
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
     /// Trace every process whose command name starts with this, including ones started later.
     #[arg(long, value_name = "PREFIX")]
     pub comm: Option<String>,
-    /// Stop after this many seconds (default: on Ctrl-C, or when every --pid has exited).
-    #[arg(long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    /// Stop after this long: `30` (seconds), `500ms`, `2m` (default: on Ctrl-C, or when every
+    /// --pid has exited).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
     /// Also write every matched hop as JSON lines (docs/results-schema.md) to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// A moment's sightings must fall within this window.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub match_window_ms: u64,
-    /// Print the live hop table this often (0: only at the end).
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    pub report_every: f64,
+    /// Print the live hop table this often: `2` (seconds), `500ms` (0: only at the end).
+    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval)]
+    pub report_every: Duration,
     /// Fingerprint window in bytes (cluster-wide: every node must use the same value).
     #[arg(long, default_value_t = FingerprintConfig::default().window)]
     pub window: usize,
@@ -37,7 +39,7 @@ pub struct AgentArgs {
     pub keep_per_256: u16,
 }
 
-impl AgentArgs {
+impl TraceArgs {
     pub fn fingerprint(&self) -> FingerprintConfig {
         FingerprintConfig {
             window: self.window,
@@ -79,6 +81,72 @@ impl AgentArgs {
     }
 }
 
+/// A stop that never comes, for a run without --duration (and a report period of 0).
+pub const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The shortest report period: a table a millisecond is already more than a terminal shows.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// A `--duration`-style flag: a number of seconds, or a number with a unit (`ns`, `us`, `ms`,
+/// `s`, `m`, `h`); more than zero and at most [`FOREVER`]. NaN, infinities, negative values and
+/// garbage are refused with a line that says which.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_interval(text)?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
+
+/// As [`parse_duration`], with 0 allowed (it means "never": see [`report_period`]); a period
+/// other than 0 is at least 1 ms.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    // A bare number (NaN and infinities spelled out included) is seconds.
+    let (number, seconds_per_unit) = match t.parse::<f64>() {
+        Ok(v) => (v, 1.0),
+        Err(_) => {
+            let split = t.trim_end_matches(char::is_alphabetic).len();
+            let (number, unit) = t.split_at(split);
+            let per_unit = match unit {
+                "s" => 1.0,
+                "ms" => 1e-3,
+                "us" | "µs" => 1e-6,
+                "ns" => 1e-9,
+                "m" => 60.0,
+                "h" => 3600.0,
+                other => {
+                    return Err(format!("unknown unit {other:?} (use ns, us, ms, s, m or h)"))
+                }
+            };
+            let number = number
+                .trim()
+                .parse()
+                .map_err(|_| format!("{text:?} is not a duration (examples: 30, 500ms, 2m)"))?;
+            (number, per_unit)
+        }
+    };
+    if !number.is_finite() || number < 0.0 {
+        return Err(format!("{text:?} is not a duration: it must be finite and not negative"));
+    }
+    let seconds = number * seconds_per_unit;
+    if seconds > FOREVER.as_secs_f64() {
+        return Err(format!("{text:?} is longer than 100 years"));
+    }
+    if seconds > 0.0 && seconds < MIN_PERIOD.as_secs_f64() {
+        return Err(format!("{text:?} is shorter than 1 ms"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// The period of a report flag: 0 means only at the end.
+pub fn report_period(every: Duration) -> Duration {
+    if every.is_zero() {
+        FOREVER
+    } else {
+        every
+    }
+}
+
 /// Runs the binary's main: `run`'s error becomes one line on stderr and exit status 1.
 pub fn exit_on_error(program: &str, run: impl FnOnce() -> Result<()>) {
     if let Err(e) = run() {
@@ -93,7 +161,7 @@ fn any_comm_with_prefix(prefix: &str) -> Result<bool> {
 
 /// Traces live until Ctrl-C, --duration, or every --pid has exited; prints the table live and
 /// at the end. `what` names the hooked calls in the start line.
-pub fn run_live<T: Tracing>(args: &AgentArgs, mut tracing: T, what: &str) -> Result<()> {
+pub fn run_live<T: Tracing>(args: &TraceArgs, mut tracing: T, what: &str) -> Result<()> {
     tracing.add_targets(&args.pid)?;
     let json: Option<Box<dyn std::io::Write + Send>> = match &args.json {
         Some(p) => Some(Box::new(std::io::BufWriter::new(
@@ -111,14 +179,10 @@ pub fn run_live<T: Tracing>(args: &AgentArgs, mut tracing: T, what: &str) -> Res
         .build()?
         .block_on(async {
             let mut drain = tokio::time::interval(DRAIN_EVERY);
-            let every = Duration::from_secs_f64(if args.report_every > 0.0 {
-                args.report_every
-            } else {
-                1e9
-            });
+            let every = report_period(args.report_every);
             let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let mut liveness = tokio::time::interval(Duration::from_millis(200));
-            let stop = tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(1e9)));
+            let stop = tokio::time::sleep(args.duration.unwrap_or(FOREVER));
             tokio::pin!(stop);
             loop {
                 tokio::select! {
@@ -155,7 +219,7 @@ pub struct Phase<T> {
 
 /// A phase binary's live job: trace the targets its flags name. Without any it fails with one
 /// line (binaries built with their demo run that instead).
-pub fn run_phase<T: Tracing>(args: &AgentArgs, phase: &Phase<T>) -> Result<()> {
+pub fn run_phase<T: Tracing>(args: &TraceArgs, phase: &Phase<T>) -> Result<()> {
     if args.has_no_targets() {
         bail!("nothing to trace: give --pid or --comm");
     }
@@ -165,4 +229,34 @@ pub fn run_phase<T: Tracing>(args: &AgentArgs, phase: &Phase<T>) -> Result<()> {
         (phase.start)(&args.fingerprint(), args.comm.as_deref(), args.match_window())?,
         phase.hooks,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_refuse_what_is_not_one() {
+        let ok = [
+            ("30", Duration::from_secs(30)),
+            ("2.5", Duration::from_millis(2500)),
+            ("500ms", Duration::from_millis(500)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("1500us", Duration::from_micros(1500)),
+            ("1500 us", Duration::from_micros(1500)),
+            ("1e3ms", Duration::from_secs(1)),
+        ];
+        for (text, want) in ok {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for text in ["nan", "inf", "-inf", "-1", "1e300", "abc", "5 parsecs", "", "1e-12", "ms"] {
+            let e = parse_duration(text).unwrap_err();
+            assert_eq!(e.lines().count(), 1, "{text}: {e}");
+        }
+        assert_eq!(parse_duration("0").unwrap_err(), "must be more than 0");
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(report_period(Duration::ZERO), FOREVER);
+        assert!(parse_interval("1e-12").unwrap_err().contains("shorter than 1 ms"));
+    }
 }

@@ -6,7 +6,7 @@
 use crate::scenario::Scenario;
 use crate::score::{CallTruthIndex, Observes, Score};
 use crate::truth::GroundTruth;
-use agent::cli::{AgentArgs, Phase};
+use agent::cli::{TraceArgs, Phase};
 use agent::pipeline::{Agent, Tracing, DRAIN_EVERY};
 use agent::schema::HopRecord;
 use agent::stats::HopStats;
@@ -29,7 +29,7 @@ pub struct DemoArgs {
 /// A phase binary's whole job: without targets the demo on a harness scenario, with them the
 /// live agent.
 pub fn run_phase<T: Tracing + 'static>(
-    args: &AgentArgs,
+    args: &TraceArgs,
     demo: &DemoArgs,
     phase: &Phase<T>,
     observes: Observes,

@@ -1,4 +1,4 @@
-use agent::cli::{exit_on_error, AgentArgs, Phase};
+use agent::cli::{exit_on_error, TraceArgs, Phase};
 use clap::Parser;
 use phase_1_poc::Phase1;
 
@@ -13,7 +13,7 @@ use phase_1_poc::Phase1;
 #[command(version, verbatim_doc_comment)]
 struct Cli {
     #[command(flatten)]
-    agent: AgentArgs,
+    agent: TraceArgs,
     #[cfg(feature = "demo")]
     #[command(flatten)]
     demo: harness::demo::DemoArgs,

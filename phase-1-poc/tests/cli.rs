@@ -30,6 +30,29 @@ fn an_invalid_flag_is_refused_with_usage() {
 }
 
 #[test]
+fn a_duration_that_is_not_one_is_refused_before_anything_runs() {
+    for (flag, value, why) in [
+        ("--duration", "nan", "it must be finite and not negative"),
+        ("--duration", "inf", "it must be finite and not negative"),
+        ("--duration", "1e300", "is longer than 100 years"),
+        ("--duration", "0", "must be more than 0"),
+        ("--report-every", "1e-12", "is shorter than 1 ms"),
+        ("--report-every", "5 parsecs", "unknown unit"),
+    ] {
+        let o = agent(&["--pid", "1", flag, value]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("error: invalid value '{value}' for '{flag} <DURATION>'"))
+                && first.contains(why),
+            "{flag} {value}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
 fn an_unknown_comm_is_one_clear_line() {
     let o = agent(&["--comm", "no-such-cmd-xyz"]);
     assert_eq!(o.status.code(), Some(1));

@@ -6,8 +6,9 @@ use crate::mtls::{ClientTls, ServerTls};
 use crate::outputs::Outputs;
 use crate::uplink::{Skew, UplinkConfig};
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use agent::cli::{parse_duration, parse_interval, report_period, FOREVER};
 use agent::clock::monotonic_ns;
+use clap::Args;
 use phase_2_straddle::tracer::Tracer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,13 +24,14 @@ pub struct AgentArgs {
     #[arg(long, value_name = "URL")]
     pub collector: String,
     #[command(flatten)]
-    pub targets: agent::cli::AgentArgs,
+    pub targets: agent::cli::TraceArgs,
     /// Test only (S9): pretend this node's clock is ahead by this much …
     #[arg(
         long,
         value_name = "MS",
         default_value_t = 0.0,
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = finite
     )]
     pub skew_offset_ms: f64,
     /// … and runs this many ppm fast.
@@ -37,7 +39,8 @@ pub struct AgentArgs {
         long,
         value_name = "PPM",
         default_value_t = 0.0,
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = finite
     )]
     pub skew_ppm: f64,
     /// Batches held while the collector is slow or gone (then the oldest are dropped, counted).
@@ -69,12 +72,12 @@ pub struct CollectorArgs {
     /// Also write every matched hop as JSON lines (docs/results-schema.md) to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Print the live hop table this often (0: only at the end).
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    pub report_every: f64,
-    /// Stop after this many seconds (default: on Ctrl-C or SIGTERM).
-    #[arg(long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    /// Print the live hop table this often: `2` (seconds), `500ms` (0: only at the end).
+    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval)]
+    pub report_every: Duration,
+    /// Stop after this long: `30` (seconds), `500ms`, `2m` (default: on Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
     /// Mutual TLS: the collector's certificate and key, and the CA agents' certificates must
     /// be signed by.
     #[arg(long, requires_all = ["tls_key", "tls_client_ca"])]
@@ -103,6 +106,14 @@ async fn stopped() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// A number that is one: NaN and infinities are refused.
+fn finite(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("{text:?} is not a finite number")),
     }
 }
 
@@ -170,7 +181,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
         let mut lookup = tokio::time::interval(Duration::from_secs(1));
-        let until = tokio::time::sleep(Duration::from_secs_f64(t.duration.unwrap_or(1e9)));
+        let until = tokio::time::sleep(t.duration.unwrap_or(FOREVER));
         let stop = stopped();
         tokio::pin!(until, stop);
         loop {
@@ -257,14 +268,10 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
             ));
         }
         eprintln!("collector listening on {}; Ctrl-C to stop", args.listen);
-        let every = Duration::from_secs_f64(if args.report_every > 0.0 {
-            args.report_every
-        } else {
-            1e9
-        });
+        let every = report_period(args.report_every);
         let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut close = tokio::time::interval(Duration::from_millis(200));
-        let until = tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(1e9)));
+        let until = tokio::time::sleep(args.duration.unwrap_or(FOREVER));
         let stop = stopped();
         tokio::pin!(until, stop);
         loop {

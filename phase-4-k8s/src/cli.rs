@@ -8,7 +8,7 @@ use phase_3_multi_node::cli::{run_agent_with, AgentHooks};
 
 /// Phase 3's agent flags and the Kubernetes target selection.
 #[derive(Args, Debug, Clone)]
-pub struct AgentArgs {
+pub struct PodAgentArgs {
     #[command(flatten)]
     pub agent: phase_3_multi_node::cli::AgentArgs,
     /// Trace the pods of this namespace.
@@ -24,7 +24,7 @@ pub struct AgentArgs {
 
 /// The agent: phase 3's, with every event named by its pod and, given a selection, the
 /// selected pods' processes as targets (looked up every second).
-pub fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
+pub fn run_agent(args: &PodAgentArgs) -> anyhow::Result<()> {
     let selector = Selector::new(
         args.namespace.as_deref(),
         args.selector.as_deref(),

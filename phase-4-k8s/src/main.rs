@@ -1,7 +1,7 @@
 use agent::cli::exit_on_error;
 use clap::{Parser, Subcommand};
 use phase_3_multi_node::cli::{run_collector, CollectorArgs};
-use phase_4_k8s::cli::{run_agent, AgentArgs};
+use phase_4_k8s::cli::{run_agent, PodAgentArgs};
 
 /// Phase 4 of ebpf-audio-tracer: phase 3's agent and collector for Kubernetes. The agent (a
 /// DaemonSet: one per node) watches the pods of its node (`NODE_NAME` from the downward API),
@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Trace this node's selected pods (and --pid/--comm targets); stream to the collector.
-    Agent(Box<AgentArgs>),
+    Agent(Box<PodAgentArgs>),
     /// Phase 3's collector: match across nodes, report per workload hop.
     Collector(CollectorArgs),
     /// A harness scenario on a cluster faked on this machine: each component in a crun

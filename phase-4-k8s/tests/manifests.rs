@@ -293,7 +293,7 @@ fn env_values(c: &Container, objects: &Objects) -> BTreeMap<String, String> {
 #[derive(Parser)]
 struct AgentCli {
     #[command(flatten)]
-    args: phase_4_k8s::cli::AgentArgs,
+    args: phase_4_k8s::cli::PodAgentArgs,
 }
 
 #[derive(Parser)]
