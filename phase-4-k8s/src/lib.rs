@@ -8,4 +8,5 @@ pub mod cgroup;
 pub mod cli;
 pub mod pods;
 pub mod run;
+mod selector;
 pub mod testbed;
