@@ -5,6 +5,7 @@
 //! (`testbed`: crun containers, a fake API server), as the comparison runs every phase.
 pub mod attribution;
 pub mod cgroup;
+mod cgroup_names;
 pub mod cli;
 pub mod pods;
 pub mod run;
