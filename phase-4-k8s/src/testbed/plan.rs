@@ -71,7 +71,7 @@ impl ContainerPlan {
         format!("{}://{}", self.runtime.scheme(), self.id)
     }
 
-    /// The cgroup kubelet and the runtime would give it (cgroup.rs's module doc).
+    /// The cgroup kubelet and the runtime would give it (cgroup_names.rs's module doc).
     pub fn cgroups_path(&self, pod: &PodPlan) -> String {
         let id = &self.id;
         match pod.driver {

@@ -1,0 +1,62 @@
+//! What a variant's fixture (tests/fixtures/manifests/<variant>.yaml) says it must hold beyond
+//! the checks every variant passes. Unknown fields fail, so that a misspelt expectation cannot
+//! silently check nothing.
+
+use k8s_openapi::serde::Deserialize;
+use std::path::Path;
+
+#[derive(Deserialize)]
+#[serde(crate = "k8s_openapi::serde", deny_unknown_fields)]
+pub struct Expected {
+    pub agent: ExpectedAgent,
+    pub collector: ExpectedCollector,
+    /// An overlay's changes to the base's objects; it must change nothing else.
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+#[derive(Deserialize)]
+#[serde(crate = "k8s_openapi::serde", deny_unknown_fields)]
+pub struct ExpectedAgent {
+    /// Exactly the capabilities added after dropping ALL.
+    pub capabilities: Vec<String>,
+    /// The `--collector` URL.
+    pub collector: String,
+    pub tls: Option<SecretFiles>,
+}
+
+#[derive(Deserialize)]
+#[serde(crate = "k8s_openapi::serde", deny_unknown_fields)]
+pub struct ExpectedCollector {
+    pub tls: Option<SecretFiles>,
+}
+
+/// Where the TLS flags' files come from: one Secret volume, mounted read-only.
+#[derive(Deserialize)]
+#[serde(crate = "k8s_openapi::serde", deny_unknown_fields)]
+pub struct SecretFiles {
+    pub secret: String,
+    /// The keys the CA, certificate and key flags name, in that order.
+    pub keys: Vec<String>,
+    pub default_mode: i32,
+}
+
+/// A subtree of one kind of object that an overlay replaces, adds or removes.
+#[derive(Deserialize)]
+#[serde(crate = "k8s_openapi::serde", deny_unknown_fields)]
+pub struct Change {
+    pub kind: String,
+    /// A JSON pointer into the object.
+    pub path: String,
+}
+
+impl Expected {
+    pub fn load(fixture: &str) -> Expected {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/manifests")
+            .join(fixture);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+}
