@@ -261,7 +261,7 @@ mod tests {
         };
         for n in (WINDOW_MIN..=WINDOW_MAX).step_by(8) {
             for lag in (2..=n / 2).step_by(2) {
-                let w: Vec<u8> = (0..n).map(|i| (i % lag) as u8 * 37 + 1).collect();
+                let w: Vec<u8> = (0..n).map(|i| ((i % lag) as u8).wrapping_mul(37).wrapping_add(1)).collect();
                 assert!(is_periodic(&w) && literal(&w), "window {n}, lag {lag}");
                 let mut broken = w.clone();
                 broken[n - 1] ^= 0x40;
