@@ -134,6 +134,20 @@ static __always_inline void fp_count(__u32 counter, __u64 n)
 		*v += n;
 }
 
+/* Counts a call that moved `moved` bytes; returns how many of them are scanned: at most
+ * FP_MAX_CALL_BYTES, the rest counted as truncated. */
+static __always_inline __u64 fp_call_bytes(__u64 moved)
+{
+	fp_count(FP_C_CALLS, 1);
+	__u64 total = moved;
+	if (total > FP_MAX_CALL_BYTES) {
+		fp_count(FP_C_TRUNCATED, total - FP_MAX_CALL_BYTES);
+		total = FP_MAX_CALL_BYTES;
+	}
+	fp_count(FP_C_BYTES, total);
+	return total;
+}
+
 /* Claims a scratch area for a call: its slot, or -1 (counted) when every slot is held. An atomic
  * exchange, because the program itself may be preempted between a test and a store. */
 static __always_inline int fp_claim(void)

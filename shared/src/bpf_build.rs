@@ -4,20 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The shared headers every phase's program may include.
-pub const SHARED_HEADERS: [&str; 3] =
-    ["fingerprint.bpf.h", "fingerprint_consts.h", "targets.bpf.h"];
-
 /// Compiles `source` (with `bpf/` of the calling crate on the include path) into
 /// `$OUT_DIR/<object>` and tells cargo when to do it again.
 pub fn compile(source: &str, object: &str) {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join(object);
+    // Directories: cargo looks at every file in them, so a header added later is watched too.
     println!("cargo:rerun-if-changed={source}");
     println!("cargo:rerun-if-changed=bpf");
-    for h in SHARED_HEADERS {
-        println!("cargo:rerun-if-changed={}", shared.join(h).display());
-    }
+    println!("cargo:rerun-if-changed={}", shared.display());
     let status = Command::new("clang")
         .args([
             "-g",
