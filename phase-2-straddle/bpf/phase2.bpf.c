@@ -54,7 +54,6 @@ static __always_inline void start_scan(struct fp_scratch *s, const struct flow_s
 {
 	s->meta.t_ns = call->t_enter;
 	s->meta.base = f->pos;
-	s->meta.flow_birth_ns = f->birth_ns;
 	s->meta.tgid = (__u32)(id >> 32);
 	s->meta.tid = (__u32)id;
 	s->meta.fd = call->fd;

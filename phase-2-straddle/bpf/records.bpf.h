@@ -173,7 +173,7 @@ static __always_inline void fp_emit(const struct fp_meta *meta, __u64 signature,
 static __always_inline void describe_call(struct phase2_call *h, struct fp_scratch *s,
 					  struct flow_state *f)
 {
-	h->flow_birth_ns = s->meta.flow_birth_ns;
+	h->flow_birth_ns = f->birth_ns;
 	who_made_it(f, s->meta.t_ns, h);
 	h->tgid = s->meta.tgid;
 	h->tid = s->meta.tid;

@@ -62,7 +62,6 @@ volatile const __u32 fp_stage = FP_STAGE_SCAN;
 struct fp_meta {
 	__u64 t_ns;
 	__u64 base;  /* position of the chunk's first byte in the flow (or call) */
-	__u64 flow_birth_ns;
 	__u32 tgid;
 	__u32 tid;
 	__s32 fd;
