@@ -19,6 +19,8 @@ struct flow_key {
 	__u32 dir;
 	__u32 pad;
 };
+/* A hash key is compared byte for byte: padding the compiler adds could hold anything. */
+_Static_assert(sizeof(struct flow_key) == 16, "struct flow_key has implicit padding");
 
 struct flow_state {
 	__u64 pos;      /* bytes seen on the flow */

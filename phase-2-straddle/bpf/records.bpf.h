@@ -104,6 +104,10 @@ struct nested_record {
 	struct phase2_call h;
 	struct phase2_moment m[NESTED_MOMENTS];
 };
+_Static_assert((NESTED_MOMENTS & (NESTED_MOMENTS - 1)) == 0,
+	       "fp_emit masks a nested record's moment index with NESTED_MOMENTS - 1");
+_Static_assert(sizeof(struct nested_record) <= 32 * 1024,
+	       "a per-CPU array's value is at most 32 KiB");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

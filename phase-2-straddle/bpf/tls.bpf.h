@@ -47,6 +47,8 @@ struct tls_session {
 	__u32 pad;
 	__u64 ssl;
 };
+/* A hash key is compared byte for byte: padding the compiler adds could hold anything. */
+_Static_assert(sizeof(struct tls_session) == 16, "struct tls_session has implicit padding");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -44,6 +44,13 @@
 /* Slack past the chunk so that every load the verifier cannot relate to `len` stays inside. */
 #define FP_BUF_SIZE (FP_DATA + FP_CHUNK + FP_WINDOW_MAX + 8)
 
+/* Indices into arrays of these sizes are masked with size - 1 as well as tested, because older
+ * verifiers lose a test's bounds: the mask bounds them only if the size is a power of two. */
+_Static_assert((FP_GROUPS & (FP_GROUPS - 1)) == 0, "FP_GROUPS must be a power of two");
+_Static_assert((FP_MAX_CANDIDATES & (FP_MAX_CANDIDATES - 1)) == 0,
+	       "FP_MAX_CANDIDATES must be a power of two");
+_Static_assert((FP_WINDOW_MAX & (FP_WINDOW_MAX - 1)) == 0, "FP_WINDOW_MAX must be a power of two");
+
 /* Cluster-wide settings (FingerprintConfig), set by the agent at load time. */
 volatile const __u32 fp_window = FP_DEFAULT_WINDOW;
 volatile const __u32 fp_keep_per_256 = FP_DEFAULT_KEEP_PER_256;
@@ -90,6 +97,8 @@ struct fp_scratch {
  * claims an area of its own for its whole scan. Slot 0 is the common case; FP_SLOTS calls
  * preempted at once on one CPU leave the next one unscanned, and counted. */
 #define FP_SLOTS 4
+_Static_assert((FP_SLOTS & (FP_SLOTS - 1)) == 0, "fp_scratch masks its slot with FP_SLOTS - 1");
+_Static_assert(sizeof(struct fp_scratch) <= 32 * 1024, "a per-CPU array's value is at most 32 KiB");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
