@@ -82,8 +82,8 @@ __noinline __u64 scan_iov(__u64 slot, __u64 iov, __u64 iovcnt, __u64 total)
 
 /* Scans the first `total` bytes the call moved, wherever its kind keeps them, in the scratch
  * area the call claimed; returns the bytes it could not reach. */
-static __always_inline __u64 scan_call_bytes(const struct fp_scratch *s, const struct pending *call,
-					     __u64 total)
+static __always_inline __u64 scan_call_bytes(const struct fp_scratch *s,
+					     const struct pending *call, __u64 total)
 {
 	if (call->kind == CALL_BUF) {
 		fp_scan_user(s->meta.slot, call->ptr, total);
