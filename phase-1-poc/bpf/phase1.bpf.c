@@ -49,13 +49,7 @@ int phase1_write(struct sys_enter_ctx *ctx)
 	struct fp_scratch *s = fp_scratch(slot);
 	if (!s)
 		return 0;
-	__u64 count = ctx->args[2];
-	fp_count(FP_C_CALLS, 1);
-	if (count > FP_MAX_CALL_BYTES) {
-		fp_count(FP_C_TRUNCATED, count - FP_MAX_CALL_BYTES);
-		count = FP_MAX_CALL_BYTES;
-	}
-	fp_count(FP_C_BYTES, count);
+	__u64 count = fp_call_bytes(ctx->args[2]);
 	s->meta.t_ns = t_ns;
 	s->meta.tgid = tgid;
 	s->meta.tid = (__u32)id;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
-/* Phase 1's event, shared by phase1.bpf.c and its Rust mirror (src/event.rs, size/offset asserts). */
+/* Phase 1's event, shared by phase1.bpf.c and its Rust mirror (src/event.rs), which build.rs
+ * checks against this header's layout at compile time. */
 #ifndef PHASE1_H
 #define PHASE1_H
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
-/* Phase 2's event and counters, shared by phase2.bpf.c and its Rust mirror (src/event.rs). */
+/* Phase 2's event and counters, shared by phase2.bpf.c and its Rust mirror (src/event.rs),
+ * which build.rs checks against this header's layout at compile time. */
 #ifndef PHASE2_H
 #define PHASE2_H
 
@@ -28,8 +29,13 @@ struct phase2_call {
 	/* followed by n struct phase2_moment (at most PHASE2_MAX_MOMENTS) */
 };
 
-/* Every moment a 64 KiB call can yield (FP_MAX_CANDIDATES per 2 KiB chunk), within the 32 KiB
- * of a per-CPU value. */
+/* Records lie back to back in a batch: each must leave the next one's __u64s aligned. */
+_Static_assert(sizeof(struct phase2_call) % 8 == 0 && sizeof(struct phase2_moment) % 8 == 0,
+	       "a record must be a multiple of 8 bytes");
+
+/* Moments one call's record holds; more are counted as drops. Nearly every moment a 64 KiB call
+ * can yield (FP_MAX_CANDIDATES per 2 KiB chunk: 2048); the figure dates from when a record was
+ * built in a per-CPU value, 32 KiB at most. */
 #define PHASE2_MAX_MOMENTS 2040
 
 /* Per-CPU counters of the data path, beside the scan's (enum fp_counter). */

@@ -44,6 +44,13 @@
 /* Slack past the chunk so that every load the verifier cannot relate to `len` stays inside. */
 #define FP_BUF_SIZE (FP_DATA + FP_CHUNK + FP_WINDOW_MAX + 8)
 
+/* Indices into arrays of these sizes are masked with size - 1 as well as tested, because older
+ * verifiers lose a test's bounds: the mask bounds them only if the size is a power of two. */
+_Static_assert((FP_GROUPS & (FP_GROUPS - 1)) == 0, "FP_GROUPS must be a power of two");
+_Static_assert((FP_MAX_CANDIDATES & (FP_MAX_CANDIDATES - 1)) == 0,
+	       "FP_MAX_CANDIDATES must be a power of two");
+_Static_assert((FP_WINDOW_MAX & (FP_WINDOW_MAX - 1)) == 0, "FP_WINDOW_MAX must be a power of two");
+
 /* Cluster-wide settings (FingerprintConfig), set by the agent at load time. */
 volatile const __u32 fp_window = FP_DEFAULT_WINDOW;
 volatile const __u32 fp_keep_per_256 = FP_DEFAULT_KEEP_PER_256;
@@ -62,7 +69,6 @@ volatile const __u32 fp_stage = FP_STAGE_SCAN;
 struct fp_meta {
 	__u64 t_ns;
 	__u64 base;  /* position of the chunk's first byte in the flow (or call) */
-	__u64 flow_birth_ns;
 	__u32 tgid;
 	__u32 tid;
 	__s32 fd;
@@ -91,6 +97,8 @@ struct fp_scratch {
  * claims an area of its own for its whole scan. Slot 0 is the common case; FP_SLOTS calls
  * preempted at once on one CPU leave the next one unscanned, and counted. */
 #define FP_SLOTS 4
+_Static_assert((FP_SLOTS & (FP_SLOTS - 1)) == 0, "fp_scratch masks its slot with FP_SLOTS - 1");
+_Static_assert(sizeof(struct fp_scratch) <= 32 * 1024, "a per-CPU array's value is at most 32 KiB");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -132,6 +140,20 @@ static __always_inline void fp_count(__u32 counter, __u64 n)
 	__u64 *v = bpf_map_lookup_elem(&fp_counters, &counter);
 	if (v)
 		*v += n;
+}
+
+/* Counts a call that moved `moved` bytes; returns how many of them are scanned: at most
+ * FP_MAX_CALL_BYTES, the rest counted as truncated. */
+static __always_inline __u64 fp_call_bytes(__u64 moved)
+{
+	fp_count(FP_C_CALLS, 1);
+	__u64 total = moved;
+	if (total > FP_MAX_CALL_BYTES) {
+		fp_count(FP_C_TRUNCATED, total - FP_MAX_CALL_BYTES);
+		total = FP_MAX_CALL_BYTES;
+	}
+	fp_count(FP_C_BYTES, total);
+	return total;
 }
 
 /* Claims a scratch area for a call: its slot, or -1 (counted) when every slot is held. An atomic
