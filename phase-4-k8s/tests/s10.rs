@@ -25,30 +25,32 @@
 //! bare pod); no record involves the unselected component; scored against the ground truth,
 //! no false match and every hop between selected components found. Needs root, crun,
 //! busybox-static and bpftool (`scripts/setup.sh`).
+//!
+//! The pods and containers are planned in s10/pods.rs; the agent's targets are read back with
+//! s10/targets_map.rs.
+#[path = "s10/pods.rs"]
+mod pods;
+#[path = "s10/targets_map.rs"]
+mod targets_map;
 
+use agent::schema::{HopKind, PodRef, Sighting};
 use harness::run::{listening, Targets};
 use harness::scenario::Scenario;
-use agent::schema::{HopKind, PodRef, Sighting};
 use harness::score::Observes;
 use harness::supervised::Supervised;
-use phase_4_k8s::cgroup::Runtime;
-use phase_4_k8s::testbed::crun::{exclusive, host, in_path, random_ids, SETUP};
-use phase_4_k8s::testbed::plan::{self, ContainerPlan, Driver, PodPlan, Qos};
+use phase_4_k8s::testbed::crun::{exclusive, host, in_path, SETUP};
+use phase_4_k8s::testbed::plan::ContainerPlan;
 use phase_4_k8s::testbed::FakeCluster;
-use serde_json::Value;
+use pods::{plan, podlist, selected, NAMESPACE, NODE, SELECTOR};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use targets_map::TargetsMap;
 
 const EXE: &str = env!("CARGO_BIN_EXE_phase-4-k8s");
-const NODE: &str = "node-a";
-/// The agent's selection: namespace `audio`, label `app` one of these.
-const NAMESPACE: &str = "audio";
-const SELECTOR: &str = "app in (asr, mixer)";
-const SELECTED_APPS: [&str; 2] = ["asr", "mixer"];
 /// How long the agent may take to list the pods, load its programs and attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agent may take to trace processes that joined selected containers: it looks
@@ -64,171 +66,6 @@ fn scenario() -> Scenario {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The pods
-
-/// What the agent's selection picks (written out here, not through the crate's selector).
-fn selected(pod: &PodPlan) -> bool {
-    let app = pod
-        .labels
-        .iter()
-        .find(|(k, _)| k == "app")
-        .map(|(_, v)| v.as_str());
-    pod.namespace == NAMESPACE && app.is_some_and(|a| SELECTED_APPS.contains(&a))
-}
-
-/// The pods of node-a (and one of node-b) and their containers, fresh ids each run.
-fn plan() -> (Vec<PodPlan>, Vec<ContainerPlan>) {
-    let uid = || random_ids().1;
-    let id = || random_ids().0;
-    let labels = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    let owner = |kind: &str, name: &str| Some((kind.to_string(), name.to_string()));
-    let asr_labels = labels(&[("app", "asr"), ("pod-template-hash", "6f7b9c8d54")]);
-    let pods = vec![
-        PodPlan {
-            namespace: "audio".into(),
-            name: "asr-6f7b9c8d54-k2x7p".into(),
-            uid: uid(),
-            node: NODE.into(),
-            labels: asr_labels.clone(),
-            owner: owner("ReplicaSet", "asr-6f7b9c8d54"),
-            qos: Qos::Burstable,
-            driver: Driver::Systemd,
-            workload: "asr".into(),
-        },
-        PodPlan {
-            namespace: "audio".into(),
-            name: "asr-6f7b9c8d54-w9q4m".into(),
-            uid: uid(),
-            node: NODE.into(),
-            labels: asr_labels.clone(),
-            owner: owner("ReplicaSet", "asr-6f7b9c8d54"),
-            qos: Qos::Burstable,
-            driver: Driver::Systemd,
-            workload: "asr".into(),
-        },
-        PodPlan {
-            namespace: "audio".into(),
-            name: "mixer-0".into(),
-            uid: uid(),
-            node: NODE.into(),
-            labels: labels(&[
-                ("app", "mixer"),
-                ("statefulset.kubernetes.io/pod-name", "mixer-0"),
-            ]),
-            owner: owner("StatefulSet", "mixer"),
-            qos: Qos::BestEffort,
-            driver: Driver::Cgroupfs,
-            workload: "mixer".into(),
-        },
-        PodPlan {
-            namespace: "audio".into(),
-            name: "mixer-1".into(),
-            uid: uid(),
-            node: NODE.into(),
-            labels: labels(&[
-                ("app", "mixer"),
-                ("statefulset.kubernetes.io/pod-name", "mixer-1"),
-            ]),
-            owner: owner("StatefulSet", "mixer"),
-            qos: Qos::Burstable,
-            driver: Driver::Cgroupfs,
-            workload: "mixer".into(),
-        },
-        PodPlan {
-            namespace: "audio".into(),
-            name: "asr-recorder".into(),
-            uid: uid(),
-            node: NODE.into(),
-            labels: labels(&[("app", "asr"), ("role", "recorder")]),
-            owner: None,
-            qos: Qos::Guaranteed,
-            driver: Driver::Systemd,
-            workload: "asr-recorder".into(),
-        },
-        // Same label, another namespace: not selected.
-        PodPlan {
-            namespace: "archive".into(),
-            name: "archiver".into(),
-            uid: uid(),
-            node: NODE.into(),
-            labels: labels(&[("app", "asr")]),
-            owner: None,
-            qos: Qos::Guaranteed,
-            driver: Driver::Cgroupfs,
-            workload: "archiver".into(),
-        },
-        // The right namespace, another label: not selected.
-        PodPlan {
-            namespace: "audio".into(),
-            name: "tts-5d8c7b6f4-q9w2e".into(),
-            uid: uid(),
-            node: NODE.into(),
-            labels: labels(&[("app", "tts"), ("pod-template-hash", "5d8c7b6f4")]),
-            owner: owner("ReplicaSet", "tts-5d8c7b6f4"),
-            qos: Qos::BestEffort,
-            driver: Driver::Systemd,
-            workload: "tts".into(),
-        },
-        // On node-b, selected by labels, claiming the archiver's container (`podlist`): only
-        // a client that asked for every node's pods would trace the archiver for it.
-        PodPlan {
-            namespace: "audio".into(),
-            name: "asr-6f7b9c8d54-zz9tb".into(),
-            uid: uid(),
-            node: "node-b".into(),
-            labels: asr_labels,
-            owner: owner("ReplicaSet", "asr-6f7b9c8d54"),
-            qos: Qos::Burstable,
-            driver: Driver::Systemd,
-            workload: "asr".into(),
-        },
-    ];
-    let c = |pod, name: &str, runtime, component: Option<&str>| ContainerPlan {
-        pod,
-        name: name.into(),
-        id: id(),
-        runtime,
-        component: component.map(str::to_string),
-    };
-    use Runtime::{Containerd, CriO};
-    let containers = vec![
-        c(0, "capture", Containerd, Some("c0-src")),
-        c(0, "asr", Containerd, Some("c0-r1")),
-        c(1, "capture", Containerd, Some("c1-src")),
-        c(1, "asr", Containerd, Some("c1-r1")),
-        c(2, "mixer", Containerd, Some("c0-r2")),
-        c(3, "mixer", CriO, Some("c1-r2")),
-        c(4, "recorder", Containerd, Some("c1-sink")),
-        c(5, "archiver", Containerd, Some("c0-sink")),
-        c(6, "tts", Containerd, None),
-    ];
-    (pods, containers)
-}
-
-/// The PodList the fake API server serves: the plan's, and node-b's pod with a container
-/// whose id is the archiver's (the server drops it for a client that asks for node-a's pods
-/// only).
-fn podlist(pods: &[PodPlan], containers: &[ContainerPlan]) -> String {
-    let archiver = containers.iter().find(|c| c.name == "archiver").unwrap();
-    let claim = ContainerPlan {
-        pod: pods.iter().position(|p| p.node != NODE).unwrap(),
-        name: "asr".into(),
-        component: None,
-        ..archiver.clone()
-    };
-    let listed: Vec<ContainerPlan> = containers.iter().cloned().chain([claim]).collect();
-    plan::podlist(pods, &listed)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-
 fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], harness::run::free_port().unwrap()))
 }
@@ -241,82 +78,6 @@ impl Drop for RunDir {
         fs::remove_dir_all(&self.0).ok();
     }
 }
-
-/// The agent's `targets` bitmap (shared/bpf/targets.bpf.h: bit `pid % 64` of word `pid / 64`),
-/// found through the map ids in the agent's /proc fdinfo and read with bpftool.
-struct TargetsMap {
-    bpftool: PathBuf,
-    id: u32,
-}
-
-impl TargetsMap {
-    fn of(bpftool: &Path, agent: u32) -> TargetsMap {
-        let mut found = Vec::new();
-        for entry in fs::read_dir(format!("/proc/{agent}/fd")).unwrap().flatten() {
-            let is_map = fs::read_link(entry.path())
-                .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map");
-            if !is_map {
-                continue;
-            }
-            let fd = entry.file_name().to_string_lossy().into_owned();
-            let info = fs::read_to_string(format!("/proc/{agent}/fdinfo/{fd}")).unwrap_or_default();
-            let Some(id) = info
-                .lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
-                .and_then(|v| v.trim().parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let out = Command::new(bpftool)
-                .args(["-j", "map", "show", "id", &id.to_string()])
-                .output()
-                .expect("running bpftool");
-            let show: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if show["name"] == "targets" {
-                found.push(id);
-            }
-        }
-        found.sort_unstable();
-        found.dedup();
-        assert_eq!(
-            found.len(),
-            1,
-            "the agent (pid {agent}) holds one `targets` map: {found:?}"
-        );
-        TargetsMap {
-            bpftool: bpftool.to_path_buf(),
-            id: found[0],
-        }
-    }
-
-    /// Whether `pid` is a target.
-    fn has(&self, pid: u32) -> bool {
-        let word = pid / 64;
-        let mut cmd = Command::new(&self.bpftool);
-        cmd.args(["-j", "map", "lookup", "id", &self.id.to_string(), "key"]);
-        for b in word.to_le_bytes() {
-            cmd.arg(b.to_string());
-        }
-        let out = cmd.output().expect("running bpftool");
-        assert!(
-            out.status.success(),
-            "bpftool map lookup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
-        let bytes: Vec<u8> = v["value"]
-            .as_array()
-            .expect("a value")
-            .iter()
-            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-            .collect();
-        let bits = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-        (bits >> (pid % 64)) & 1 == 1
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// S10
 
 #[test]
 fn s10_container_processes_attributed_to_their_pods() {

@@ -1,240 +1,8 @@
-//! The scenario catalogue: every phase is run against the same descriptions (BRIEF §6). A
-//! scenario is its calls' audio and a topology of components joined by links.
+//! Each scenario's definition: S1 to S8 (the catalogue every phase runs), S9 (across nodes)
+//! and SCALE (many calls at once), the last two found by id only.
 
+use super::{AudioPlan, External, Kind, LinkKind, LinkSpec, Scenario, Topology};
 use crate::component::{Framing, IoCall, Route};
-use serde::Serialize;
-
-/// Where a scenario's call audio comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum AudioPlan {
-    /// Prompts of the real speech corpus with pauses and per-call line noise.
-    RealSpeech,
-    /// `audio::speech_like`, unique per call.
-    SyntheticSpeech,
-    /// Real speech, long digital silence, comfort noise, a tone, DTMF, then the same hold music
-    /// at the same time on every call, then speech again (S7).
-    QuietAndShared,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum LinkKind {
-    Pipe,
-    Tcp4,
-    Tcp6,
-    Unix,
-    /// TCP over IPv4 with TLS (OpenSSL on both ends).
-    Tls,
-    /// A TCP connection to or from a NATS broker (one end is `External::Nats`).
-    Nats,
-}
-
-/// How a link carries bytes: transport, framing, the syscall family of each end, write size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct LinkSpec {
-    pub kind: LinkKind,
-    pub framing: Framing,
-    pub write: IoCall,
-    pub read: IoCall,
-    pub chunk: usize,
-}
-
-impl LinkSpec {
-    /// A pipe with write/read, a stream of `chunk`-byte writes behind a `header_len` header.
-    pub const fn pipe(chunk: usize, header_len: usize) -> Self {
-        Self {
-            kind: LinkKind::Pipe,
-            framing: Framing::Stream { header_len },
-            write: IoCall::Plain,
-            read: IoCall::Plain,
-            chunk,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub enum Kind {
-    /// Sends (call, output index) pairs.
-    Source {
-        calls: Vec<(u32, usize)>,
-    },
-    Relay {
-        hold_us: u64,
-        route: Route,
-    },
-    Sink,
-    /// A real program the harness runs but did not write; it records no ground truth.
-    External(External),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum External {
-    /// Debian's nats-server: every input's messages go to every output (all consumers
-    /// subscribe to every call).
-    Nats,
-    /// One stunnel4 process; service i takes input i to output i, exactly one side TLS.
-    Stunnel,
-}
-
-impl External {
-    /// The program, as Debian installs it (scripts/setup.sh).
-    pub fn program(self) -> &'static str {
-        match self {
-            External::Nats => "nats-server",
-            External::Stunnel => "stunnel4",
-        }
-    }
-}
-
-impl Kind {
-    /// Which outputs a component that forwards sends a call's audio to.
-    pub fn route(&self) -> Option<Route> {
-        match self {
-            Kind::Relay { route, .. } => Some(*route),
-            Kind::External(External::Nats) => Some(Route::All),
-            Kind::External(External::Stunnel) => Some(Route::Same),
-            Kind::Source { .. } | Kind::Sink => None,
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Comp {
-    pub name: String,
-    pub kind: Kind,
-    /// The node ([`crate::nodes`]) it runs on; `None`: the machine's own network namespace.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    pub inputs: Vec<usize>,
-    pub outputs: Vec<usize>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Link {
-    pub name: String,
-    pub spec: LinkSpec,
-    pub from: usize,
-    pub to: usize,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Topology {
-    pub comps: Vec<Comp>,
-    pub links: Vec<Link>,
-}
-
-impl Topology {
-    pub fn comp(&mut self, name: impl Into<String>, kind: Kind) -> usize {
-        self.comps.push(Comp {
-            name: name.into(),
-            kind,
-            node: None,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-        });
-        self.comps.len() - 1
-    }
-
-    /// A component on node `node`.
-    pub fn comp_on(&mut self, node: &str, name: impl Into<String>, kind: Kind) -> usize {
-        let i = self.comp(name, kind);
-        self.comps[i].node = Some(node.to_string());
-        i
-    }
-
-    pub fn link(&mut self, from: usize, to: usize, spec: LinkSpec) -> usize {
-        let i = self.links.len();
-        self.links.push(Link {
-            name: format!("l{i}"),
-            spec,
-            from,
-            to,
-        });
-        self.comps[from].outputs.push(i);
-        self.comps[to].inputs.push(i);
-        i
-    }
-
-    /// One chain of processes per call: source → relays → sink, `links[i]` between stage i
-    /// and i + 1, relay i holding each read `holds[i]` µs.
-    pub fn chains(calls: u32, holds: &[u64], links: &[LinkSpec]) -> Self {
-        assert_eq!(links.len(), holds.len() + 1);
-        let mut t = Self::default();
-        for c in 0..calls {
-            let mut prev = t.comp(
-                format!("c{c}-src"),
-                Kind::Source {
-                    calls: vec![(c, 0)],
-                },
-            );
-            for (i, &hold_us) in holds.iter().enumerate() {
-                let r = t.comp(
-                    format!("c{c}-r{}", i + 1),
-                    Kind::Relay {
-                        hold_us,
-                        route: Route::Same,
-                    },
-                );
-                t.link(prev, r, links[i]);
-                prev = r;
-            }
-            let sink = t.comp(format!("c{c}-sink"), Kind::Sink);
-            t.link(prev, sink, links[holds.len()]);
-        }
-        t
-    }
-
-    pub fn processes(&self) -> usize {
-        self.comps.len()
-    }
-
-    /// The nodes components are placed on, in the order of their first component.
-    pub fn nodes(&self) -> Vec<&str> {
-        let mut nodes = Vec::new();
-        for n in self.comps.iter().filter_map(|c| c.node.as_deref()) {
-            if !nodes.contains(&n) {
-                nodes.push(n);
-            }
-        }
-        nodes
-    }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Scenario {
-    pub id: &'static str,
-    pub title: &'static str,
-    pub calls: u32,
-    pub seconds: f64,
-    pub rate: u32,
-    pub audio: AudioPlan,
-    /// Pace of the sources: 1 is real time.
-    pub speed: f64,
-    pub topology: Topology,
-}
-
-impl Scenario {
-    /// `calls` calls of real speech at 8 kHz through `topology`, paced at `speed` × real time:
-    /// what most of the catalogue is.
-    pub fn speech(
-        id: &'static str,
-        title: &'static str,
-        calls: u32,
-        seconds: f64,
-        speed: f64,
-        topology: Topology,
-    ) -> Self {
-        Self {
-            id,
-            title,
-            calls,
-            seconds,
-            rate: 8000,
-            audio: AudioPlan::RealSpeech,
-            speed,
-            topology,
-        }
-    }
-}
 
 /// S1 pipe chain: source → relay → relay → sink over pipes, 2048-byte writes, holds 2 and 5 ms.
 pub fn s1() -> Scenario {
@@ -590,63 +358,11 @@ pub fn s8() -> Scenario {
     )
 }
 
-/// SCALE (BRIEF §7): `calls` concurrent calls in real time through a 3-hop chain of four
-/// processes: one source multiplexes every call on [`SCALE_CONNECTIONS`] TCP connections
-/// (call `c` on connection `c % 8`) as Pulsar-style envelopes batched into writes of up to
-/// 64 KiB; relay 1 holds each read 1 ms and relay 2 passes it on at once, each connection to the
-/// next stage's same connection; a sink reads them all. Not in the catalogue (the catalogue is
-/// run by tests): `bench -- scale` runs it.
-pub fn scale(calls: u32, seconds: f64) -> Scenario {
-    let conns = SCALE_CONNECTIONS.min(calls.max(1) as usize);
-    let mut t = Topology::default();
-    let src = t.comp(
-        "src",
-        Kind::Source {
-            calls: (0..calls).map(|c| (c, c as usize % conns)).collect(),
-        },
-    );
-    let r1 = t.comp(
-        "r1",
-        Kind::Relay {
-            hold_us: 1_000,
-            route: Route::Same,
-        },
-    );
-    let r2 = t.comp(
-        "r2",
-        Kind::Relay {
-            hold_us: 0,
-            route: Route::Same,
-        },
-    );
-    let sink = t.comp("sink", Kind::Sink);
-    let env = LinkSpec {
-        kind: LinkKind::Tcp4,
-        framing: Framing::Envelope { max_payload: 1000 },
-        write: IoCall::Plain,
-        read: IoCall::Plain,
-        chunk: 64 * 1024,
-    };
-    for (from, to) in [(src, r1), (r1, r2), (r2, sink)] {
-        for _ in 0..conns {
-            t.link(from, to, env);
-        }
-    }
-    Scenario::speech(
-        "SCALE",
-        "concurrent calls multiplexed through a 3-hop chain in real time",
-        calls,
-        seconds,
-        1.0,
-        t,
-    )
-}
-
 /// S9 multi-node: four calls, each on its own TCP connection from node a to a relay on node b,
 /// which multiplexes them as envelopes over a unix socket to a second relay on node b (a hop
 /// inside one node), which sends every call on to two consumers on node c over two TCP
 /// connections. Not in the catalogue, which phases 1 and 2 run and which has no nodes;
-/// [`by_id`] finds it. Running it needs root (network namespaces).
+/// [`by_id`](super::by_id) finds it. Running it needs root (network namespaces).
 pub fn s9() -> Scenario {
     let calls = 4;
     let mut t = Topology::default();
@@ -705,24 +421,57 @@ pub fn s9() -> Scenario {
     )
 }
 
+/// SCALE, whether the tracer keeps up with many calls at once: `calls` concurrent calls in
+/// real time through a 3-hop chain of four processes: one source multiplexes every call on
+/// [`SCALE_CONNECTIONS`] TCP connections (call `c` on connection `c % 8`) as Pulsar-style
+/// envelopes batched into writes of up to 64 KiB; relay 1 holds each read 1 ms and relay 2
+/// passes it on at once, each connection to the next stage's same connection; a sink reads them
+/// all. Not in the catalogue (the catalogue is run by tests): `bench -- scale` runs it.
+pub fn scale(calls: u32, seconds: f64) -> Scenario {
+    let conns = SCALE_CONNECTIONS.min(calls.max(1) as usize);
+    let mut t = Topology::default();
+    let src = t.comp(
+        "src",
+        Kind::Source {
+            calls: (0..calls).map(|c| (c, c as usize % conns)).collect(),
+        },
+    );
+    let r1 = t.comp(
+        "r1",
+        Kind::Relay {
+            hold_us: 1_000,
+            route: Route::Same,
+        },
+    );
+    let r2 = t.comp(
+        "r2",
+        Kind::Relay {
+            hold_us: 0,
+            route: Route::Same,
+        },
+    );
+    let sink = t.comp("sink", Kind::Sink);
+    let env = LinkSpec {
+        kind: LinkKind::Tcp4,
+        framing: Framing::Envelope { max_payload: 1000 },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk: 64 * 1024,
+    };
+    for (from, to) in [(src, r1), (r1, r2), (r2, sink)] {
+        for _ in 0..conns {
+            t.link(from, to, env);
+        }
+    }
+    Scenario::speech(
+        "SCALE",
+        "concurrent calls multiplexed through a 3-hop chain in real time",
+        calls,
+        seconds,
+        1.0,
+        t,
+    )
+}
+
 /// Connections per stage of [`scale`].
 pub const SCALE_CONNECTIONS: usize = 8;
-
-/// Every scenario that exists so far.
-pub fn catalogue() -> Vec<Scenario> {
-    vec![s1(), s2(), s3(), s4(), s5(), s6(), s7(), s8()]
-}
-
-/// A catalogue scenario by id, [`s9`], or "SCALE": [`scale`] at its BRIEF §7 size (1000
-/// calls, 10 s).
-pub fn by_id(id: &str) -> Option<Scenario> {
-    if id.eq_ignore_ascii_case("SCALE") {
-        return Some(scale(1000, 10.0));
-    }
-    if id.eq_ignore_ascii_case("S9") {
-        return Some(s9());
-    }
-    catalogue()
-        .into_iter()
-        .find(|s| s.id.eq_ignore_ascii_case(id))
-}
