@@ -10,7 +10,7 @@
 
 use agent::pipeline::Matched;
 use anyhow::Result;
-use phase_2_straddle::event::{Phase2Call, Phase2Event, Phase2Moment};
+use phase_2_straddle::event::{Phase2Call, Phase2Event, Phase2Moment, DIR_READ, DIR_WRITE};
 use phase_2_straddle::links::{Links, Seen};
 use phase_2_straddle::matcher::Matcher;
 use std::os::fd::OwnedFd;
@@ -86,7 +86,7 @@ impl Chain {
                     tgid,
                     tid: tgid,
                     fd,
-                    dir: write as u32,
+                    dir: if write { DIR_WRITE } else { DIR_READ },
                     n: n as u32,
                     tls: 0,
                     comm: *b"hx-bench\0\0\0\0\0\0\0\0",

@@ -69,7 +69,7 @@ mod tests {
             tgid,
             tid: tgid,
             fd: 1,
-            dir: 1,
+            dir: crate::event::DIR_WRITE,
             comm: [b'x'; 16],
         }
     }

@@ -229,7 +229,7 @@ impl std::fmt::Display for MatchCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Phase2Call, Phase2Event};
+    use crate::event::{Phase2Call, Phase2Event, DIR_READ, DIR_WRITE};
     use crate::links::Links;
     use agent::pipeline::Matched;
     use std::os::fd::AsRawFd;
@@ -245,7 +245,7 @@ mod tests {
             tgid: if tgid == 0 { std::process::id() } else { tgid },
             tid: 0,
             fd,
-            dir: write as u32,
+            dir: if write { DIR_WRITE } else { DIR_READ },
             n: 1,
             tls: 0,
             comm: [b'x'; 16],

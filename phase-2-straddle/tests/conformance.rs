@@ -407,7 +407,7 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
             .collect();
         let plain: Vec<_> = mine
             .iter()
-            .filter(|e| e.call.tls != 1)
+            .filter(|e| e.call.tls == 0)
             .map(|e| (e.end, e.signature))
             .collect();
         assert!(

@@ -57,7 +57,7 @@ volatile const __u32 fp_keep_per_256 = FP_DEFAULT_KEEP_PER_256;
 volatile const __u32 fp_quiet_threshold = FP_DEFAULT_QUIET_THRESHOLD;
 volatile const __u32 fp_max_step = FP_DEFAULT_MAX_STEP;
 /* Benchmarks only: how far a call's bytes go, so that the floor (the copy) and each pass are
- * measured side by side (phase_1_poc::tracer::ScanMode). */
+ * measured side by side (agent::loader::ScanMode). */
 enum fp_stage {
 	FP_STAGE_SCAN, /* the tracer */
 	FP_STAGE_COPY, /* copied from user memory, not scanned */
