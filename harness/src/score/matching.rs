@@ -1,0 +1,582 @@
+//! Matching hop records to the truth: which hop of which call, and which moment, each record
+//! is; or why it is a duplicate, framing, or false.
+//!
+//! A record whose two ends are our components is matched by flow position when it names
+//! both (the two sides carried the same audio byte) and by signature otherwise (both sides
+//! carried the moment with the record's fds). A record with an external end is matched by
+//! signature on its known side; its external side must keep to the link its fd is on.
+
+use super::index::{ascending, CallTruthIndex, PointFlow};
+use super::tally::Tally;
+use super::Observes;
+use crate::schema::{HopRecord, Sighting};
+use crate::truth::{Dir, GroundTruth, Point};
+use shared::FingerprintConfig;
+use std::collections::{HashMap, HashSet};
+
+/// A hop's key: (from pid, from dir, to pid, to dir), what a record names.
+type HopKey = (u32, Dir, u32, Dir);
+
+fn key_of(r: &HopRecord) -> HopKey {
+    (r.from.pid, r.from.dir, r.to.pid, r.to.dir)
+}
+
+/// One hop that exists: consecutive observable points of a call's tree.
+pub(super) struct Hop {
+    pub(super) call_idx: usize,
+    pub(super) from: usize,
+    pub(super) to: usize,
+}
+
+/// Every hop of every call, and the hops by key.
+pub(super) struct Hops {
+    pub(super) list: Vec<Hop>,
+    by_key: HashMap<HopKey, Vec<usize>>,
+    /// The same by key and call: with many calls through the same processes, a key has a hop
+    /// per call, and a record is tried only on the calls that can have carried it.
+    by_key_and_call: HashMap<(HopKey, usize), Vec<usize>>,
+}
+
+impl Hops {
+    pub(super) fn build(gt: &GroundTruth, calls: &[CallTruthIndex], obs: Observes) -> Self {
+        let mut list: Vec<Hop> = Vec::new();
+        let mut by_key: HashMap<HopKey, Vec<usize>> = HashMap::new();
+        for (ci, c) in calls.iter().enumerate() {
+            for (from, to) in c.hops(obs) {
+                let pid = |i: usize| gt.component(&c.points[i].component).map_or(0, |l| l.pid);
+                let key = (pid(from), c.points[from].dir, pid(to), c.points[to].dir);
+                by_key.entry(key).or_default().push(list.len());
+                list.push(Hop {
+                    call_idx: ci,
+                    from,
+                    to,
+                });
+            }
+        }
+        let mut by_key_and_call: HashMap<(HopKey, usize), Vec<usize>> = HashMap::new();
+        for (key, hs) in &by_key {
+            for &h in hs {
+                by_key_and_call
+                    .entry((*key, list[h].call_idx))
+                    .or_default()
+                    .push(h);
+            }
+        }
+        Self {
+            list,
+            by_key,
+            by_key_and_call,
+        }
+    }
+
+    fn exist(&self, key: &HopKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn of_key(&self, key: &HopKey) -> impl Iterator<Item = usize> + '_ {
+        self.by_key.get(key).into_iter().flatten().copied()
+    }
+
+    fn of_key_and_call(&self, key: HopKey, call_idx: usize) -> impl Iterator<Item = usize> + '_ {
+        self.by_key_and_call
+            .get(&(key, call_idx))
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+}
+
+/// Runs of calls' audio on one link at one point: (flow offset, length, call index).
+type Owned = Vec<(u64, u64, usize)>;
+
+/// Which call's audio each flow byte of a process's side is, on any of its links.
+struct FlowOwners {
+    /// (pid, dir) → per link: (whether its runs ascend without overlap, its runs sorted by
+    /// flow offset).
+    by_side: HashMap<(u32, Dir), Vec<(bool, Owned)>>,
+}
+
+impl FlowOwners {
+    fn build(calls: &[CallTruthIndex]) -> Self {
+        let mut by_link: HashMap<(u32, Dir), HashMap<&str, Owned>> = HashMap::new();
+        for (ci, c) in calls.iter().enumerate() {
+            for (p, flow) in c.points.iter().zip(&c.flows) {
+                let runs = by_link
+                    .entry((flow.pid, p.dir))
+                    .or_default()
+                    .entry(p.link.as_str())
+                    .or_default();
+                runs.extend(flow.runs.iter().map(|&(f, _, l)| (f, l, ci)));
+            }
+        }
+        let by_side = by_link
+            .into_iter()
+            .map(|(k, links)| {
+                let links = links
+                    .into_values()
+                    .map(|mut runs| {
+                        runs.sort_by_key(|&(f, _, _)| f);
+                        (ascending(runs.iter().map(|&(f, l, _)| (f, l))), runs)
+                    })
+                    .collect();
+                (k, links)
+            })
+            .collect();
+        Self { by_side }
+    }
+
+    fn links(&self, pid: u32, dir: Dir) -> impl Iterator<Item = &(bool, Owned)> {
+        self.by_side.get(&(pid, dir)).into_iter().flatten()
+    }
+
+    /// The calls whose audio a side's flow byte `flow` can be.
+    fn calls_at(&self, pid: u32, dir: Dir, flow: u64) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (sorted, runs) in self.links(pid, dir) {
+            let holds = |&&(f, l, _): &&(u64, u64, usize)| f <= flow && flow < f + l;
+            if *sorted {
+                let i = runs.partition_point(|&(f, l, _)| f + l <= flow);
+                out.extend(runs.get(i).filter(holds).map(|&(_, _, ci)| ci));
+            } else {
+                out.extend(runs.iter().filter(holds).map(|&(_, _, ci)| ci));
+            }
+        }
+        out
+    }
+
+    /// The first run of a call's audio at or after flow byte `flow` on each link: (its flow
+    /// offset, call index).
+    fn next_audio(&self, pid: u32, dir: Dir, flow: u64) -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        for (sorted, runs) in self.links(pid, dir) {
+            let next = if *sorted {
+                runs.get(runs.partition_point(|&(f, _, _)| f < flow))
+                    .copied()
+            } else {
+                runs.iter()
+                    .filter(|&&(f, _, _)| f >= flow)
+                    .min_by_key(|&&(f, _, _)| f)
+                    .copied()
+            };
+            out.extend(next.map(|(f, _, ci)| (f, ci)));
+        }
+        out
+    }
+}
+
+/// A record matched to the truth of a hop and moment.
+struct Match {
+    /// How far the record's two stamps are from the truth's, summed: the nearest match wins.
+    distance: u64,
+    hop: usize,
+    /// The moment's audio end offset.
+    end: u64,
+    /// The true latency, and the true stamps of both sides.
+    latency_ns: i64,
+    from_t_ns: u64,
+    to_t_ns: u64,
+    /// Either side's truth was preempted.
+    preempted: bool,
+}
+
+/// Why a record is false.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FalseMatch {
+    ExternalFdOnAnotherLink,
+    NoSuchHop,
+    SidesCarriedDifferentBytes,
+    NotAudio,
+    NotCarriedThere,
+}
+
+impl FalseMatch {
+    pub(super) fn why(self) -> &'static str {
+        match self {
+            Self::ExternalFdOnAnotherLink => "the external fd is another link's",
+            Self::NoSuchHop => "no such hop",
+            Self::SidesCarriedDifferentBytes => "the two sides did not carry the same audio byte",
+            Self::NotAudio => "a signature of no call's audio",
+            Self::NotCarriedThere => "that moment is not carried there",
+        }
+    }
+}
+
+/// Everything a record is matched against.
+pub(super) struct Matcher<'a> {
+    calls: &'a [CallTruthIndex],
+    hops: &'a Hops,
+    owners: FlowOwners,
+    /// signature → (call index, moment end) of every moment with it.
+    by_signature: HashMap<u64, Vec<(usize, u64)>>,
+    external_pids: HashSet<u32>,
+    window: u64,
+}
+
+impl<'a> Matcher<'a> {
+    pub(super) fn new(
+        gt: &GroundTruth,
+        calls: &'a [CallTruthIndex],
+        hops: &'a Hops,
+        cfg: FingerprintConfig,
+    ) -> Self {
+        let mut by_signature: HashMap<u64, Vec<(usize, u64)>> = HashMap::new();
+        for (ci, c) in calls.iter().enumerate() {
+            for m in &c.moments {
+                by_signature
+                    .entry(m.signature)
+                    .or_default()
+                    .push((ci, m.end));
+            }
+        }
+        Self {
+            calls,
+            hops,
+            owners: FlowOwners::build(calls),
+            by_signature,
+            external_pids: gt
+                .components
+                .iter()
+                .filter(|c| c.external)
+                .map(|c| c.pid)
+                .collect(),
+            window: cfg.window as u64,
+        }
+    }
+
+    /// Matches every record, counting each into `tally`.
+    pub(super) fn match_all<'r>(&self, records: &'r [HopRecord], tally: &mut Tally<'r>) {
+        let (through_external, known): (Vec<&HopRecord>, Vec<&HopRecord>) = records
+            .iter()
+            .partition(|r| self.is_external(&r.from) || self.is_external(&r.to));
+        for r in known {
+            self.match_known(r, tally);
+        }
+        self.match_through_external(&through_external, tally);
+    }
+
+    fn is_external(&self, s: &Sighting) -> bool {
+        self.external_pids.contains(&s.pid)
+    }
+
+    fn is_audio(&self, r: &HopRecord) -> bool {
+        self.by_signature.contains_key(&r.signature)
+    }
+
+    fn flow(&self, h: usize, to: bool) -> &PointFlow {
+        let hop = &self.hops.list[h];
+        &self.calls[hop.call_idx].flows[if to { hop.to } else { hop.from }]
+    }
+
+    fn point(&self, h: usize, to: bool) -> &Point {
+        let hop = &self.hops.list[h];
+        &self.calls[hop.call_idx].points[if to { hop.to } else { hop.from }]
+    }
+
+    /// Why `r` is false; `fits_another_link`: it had candidates, but only on other links
+    /// than its external fd's.
+    fn false_match(&self, r: &HopRecord, positioned: bool, fits_another_link: bool) -> FalseMatch {
+        if fits_another_link {
+            FalseMatch::ExternalFdOnAnotherLink
+        } else if !self.hops.exist(&key_of(r)) {
+            FalseMatch::NoSuchHop
+        } else if positioned {
+            FalseMatch::SidesCarriedDifferentBytes
+        } else if !self.is_audio(r) {
+            FalseMatch::NotAudio
+        } else {
+            FalseMatch::NotCarriedThere
+        }
+    }
+
+    fn count_false(&self, r: &HopRecord, why: FalseMatch, tally: &mut Tally) {
+        tally.false_match(r, why.why(), !self.is_audio(r));
+    }
+
+    /// A record between two of our components.
+    fn match_known(&self, r: &HopRecord, tally: &mut Tally) {
+        let positioned = r.from.pos.is_some() && r.to.pos.is_some();
+        let best = if positioned {
+            self.best_by_position(r)
+        } else {
+            self.best_by_signature(r)
+        };
+        match best {
+            None if positioned && (self.is_framing_transit(r) || self.is_framing_residence(r)) => {
+                tally.framing += 1;
+            }
+            None => self.count_false(r, self.false_match(r, positioned, false), tally),
+            Some(m) => {
+                if tally.matched.insert((m.hop, m.end)) {
+                    tally.correct(r, [Some(m.from_t_ns), Some(m.to_t_ns)]);
+                    let err = (r.latency_ns - m.latency_ns).unsigned_abs();
+                    tally.latency_error(err, m.preempted, &[m.hop]);
+                    if !m.preempted && r.from.node != r.to.node {
+                        tally.cross_node_error(err, r.bound_ns);
+                    }
+                } else {
+                    tally.duplicates += 1;
+                }
+            }
+        }
+    }
+
+    /// Both sides name a flow position: a hop matches when both carried the same audio byte.
+    /// Only hops of calls whose audio the from side's byte is are tried, in hop order, as the
+    /// nearest first found wins ties.
+    fn best_by_position(&self, r: &HopRecord) -> Option<Match> {
+        let key = key_of(r);
+        let mut cands: Vec<usize> = r
+            .from
+            .pos
+            .and_then(|p| p.checked_sub(1))
+            .map(|flow| self.owners.calls_at(r.from.pid, r.from.dir, flow))
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|ci| self.hops.of_key_and_call(key, ci))
+            .collect();
+        cands.sort_unstable();
+        cands.dedup();
+        cands
+            .into_iter()
+            .filter_map(|h| self.by_position(r, h))
+            .min_by_key(|m| m.distance)
+    }
+
+    fn by_position(&self, r: &HopRecord, h: usize) -> Option<Match> {
+        let (from_pos, to_pos) = (r.from.pos?, r.to.pos?);
+        let (a, oa) = self.flow(h, false).at_flow(from_pos.checked_sub(1)?)?;
+        let (b, ob) = self.flow(h, true).at_flow(to_pos.checked_sub(1)?)?;
+        if a != b || oa.fd != r.from.fd || ob.fd != r.to.fd {
+            return None;
+        }
+        Some(Match {
+            distance: oa.t_ns.abs_diff(r.from.t_ns) + ob.t_ns.abs_diff(r.to.t_ns),
+            hop: h,
+            end: a + 1,
+            latency_ns: ob.t_ns as i64 - oa.t_ns as i64,
+            from_t_ns: oa.t_ns,
+            to_t_ns: ob.t_ns,
+            preempted: oa.preempted || ob.preempted,
+        })
+    }
+
+    /// Hops of the calls with the record's signature whose sides carried the moment with the
+    /// record's fds; ties go to the lowest hop, then the call's first moment of the signature.
+    fn best_by_signature(&self, r: &HopRecord) -> Option<Match> {
+        let key = key_of(r);
+        self.by_signature
+            .get(&r.signature)
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .flat_map(|(i, &(ci, end))| {
+                self.hops
+                    .of_key_and_call(key, ci)
+                    .map(move |h| (i, h, ci, end))
+            })
+            .filter_map(|(i, h, ci, end)| {
+                let hop = &self.hops.list[h];
+                let c = &self.calls[ci];
+                let (a, b) = (c.carried[hop.from].get(&end)?, c.carried[hop.to].get(&end)?);
+                if a.fd != r.from.fd || b.fd != r.to.fd {
+                    return None;
+                }
+                let distance = a.t_ns.abs_diff(r.from.t_ns) + b.t_ns.abs_diff(r.to.t_ns);
+                Some((
+                    (distance, h, i),
+                    Match {
+                        distance,
+                        hop: h,
+                        end,
+                        latency_ns: b.t_ns as i64 - a.t_ns as i64,
+                        from_t_ns: a.t_ns,
+                        to_t_ns: b.t_ns,
+                        preempted: a.preempted || b.preempted,
+                    },
+                ))
+            })
+            .min_by_key(|(order, _)| *order)
+            .map(|(_, m)| m)
+    }
+
+    /// Framing bytes in transit: one link's two ends, the same position, the syscalls that
+    /// moved them.
+    fn is_framing_transit(&self, r: &HopRecord) -> bool {
+        self.hops
+            .of_key(&key_of(r))
+            .any(|h| self.framing_transit_on(r, h).is_some())
+    }
+
+    fn framing_transit_on(&self, r: &HopRecord, h: usize) -> Option<()> {
+        let pos = r.from.pos?.checked_sub(1)?;
+        if self.point(h, false).link != self.point(h, true).link || r.to.pos? != pos + 1 {
+            return None;
+        }
+        let (oa, ob) = (
+            self.flow(h, false).op_at(pos)?,
+            self.flow(h, true).op_at(pos)?,
+        );
+        (oa.fd == r.from.fd && ob.fd == r.to.fd).then_some(())
+    }
+
+    /// Framing bytes a relay forwards unchanged (a residence): both windows sit in framing,
+    /// the same distance before the same call's same audio byte, with the record's fds: the
+    /// same envelope's header (sequence, checksum, metadata) read and written again.
+    fn is_framing_residence(&self, r: &HopRecord) -> bool {
+        let (Some(pf), Some(pt)) = (r.from.pos, r.to.pos) else {
+            return false;
+        };
+        if r.from.pid != r.to.pid || pf == 0 || pt == 0 {
+            return false;
+        }
+        let starts = |flow: &PointFlow, at: u64| {
+            flow.run_at_flow(at)
+                .filter(|run| run.0 == at)
+                .map(|run| run.1)
+        };
+        let framing = |flow: &PointFlow, pos: u64, fd: i32| {
+            flow.run_at_flow(pos - 1).is_none() && flow.op_at(pos - 1).is_some_and(|op| op.fd == fd)
+        };
+        self.owners
+            .next_audio(r.from.pid, r.from.dir, pf)
+            .into_iter()
+            .any(|(f1, ci)| {
+                let f2 = pt + (f1 - pf);
+                self.hops.of_key_and_call(key_of(r), ci).any(|h| {
+                    let (a, b) = (self.flow(h, false), self.flow(h, true));
+                    starts(a, f1).is_some()
+                        && starts(a, f1) == starts(b, f2)
+                        && framing(a, pf, r.from.fd)
+                        && framing(b, pt, r.to.fd)
+                })
+            })
+    }
+
+    /// Records with an external end, matched by signature.
+    fn match_through_external<'r>(&self, records: &[&'r HopRecord], tally: &mut Tally<'r>) {
+        let candidates: Vec<Vec<(usize, u64)>> = records
+            .iter()
+            .map(|r| self.external_candidates(r))
+            .collect();
+        let link_of_fd = self.links_of_external_fds(records, &candidates);
+        let framing_signatures: HashSet<u64> = records
+            .iter()
+            .filter(|r| !self.is_audio(r) && self.is_framing_at_known_side(r))
+            .map(|r| r.signature)
+            .collect();
+        let is_framing = |r: &HopRecord| {
+            framing_signatures.contains(&r.signature)
+                && (self.is_framing_at_known_side(r)
+                    || (self.is_external(&r.from) && self.is_external(&r.to)))
+        };
+        for (&r, cands) in records.iter().zip(&candidates) {
+            let fits = |&&(h, _): &&(usize, u64)| {
+                [(false, &r.from), (true, &r.to)].iter().all(|(to, s)| {
+                    match link_of_fd.get(&(s.pid, s.dir, s.fd)) {
+                        Some(Some(link)) => self.point(h, *to).link == *link,
+                        _ => true,
+                    }
+                })
+            };
+            let fitting: Vec<_> = cands.iter().filter(fits).collect();
+            match fitting.iter().find(|c| !tally.matched.contains(c)) {
+                Some(&&(h, end)) => {
+                    tally.matched.insert((h, end));
+                    tally.matched_through_external.insert((h, end), r);
+                    let hop = &self.hops.list[h];
+                    let c = &self.calls[hop.call_idx];
+                    let truth = |p: usize| c.carried[p].get(&end).map(|k| k.t_ns);
+                    tally.correct(r, [truth(hop.from), truth(hop.to)]);
+                }
+                None if !fitting.is_empty() => tally.duplicates += 1,
+                None if is_framing(r) => tally.framing += 1,
+                None => self.count_false(r, self.false_match(r, false, !cands.is_empty()), tally),
+            }
+        }
+    }
+
+    /// Hops of the record's key whose call has the moment and whose known sides carried it
+    /// with the record's fd, nearest to the known stamps first (a signature may repeat in a
+    /// call): (hop, moment end).
+    fn external_candidates(&self, r: &HopRecord) -> Vec<(usize, u64)> {
+        let mut out = Vec::new();
+        for h in self.hops.of_key(&key_of(r)) {
+            let hop = &self.hops.list[h];
+            let c = &self.calls[hop.call_idx];
+            // How far the record's stamp is from the truth's; `None` if not carried there.
+            let distance = |p: usize, s: &Sighting, end: u64| {
+                if c.external[p] {
+                    return Some(0);
+                }
+                let k = c.carried[p].get(&end).filter(|k| k.fd == s.fd)?;
+                Some(k.t_ns.abs_diff(s.t_ns))
+            };
+            for &(ci, end) in self.by_signature.get(&r.signature).into_iter().flatten() {
+                if ci != hop.call_idx {
+                    continue;
+                }
+                if let (Some(a), Some(b)) = (
+                    distance(hop.from, &r.from, end),
+                    distance(hop.to, &r.to, end),
+                ) {
+                    out.push((a + b, h, end));
+                }
+            }
+        }
+        out.sort_by_key(|&(d, _, _)| d);
+        out.into_iter().map(|(_, h, end)| (h, end)).collect()
+    }
+
+    /// An external fd is one end of one link: learnt from records whose candidates agree on
+    /// it (a broker's fan-out or a proxy's two passes give hops that differ only there).
+    /// (pid, dir, fd) → its link, or `None` when records disagree.
+    fn links_of_external_fds(
+        &self,
+        records: &[&HopRecord],
+        candidates: &[Vec<(usize, u64)>],
+    ) -> HashMap<(u32, Dir, i32), Option<&str>> {
+        let mut link_of_fd: HashMap<(u32, Dir, i32), Option<&str>> = HashMap::new();
+        for (r, cands) in records.iter().zip(candidates) {
+            for (to, s) in [(false, &r.from), (true, &r.to)] {
+                let Some(&(first, _)) = cands.first() else {
+                    continue;
+                };
+                let link = self.point(first, to).link.as_str();
+                if self.is_external(s) && cands.iter().all(|&(h, _)| self.point(h, to).link == link)
+                {
+                    link_of_fd
+                        .entry((s.pid, s.dir, s.fd))
+                        .and_modify(|l| *l = l.filter(|l| *l == link))
+                        .or_insert(Some(link));
+                }
+            }
+        }
+        link_of_fd
+    }
+
+    /// Windows holding the broker's or proxy's protocol bytes cross externals too. A known
+    /// side shows one: its syscall carried `pos` with the record's fd, but the window before
+    /// `pos` is not one run of a call's audio. (A record with both ends external is framing
+    /// when its signature was framing at a known side.)
+    fn is_framing_at_known_side(&self, r: &HopRecord) -> bool {
+        let window = self.window;
+        let known: Vec<(bool, &Sighting)> = [(false, &r.from), (true, &r.to)]
+            .into_iter()
+            .filter(|(_, s)| !self.is_external(s))
+            .collect();
+        !known.is_empty()
+            && known.iter().all(|&(to, s)| {
+                let Some(pos) = s.pos.filter(|&p| p >= window) else {
+                    return false;
+                };
+                self.hops.of_key(&key_of(r)).any(|h| {
+                    let flow = self.flow(h, to);
+                    flow.op_at(pos - 1).is_some_and(|op| op.fd == s.fd)
+                        && !flow
+                            .runs
+                            .iter()
+                            .any(|&(f, _, l)| f + window <= pos && pos <= f + l)
+                })
+            })
+    }
+}
