@@ -293,3 +293,74 @@ fn carried_at(flow: &PointFlow, moments: &[shared::Moment], window: u64) -> Hash
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::super::Observes;
+
+    #[test]
+    fn each_point_carried_each_moment_in_the_syscall_that_moved_its_anchor() {
+        let f = Fixture::new(false);
+        let c = f.call();
+        assert!(c.moments.len() > 20, "{} moments", c.moments.len());
+        for m in &c.moments {
+            let anchor_a = STREAM_HEADER + m.end - 1;
+            let src = c.carried[SRC_WRITE][&m.end];
+            assert_eq!((src.pid, src.fd, src.pos), (100, 3, anchor_a + 1));
+            assert_eq!(src.t_ns, 1_000_000 + anchor_a / WRITE * 250_000);
+            let read = c.carried[RELAY_READ][&m.end];
+            assert_eq!((read.pid, read.fd, read.pos), (200, 4, anchor_a + 1));
+            assert_eq!(read.preempted, anchor_a / READ == PREEMPTED_READ as u64);
+            assert!(read.t_ns >= src.t_ns + 30_000);
+        }
+    }
+
+    #[test]
+    fn a_window_with_a_header_inside_is_not_carried_there() {
+        let f = Fixture::new(false);
+        let c = f.call();
+        let whole = f.moments_everywhere();
+        assert!(
+            whole.len() < c.moments.len() && !whole.is_empty(),
+            "some moments, not all, straddle an envelope header"
+        );
+        for m in &c.moments {
+            let inside = whole.contains(&m.end);
+            assert!(c.carried[RELAY_READ].contains_key(&m.end));
+            for point in [RELAY_WRITE, SINK_READ] {
+                let carried = c.carried[point].get(&m.end);
+                assert_eq!(carried.is_some(), inside, "moment {} at {point}", m.end);
+                if let Some(k) = carried {
+                    let anchor = m.end - 1;
+                    let envelopes = anchor / PAYLOAD + 1;
+                    assert_eq!(k.pos, anchor + 1 + envelopes * ENVELOPE_HEADER);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hops_join_consecutive_observable_points() {
+        let f = Fixture::new(false);
+        let c = f.call();
+        assert_eq!(
+            c.hops(Observes::ALL),
+            vec![
+                (SRC_WRITE, RELAY_READ),
+                (RELAY_READ, RELAY_WRITE),
+                (RELAY_WRITE, SINK_READ)
+            ]
+        );
+        assert_eq!(c.hops(Observes::WRITES), vec![(SRC_WRITE, RELAY_WRITE)]);
+    }
+
+    #[test]
+    fn an_external_component_carries_nothing_on_record() {
+        let f = Fixture::new(true);
+        let c = f.call();
+        assert_eq!(c.external, vec![false, true, true, false]);
+        assert!(c.carried[RELAY_READ].is_empty() && c.carried[RELAY_WRITE].is_empty());
+        assert_eq!(c.carried[SINK_READ].len(), f.moments_everywhere().len());
+    }
+}

@@ -580,3 +580,117 @@ impl<'a> Matcher<'a> {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::FalseMatch;
+    use crate::schema::HopRecord;
+
+    /// A moment carried at every point, whose truth is not preempted anywhere.
+    fn undisturbed(f: &Fixture) -> u64 {
+        let c = f.call();
+        *f.moments_everywhere()
+            .iter()
+            .find(|end| c.carried.iter().all(|k| !k[end].preempted))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_correct_transit_matches_by_position_and_by_signature() {
+        let f = Fixture::new(false);
+        let end = undisturbed(&f);
+        let by_position = f.record(SRC_WRITE, RELAY_READ, end);
+        let mut by_signature = f.record(RELAY_WRITE, SINK_READ, end);
+        (by_signature.from.pos, by_signature.to.pos) = (None, None);
+        let s = f.score(&[by_position, by_signature]);
+        assert_eq!((s.correct, s.false_matches, s.duplicates), (2, 0, 0), "{s}");
+        assert_eq!(s.error_max_all_ns, 0);
+    }
+
+    /// The one false record's reason.
+    fn why_false(f: &Fixture, r: HopRecord) -> String {
+        let s = f.score(&[r]);
+        assert_eq!((s.correct, s.false_matches), (0, 1), "{s}");
+        s.false_examples[0].clone()
+    }
+
+    #[test]
+    fn false_records_say_why() {
+        let f = Fixture::new(false);
+        let end = undisturbed(&f);
+        let mut other_pid = f.record(SRC_WRITE, RELAY_READ, end);
+        other_pid.to.pid = 999;
+        let mut wrong_fd = f.record(SRC_WRITE, RELAY_READ, end);
+        wrong_fd.to.fd = 9;
+        let mut other_byte = f.record(SRC_WRITE, RELAY_READ, end);
+        other_byte.to.pos = other_byte.to.pos.map(|p| p + 2);
+        let mut wrong_fd_unpositioned = wrong_fd.clone();
+        (wrong_fd_unpositioned.from.pos, wrong_fd_unpositioned.to.pos) = (None, None);
+        let mut not_audio = wrong_fd_unpositioned.clone();
+        not_audio.to.fd = 4;
+        not_audio.signature ^= 1;
+        for (r, why) in [
+            (other_pid, FalseMatch::NoSuchHop),
+            (wrong_fd, FalseMatch::SidesCarriedDifferentBytes),
+            (other_byte, FalseMatch::SidesCarriedDifferentBytes),
+            (wrong_fd_unpositioned, FalseMatch::NotCarriedThere),
+            (not_audio, FalseMatch::NotAudio),
+        ] {
+            let example = why_false(&f, r);
+            assert!(example.ends_with(why.why()), "{example} is not {why:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_moment_twice_on_a_hop_is_a_duplicate() {
+        let f = Fixture::new(false);
+        let r = f.record(RELAY_READ, RELAY_WRITE, undisturbed(&f));
+        let s = f.score(&[r.clone(), r]);
+        assert_eq!((s.correct, s.duplicates, s.false_matches), (1, 1, 0), "{s}");
+    }
+
+    #[test]
+    fn a_window_of_header_bytes_in_transit_is_framing() {
+        let f = Fixture::new(false);
+        let mut r = f.record(SRC_WRITE, RELAY_READ, undisturbed(&f));
+        (r.from.pos, r.to.pos) = (Some(STREAM_HEADER), Some(STREAM_HEADER));
+        r.signature = 0x5eed;
+        let s = f.score(&[r]);
+        assert_eq!((s.framing, s.false_matches, s.correct), (1, 0, 0), "{s}");
+    }
+
+    #[test]
+    fn records_through_an_external_component_match_by_signature_and_add_up_per_chain() {
+        let f = Fixture::new(true);
+        let ends = f.moments_everywhere();
+        let chain = [
+            (SRC_WRITE, RELAY_READ),
+            (RELAY_READ, RELAY_WRITE),
+            (RELAY_WRITE, SINK_READ),
+        ];
+        let mut records: Vec<HopRecord> = ends
+            .iter()
+            .flat_map(|&end| chain.map(|(from, to)| f.record(from, to, end)))
+            .collect();
+        records.push(records[0].clone());
+        let s = f.score(&records);
+        assert_eq!(s.correct, 3 * ends.len(), "{s}");
+        assert_eq!((s.duplicates, s.false_matches), (1, 0), "{s}");
+        assert_eq!(
+            s.error_max_all_ns, 0,
+            "every chain adds up to the truth: {s}"
+        );
+        // A chain's error is its records' latencies against the truth from end to end.
+        records[1].latency_ns += 7000;
+        assert_eq!(f.score(&records).error_max_all_ns, 7000);
+        // The known side did not carry it with that fd.
+        let mut wrong_fd = records[0].clone();
+        wrong_fd.from.fd = 9;
+        let example = why_false(&f, wrong_fd);
+        assert!(
+            example.ends_with(FalseMatch::NotCarriedThere.why()),
+            "{example}"
+        );
+    }
+}

@@ -23,6 +23,9 @@ mod index;
 mod matching;
 mod tally;
 
+#[cfg(test)]
+mod fixtures;
+
 pub use index::{CallTruthIndex, Carried};
 pub use tally::{
     measurable_seconds, nonsilent_seconds, CrossNodeErrors, HopScore, Score, NONSILENT_SHARE,
@@ -150,4 +153,19 @@ pub fn score_indexed(
     Matcher::new(gt, calls, &hops, cfg).match_all(records, &mut tally);
     tally.chain_errors(calls, &hops);
     tally.score(gt, calls, &hops, records.len(), cfg, tracer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted = [10, 20, 30, 40];
+        assert_eq!(percentile(&sorted, 0.5), 20);
+        assert_eq!(percentile(&sorted, 0.51), 30);
+        assert_eq!(percentile(&sorted, 0.99), 40);
+        assert_eq!(percentile(&sorted, 0.0), 10);
+        assert_eq!(percentile::<u64>(&[], 0.99), 0);
+    }
 }

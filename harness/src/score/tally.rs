@@ -473,3 +473,105 @@ impl fmt::Display for Score {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::{measurable_seconds, nonsilent_seconds};
+    use crate::audio::{digital_silence, speech_like, tone};
+    use crate::schema::HopRecord;
+    use shared::{FingerprintConfig, Scanner};
+
+    /// Records of the source → relay transit, one undisturbed and one whose read's truth was
+    /// preempted, their latencies off by 1 µs and 9 µs.
+    fn off_records(f: &Fixture) -> (HopRecord, HopRecord) {
+        let c = f.call();
+        let preempted = |end: &&u64| c.carried[RELAY_READ][*end].preempted;
+        let ends = f.moments_everywhere();
+        let mut undisturbed = f.record(
+            SRC_WRITE,
+            RELAY_READ,
+            *ends.iter().find(|e| !preempted(e)).unwrap(),
+        );
+        let mut disturbed = f.record(SRC_WRITE, RELAY_READ, *ends.iter().find(preempted).unwrap());
+        undisturbed.latency_ns += 1000;
+        disturbed.latency_ns += 9000;
+        (undisturbed, disturbed)
+    }
+
+    #[test]
+    fn an_error_on_preempted_truth_is_set_aside() {
+        let f = Fixture::new(false);
+        let (undisturbed, disturbed) = off_records(&f);
+        let s = f.score(&[undisturbed, disturbed]);
+        assert_eq!((s.correct, s.preempted_truth), (2, 1), "{s}");
+        assert_eq!((s.error_max_ns, s.error_max_all_ns), (1000, 9000), "{s}");
+        let hop = s.hops.iter().find(|h| h.from == "src:write").unwrap();
+        assert_eq!((hop.matched, hop.error_p99_ns), (2, 1000));
+    }
+
+    #[test]
+    fn a_cross_node_error_is_held_against_its_bound() {
+        let f = Fixture::new(false);
+        let (mut undisturbed, mut disturbed) = off_records(&f);
+        undisturbed.to.node = Some("b".into());
+        disturbed.to.node = Some("b".into());
+        for (bound, outside) in [(Some(500), 1), (Some(5000), 0), (None, 1)] {
+            undisturbed.bound_ns = bound;
+            let x = f
+                .score(&[undisturbed.clone(), disturbed.clone()])
+                .cross_node;
+            assert_eq!(
+                (x.records, x.error_max_ns, x.outside_bound),
+                (1, 1000, outside)
+            );
+        }
+    }
+
+    #[test]
+    fn a_hop_covers_the_measurable_seconds_where_it_matched_a_moment() {
+        let f = Fixture::new(false);
+        let c = f.call();
+        let cfg = FingerprintConfig::default();
+        let measurable = measurable_seconds(&c.audio, &c.moments, cfg.quiet_threshold);
+        let need = measurable.iter().filter(|&&m| m).count();
+        assert!(need > 1, "{measurable:?}");
+        let last = measurable.iter().rposition(|&m| m).unwrap() as u64;
+        let bps = c.audio.bytes_per_second();
+        let transits = |only_last: bool| -> Vec<HopRecord> {
+            c.moments
+                .iter()
+                .filter(|m| !only_last || (m.end - 1) / bps == last)
+                .map(|m| f.record(SRC_WRITE, RELAY_READ, m.end))
+                .collect()
+        };
+        let all = f.score(&transits(false));
+        let last = f.score(&transits(true));
+        let transit = |s: &super::Score| {
+            s.hops
+                .iter()
+                .find(|h| h.from == "src:write")
+                .unwrap()
+                .coverage
+        };
+        assert_eq!(transit(&all), 1.0);
+        assert_eq!(transit(&last), 1.0 / need as f64);
+        assert_eq!((all.hops_found, all.coverage_min), (1, 0.0), "{all}");
+        assert_eq!(all.measurable_seconds, need);
+    }
+
+    #[test]
+    fn silence_is_not_measurable_and_neither_is_a_tone() {
+        let cfg = FingerprintConfig::default();
+        let mut audio = digital_silence(8000, 1.0);
+        audio.append(&tone(8000, 1.0, 400.0, 8000.0));
+        audio.append(&speech_like(8000, 2.0, 3));
+        let moments = Scanner::new(cfg).feed_collect(&audio.to_bytes());
+        let nonsilent = nonsilent_seconds(&audio, cfg.quiet_threshold);
+        assert_eq!(nonsilent[..2], [false, true]);
+        assert!(nonsilent[2..].iter().any(|&l| l));
+        let measurable = measurable_seconds(&audio, &moments, cfg.quiet_threshold);
+        assert_eq!(measurable[..2], [false, false]);
+        assert_eq!(measurable[2..], nonsilent[2..]);
+    }
+}
