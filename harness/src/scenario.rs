@@ -1,5 +1,6 @@
-//! The scenario catalogue: every phase is run against the same descriptions (BRIEF §6). A
-//! scenario is its calls' audio and a topology of components joined by links.
+//! The scenario catalogue: every phase is run against the same descriptions, so that their
+//! scores compare (docs/phases/comparison.md). A scenario is its calls' audio and a topology of
+//! components joined by links.
 
 use crate::component::{Framing, IoCall, Route};
 use serde::Serialize;
@@ -590,12 +591,12 @@ pub fn s8() -> Scenario {
     )
 }
 
-/// SCALE (BRIEF §7): `calls` concurrent calls in real time through a 3-hop chain of four
-/// processes: one source multiplexes every call on [`SCALE_CONNECTIONS`] TCP connections
-/// (call `c` on connection `c % 8`) as Pulsar-style envelopes batched into writes of up to
-/// 64 KiB; relay 1 holds each read 1 ms and relay 2 passes it on at once, each connection to the
-/// next stage's same connection; a sink reads them all. Not in the catalogue (the catalogue is
-/// run by tests): `bench -- scale` runs it.
+/// SCALE, the load the agent's cost is measured at (BENCHMARKS.md): `calls` concurrent calls in
+/// real time through a 3-hop chain of four processes: one source multiplexes every call on
+/// [`SCALE_CONNECTIONS`] TCP connections (call `c` on connection `c % 8`) as Pulsar-style envelopes
+/// batched into writes of up to 64 KiB; relay 1 holds each read 1 ms and relay 2 passes it on at
+/// once, each connection to the next stage's same connection; a sink reads them all. Not in the
+/// catalogue (the catalogue is run by tests): `bench -- scale` runs it.
 pub fn scale(calls: u32, seconds: f64) -> Scenario {
     let conns = SCALE_CONNECTIONS.min(calls.max(1) as usize);
     let mut t = Topology::default();
@@ -713,8 +714,8 @@ pub fn catalogue() -> Vec<Scenario> {
     vec![s1(), s2(), s3(), s4(), s5(), s6(), s7(), s8()]
 }
 
-/// A catalogue scenario by id, [`s9`], or "SCALE": [`scale`] at its BRIEF §7 size (1000
-/// calls, 10 s).
+/// A catalogue scenario by id, [`s9`], or "SCALE": [`scale`] at the size BENCHMARKS.md
+/// measures (1000 calls, 10 s).
 pub fn by_id(id: &str) -> Option<Scenario> {
     if id.eq_ignore_ascii_case("SCALE") {
         return Some(scale(1000, 10.0));

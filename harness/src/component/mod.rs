@@ -9,9 +9,9 @@
 //! envelopes (size, command, magic 0x0e01, crc32c, metadata, payload) or as NATS messages,
 //! several calls multiplexed and several envelopes or messages batched per write.
 //!
-//! [`spec`] says what a component is told, [`framing`] and [`nats`] how links frame audio,
-//! [`transport`] how their ends are opened and moved, [`ends`] how a component writes and reads
-//! them, [`recorder`] how it records the truth. This module runs a component.
+//! `spec` says what a component is told, `framing` and `nats` how links frame audio,
+//! `transport` how their ends are opened and moved, `ends` how a component writes and reads
+//! them, `recorder` how it records the truth. This module runs a component.
 
 mod ends;
 mod framing;

@@ -1,5 +1,5 @@
 //! Scores a tracer's hop records against the ground truth the components recorded, in three
-//! steps: [`index`] the truth of each call, [`matching`] each record to it, [`tally`] the
+//! steps: `index` the truth of each call, `matching` each record to it, `tally` the
 //! matches into a [`Score`].
 //!
 //! The truth of a moment is computed, not trusted: the shared reference scans each call's audio,
