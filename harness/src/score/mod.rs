@@ -1,6 +1,6 @@
 //! Scores a tracer's hop records against the ground truth the components recorded, in three
-//! steps: `index` the truth of each call, `matching` each record to it, `tally` the
-//! matches into a [`Score`].
+//! steps: each call's truth indexed (`index`), each record matched to it (`matching`), the
+//! matches tallied into a [`Score`] (`tally`).
 //!
 //! The truth of a moment is computed, not trusted: the shared reference scans each call's audio,
 //! and the components' logs say in which syscall, at which time, every point of the call's path
