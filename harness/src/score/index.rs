@@ -1,6 +1,8 @@
 //! The truth of each call, indexed for scoring: its moments (from the shared reference), the
 //! points of its path, and where and when each point carried each moment, from the syscalls
 //! the components recorded.
+//!
+//! Across calls, [`FlowOwners`] says which call's audio each flow byte of a process is.
 
 use super::Observes;
 use crate::audio::Audio;
@@ -74,7 +76,7 @@ impl PointOps {
 }
 
 /// Whether ranges (start, length) ascend without overlap.
-pub(super) fn ascending(ranges: impl Iterator<Item = (u64, u64)>) -> bool {
+fn ascending(ranges: impl Iterator<Item = (u64, u64)>) -> bool {
     let mut end = 0;
     for (start, len) in ranges {
         if start < end {
@@ -292,6 +294,84 @@ fn carried_at(flow: &PointFlow, moments: &[shared::Moment], window: u64) -> Hash
         }
     }
     out
+}
+
+/// Runs of calls' audio on one link at one point: (flow offset, length, call index).
+type Owned = Vec<(u64, u64, usize)>;
+
+/// Which call's audio each flow byte of a process's side is, on any of its links.
+pub(super) struct FlowOwners {
+    /// (pid, dir) → per link: (whether its runs ascend without overlap, its runs sorted by
+    /// flow offset).
+    by_side: HashMap<(u32, Dir), Vec<(bool, Owned)>>,
+}
+
+impl FlowOwners {
+    pub(super) fn build(calls: &[CallTruthIndex]) -> Self {
+        let mut by_link: HashMap<(u32, Dir), HashMap<&str, Owned>> = HashMap::new();
+        for (ci, c) in calls.iter().enumerate() {
+            for (p, flow) in c.points.iter().zip(&c.flows) {
+                let runs = by_link
+                    .entry((flow.pid, p.dir))
+                    .or_default()
+                    .entry(p.link.as_str())
+                    .or_default();
+                runs.extend(flow.runs.iter().map(|&(f, _, l)| (f, l, ci)));
+            }
+        }
+        let by_side = by_link
+            .into_iter()
+            .map(|(k, links)| {
+                let links = links
+                    .into_values()
+                    .map(|mut runs| {
+                        runs.sort_by_key(|&(f, _, _)| f);
+                        (ascending(runs.iter().map(|&(f, l, _)| (f, l))), runs)
+                    })
+                    .collect();
+                (k, links)
+            })
+            .collect();
+        Self { by_side }
+    }
+
+    fn links(&self, pid: u32, dir: Dir) -> impl Iterator<Item = &(bool, Owned)> {
+        self.by_side.get(&(pid, dir)).into_iter().flatten()
+    }
+
+    /// The calls whose audio a side's flow byte `flow` can be.
+    pub(super) fn calls_at(&self, pid: u32, dir: Dir, flow: u64) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (sorted, runs) in self.links(pid, dir) {
+            let holds = |&&(f, l, _): &&(u64, u64, usize)| f <= flow && flow < f + l;
+            if *sorted {
+                let i = runs.partition_point(|&(f, l, _)| f + l <= flow);
+                out.extend(runs.get(i).filter(holds).map(|&(_, _, ci)| ci));
+            } else {
+                out.extend(runs.iter().filter(holds).map(|&(_, _, ci)| ci));
+            }
+        }
+        out
+    }
+
+    /// The first run of a call's audio at or after flow byte `flow` on each link: (its flow
+    /// offset, call index).
+    pub(super) fn next_audio(&self, pid: u32, dir: Dir, flow: u64) -> Vec<(u64, usize)> {
+        let mut out = Vec::new();
+        for (sorted, runs) in self.links(pid, dir) {
+            let next = if *sorted {
+                runs.get(runs.partition_point(|&(f, _, _)| f < flow))
+                    .copied()
+            } else {
+                runs.iter()
+                    .filter(|&&(f, _, _)| f >= flow)
+                    .min_by_key(|&&(f, _, _)| f)
+                    .copied()
+            };
+            out.extend(next.map(|(f, _, ci)| (f, ci)));
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! correct and counts for coverage, but its latency error is set aside: the headline and per-hop
 //! error figures are over undisturbed truth, with the figures over all reported beside them.
 
+mod hops;
 mod index;
 mod matching;
 mod tally;
@@ -34,7 +35,8 @@ pub use tally::{
 use crate::schema::HopRecord;
 use crate::truth::{Dir, GroundTruth};
 use anyhow::Result;
-use matching::{Hops, Matcher};
+use hops::Hops;
+use matching::Matcher;
 use serde::Serialize;
 use shared::FingerprintConfig;
 use tally::Tally;

@@ -2,8 +2,8 @@
 //! records, latency errors (per record, and per chain through external components), coverage
 //! of each hop's measurable seconds, and the score's text form.
 
+use super::hops::Hops;
 use super::index::CallTruthIndex;
-use super::matching::Hops;
 use super::percentile;
 use crate::audio::{frame_peaks, Audio};
 use crate::schema::{HopRecord, Sighting};
