@@ -1,6 +1,7 @@
-//! The smallest-window study (BRIEF §3.7): how often non-quiet windows of 16…256 bytes repeat in
-//! real speech and in the hard synthetic cases, which of those repeats are chance and which are
-//! shared content, and what the full moment definition makes of each.
+//! The smallest-window study behind the default window (docs/fingerprint.md): how often non-quiet
+//! windows of 16…256 bytes repeat in real speech and in the hard synthetic cases, which of those
+//! repeats are chance and which are shared content, and what the full moment definition makes of
+//! each.
 
 use crate::audio::{self, Audio};
 use crate::score::nonsilent_seconds;

@@ -1,10 +1,11 @@
-//! Nodes (BRIEF §6, S9): network namespaces on this machine, each with one veth into a bridge
-//! that lives in a namespace of its own (the "switch"), so that nothing of the host's networking
-//! changes. A node sees its own loopback and the other nodes, over a real network path.
+//! Nodes for scenarios whose pipeline spans machines (S9): network namespaces on this machine, each
+//! with one veth into a bridge that lives in a namespace of its own (the "switch"), so that nothing
+//! of the host's networking changes. A node sees its own loopback and the other nodes, over a real
+//! network path.
 //!
 //! A run claims a slot 0..=255 by holding a lock file: its namespaces are named
 //! `hx-n<slot>-<pid>-<node>` (the switch `hx-n<slot>-<pid>`) and its nodes have addresses in
-//! 10.213.<slot>.0/24, so parallel runs neither collide nor share a TCP 4-tuple a tracer could
+//! `10.213.<slot>.0/24`, so parallel runs neither collide nor share a TCP 4-tuple a tracer could
 //! confuse. Everything is deleted on drop; what a killed run left behind is deleted by the next
 //! run that claims its slot (the lock died with it).
 
@@ -89,7 +90,7 @@ pub struct Nodes {
 
 impl Nodes {
     /// Creates one node per name (distinct names of letters, digits and '-'), addressed
-    /// 10.213.<slot>.1, .2, … in that order.
+    /// `10.213.<slot>.1`, `.2`, … in that order.
     pub fn create(names: &[&str]) -> Result<Self> {
         for (i, n) in names.iter().enumerate() {
             if n.is_empty()

@@ -1,7 +1,7 @@
-//! The scale scenario (BRIEF §7) at a size a test can afford: calls multiplexed on several
-//! connections through a 3-hop chain in real time. Its ground truth holds up, the oracle
-//! scores perfectly, and a relay forwarding an envelope's header bytes unchanged is framing,
-//! not a false match.
+//! The scale scenario (BENCHMARKS.md measures it at 1000 calls) at a size a test can afford: calls
+//! multiplexed on several connections through a 3-hop chain in real time. Its ground truth holds
+//! up, the oracle scores perfectly, and a relay forwarding an envelope's header bytes unchanged is
+//! framing, not a false match.
 
 use agent::schema::{Dir, HopRecord, Sighting};
 use harness::score::{score_indexed, CallTruthIndex, Observes, SAME_NODE_BAR};

@@ -1,0 +1,173 @@
+//! Scores a tracer's hop records against the ground truth the components recorded, in three
+//! steps: each call's truth indexed (`index`), each record matched to it (`matching`), the
+//! matches tallied into a [`Score`] (`tally`).
+//!
+//! The truth of a moment is computed, not trusted: the shared reference scans each call's audio,
+//! and the components' logs say in which syscall, at which time, every point of the call's path
+//! carried the moment's anchor byte with its whole window contiguous (no header inside).
+//!
+//! External components (a real broker, a TLS proxy) record nothing. A record with an external
+//! end is matched by signature: its known side must have carried the moment with the right fd,
+//! its external side is checked by pid and by its fd staying on one link. Its latency is scored
+//! per chain, from the last known point through external points to the next known point: the
+//! error is |sum of the chain's records' latencies − truth|, counted once per chain and moment
+//! and in each of its hops, and only when every hop of the chain has a record of the moment.
+//!
+//! A component thread preempted between its clock read and its syscall (or the other way round
+//! for reads) records a truth off by a scheduling slice; it flags the syscall `preempted`. A
+//! correct record whose truth on either known side (a chain: either known end) is flagged stays
+//! correct and counts for coverage, but its latency error is set aside: the headline and per-hop
+//! error figures are over undisturbed truth, with the figures over all reported beside them.
+
+mod hops;
+mod index;
+mod matching;
+mod tally;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use index::{CallTruthIndex, Carried};
+pub use tally::{
+    measurable_seconds, nonsilent_seconds, CrossNodeErrors, HopScore, Score, NONSILENT_SHARE,
+};
+
+use crate::schema::HopRecord;
+use crate::truth::{Dir, GroundTruth};
+use anyhow::Result;
+use hops::Hops;
+use matching::Matcher;
+use serde::Serialize;
+use shared::FingerprintConfig;
+use tally::Tally;
+
+/// Which syscall directions a tracer observes; its hops join consecutive observable points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Observes {
+    pub reads: bool,
+    pub writes: bool,
+}
+
+impl Observes {
+    pub const ALL: Self = Self {
+        reads: true,
+        writes: true,
+    };
+    pub const WRITES: Self = Self {
+        reads: false,
+        writes: true,
+    };
+
+    fn sees(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Read => self.reads,
+            Dir::Write => self.writes,
+        }
+    }
+}
+
+/// Figures a scenario must reach. The error bound is checked on the p99 over records whose truth
+/// was not preempted (`Score::error_p99_ns`).
+pub struct Bar {
+    pub coverage: f64,
+    pub error_p99_ns: u64,
+}
+
+/// The project's target on one node: every hop found with coverage ≥ 95 % and latency error
+/// p99 ≤ 20 µs (docs/phases/README.md, BENCHMARKS.md).
+pub const SAME_NODE_BAR: Bar = Bar {
+    coverage: 0.95,
+    error_p99_ns: 20_000,
+};
+
+/// What tests assert: correctness in full, and an error bound that catches a wrong stamp or a
+/// wrong clock but not scheduling noise. The p99 ≤ 20 µs of [`SAME_NODE_BAR`] is a benchmark
+/// figure (BENCHMARKS.md): on this shared 2-core VM the p99 over all truth of one run moves between 11 and 100 µs, set
+/// by truth whose component was preempted around its stamp; over undisturbed truth it was 10 to
+/// 13 µs (phase 2, S3 and S7, two runs each).
+pub const TEST_BAR: Bar = Bar {
+    coverage: 0.95,
+    error_p99_ns: 200_000,
+};
+
+impl Score {
+    /// The ways this score misses the bar; empty when it passes.
+    pub fn misses(&self, bar: &Bar) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.hops_found < self.hops_exist {
+            out.push(format!(
+                "{} of {} hops found",
+                self.hops_found, self.hops_exist
+            ));
+        }
+        if self.coverage_min < bar.coverage {
+            out.push(format!(
+                "coverage {:.1} % < {:.0} %",
+                self.coverage_min * 100.0,
+                bar.coverage * 100.0
+            ));
+        }
+        if self.error_p99_ns > bar.error_p99_ns {
+            out.push(format!(
+                "latency error p99 {} ns > {} ns",
+                self.error_p99_ns, bar.error_p99_ns
+            ));
+        }
+        if self.false_matches > 0 {
+            out.push(format!("{} false matches", self.false_matches));
+        }
+        out
+    }
+}
+
+/// The nearest-rank `q`-quantile of an ascending slice.
+pub fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Scores `records` against `gt`, seen as `obs` sees it.
+pub fn score(
+    gt: &GroundTruth,
+    records: &[HopRecord],
+    obs: Observes,
+    cfg: FingerprintConfig,
+    tracer: &str,
+) -> Result<Score> {
+    let calls = CallTruthIndex::build(gt, cfg)?;
+    Ok(score_indexed(gt, &calls, records, obs, cfg, tracer))
+}
+
+/// [`score`] with the truth already indexed (an index serves several tracers' records).
+pub fn score_indexed(
+    gt: &GroundTruth,
+    calls: &[CallTruthIndex],
+    records: &[HopRecord],
+    obs: Observes,
+    cfg: FingerprintConfig,
+    tracer: &str,
+) -> Score {
+    let hops = Hops::build(gt, calls, obs);
+    let mut tally = Tally::new(hops.list.len());
+    Matcher::new(gt, calls, &hops, cfg).match_all(records, &mut tally);
+    tally.chain_errors(calls, &hops);
+    tally.score(gt, calls, &hops, records.len(), cfg, tracer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted = [10, 20, 30, 40];
+        assert_eq!(percentile(&sorted, 0.5), 20);
+        assert_eq!(percentile(&sorted, 0.51), 30);
+        assert_eq!(percentile(&sorted, 0.99), 40);
+        assert_eq!(percentile(&sorted, 0.0), 10);
+        assert_eq!(percentile::<u64>(&[], 0.99), 0);
+    }
+}
