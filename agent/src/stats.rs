@@ -55,3 +55,18 @@ impl HopStats {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted = [10, 20, 30, 40];
+        assert_eq!(percentile(&sorted, 0.5), 20);
+        assert_eq!(percentile(&sorted, 0.51), 30);
+        assert_eq!(percentile(&sorted, 0.99), 40);
+        assert_eq!(percentile(&sorted, 0.0), 10);
+        assert_eq!(percentile::<u64>(&[], 0.99), 0);
+    }
+}

@@ -13,6 +13,3 @@ pub mod scenario;
 pub mod score;
 pub mod supervised;
 pub mod truth;
-
-/// The result schema is the agent's; scoring reads it.
-pub use agent::schema;

@@ -5,7 +5,7 @@
 //! between the known points around them, on a made-up fd per link (negative), with no flow
 //! position. Latencies along each chain through them still add up to the truth.
 
-use crate::schema::{HopRecord, Sighting};
+use agent::schema::{HopRecord, Sighting};
 use crate::score::{CallTruthIndex, Observes};
 use crate::truth::GroundTruth;
 use std::collections::{BTreeSet, HashMap};

@@ -1,7 +1,6 @@
 //! Ground truth: what the harness's own components record of every read and write they make.
 
-pub use agent::clock::monotonic_ns;
-pub use agent::schema::Dir;
+use agent::schema::Dir;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

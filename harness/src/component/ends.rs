@@ -6,7 +6,9 @@ use super::nats::{nats_pub, parse_nats, NatsMsg, NATS_END};
 use super::recorder::Recorder;
 use super::spec::{End, Framing};
 use super::transport::{connect, Conn};
-use crate::truth::{involuntary_switches, monotonic_ns, Dir, Io, Segment};
+use agent::schema::Dir;
+use agent::clock::monotonic_ns;
+use crate::truth::{involuntary_switches, Io, Segment};
 use anyhow::{bail, Context, Result};
 
 /// The sending end of a link: frames audio, batches it, writes it with its syscall family.

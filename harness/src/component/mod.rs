@@ -25,7 +25,9 @@ pub use spec::{End, Framing, IoCall, Role, Route, SourceCall, Spec, Transport};
 pub use transport::{mkfifo, syscall_io, write_test_certificate, MAX_IOVECS};
 
 use crate::audio::Audio;
-use crate::truth::{involuntary_switches, monotonic_ns, Dir, Io};
+use agent::schema::Dir;
+use agent::clock::monotonic_ns;
+use crate::truth::{involuntary_switches, Io};
 use anyhow::{Context, Result};
 use ends::{In, Out, Payload};
 use recorder::Recorder;

@@ -22,7 +22,8 @@ use crate::audio::{self, Audio};
 use crate::component::{self, End, Role, SourceCall, Spec, Transport};
 use crate::nodes::{Node, Nodes, HOST};
 use crate::scenario::{AudioPlan, External, Kind, LinkKind, Scenario};
-use crate::truth::{CallTruth, ComponentLog, Dir, GroundTruth, Point};
+use agent::schema::Dir;
+use crate::truth::{CallTruth, ComponentLog, GroundTruth, Point};
 use anyhow::{bail, Context, Result};
 use external::{read_port, ExternalPlan};
 use processes::{comm, stop, wait_all, wait_until, Running};
@@ -51,7 +52,7 @@ pub fn workdir(label: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "hx-{label}-{}-{}",
         std::process::id(),
-        crate::truth::monotonic_ns()
+        agent::clock::monotonic_ns()
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)

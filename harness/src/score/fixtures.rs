@@ -6,8 +6,9 @@
 
 use super::{score_indexed, CallTruthIndex, Observes, Score};
 use crate::audio::{speech_like, Audio};
-use crate::schema::{HopRecord, Sighting};
-use crate::truth::{CallTruth, ComponentLog, Dir, GroundTruth, Io, Point, Segment};
+use agent::schema::{HopRecord, Sighting};
+use agent::schema::Dir;
+use crate::truth::{CallTruth, ComponentLog, GroundTruth, Io, Point, Segment};
 use shared::FingerprintConfig;
 use std::path::PathBuf;
 

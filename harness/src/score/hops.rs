@@ -3,8 +3,9 @@
 
 use super::index::CallTruthIndex;
 use super::Observes;
-use crate::schema::HopRecord;
-use crate::truth::{Dir, GroundTruth};
+use agent::schema::HopRecord;
+use agent::schema::Dir;
+use crate::truth::GroundTruth;
 use std::collections::HashMap;
 
 /// A hop's key: (from pid, from dir, to pid, to dir), what a record names.

@@ -9,8 +9,9 @@
 use super::hops::{key_of, Hops};
 use super::index::{CallTruthIndex, FlowOwners, PointFlow};
 use super::tally::Tally;
-use crate::schema::{HopRecord, Sighting};
-use crate::truth::{Dir, GroundTruth, Point};
+use agent::schema::{HopRecord, Sighting};
+use agent::schema::Dir;
+use crate::truth::{GroundTruth, Point};
 use shared::FingerprintConfig;
 use std::collections::{HashMap, HashSet};
 
@@ -435,7 +436,7 @@ impl<'a> Matcher<'a> {
 mod tests {
     use super::super::fixtures::*;
     use super::FalseMatch;
-    use crate::schema::HopRecord;
+    use agent::schema::HopRecord;
 
     /// A moment carried at every point, whose truth is not preempted anywhere.
     fn undisturbed(f: &Fixture) -> u64 {

@@ -32,8 +32,9 @@ pub use tally::{
     measurable_seconds, nonsilent_seconds, CrossNodeErrors, HopScore, Score, NONSILENT_SHARE,
 };
 
-use crate::schema::HopRecord;
-use crate::truth::{Dir, GroundTruth};
+use agent::schema::HopRecord;
+use agent::schema::Dir;
+use crate::truth::GroundTruth;
 use anyhow::Result;
 use hops::Hops;
 use matching::Matcher;
@@ -120,15 +121,6 @@ impl Score {
     }
 }
 
-/// The nearest-rank `q`-quantile of an ascending slice.
-pub fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
-    if sorted.is_empty() {
-        return T::default();
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// Scores `records` against `gt`, seen as `obs` sees it.
 pub fn score(
     gt: &GroundTruth,
@@ -155,19 +147,4 @@ pub fn score_indexed(
     Matcher::new(gt, calls, &hops, cfg).match_all(records, &mut tally);
     tally.chain_errors(calls, &hops);
     tally.score(gt, calls, &hops, records.len(), cfg, tracer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let sorted = [10, 20, 30, 40];
-        assert_eq!(percentile(&sorted, 0.5), 20);
-        assert_eq!(percentile(&sorted, 0.51), 30);
-        assert_eq!(percentile(&sorted, 0.99), 40);
-        assert_eq!(percentile(&sorted, 0.0), 10);
-        assert_eq!(percentile::<u64>(&[], 0.99), 0);
-    }
 }

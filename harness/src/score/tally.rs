@@ -4,10 +4,11 @@
 
 use super::hops::Hops;
 use super::index::CallTruthIndex;
-use super::percentile;
+use agent::stats::percentile;
 use crate::audio::{frame_peaks, Audio};
-use crate::schema::{HopRecord, Sighting};
-use crate::truth::{Dir, GroundTruth};
+use agent::schema::{HopRecord, Sighting};
+use agent::schema::Dir;
+use crate::truth::GroundTruth;
 use serde::Serialize;
 use shared::FingerprintConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -479,7 +480,7 @@ mod tests {
     use super::super::fixtures::*;
     use super::{measurable_seconds, nonsilent_seconds};
     use crate::audio::{digital_silence, speech_like, tone};
-    use crate::schema::HopRecord;
+    use agent::schema::HopRecord;
     use shared::{FingerprintConfig, Scanner};
 
     /// Records of the source → relay transit, one undisturbed and one whose read's truth was
