@@ -115,7 +115,9 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
                 "m" => 60.0,
                 "h" => 3600.0,
                 other => {
-                    return Err(format!("unknown unit {other:?} (use ns, us, ms, s, m or h)"))
+                    return Err(format!(
+                        "unknown unit {other:?} (use ns, us, ms, s, m or h)"
+                    ))
                 }
             };
             let number = number
@@ -126,7 +128,9 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
         }
     };
     if !number.is_finite() || number < 0.0 {
-        return Err(format!("{text:?} is not a duration: it must be finite and not negative"));
+        return Err(format!(
+            "{text:?} is not a duration: it must be finite and not negative"
+        ));
     }
     let seconds = number * seconds_per_unit;
     if seconds > FOREVER.as_secs_f64() {
@@ -226,7 +230,11 @@ pub fn run_phase<T: Tracing>(args: &TraceArgs, phase: &Phase<T>) -> Result<()> {
     args.check_targets()?;
     run_live(
         args,
-        (phase.start)(&args.fingerprint(), args.comm.as_deref(), args.match_window())?,
+        (phase.start)(
+            &args.fingerprint(),
+            args.comm.as_deref(),
+            args.match_window(),
+        )?,
         phase.hooks,
     )
 }
@@ -250,13 +258,26 @@ mod tests {
         for (text, want) in ok {
             assert_eq!(parse_duration(text), Ok(want), "{text}");
         }
-        for text in ["nan", "inf", "-inf", "-1", "1e300", "abc", "5 parsecs", "", "1e-12", "ms"] {
+        for text in [
+            "nan",
+            "inf",
+            "-inf",
+            "-1",
+            "1e300",
+            "abc",
+            "5 parsecs",
+            "",
+            "1e-12",
+            "ms",
+        ] {
             let e = parse_duration(text).unwrap_err();
             assert_eq!(e.lines().count(), 1, "{text}: {e}");
         }
         assert_eq!(parse_duration("0").unwrap_err(), "must be more than 0");
         assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
         assert_eq!(report_period(Duration::ZERO), FOREVER);
-        assert!(parse_interval("1e-12").unwrap_err().contains("shorter than 1 ms"));
+        assert!(parse_interval("1e-12")
+            .unwrap_err()
+            .contains("shorter than 1 ms"));
     }
 }

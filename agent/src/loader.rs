@@ -216,14 +216,21 @@ mod tests {
     #[test]
     fn a_missing_kernel_feature_is_one_line_with_its_release() {
         assert!(missing_feature([true; 4]).is_none());
-        let e = missing_feature([true, true, true, false]).unwrap().to_string();
+        let e = missing_feature([true, true, true, false])
+            .unwrap()
+            .to_string();
         assert_eq!(
             e,
             "this kernel lacks the BPF ring buffer (Linux 5.8); the tracer supports Linux 6.1 and newer"
         );
         // The first missing one is named: without BTF, nothing after it matters.
-        let e = missing_feature([false, false, true, false]).unwrap().to_string();
-        assert!(e.starts_with("this kernel lacks BTF for BPF programs (Linux 5.1)"), "{e}");
+        let e = missing_feature([false, false, true, false])
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("this kernel lacks BTF for BPF programs (Linux 5.1)"),
+            "{e}"
+        );
         assert_eq!(e.lines().count(), 1);
     }
 

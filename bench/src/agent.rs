@@ -136,7 +136,9 @@ impl AgentState {
 
     /// One decoded event, its link resolved as the tracer's drain does, into the window.
     fn push(&mut self, e: Phase2Event) {
-        let link = self.links.resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
+        let link = self
+            .links
+            .resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
         self.matching.push(Seen { e, link });
     }
 }

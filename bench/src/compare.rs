@@ -4,11 +4,11 @@
 //! snapshots the pass/fail matrix, so a regression in any phase fails CI.
 
 use crate::pairs::{Content, Pipe};
+use agent::loader::ScanMode;
+use agent::pipeline::Kernel;
 use anyhow::Result;
 use harness::scenario::Scenario;
 use harness::score::{Score, TEST_BAR};
-use agent::loader::ScanMode;
-use agent::pipeline::Kernel;
 use phase_3_multi_node::uplink::Skew;
 use shared::FingerprintConfig;
 use std::fmt::Write;
@@ -71,7 +71,9 @@ pub fn run(phase: &str, sc: &Scenario, exe: &Path) -> Result<Outcome> {
         "phase-1-poc" | "phase-2-straddle" if nodes => {
             Outcome::Unsupported("one node: no clock alignment across nodes")
         }
-        "phase-1-poc" => Outcome::scored(phase_1_poc::demo::trace_scenario_phase1(sc, exe, &cfg)?.score),
+        "phase-1-poc" => {
+            Outcome::scored(phase_1_poc::demo::trace_scenario_phase1(sc, exe, &cfg)?.score)
+        }
         "phase-2-straddle" => {
             Outcome::scored(phase_2_straddle::demo::trace_scenario_phase2(sc, exe, &cfg)?.score)
         }

@@ -13,10 +13,10 @@
 //! programs per pair (their `run_time_ns`, counted while `kernel.bpf_stats_enabled` is set):
 //! what each pass costs, free of the syscall path and of the host's steal time.
 
-use anyhow::Result;
-use harness::audio;
 use agent::loader::ScanMode;
 use agent::pipeline::Kernel;
+use anyhow::Result;
+use harness::audio;
 use shared::FingerprintConfig;
 use std::collections::BTreeMap;
 
@@ -212,7 +212,10 @@ impl Bench {
                 });
             }
             drop(k);
-            for (scan, mode) in [(ScanMode::CopyOnly, Mode::Floor), (ScanMode::MarkOnly, Mode::Mark)] {
+            for (scan, mode) in [
+                (ScanMode::CopyOnly, Mode::Floor),
+                (ScanMode::MarkOnly, Mode::Mark),
+            ] {
                 let mut k = K::start(&cfg, None, scan)?;
                 k.add_targets(&me)?;
                 for _ in 0..BATCHES {
@@ -238,7 +241,10 @@ const PHASES: [&str; 2] = ["phase-1-poc", "phase-2-straddle"];
 
 pub fn run(rounds: usize, program_time: bool, only: &[String]) -> Result<()> {
     if let Some(unknown) = only.iter().find(|p| !PHASES.contains(&p.as_str())) {
-        anyhow::bail!("no phase {unknown} to measure (phases: {})", PHASES.join(", "));
+        anyhow::bail!(
+            "no phase {unknown} to measure (phases: {})",
+            PHASES.join(", ")
+        );
     }
     let phases: Vec<&str> = PHASES
         .into_iter()

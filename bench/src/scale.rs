@@ -11,10 +11,10 @@
 //! moments emitted into the ring buffer, moments dropped because it was full; the agent's
 //! `events` are the moments it drained.
 
+use agent::counters::in_health;
+use agent::schema::Dir;
 use anyhow::{bail, Result};
 use harness::scenario;
-use agent::schema::Dir;
-use agent::counters::in_health;
 use shared::FingerprintConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,7 +6,7 @@
 use crate::scenario::Scenario;
 use crate::score::{CallTruthIndex, Observes, Score};
 use crate::truth::GroundTruth;
-use agent::cli::{TraceArgs, Phase};
+use agent::cli::{Phase, TraceArgs};
 use agent::pipeline::{Agent, Tracing, DRAIN_EVERY};
 use agent::schema::HopRecord;
 use agent::stats::HopStats;
@@ -153,7 +153,6 @@ pub fn follow_scenario_live(
     std::fs::remove_dir_all(&dir).ok();
     Ok(LiveRun { output, score })
 }
-
 
 /// A scenario traced by a phase and scored against its ground truth.
 pub struct TracedRun {

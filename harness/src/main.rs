@@ -1,7 +1,7 @@
+use agent::schema;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use harness::score::{self, CallTruthIndex, Observes, SAME_NODE_BAR};
-use agent::schema;
 use harness::{oracle, run, scenario};
 use shared::FingerprintConfig;
 use std::path::PathBuf;

@@ -5,9 +5,9 @@
 //! between the known points around them, on a made-up fd per link (negative), with no flow
 //! position. Latencies along each chain through them still add up to the truth.
 
-use agent::schema::{HopRecord, Sighting};
 use crate::score::{CallTruthIndex, Observes};
 use crate::truth::GroundTruth;
+use agent::schema::{HopRecord, Sighting};
 use std::collections::{BTreeSet, HashMap};
 
 pub fn records(gt: &GroundTruth, calls: &[CallTruthIndex], obs: Observes) -> Vec<HopRecord> {

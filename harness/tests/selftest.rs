@@ -3,8 +3,8 @@
 //! nats-server and stunnel4 in the path) the ground truth holds up and chains through those
 //! black boxes are scored.
 
-use harness::scenario::{External, Kind};
 use agent::schema::{self, Dir, HopRecord, Sighting};
+use harness::scenario::{External, Kind};
 use harness::score::{score_indexed, CallTruthIndex, Observes, Score, SAME_NODE_BAR};
 use harness::truth::{GroundTruth, Segment};
 use harness::{oracle, run, scenario};

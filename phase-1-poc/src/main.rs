@@ -1,4 +1,4 @@
-use agent::cli::{exit_on_error, TraceArgs, Phase};
+use agent::cli::{exit_on_error, Phase, TraceArgs};
 use clap::Parser;
 use phase_1_poc::Phase1;
 
@@ -33,7 +33,12 @@ fn main() {
     let cli = Cli::parse();
     exit_on_error(PHASE.name, || {
         #[cfg(feature = "demo")]
-        return harness::demo::run_phase(&cli.agent, &cli.demo, &PHASE, phase_1_poc::demo::OBSERVES);
+        return harness::demo::run_phase(
+            &cli.agent,
+            &cli.demo,
+            &PHASE,
+            phase_1_poc::demo::OBSERVES,
+        );
         #[cfg(not(feature = "demo"))]
         agent::cli::run_phase(&cli.agent, &PHASE)
     });

@@ -3,8 +3,7 @@
 use crate::event::Phase1Event;
 use agent::counters::{Counters, SCAN_COUNTERS};
 use agent::loader::{
-    attach_syscall, load_object, read_counters, recursion_misses, verified_instructions,
-    ScanMode,
+    attach_syscall, load_object, read_counters, recursion_misses, verified_instructions, ScanMode,
 };
 use agent::targets::{add_targets, remove_targets};
 use anyhow::{Context, Result};

@@ -1,9 +1,9 @@
 //! The agent as a user runs it: bad input gets one clear line, and a live trace of a real
 //! pipeline whose processes exit mid-trace ends by itself and loses nothing.
 
+use harness::demo::follow_scenario_live;
 use harness::scenario;
 use harness::score::TEST_BAR;
-use harness::demo::follow_scenario_live;
 use phase_1_poc::demo::OBSERVES;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -44,8 +44,9 @@ fn a_duration_that_is_not_one_is_refused_before_anything_runs() {
         assert_eq!(o.status.code(), Some(2), "{flag} {value}: {err}");
         let first = err.lines().next().unwrap_or_default();
         assert!(
-            first.starts_with(&format!("error: invalid value '{value}' for '{flag} <DURATION>'"))
-                && first.contains(why),
+            first.starts_with(&format!(
+                "error: invalid value '{value}' for '{flag} <DURATION>'"
+            )) && first.contains(why),
             "{flag} {value}: {err}"
         );
         assert!(!err.contains("panicked"), "{err}");

@@ -1,8 +1,8 @@
 //! The kernel's moments equal the shared reference's, signature for signature and position for
 //! position, on the same writes (real eBPF program, this kernel, this process as the target).
 
-use harness::audio;
 use agent::clock::monotonic_ns;
+use harness::audio;
 use phase_1_poc::event::Phase1Event;
 use phase_1_poc::tracer::Tracer;
 use rand::rngs::StdRng;
@@ -264,12 +264,27 @@ fn periodic_windows_and_near_misses() {
             // examined).
             bytes.resize(bytes.len() + SPACING - window, 0);
         }
-        assert!((1000..2000).contains(&periodic), "{periodic} periodic of 3000");
+        assert!(
+            (1000..2000).contains(&periodic),
+            "{periodic} periodic of 3000"
+        );
         let sizes = vec![4096; bytes.len() / 4096];
         let (found, expected, _) = kernel_and_reference(cfg, &bytes, &sizes);
-        assert!(expected.len() > 1000, "{} reference moments", expected.len());
-        let missing: Vec<_> = expected.iter().filter(|m| !found.contains(m)).take(5).collect();
-        let extra: Vec<_> = found.iter().filter(|m| !expected.contains(m)).take(5).collect();
+        assert!(
+            expected.len() > 1000,
+            "{} reference moments",
+            expected.len()
+        );
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|m| !found.contains(m))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = found
+            .iter()
+            .filter(|m| !expected.contains(m))
+            .take(5)
+            .collect();
         assert!(
             found == expected,
             "window {window}: first missing {missing:?}, first extra {extra:?}"

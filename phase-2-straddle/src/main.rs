@@ -1,4 +1,4 @@
-use agent::cli::{exit_on_error, TraceArgs, Phase};
+use agent::cli::{exit_on_error, Phase, TraceArgs};
 use clap::Parser;
 use phase_2_straddle::{start_without_tls, Phase2};
 

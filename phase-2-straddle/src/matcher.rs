@@ -76,7 +76,11 @@ pub struct MatchCounters {
 }
 
 /// A way through a process: (process, input link, output link).
-type Edge<S> = (<S as Sight>::Process, <S as Sight>::Link, <S as Sight>::Link);
+type Edge<S> = (
+    <S as Sight>::Process,
+    <S as Sight>::Link,
+    <S as Sight>::Link,
+);
 
 /// The hop rules, with what they learn across moments.
 pub struct Hops<S: Sight> {

@@ -2,9 +2,9 @@
 //! lines scored against the ground truth. (Flag and target errors are phase 1's shared CLI,
 //! tested there.)
 
+use harness::demo::follow_scenario_live;
 use harness::scenario;
 use harness::score::TEST_BAR;
-use harness::demo::follow_scenario_live;
 use phase_2_straddle::demo::OBSERVES;
 use std::path::Path;
 

@@ -2,16 +2,16 @@
 //! the syscall (real kernel): a moment split over two reads or writes, or over iovecs, is found
 //! as if it had arrived whole. Timestamps are checked against the calls' own clocks.
 
-use harness::audio;
 use agent::clock::monotonic_ns;
 use agent::schema::Dir;
+use harness::audio;
 use phase_2_straddle::event::Phase2Event;
 use phase_2_straddle::tracer::Tracer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shared::{FingerprintConfig, Scanner};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use harness::component::{syscall_io, IoCall as Call};
@@ -37,7 +37,9 @@ type Calls = Vec<(u64, u64, u64, u64)>;
 fn skipped_runs(tracer: &Tracer, test: &str) -> bool {
     let skipped = tracer.recursion_misses();
     if skipped > 0 {
-        eprintln!("{test}: the kernel skipped {skipped} runs of the programs: positions not compared");
+        eprintln!(
+            "{test}: the kernel skipped {skipped} runs of the programs: positions not compared"
+        );
     }
     skipped > 0
 }
@@ -46,8 +48,15 @@ fn skipped_runs(tracer: &Tracer, test: &str) -> bool {
 /// were found.
 fn assert_signatures_hold(got: &[(u64, u64)], want: &[(u64, u64)], what: &str) {
     let signatures: std::collections::HashSet<u64> = want.iter().map(|m| m.1).collect();
-    let foreign: Vec<_> = got.iter().filter(|m| !signatures.contains(&m.1)).take(5).collect();
-    assert!(foreign.is_empty(), "{what}: moments the reference does not have: {foreign:?}");
+    let foreign: Vec<_> = got
+        .iter()
+        .filter(|m| !signatures.contains(&m.1))
+        .take(5)
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{what}: moments the reference does not have: {foreign:?}"
+    );
     assert!(
         got.len() * 10 >= want.len() * 9,
         "{what}: {} moments, reference {}",

@@ -1,10 +1,10 @@
 //! Phase 2 against the harness's scenarios, scored against the ground truth the pipelines
 //! record: every hop found, coverage ≥ 95 % of measurable seconds at every hop, no false match.
 
-use harness::scenario;
-use harness::score::TEST_BAR;
 use agent::counters::in_health;
 use harness::demo::TracedRun;
+use harness::scenario;
+use harness::score::TEST_BAR;
 use phase_2_straddle::demo::{trace_scenario_phase2, trace_scenario_phase2_with};
 use shared::FingerprintConfig;
 use std::path::Path;

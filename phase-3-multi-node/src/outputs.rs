@@ -3,9 +3,9 @@
 
 use crate::collector::Service;
 use crate::metrics::{HopLabels, Metrics};
-use anyhow::Result;
 use agent::schema::{self, HopKind, HopRecord, Sighting};
 use agent::stats::HopStats;
+use anyhow::Result;
 use std::io::Write;
 
 #[derive(Default)]

@@ -7,13 +7,13 @@
 use crate::collector::{serve, Service};
 use crate::outputs::Outputs;
 use crate::uplink::Skew;
+use agent::clock::monotonic_ns;
+use agent::schema::HopRecord;
+use agent::stats::HopStats;
 use anyhow::{bail, Context, Result};
 use harness::scenario::Scenario;
-use agent::schema::HopRecord;
 use harness::score::{CallTruthIndex, Observes, Score};
-use agent::clock::monotonic_ns;
 use harness::truth::GroundTruth;
-use agent::stats::HopStats;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

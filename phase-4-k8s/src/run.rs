@@ -18,10 +18,10 @@
 use crate::testbed::crun::{exclusive, host};
 use crate::testbed::plan::{podlist, ContainerPlan, Driver, PodPlan, Qos};
 use crate::testbed::FakeCluster;
+use agent::schema::{PodRef, Sighting};
 use anyhow::{Context, Result};
 use harness::nodes::HOST;
 use harness::scenario::Scenario;
-use agent::schema::{PodRef, Sighting};
 use phase_3_multi_node::run::{
     run_agent_if, skew_args, AgentProcess, ClusterRun, InProcessCollector,
 };

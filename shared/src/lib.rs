@@ -228,13 +228,22 @@ mod tests {
     fn loudness_and_smoothness_on_the_anchors_sample_grid() {
         let cfg = FingerprintConfig::default();
         let ramp: Vec<i16> = (0..15).map(|i| i * 100).collect();
-        assert!(is_loud_audio(&window_of(0, &ramp, 0x88), &cfg), "peak 1400, small steps");
+        assert!(
+            is_loud_audio(&window_of(0, &ramp, 0x88), &cfg),
+            "peak 1400, small steps"
+        );
         let quiet: Vec<i16> = (0..15).map(|i| (i % 5) * 50).collect();
-        assert!(!is_loud_audio(&window_of(0x7f, &quiet, 0x88), &cfg), "peak 200; the half samples at both ends do not count");
+        assert!(
+            !is_loud_audio(&window_of(0x7f, &quiet, 0x88), &cfg),
+            "peak 200; the half samples at both ends do not count"
+        );
         let jumpy: Vec<i16> = (0..15)
             .map(|i| if i % 2 == 0 { 14000 } else { -14000 })
             .collect();
-        assert!(!is_loud_audio(&window_of(0, &jumpy, 0x88), &cfg), "steps of 28000");
+        assert!(
+            !is_loud_audio(&window_of(0, &jumpy, 0x88), &cfg),
+            "steps of 28000"
+        );
         // The other byte parity is not read: the ramp one byte off the anchor's grid is noise.
         let mut shifted = pcm(&ramp);
         shifted.extend([0, 0x88]);
@@ -261,11 +270,17 @@ mod tests {
         };
         for n in (WINDOW_MIN..=WINDOW_MAX).step_by(8) {
             for lag in (2..=n / 2).step_by(2) {
-                let w: Vec<u8> = (0..n).map(|i| ((i % lag) as u8).wrapping_mul(37).wrapping_add(1)).collect();
+                let w: Vec<u8> = (0..n)
+                    .map(|i| ((i % lag) as u8).wrapping_mul(37).wrapping_add(1))
+                    .collect();
                 assert!(is_periodic(&w) && literal(&w), "window {n}, lag {lag}");
                 let mut broken = w.clone();
                 broken[n - 1] ^= 0x40;
-                assert_eq!(is_periodic(&broken), literal(&broken), "window {n}, lag {lag}");
+                assert_eq!(
+                    is_periodic(&broken),
+                    literal(&broken),
+                    "window {n}, lag {lag}"
+                );
             }
         }
     }

@@ -6,9 +6,9 @@ use super::nats::{nats_pub, parse_nats, NatsMsg, NATS_END};
 use super::recorder::Recorder;
 use super::spec::{End, Framing};
 use super::transport::{connect, Conn};
-use agent::schema::Dir;
-use agent::clock::monotonic_ns;
 use crate::truth::{involuntary_switches, Io, Segment};
+use agent::clock::monotonic_ns;
+use agent::schema::Dir;
 use anyhow::{bail, Context, Result};
 
 /// The sending end of a link: frames audio, batches it, writes it with its syscall family.

@@ -25,9 +25,9 @@ pub use spec::{End, Framing, IoCall, Role, Route, SourceCall, Spec, Transport};
 pub use transport::{mkfifo, syscall_io, write_test_certificate, MAX_IOVECS};
 
 use crate::audio::Audio;
-use agent::schema::Dir;
-use agent::clock::monotonic_ns;
 use crate::truth::{involuntary_switches, Io};
+use agent::clock::monotonic_ns;
+use agent::schema::Dir;
 use anyhow::{Context, Result};
 use ends::{In, Out, Payload};
 use recorder::Recorder;

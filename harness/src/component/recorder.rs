@@ -2,8 +2,8 @@
 //! audio sits in each link's flow, attributed to the syscalls that moved it when it is saved.
 
 use super::spec::Spec;
-use agent::schema::Dir;
 use crate::truth::{ComponentLog, Io, Segment};
+use agent::schema::Dir;
 use anyhow::Result;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -6,9 +6,9 @@
 
 use super::{score_indexed, CallTruthIndex, Observes, Score};
 use crate::audio::{speech_like, Audio};
-use agent::schema::{HopRecord, Sighting};
-use agent::schema::Dir;
 use crate::truth::{CallTruth, ComponentLog, GroundTruth, Io, Point, Segment};
+use agent::schema::Dir;
+use agent::schema::{HopRecord, Sighting};
 use shared::FingerprintConfig;
 use std::path::PathBuf;
 

@@ -3,9 +3,9 @@
 
 use super::index::CallTruthIndex;
 use super::Observes;
-use agent::schema::HopRecord;
-use agent::schema::Dir;
 use crate::truth::GroundTruth;
+use agent::schema::Dir;
+use agent::schema::HopRecord;
 use std::collections::HashMap;
 
 /// A hop's key: (from pid, from dir, to pid, to dir), what a record names.

@@ -6,8 +6,8 @@
 
 use super::Observes;
 use crate::audio::Audio;
-use agent::schema::Dir;
 use crate::truth::{ComponentLog, GroundTruth, Point};
+use agent::schema::Dir;
 use anyhow::Result;
 use shared::{FingerprintConfig, Scanner};
 use std::collections::HashMap;

@@ -9,9 +9,9 @@
 use super::hops::{key_of, Hops};
 use super::index::{CallTruthIndex, FlowOwners, PointFlow};
 use super::tally::Tally;
-use agent::schema::{HopRecord, Sighting};
-use agent::schema::Dir;
 use crate::truth::{GroundTruth, Point};
+use agent::schema::Dir;
+use agent::schema::{HopRecord, Sighting};
 use shared::FingerprintConfig;
 use std::collections::{HashMap, HashSet};
 

@@ -32,9 +32,9 @@ pub use tally::{
     measurable_seconds, nonsilent_seconds, CrossNodeErrors, HopScore, Score, NONSILENT_SHARE,
 };
 
-use agent::schema::HopRecord;
-use agent::schema::Dir;
 use crate::truth::GroundTruth;
+use agent::schema::Dir;
+use agent::schema::HopRecord;
 use anyhow::Result;
 use hops::Hops;
 use matching::Matcher;

@@ -4,11 +4,11 @@
 
 use super::hops::Hops;
 use super::index::CallTruthIndex;
-use agent::stats::percentile;
 use crate::audio::{frame_peaks, Audio};
-use agent::schema::{HopRecord, Sighting};
-use agent::schema::Dir;
 use crate::truth::GroundTruth;
+use agent::schema::Dir;
+use agent::schema::{HopRecord, Sighting};
+use agent::stats::percentile;
 use serde::Serialize;
 use shared::FingerprintConfig;
 use std::collections::{BTreeMap, HashMap, HashSet};
