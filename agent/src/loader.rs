@@ -98,7 +98,7 @@ pub fn recursion_misses(ebpf: &Ebpf) -> u64 {
 }
 
 /// A numeric `name:` line of an fdinfo file, or 0.
-fn fdinfo_field(info: &str, name: &str) -> u64 {
+pub fn fdinfo_field(info: &str, name: &str) -> u64 {
     info.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())

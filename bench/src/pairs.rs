@@ -13,7 +13,7 @@
 //! programs per pair (their `run_time_ns`, counted while `kernel.bpf_stats_enabled` is set):
 //! what each pass costs, free of the syscall path and of the host's steal time.
 
-use agent::loader::ScanMode;
+use agent::loader::{fdinfo_field, ScanMode};
 use agent::pipeline::Kernel;
 use anyhow::Result;
 use harness::audio;
@@ -140,11 +140,7 @@ fn program_ns() -> u64 {
     dir.flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .filter(|info| info.contains("prog_type:"))
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("run_time_ns:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
+        .map(|info| fdinfo_field(&info, "run_time_ns"))
         .sum()
 }
 
