@@ -2,6 +2,7 @@
 //! position, on the same writes (real eBPF program, this kernel, this process as the target).
 
 use agent::clock::monotonic_ns;
+use agent::counters::Counters;
 use harness::audio;
 use phase_1_poc::event::Phase1Event;
 use phase_1_poc::tracer::Tracer;
@@ -18,12 +19,12 @@ const MAX_SCANNED: usize = 64 * 1024;
 type Found = Vec<(usize, u64, u64)>;
 
 /// Writes `bytes` to /dev/null in pieces of `sizes`, traced; returns what the kernel found and
-/// what the reference finds in each write on its own.
+/// what the reference finds in each write on its own, and the kernel's counters.
 fn kernel_and_reference(
     cfg: FingerprintConfig,
     bytes: &[u8],
     sizes: &[usize],
-) -> (Found, Found, u64) {
+) -> (Found, Found, Counters) {
     let mut tracer = Tracer::start(&cfg, None).expect("loading phase 1 (run as root)");
     tracer.add_targets(&[std::process::id()]).unwrap();
     let sink = File::create("/dev/null").unwrap();
@@ -62,7 +63,7 @@ fn kernel_and_reference(
     }
     found.sort_unstable();
     expected.sort_unstable();
-    (found, expected, tracer.counters().unwrap().get("truncated"))
+    (found, expected, tracer.counters().unwrap())
 }
 
 fn real_speech(seconds: f64, seed: u64) -> Vec<u8> {
@@ -73,9 +74,10 @@ fn real_speech(seconds: f64, seed: u64) -> Vec<u8> {
 fn same_moments_as_the_reference_on_2048_byte_writes_of_real_speech() {
     let bytes = real_speech(60.0, 1);
     let sizes = vec![2048; bytes.len() / 2048];
-    let (found, expected, _) = kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
+    let (found, expected, counters) =
+        kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
     assert!(expected.len() > 500, "{} reference moments", expected.len());
-    assert_eq!(found, expected);
+    assert_eq!(found, expected, "{counters}");
 }
 
 #[test]
@@ -102,10 +104,11 @@ fn same_moments_as_the_reference_on_writes_of_random_sizes() {
         .map(|&n| n.saturating_sub(MAX_SCANNED) as u64)
         .sum();
     assert!(beyond > 0, "some writes must exceed the scan limit");
-    let (found, expected, truncated) =
+    let (found, expected, counters) =
         kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
     assert!(expected.len() > 500);
-    assert_eq!(found, expected);
+    assert_eq!(found, expected, "{counters}");
+    let truncated = counters.get("truncated");
     assert!(truncated >= beyond, "truncated {truncated} < {beyond}");
 }
 
@@ -130,9 +133,9 @@ fn same_moments_as_the_reference_with_other_cluster_settings() {
             ..Default::default()
         },
     ] {
-        let (found, expected, _) = kernel_and_reference(cfg, &bytes, &sizes);
+        let (found, expected, counters) = kernel_and_reference(cfg, &bytes, &sizes);
         assert!(!expected.is_empty(), "{cfg:?}");
-        assert_eq!(found, expected, "{cfg:?}");
+        assert_eq!(found, expected, "{cfg:?}: {counters}");
     }
 }
 
@@ -144,8 +147,9 @@ fn quiet_and_non_audio_writes_yield_what_the_reference_yields() {
     bytes.extend(json);
     bytes.extend(random);
     let sizes = vec![2048; bytes.len() / 2048];
-    let (found, expected, _) = kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
-    assert_eq!(found, expected);
+    let (found, expected, counters) =
+        kernel_and_reference(FingerprintConfig::default(), &bytes, &sizes);
+    assert_eq!(found, expected, "{counters}");
     assert!(
         found.len() <= 2,
         "{} moments in quiet and non-audio bytes",
@@ -217,9 +221,9 @@ fn loudness_and_smoothness_at_their_edges() {
         assert!((400..3600).contains(&loud), "{loud} loud of 4000");
         assert!((400..3600).contains(&smooth), "{smooth} smooth of 4000");
         let sizes = vec![cfg.window * 50; bytes.len() / (cfg.window * 50)];
-        let (found, expected, _) = kernel_and_reference(cfg, &bytes, &sizes);
+        let (found, expected, counters) = kernel_and_reference(cfg, &bytes, &sizes);
         assert!(expected.len() > 200, "{} reference moments", expected.len());
-        assert_eq!(found, expected, "{cfg:?}");
+        assert_eq!(found, expected, "{cfg:?}: {counters}");
     }
 }
 
@@ -269,7 +273,7 @@ fn periodic_windows_and_near_misses() {
             "{periodic} periodic of 3000"
         );
         let sizes = vec![4096; bytes.len() / 4096];
-        let (found, expected, _) = kernel_and_reference(cfg, &bytes, &sizes);
+        let (found, expected, counters) = kernel_and_reference(cfg, &bytes, &sizes);
         assert!(
             expected.len() > 1000,
             "{} reference moments",
@@ -287,7 +291,7 @@ fn periodic_windows_and_near_misses() {
             .collect();
         assert!(
             found == expected,
-            "window {window}: first missing {missing:?}, first extra {extra:?}"
+            "window {window}: first missing {missing:?}, first extra {extra:?}; {counters}"
         );
     }
 }
