@@ -133,6 +133,10 @@ fn tcp_link(pid: u32, ino: u64) -> Option<Link> {
 fn parse_addr(text: &str) -> Option<SocketAddr> {
     let (ip, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
+    // Whole words of hex digits only: slicing other text by bytes could cut a character.
+    if ip.len() % 8 != 0 || !ip.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     let words: Vec<u32> = (0..ip.len() / 8)
         .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::swap_bytes))
         .collect::<Result<_, _>>()
@@ -171,6 +175,22 @@ mod tests {
             parse_addr("0000000000000000FFFF00000100007F:0050"),
             Some("127.0.0.1:80".parse().unwrap())
         );
+    }
+
+    proptest::proptest! {
+        /// A line of /proc/net/tcp{,6} is the kernel's, but read while the kernel rewrites the
+        /// file: whatever the text, an address or nothing.
+        #[test]
+        fn any_proc_net_address_parses_or_is_none(text in "[0-9A-Fa-fé€]{0,40}:[0-9A-F]{0,5}|\\PC{0,40}") {
+            let _ = parse_addr(&text);
+        }
+
+        #[test]
+        fn a_v4_address_as_the_kernel_writes_it_parses_back(ip: u32, port: u16) {
+            let text = format!("{:08X}:{port:04X}", ip.swap_bytes());
+            let want = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port);
+            proptest::prop_assert_eq!(parse_addr(&text), Some(want));
+        }
     }
 
     fn me() -> u32 {
