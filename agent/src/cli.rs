@@ -9,9 +9,9 @@ use shared::FingerprintConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What to trace, and the agent's own settings: the flags every phase's agent has.
+/// What to trace and how to fingerprint it: the flags of every phase's agent.
 #[derive(Args, Debug, Clone)]
-pub struct TraceArgs {
+pub struct TargetArgs {
     /// Trace this process (repeatable).
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
@@ -22,6 +22,18 @@ pub struct TraceArgs {
     /// --pid has exited).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Fingerprint window in bytes (cluster-wide: every node must use the same value).
+    #[arg(long, default_value_t = FingerprintConfig::default().window)]
+    pub window: usize,
+    /// Fingerprint density: anchors kept per 256 (cluster-wide).
+    #[arg(long, default_value_t = FingerprintConfig::default().keep_per_256)]
+    pub keep_per_256: u16,
+}
+
+/// How an agent that matches on its own node reports (phases 1 and 2; from phase 3 on, the
+/// collector matches and reports, and the agents have none of these flags).
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
     /// Also write every matched hop as JSON lines (docs/results-schema.md) to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -31,25 +43,40 @@ pub struct TraceArgs {
     /// Print the live hop table this often: `2` (seconds), `500ms` (0: only at the end).
     #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval)]
     pub report_every: Duration,
-    /// Fingerprint window in bytes (cluster-wide: every node must use the same value).
-    #[arg(long, default_value_t = FingerprintConfig::default().window)]
-    pub window: usize,
-    /// Fingerprint density: anchors kept per 256 (cluster-wide).
-    #[arg(long, default_value_t = FingerprintConfig::default().keep_per_256)]
-    pub keep_per_256: u16,
 }
 
-impl TraceArgs {
+impl ReportArgs {
+    pub fn match_window(&self) -> Duration {
+        Duration::from_millis(self.match_window_ms)
+    }
+
+    /// The --json file, created now: before anything is loaded, so that a bad path costs
+    /// nothing.
+    pub fn open_json(&self) -> Result<Option<Box<dyn std::io::Write + Send>>> {
+        let Some(p) = &self.json else {
+            return Ok(None);
+        };
+        let file = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Some(Box::new(std::io::BufWriter::new(file))))
+    }
+}
+
+/// The flags of a phase's agent that matches on its own node (phases 1 and 2).
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+impl TargetArgs {
     pub fn fingerprint(&self) -> FingerprintConfig {
         FingerprintConfig {
             window: self.window,
             keep_per_256: self.keep_per_256,
             ..Default::default()
         }
-    }
-
-    pub fn match_window(&self) -> Duration {
-        Duration::from_millis(self.match_window_ms)
     }
 
     /// Neither --pid nor --comm: nothing to trace (a binary built with its demo runs that).
@@ -164,36 +191,36 @@ fn any_comm_with_prefix(prefix: &str) -> Result<bool> {
 }
 
 /// Traces live until Ctrl-C, --duration, or every --pid has exited; prints the table live and
-/// at the end. `what` names the hooked calls in the start line.
-pub fn run_live<T: Tracing>(args: &TraceArgs, mut tracing: T, what: &str) -> Result<()> {
-    tracing.add_targets(&args.pid)?;
-    let json: Option<Box<dyn std::io::Write + Send>> = match &args.json {
-        Some(p) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        ))),
-        None => None,
-    };
+/// at the end, and writes the hops to `json`. `what` names the hooked calls in the start line.
+fn run_live<T: Tracing>(
+    args: &TraceArgs,
+    mut tracing: T,
+    json: Option<Box<dyn std::io::Write + Send>>,
+    what: &str,
+) -> Result<()> {
+    let (targets, report) = (&args.targets, &args.report);
+    tracing.add_targets(&targets.pid)?;
     let mut agent = Agent::new(tracing, json, false);
     eprintln!(
         "tracing {what} of {}; Ctrl-C to stop",
-        args.describe_targets()
+        targets.describe_targets()
     );
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {
             let mut drain = tokio::time::interval(DRAIN_EVERY);
-            let every = report_period(args.report_every);
+            let every = report_period(report.report_every);
             let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let mut liveness = tokio::time::interval(Duration::from_millis(200));
-            let stop = tokio::time::sleep(args.duration.unwrap_or(FOREVER));
+            let stop = tokio::time::sleep(targets.duration.unwrap_or(FOREVER));
             tokio::pin!(stop);
             loop {
                 tokio::select! {
                     _ = drain.tick() => agent.tick()?,
                     _ = report.tick() => eprintln!("{}{}", agent.stats.table(), agent.health()?),
                     _ = liveness.tick() => {
-                        if args.comm.is_none() && !args.pid.iter().any(|&p| process_exists(p)) {
+                        if targets.comm.is_none() && !targets.pid.iter().any(|&p| process_exists(p)) {
                             eprintln!("every target process has exited; stopping");
                             break;
                         }
@@ -224,19 +251,18 @@ pub struct Phase<T> {
 /// A phase binary's live job: trace the targets its flags name. Without any it fails with one
 /// line (binaries built with their demo run that instead).
 pub fn run_phase<T: Tracing>(args: &TraceArgs, phase: &Phase<T>) -> Result<()> {
-    if args.has_no_targets() {
+    let targets = &args.targets;
+    if targets.has_no_targets() {
         bail!("nothing to trace: give --pid or --comm");
     }
-    args.check_targets()?;
-    run_live(
-        args,
-        (phase.start)(
-            &args.fingerprint(),
-            args.comm.as_deref(),
-            args.match_window(),
-        )?,
-        phase.hooks,
-    )
+    targets.check_targets()?;
+    let json = args.report.open_json()?;
+    let tracing = (phase.start)(
+        &targets.fingerprint(),
+        targets.comm.as_deref(),
+        args.report.match_window(),
+    )?;
+    run_live(args, tracing, json, phase.hooks)
 }
 
 #[cfg(test)]

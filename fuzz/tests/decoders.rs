@@ -10,8 +10,7 @@ use std::mem::size_of;
 fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
     // SAFETY: T is a #[repr(C)] record of integers (no padding in these layouts: build.rs
     // checks them against the C headers); reading its bytes is reading initialised memory.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-        .to_vec()
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
 fn phase1_event() -> impl Strategy<Value = Phase1Event> {
@@ -22,16 +21,18 @@ fn phase1_event() -> impl Strategy<Value = Phase1Event> {
         any::<u32>(),
         any::<[u8; phase_1_poc::event::COMM_LEN]>(),
     )
-        .prop_map(|([signature, t_ns, end], [tgid, tid], fd, dir, comm)| Phase1Event {
-            signature,
-            t_ns,
-            end,
-            tgid,
-            tid,
-            fd,
-            dir,
-            comm,
-        })
+        .prop_map(
+            |([signature, t_ns, end], [tgid, tid], fd, dir, comm)| Phase1Event {
+                signature,
+                t_ns,
+                end,
+                tgid,
+                tid,
+                fd,
+                dir,
+                comm,
+            },
+        )
 }
 
 /// A call header with `n` moments after it (the header's `n` says so).

@@ -16,12 +16,14 @@ fn label_part() -> impl Strategy<Value = String> {
 }
 
 fn label_key() -> impl Strategy<Value = String> {
-    (prop::option::of("[a-z]{1,6}(\\.[a-z]{1,6}){0,2}"), label_part()).prop_map(
-        |(prefix, name)| match prefix {
+    (
+        prop::option::of("[a-z]{1,6}(\\.[a-z]{1,6}){0,2}"),
+        label_part(),
+    )
+        .prop_map(|(prefix, name)| match prefix {
             Some(p) => format!("{p}/{name}"),
             None => name,
-        },
-    )
+        })
 }
 
 fn requirement() -> impl Strategy<Value = Requirement> {
@@ -41,7 +43,8 @@ fn requirement() -> impl Strategy<Value = Requirement> {
 fn duration_text() -> impl Strategy<Value = String> {
     let unit = "(ns|us|µs|ms|s|m|h|[a-z]{1,3})?";
     prop_oneof![
-        ("-?[0-9]{1,3}(\\.[0-9]{1,3})?", -15i32..15, unit).prop_map(|(m, e, u)| format!("{m}e{e}{u}")),
+        ("-?[0-9]{1,3}(\\.[0-9]{1,3})?", -15i32..15, unit)
+            .prop_map(|(m, e, u)| format!("{m}e{e}{u}")),
         "[-+0-9.eE]{0,8}".prop_flat_map(move |n| unit.prop_map(move |u| format!("{n}{u}"))),
         "(nan|inf|-inf|NaN|infinity)[a-z]{0,2}",
         "\\PC{0,12}",

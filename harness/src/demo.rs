@@ -34,10 +34,10 @@ pub fn run_phase<T: Tracing + 'static>(
     phase: &Phase<T>,
     observes: Observes,
 ) -> Result<()> {
-    if !args.has_no_targets() {
+    if !args.targets.has_no_targets() {
         return agent::cli::run_phase(args, phase);
     }
-    let cfg = args.fingerprint();
+    let cfg = args.targets.fingerprint();
     let Some(sc) = crate::scenario::by_id(&demo.scenario) else {
         bail!(
             "unknown scenario {:?}; `harness list` shows the catalogue",
@@ -48,7 +48,7 @@ pub fn run_phase<T: Tracing + 'static>(
         "{} demo: {} ({}), {} calls of {} s, traced on {}",
         phase.name, sc.id, sc.title, sc.calls, sc.seconds, phase.hooks
     );
-    let tracing = (phase.start)(&cfg, None, args.match_window())?;
+    let tracing = (phase.start)(&cfg, None, args.report.match_window())?;
     let run = trace_scenario(
         &sc,
         &std::env::current_exe()?,
@@ -57,7 +57,7 @@ pub fn run_phase<T: Tracing + 'static>(
         tracing,
         phase.name,
     )?;
-    print_demo(&run, args.json.as_deref(), phase.hops)
+    print_demo(&run, args.report.json.as_deref(), phase.hops)
 }
 
 /// Prints a demo run: the measured table, the ground truth's, and the score.

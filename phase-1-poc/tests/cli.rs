@@ -100,6 +100,22 @@ fn not_root_is_one_clear_line() {
     );
 }
 
+/// An output that cannot be written is found before anything is loaded: as an unprivileged
+/// user, the refusal is about the file, not about loading eBPF programs.
+#[test]
+fn an_unwritable_json_path_is_one_line_before_anything_is_loaded() {
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", EXE])
+        .args(["--pid", "1", "--json", "/no-such-dir/hops.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "phase-1-poc: creating /no-such-dir/hops.jsonl: No such file or directory (os error 2)\n"
+    );
+}
+
 /// The agent traces S1's processes by pid; they exit when the audio ends; the agent notices,
 /// stops by itself and its JSON lines score as well as the in-process tracer does.
 #[test]

@@ -21,10 +21,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub node: String,
     /// The collector, `http://host:port` (`https://` with the --tls-* files).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = collector_url)]
     pub collector: String,
     #[command(flatten)]
-    pub targets: agent::cli::TraceArgs,
+    pub targets: agent::cli::TargetArgs,
     /// Test only (S9): pretend this node's clock is ahead by this much …
     #[arg(
         long,
@@ -117,6 +117,24 @@ fn finite(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A URL an agent can dial: `http://` or `https://`, a host, and a port (the collector has
+/// no well-known one).
+fn collector_url(text: &str) -> Result<String, String> {
+    let example = "e.g. http://collector:50051";
+    let uri: tonic::transport::Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL ({e}); {example}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "{text:?} must start with http:// or https://; {example}"
+        ));
+    }
+    if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+        return Err(format!("{text:?} must name a host and a port; {example}"));
+    }
+    Ok(text.to_string())
+}
+
 /// What a deployment adds to the agent: who its processes are in its own terms, and which to
 /// trace.
 #[derive(Default)]
@@ -146,6 +164,19 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         }
         _ => None,
     };
+    // tonic speaks TLS only to an https:// address and plaintext to any other: a mismatch
+    // would fail every connect after the programs were loaded.
+    let https = args.collector.starts_with("https://");
+    if tls.is_some() != https {
+        bail!(
+            "--collector {}: {}",
+            args.collector,
+            match https {
+                true => "an https:// collector needs --tls-ca, --tls-cert and --tls-key",
+                false => "with the --tls-* files the collector's address must be https://",
+            }
+        );
+    }
     let rt = runtime()?;
     let _guard = rt.enter();
     let mut tracer = Tracer::start(&t.fingerprint(), t.comm.as_deref())?;
