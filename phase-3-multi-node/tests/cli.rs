@@ -55,6 +55,12 @@ fn nonsense_values_are_refused_with_one_line() {
             "it must be finite and not negative",
         ),
         (&agent[..], "--skew-ppm", "nan", "is not a finite number"),
+        (
+            &collector[..],
+            "--max-nodes",
+            "0",
+            "is not a whole number of at least 1",
+        ),
     ] {
         let o = Command::new(EXE)
             .args(process)
