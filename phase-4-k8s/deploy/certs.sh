@@ -10,8 +10,8 @@
 #   NODE...          the nodes to certify (default: every node of the cluster, kubectl get nodes)
 #   --dir DIR        where the CA, keys and certificates are kept (default ./audio-tracer-pki).
 #                    It holds the CA's private key: keep it somewhere safe. A second run reuses
-#                    what is there and only adds what is missing (a new node: run it again,
-#                    then restart the agents: kubectl -n NS rollout restart ds/audio-tracer-agent).
+#                    what is there and only adds what is missing (a new node: run it again; the
+#                    new node's agent finds its files once kubelet refreshes the Secret).
 #   --ca-secret NAME sign with the CA in that Secret (tls.crt, tls.key) instead, and leave the
 #                    collector's Secret alone: overlays/cert-manager, where cert-manager keeps
 #                    the CA and the collector's certificate
