@@ -35,11 +35,34 @@ impl Refusal {
     }
 }
 
+/// A refused request: why, and the one line the agent is told.
+#[derive(Debug)]
+pub struct Refused {
+    pub why: Refusal,
+    pub message: String,
+}
+
+impl From<Refused> for Status {
+    fn from(refused: Refused) -> Self {
+        match refused.why {
+            Refusal::NodeMismatch => Status::permission_denied(refused.message),
+            Refusal::NodeLimit => Status::resource_exhausted(refused.message),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Admitted {
     nodes: HashSet<String>,
     /// Per [`Refusal::ALL`].
     refused: [u64; 2],
+}
+
+impl Admitted {
+    fn refuse(&mut self, why: Refusal, message: String) -> Result<(), Refused> {
+        self.refused[why as usize] += 1;
+        Err(Refused { why, message })
+    }
 }
 
 /// The nodes admitted so far and the refusals; clones share them.
@@ -65,8 +88,8 @@ impl Admission {
 
     /// Admits a request claiming to come from `node`: over TLS only from the node its client
     /// certificate names, and only while `node` is one of the first `max_nodes` names seen.
-    /// The error is the gRPC status to answer with, its message one line.
-    pub fn check<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
+    /// The error becomes the gRPC status to answer with.
+    pub fn check<T>(&self, request: &Request<T>, node: &str) -> Result<(), Refused> {
         let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
         let certified = tls.map(|info| match info.peer_certs() {
             Some(chain) if !chain.is_empty() => certificate_node(&chain[0]),
@@ -81,29 +104,27 @@ impl Admission {
         &self,
         claimed: &str,
         certified: Option<Result<String, String>>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), Refused> {
         let mut admitted = self.admitted.lock().unwrap();
         match certified {
             None => {}
             Some(Ok(node)) if node == claimed => {}
             Some(identity) => {
-                admitted.refused[0] += 1;
                 let why = match identity {
                     Ok(node) => format!("the client certificate is node {node:?}'s"),
                     Err(why) => why,
                 };
-                return Err(Status::permission_denied(format!(
-                    "node {claimed:?} is not this agent's: {why}"
-                )));
+                let message = format!("node {claimed:?} is not this agent's: {why}");
+                return admitted.refuse(Refusal::NodeMismatch, message);
             }
         }
         if !admitted.nodes.contains(claimed) {
             if admitted.nodes.len() >= self.max_nodes {
-                admitted.refused[1] += 1;
-                return Err(Status::resource_exhausted(format!(
+                let message = format!(
                     "node {claimed:?} is one too many: the collector admits {} nodes (--max-nodes)",
                     self.max_nodes
-                )));
+                );
+                return admitted.refuse(Refusal::NodeLimit, message);
             }
             admitted.nodes.insert(claimed.to_string());
         }
@@ -113,7 +134,7 @@ impl Admission {
     /// Requests refused so far, per reason.
     pub fn refused(&self) -> [(Refusal, u64); 2] {
         let refused = self.admitted.lock().unwrap().refused;
-        [(Refusal::ALL[0], refused[0]), (Refusal::ALL[1], refused[1])]
+        Refusal::ALL.map(|why| (why, refused[why as usize]))
     }
 }
 
@@ -138,14 +159,14 @@ mod tests {
         let admission = Admission::new(10);
         let own = || Some(Ok("node-a".to_string()));
         assert!(admission.admit("node-a", own()).is_ok());
-        let refused = admission.admit("node-b", own()).unwrap_err();
+        let refused = Status::from(admission.admit("node-b", own()).unwrap_err());
         assert_eq!(refused.code(), Code::PermissionDenied);
         assert_eq!(
             refused.message(),
             r#"node "node-b" is not this agent's: the client certificate is node "node-a"'s"#
         );
         let nameless = admission.admit("node-a", Some(Err("no name".into())));
-        assert_eq!(nameless.unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(nameless.unwrap_err().why, Refusal::NodeMismatch);
         let counts = admission.refused();
         assert_eq!(
             counts,
@@ -159,7 +180,7 @@ mod tests {
         for node in ["a", "b", "a", "b"] {
             assert!(admission.admit(node, None).is_ok(), "{node}");
         }
-        let refused = admission.admit("c\nd", None).unwrap_err();
+        let refused = Status::from(admission.admit("c\nd", None).unwrap_err());
         assert_eq!(refused.code(), Code::ResourceExhausted);
         assert_eq!(
             refused.message(),
