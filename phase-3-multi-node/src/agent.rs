@@ -90,10 +90,11 @@ impl NodeAgent {
         }
     }
 
-    /// The kernel's counters and the uplink's, one line.
+    /// The kernel's counters and the uplink's, one line; then why the collector could not be
+    /// reached or refused this agent, while that lasts.
     pub fn health(&self) -> Result<String> {
         let c = self.uplink.counters();
-        Ok(format!(
+        let mut line = format!(
             "{} | uplink: sightings={} batches_sent={} resends={} reconnects={} lost={} pending={}",
             self.tracer.health()?,
             self.sightings,
@@ -102,6 +103,10 @@ impl NodeAgent {
             c.reconnects,
             c.lost,
             self.uplink.pending()
-        ))
+        );
+        if let Some(error) = self.uplink.last_error() {
+            line += &format!(" | last_error: {error}");
+        }
+        Ok(line)
     }
 }

@@ -1,5 +1,6 @@
 //! The two processes of phase 3: `agent` (one per node) and `collector` (one per cluster).
 
+use crate::admission::Admission;
 use crate::agent::{NodeAgent, DRAIN_EVERY};
 use crate::collector::{serve, Service};
 use crate::mtls::{ClientTls, ServerTls};
@@ -86,6 +87,10 @@ pub struct CollectorArgs {
     pub tls_key: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Admit at most this many distinct node names; requests from more are refused (counted,
+    /// no new series). Over mutual TLS a node is also only who its certificate names.
+    #[arg(long, default_value_t = crate::admission::DEFAULT_MAX_NODES, value_parser = at_least_one)]
+    pub max_nodes: usize,
     /// Test only: take each batch this late (a slow collector).
     #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
     pub ack_delay_ms: u64,
@@ -133,6 +138,14 @@ fn collector_url(text: &str) -> Result<String, String> {
         return Err(format!("{text:?} must name a host and a port; {example}"));
     }
     Ok(text.to_string())
+}
+
+/// A count of at least one.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
 }
 
 /// What a deployment adds to the agent: who its processes are in its own terms, and which to
@@ -275,6 +288,7 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
     let rt = runtime()?;
     let service = Service {
         ack_delay: Duration::from_millis(args.ack_delay_ms),
+        admission: Admission::new(args.max_nodes),
         ..Default::default()
     };
     rt.block_on(async {

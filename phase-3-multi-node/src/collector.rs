@@ -4,6 +4,7 @@
 //! collector's clock with its error bound, then matched across nodes (phase 2's hop rules)
 //! once its window has closed.
 
+use crate::admission::Admission;
 use crate::clock::{ClockModel, Exchange as ClockExchange};
 use crate::matcher::{CrossNode, NodeSight};
 use crate::proto::collector_server::{Collector, CollectorServer};
@@ -106,6 +107,8 @@ pub struct Service {
     pub state: Arc<Mutex<State>>,
     /// Test only: hold every batch this long before taking it (a slow collector).
     pub ack_delay: Duration,
+    /// Which nodes may send: checked before a request touches `state`.
+    pub admission: Admission,
 }
 
 impl Service {
@@ -126,7 +129,8 @@ impl Service {
     }
 
     /// Per node: sightings taken, lost and duplicate batches, the clock's offset (collector
-    /// minus node) and bound at the latest exchange; then the matcher's counters.
+    /// minus node) and bound at the latest exchange; then the matcher's counters and the
+    /// requests refused.
     pub fn health(&self) -> String {
         let state = self.state.lock().unwrap();
         let mut nodes: Vec<&Node> = state.nodes.values().collect();
@@ -150,14 +154,21 @@ impl Service {
                 n.name, n.sightings, n.lost, n.duplicates
             );
         }
-        line + &state.matching.matcher.hops.counters.to_string()
+        line += &state.matching.matcher.hops.counters.to_string();
+        line += " | refused:";
+        for (refusal, n) in self.admission.refused() {
+            line += &format!(" {}={n}", refusal.reason());
+        }
+        line
     }
 }
 
 #[tonic::async_trait]
 impl Collector for Service {
-    async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<SyncReply>, Status> {
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncReply>, Status> {
         let t2 = monotonic_ns();
+        // Between t2 and t3: the exchange does not count the check in its round trip.
+        self.admission.check(&request, &request.get_ref().node)?;
         Ok(Response::new(SyncReply {
             t2,
             t3: monotonic_ns(),
@@ -165,6 +176,7 @@ impl Collector for Service {
     }
 
     async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
+        self.admission.check(&request, &request.get_ref().node)?;
         let batch = request.into_inner();
         if !self.ack_delay.is_zero() {
             tokio::time::sleep(self.ack_delay).await;
@@ -210,7 +222,7 @@ impl Collector for Service {
 }
 
 /// Serves `service` on `addr` until `shutdown` resolves; with `tls`, only to agents whose
-/// certificate its CA signed.
+/// certificate its CA signed, each for the node its certificate names (`admission`).
 pub async fn serve(
     service: Service,
     addr: SocketAddr,

@@ -3,9 +3,12 @@
 //! counted), and a collector (`collector`) that maps every node's clock onto its own with an
 //! error bound (`clock`) and matches moments across nodes (`matcher`: phase 2's hop rules),
 //! reporting through `outputs` (table, JSON lines, Prometheus `metrics`). Agent and collector
-//! can require each other's certificates (`mtls`). `cli` holds the two processes; with
-//! the `demo` feature, `run` traces a harness scenario with an agent process per node.
+//! can require each other's certificates (`mtls`); the collector admits a node only as its
+//! certificate names it, and a bounded number of nodes (`admission`). `cli` holds the two
+//! processes; with the `demo` feature, `run` traces a harness scenario with an agent process
+//! per node.
 
+pub mod admission;
 pub mod agent;
 pub mod cli;
 pub mod clock;

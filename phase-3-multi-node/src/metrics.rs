@@ -1,6 +1,7 @@
-//! The collector's Prometheus metrics: per-hop latency and alignment-bound histograms, and per
-//! agent node the cumulative sighting counters and the clock model's offset and bound, rendered
-//! in the text exposition format 0.0.4 and served on GET /metrics.
+//! The collector's Prometheus metrics: per-hop latency and alignment-bound histograms, per
+//! agent node the cumulative sighting counters and the clock model's offset and bound, and the
+//! requests the collector refused per reason, rendered in the text exposition format 0.0.4 and
+//! served on GET /metrics.
 //!
 //! Negative latencies (a cross-node hop whose two ends were mapped onto the collector's clock
 //! with errors of opposite sign) are observed as 0: causality says the true latency is ≥ 0, so
@@ -132,6 +133,13 @@ const GAUGES: [(&str, &str); 2] = [
     ),
 ];
 
+/// Counted per reason only: a label with the node a refused request claimed would make a series
+/// per invented name.
+const REFUSED: (&str, &str) = (
+    "audio_collector_refused_requests_total",
+    "Clock exchanges and batches the collector refused: node_mismatch (the node claimed is not the client certificate's), node_limit (a node beyond --max-nodes).",
+);
+
 #[derive(Default)]
 struct Hop {
     /// Latency, alignment bound.
@@ -150,6 +158,8 @@ struct NodeStats {
 struct Inner {
     hops: BTreeMap<HopLabels, Hop>,
     nodes: BTreeMap<String, NodeStats>,
+    /// Per reason.
+    refused: BTreeMap<&'static str, u64>,
 }
 
 /// The collector's metrics; clones share them.
@@ -189,6 +199,11 @@ impl Metrics {
                 ],
             },
         );
+    }
+
+    /// The requests refused so far for `reason`.
+    pub fn set_refused(&self, reason: &'static str, total: u64) {
+        self.inner.lock().unwrap().refused.insert(reason, total);
     }
 
     /// Everything in the Prometheus text exposition format 0.0.4.
@@ -238,6 +253,11 @@ impl Metrics {
                     writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
                 }
             }
+        }
+        let (name, help) = REFUSED;
+        header(&mut out, name, help, "counter");
+        for (reason, n) in &inner.refused {
+            writeln!(out, "{name}{{reason=\"{reason}\"}} {n}").unwrap();
         }
         out
     }
@@ -390,6 +410,7 @@ mod tests {
         m.observe_hop(&hop("a\\b", "say \"hi\"\nnow", "residence"), 1_000, 0);
         m.set_node("node-a", 10, 2, 1, Some(-50_000_000), None);
         m.set_node("node-\"b\"", 7, 0, 0, Some(1_500), Some(20_000));
+        m.set_refused("node_mismatch", 3);
         let text = m.render();
         assert!(text.contains(
             r#"audio_hop_latency_seconds_count{source_node="node-a",source="a\\b",destination_node="node-b",destination="say \"hi\"\nnow",kind="residence"} 1"#
@@ -402,6 +423,7 @@ mod tests {
             ("audio_agent_duplicate_batches_total", "counter"),
             ("audio_node_clock_offset_seconds", "gauge"),
             ("audio_node_clock_bound_seconds", "gauge"),
+            ("audio_collector_refused_requests_total", "counter"),
         ] {
             // HELP then TYPE, each family once and before its samples.
             let at = text.find(&format!("# HELP {name} ")).unwrap();
@@ -437,6 +459,13 @@ mod tests {
             2e-5
         );
         assert!(!text.contains(r#"audio_node_clock_bound_seconds{node="node-a"}"#));
+        assert_eq!(
+            sample(
+                &text,
+                r#"audio_collector_refused_requests_total{reason="node_mismatch"}"#
+            ),
+            3.0
+        );
         // Every sample line: a name, labels in braces, one space, a number.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();

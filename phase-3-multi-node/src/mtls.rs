@@ -119,7 +119,7 @@ pub struct TestPki {
     /// For "localhost" and 127.0.0.1, signed by `ca`.
     pub collector_cert: PathBuf,
     pub collector_key: PathBuf,
-    /// Signed by `ca`.
+    /// For node [`TEST_AGENT_NODE`] (its DNS subjectAltName), signed by `ca`.
     pub agent_cert: PathBuf,
     pub agent_key: PathBuf,
     /// A CA the collector does not trust, and an agent certificate it signed.
@@ -127,6 +127,9 @@ pub struct TestPki {
     pub other_agent_cert: PathBuf,
     pub other_agent_key: PathBuf,
 }
+
+/// The node the test PKI's agent certificate names.
+pub const TEST_AGENT_NODE: &str = "node-a";
 
 /// Writes a CA, a collector and an agent certificate it signed, and an unrelated CA with an
 /// agent certificate of its own into `dir` (valid for two days).
@@ -148,7 +151,7 @@ pub fn write_test_pki(dir: &Path) -> Result<TestPki> {
     let ca = sign("test-ca", &ca_key, Role::Ca, None)?;
     let other_ca = sign("other-ca", &other_ca_key, Role::Ca, None)?;
     let (collector_cert, collector_key) = leaf("collector", Role::Server, (&ca, &ca_key))?;
-    let (agent_cert, agent_key) = leaf("agent", Role::Client, (&ca, &ca_key))?;
+    let (agent_cert, agent_key) = leaf(TEST_AGENT_NODE, Role::Client, (&ca, &ca_key))?;
     let (other_agent_cert, other_agent_key) =
         leaf("other-agent", Role::Client, (&other_ca, &other_ca_key))?;
     Ok(TestPki {
@@ -178,7 +181,7 @@ fn new_key() -> Result<PKey<Private>> {
 
 /// A v3 certificate for `cn`, self-signed without an issuer. webpki (rustls) wants the
 /// extensions: CA constraints on the CA, a SAN on the server (it ignores the CN), and the
-/// extended key usage of each leaf.
+/// extended key usage of each leaf. A client's SAN is `cn` too: the node it is (admission.rs).
 fn sign(
     cn: &str,
     key: &PKey<Private>,
@@ -219,7 +222,13 @@ fn sign(
             b.append_extension(san)?;
             b.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
         }
-        Role::Client => b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?,
+        Role::Client => {
+            let san = SubjectAlternativeName::new()
+                .dns(cn)
+                .build(&b.x509v3_context(issuer.map(|(ca, _)| &**ca), None))?;
+            b.append_extension(san)?;
+            b.append_extension(ExtendedKeyUsage::new().client_auth().build()?)?;
+        }
     }
     b.sign(issuer.map_or(key, |(_, k)| k), MessageDigest::sha256())?;
     Ok(b.build())

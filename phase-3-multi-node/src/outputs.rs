@@ -63,8 +63,11 @@ impl Outputs {
         Ok(())
     }
 
-    /// The nodes' counters and clocks, as the metrics show them.
+    /// The nodes' counters and clocks, and the refusals, as the metrics show them.
     pub fn update_nodes(&self, service: &Service) {
+        for (refusal, n) in service.admission.refused() {
+            self.metrics.set_refused(refusal.reason(), n);
+        }
         let state = service.state.lock().unwrap();
         for n in state.nodes.values() {
             let clock = state.clock_offset(n);

@@ -192,6 +192,13 @@ async fn connect(config: &UplinkConfig) -> anyhow::Result<Client> {
             true => status.message().to_string(),
             false => why.join(": "),
         };
+        // The collector answered, and said no (admission.rs): which node, and why.
+        if matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::ResourceExhausted
+        ) {
+            return anyhow::anyhow!("refused: {why}");
+        }
         anyhow::anyhow!("no answer: {why}")
     })?;
     Ok(client)

@@ -69,6 +69,12 @@ fn nonsense_values_are_refused_with_one_line() {
             "http://c",
             "must name a host and a port",
         ),
+        (
+            &collector[..],
+            "--max-nodes",
+            "0",
+            "is not a whole number of at least 1",
+        ),
     ] {
         let o = Command::new(EXE)
             .args(process)

@@ -4,7 +4,7 @@
 //! one line; unusable PEM files are refused at start, naming the file.
 
 use phase_3_multi_node::collector::{serve, Service};
-use phase_3_multi_node::mtls::{write_test_pki, ClientTls, ServerTls, TestPki};
+use phase_3_multi_node::mtls::{write_test_pki, ClientTls, ServerTls, TestPki, TEST_AGENT_NODE};
 use phase_3_multi_node::proto::NodeSighting;
 use phase_3_multi_node::uplink::{Skew, Uplink, UplinkConfig};
 use std::collections::HashMap;
@@ -112,10 +112,10 @@ fn certified(pki: &TestPki) -> ClientTls {
 async fn a_certified_agent_delivers_everything_once() {
     let (_dir, pki) = pki();
     let (collector, addr) = start_collector(&pki);
-    let uplink = agent("node-a", https(addr), Some(certified(&pki)));
+    let uplink = agent(TEST_AGENT_NODE, https(addr), Some(certified(&pki)));
     push_paced(&uplink, 50).await;
-    delivered(&uplink, &collector, "node-a", 500).await;
-    let seen = received(&collector, "node-a");
+    delivered(&uplink, &collector, TEST_AGENT_NODE, 500).await;
+    let seen = received(&collector, TEST_AGENT_NODE);
     assert_eq!(seen.len(), 500, "every sighting arrived");
     assert!(seen.values().all(|&n| n == 1), "none twice");
     assert_eq!(uplink.counters().batches_sent, 50);
@@ -124,12 +124,12 @@ async fn a_certified_agent_delivers_everything_once() {
 /// Pushes to `uplink` while a certified agent delivers alongside, then checks that `uplink`
 /// delivered nothing, holds all of it, and keeps failing to connect; returns its last error.
 async fn refused(pki: &TestPki, collector: &Service, addr: SocketAddr, uplink: Uplink) -> String {
-    let good = agent("good", https(addr), Some(certified(pki)));
+    let good = agent(TEST_AGENT_NODE, https(addr), Some(certified(pki)));
     for b in 0..20 {
         uplink.push(batch(b));
     }
     push_paced(&good, 20).await;
-    delivered(&good, collector, "good", 200).await;
+    delivered(&good, collector, TEST_AGENT_NODE, 200).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let early = uplink.counters().connect_failures;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -138,7 +138,7 @@ async fn refused(pki: &TestPki, collector: &Service, addr: SocketAddr, uplink: U
         received(collector, "bad").is_empty(),
         "the collector holds none"
     );
-    assert_eq!(received(collector, "good").len(), 200);
+    assert_eq!(received(collector, TEST_AGENT_NODE).len(), 200);
     assert_eq!((c.batches_sent, uplink.pending()), (0, 20), "{c:?}");
     assert!(c.connect_failures > early, "still retrying: {c:?}");
     // Refused in the handshake or at the first call, never counted connected, and backing off

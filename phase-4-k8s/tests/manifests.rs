@@ -2,9 +2,12 @@
 //! loses no field doing so, and the deployment has the properties its comments and
 //! deploy/README.md promise. The agent is least privilege (the exact capability set, read-only
 //! mounts). RBAC grants only reading pods. The collector has no privilege. The flags parse
-//! (phase 3's clap definitions) and agree with the Service and the ConfigMap. The overlays'
-//! patches apply: mtls wires the certificates, sys-admin adds CAP_SYS_ADMIN and nothing else.
-//! When `kubectl` is on PATH, its kustomize renders the same objects.
+//! (phase 3's clap definitions) and agree with the Service and the ConfigMap. Mutual TLS is the
+//! default, each agent presenting its node's own certificate, and a NetworkPolicy admits only
+//! the agents to the collector's gRPC port and only the scraper to its metrics. The overlays
+//! apply: cert-manager issues the collector's certificate and adds nothing else, sys-admin adds
+//! CAP_SYS_ADMIN and nothing else. When `kubectl` is on PATH, its kustomize renders the same
+//! objects.
 //!
 //! Table-driven: [`CASES`] names each variant of the deployment (the base, each overlay) and
 //! its fixture under tests/fixtures/manifests/, which says what that variant must hold beyond
@@ -12,8 +15,8 @@
 
 mod deploy;
 
-use deploy::checks::{check_agent, check_collector, check_rbac, NAMESPACE};
-use deploy::expected::Expected;
+use deploy::checks::{check_agent, check_collector, check_network_policy, check_rbac, NAMESPACE};
+use deploy::expected::{Added, Expected};
 use deploy::objects::Objects;
 use deploy::render::{base_docs, kubectl_kustomize, same_as_kustomize, Variant};
 use deploy::{all_files, base_dir, deploy_dir, kustomization, strings};
@@ -33,8 +36,8 @@ const CASES: [Case; 3] = [
         fixture: "base.yaml",
     },
     Case {
-        variant: Variant::Overlay("mtls"),
-        fixture: "mtls.yaml",
+        variant: Variant::Overlay("cert-manager"),
+        fixture: "cert-manager.yaml",
     },
     Case {
         variant: Variant::Overlay("sys-admin"),
@@ -174,17 +177,16 @@ fn overlay_kustomizations_list_every_file() {
     for name in overlays {
         let dir = Variant::Overlay(name).dir();
         let k = kustomization(&dir);
-        let listed: BTreeSet<String> = k["patches"]
-            .as_array()
-            .unwrap()
-            .iter()
+        let patches = k["patches"].as_array().into_iter().flatten();
+        let mut listed: BTreeSet<String> = patches
             .map(|p| p["path"].as_str().unwrap().to_string())
             .collect();
+        listed.extend(strings(&k["resources"]).into_iter().skip(1));
         let mut files = all_files(&dir);
         files.remove("kustomization.yaml");
         assert_eq!(
             listed, files,
-            "{name}: every patch file used, and nothing else"
+            "{name}: every patch and resource file used, and nothing else"
         );
     }
 }
@@ -232,7 +234,74 @@ fn overlays_change_only_what_their_fixture_lists() {
             assert_eq!(patched, original, "{file}");
         }
         assert_eq!(applied, changes.len(), "every change names an object");
+        let added: Vec<Added> = case.docs[base.len()..]
+            .iter()
+            .map(|(_, d)| Added {
+                kind: d["kind"].as_str().unwrap().into(),
+                name: d["metadata"]["name"].as_str().unwrap().into(),
+            })
+            .collect();
+        assert_eq!(added, case.expected.added, "the objects the overlay adds");
     });
+}
+
+#[test]
+fn mutual_tls_is_the_default_in_every_variant() {
+    for_each_case(|case| {
+        let (agent, collector) = (&case.expected.agent, &case.expected.collector);
+        assert!(
+            agent.collector.starts_with("https://"),
+            "{}",
+            agent.collector
+        );
+        assert!(
+            agent.tls.is_some() && collector.tls.is_some(),
+            "both sides' certificates"
+        );
+    });
+}
+
+#[test]
+fn network_policy_admits_only_agents_and_the_scraper() {
+    for_each_case(|case| check_network_policy(&case.objects, &case.expected.scraper));
+}
+
+/// cert-manager's CA signs the collector's certificate into the Secret the collector mounts,
+/// with the name the agents check; the agents' certificates come from certs.sh with that CA.
+#[test]
+fn cert_manager_issues_the_certificate_the_collector_mounts() {
+    let objects = Objects::parse(&Variant::Overlay("cert-manager").docs());
+    let collector_args = check_agent(&objects, &Expected::load("cert-manager.yaml").agent);
+    let cert = objects.cert_manager("Certificate", "audio-tracer-collector");
+    let spec = &cert["spec"];
+    assert_eq!(spec["secretName"], "audio-tracer-collector-tls");
+    let names = strings(&spec["dnsNames"]);
+    assert!(names.contains(&collector_args.tls_server_name), "{names:?}");
+    assert_eq!(strings(&spec["usages"]), ["server auth"]);
+    let issuer = objects.cert_manager("Issuer", spec["issuerRef"]["name"].as_str().unwrap());
+    let ca_secret = issuer["spec"]["ca"]["secretName"]
+        .as_str()
+        .expect("a CA issuer");
+    let ca = objects.cert_manager("Certificate", "audio-tracer-ca");
+    assert_eq!(ca["spec"]["isCA"], true);
+    assert_eq!(ca["spec"]["secretName"], ca_secret);
+    let root = objects.cert_manager("Issuer", ca["spec"]["issuerRef"]["name"].as_str().unwrap());
+    assert!(root["spec"]["selfSigned"].is_object());
+    for o in &objects.cert_manager {
+        assert_eq!(o["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(
+            o["spec"]["issuerRef"]["kind"].as_str().unwrap_or("Issuer"),
+            "Issuer"
+        );
+    }
+    // The kustomization's first lines tell how the agents' Secret is made.
+    let text = std::fs::read_to_string(
+        Variant::Overlay("cert-manager")
+            .dir()
+            .join("kustomization.yaml"),
+    )
+    .unwrap();
+    assert!(text.contains(&format!("certs.sh --ca-secret {ca_secret}")));
 }
 
 /// Removes what the JSON pointer `path` names in `doc`; whether there was anything.

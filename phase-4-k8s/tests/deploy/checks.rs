@@ -1,9 +1,9 @@
 //! The properties every variant of the deployment must have, whatever overlay is applied:
 //! the agent least privilege and wired to the collector, RBAC reading pods only, the collector
-//! without privilege and reachable through its Service. Flags are parsed with the agents' own
-//! clap definitions.
+//! without privilege and reachable through its Service by the agents and the scraper alone.
+//! Flags are parsed with the agents' own clap definitions.
 
-use super::expected::{ExpectedAgent, ExpectedCollector, SecretFiles};
+use super::expected::{ExpectedAgent, ExpectedCollector, Scraper, SecretFiles};
 use super::objects::Objects;
 use clap::Parser;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -410,6 +410,17 @@ pub fn check_agent(
             "the name the collector's certificate carries"
         );
         check_secret_files(pod, c, tls, files);
+        // Each node presents its own certificate: the collector admits it only as that node.
+        for (flag, file) in [
+            ("--tls-cert", "$(NODE_NAME).crt"),
+            ("--tls-key", "$(NODE_NAME).key"),
+        ] {
+            let at = raw_args.iter().position(|a| a == flag).expect(flag);
+            assert!(
+                raw_args[at + 1].ends_with(&format!("/{file}")),
+                "{flag}: the node's own"
+            );
+        }
     } else {
         assert!(tls.iter().all(|f| f.is_none()), "no TLS flag");
     }
@@ -593,4 +604,92 @@ fn check_secret_files(
         mode, expected.default_mode,
         "the Secret volume's defaultMode"
     );
+}
+
+/// The collector's NetworkPolicy: it selects the collector's pods and admits, on ingress, the
+/// gRPC port from the agent's pods of this namespace only and the metrics port from the
+/// scraper only. Nothing else gets in.
+pub fn check_network_policy(objects: &Objects, scraper: &Scraper) {
+    let np = objects.network_policy();
+    let spec = np.spec.as_ref().expect("a spec");
+    let labels = |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+        let s = s.as_ref().expect("a selector");
+        assert!(s.match_expressions.is_none(), "labels only");
+        s.match_labels.clone().unwrap_or_default()
+    };
+    let collector = objects.deployment().spec.as_ref().unwrap();
+    let agent = objects.daemon_set().spec.as_ref().unwrap();
+    assert_eq!(
+        labels(&spec.pod_selector),
+        collector.selector.match_labels.clone().unwrap(),
+        "selects the collector's pods"
+    );
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    let rules = spec.ingress.as_ref().expect("ingress rules");
+    assert_eq!(rules.len(), 2, "one rule per port");
+    let rule_for = |port: &str| {
+        let matching: Vec<_> = rules
+            .iter()
+            .filter(|r| {
+                let ports = r.ports.as_ref().expect("every rule names its ports");
+                ports
+                    .iter()
+                    .any(|p| p.port == Some(IntOrString::String(port.into())))
+            })
+            .collect();
+        assert_eq!(matching.len(), 1, "{port}: one rule");
+        let rule = matching[0];
+        assert_eq!(
+            rule.ports.as_ref().unwrap().len(),
+            1,
+            "{port}: that port only"
+        );
+        let from = rule
+            .from
+            .as_ref()
+            .expect("a rule without `from` admits everyone");
+        assert_eq!(from.len(), 1, "{port}: one kind of peer");
+        assert!(from[0].ip_block.is_none(), "{port}: pods, not addresses");
+        &from[0]
+    };
+    let grpc = rule_for("grpc");
+    assert!(
+        grpc.namespace_selector.is_none(),
+        "agents of this namespace only"
+    );
+    assert_eq!(
+        labels(&grpc.pod_selector),
+        agent.selector.match_labels.clone().unwrap(),
+        "gRPC: the agent's pods"
+    );
+    selects_template(&labels(&grpc.pod_selector), &agent.template, "gRPC peers");
+    let metrics = rule_for("metrics");
+    assert_eq!(
+        labels(&metrics.namespace_selector),
+        BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            scraper.namespace.clone()
+        )]),
+        "metrics: the scraper's namespace"
+    );
+    assert_eq!(
+        labels(&metrics.pod_selector),
+        scraper.pod_labels,
+        "metrics: the scraper's pods"
+    );
+    // The named ports are the collector container's.
+    let pod = pod_spec_dep(objects.deployment());
+    for port in ["grpc", "metrics"] {
+        assert!(
+            pod.containers[0]
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some(port)),
+            "{port}: a port of the collector"
+        );
+    }
 }

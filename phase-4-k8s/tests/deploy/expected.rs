@@ -10,9 +10,29 @@ use std::path::Path;
 pub struct Expected {
     pub agent: ExpectedAgent,
     pub collector: ExpectedCollector,
+    /// Who may reach the collector's metrics port.
+    pub scraper: Scraper,
     /// An overlay's changes to the base's objects; it must change nothing else.
     #[serde(default)]
     pub changes: Vec<Change>,
+    /// The objects an overlay adds to the base's, in its files' order.
+    #[serde(default)]
+    pub added: Vec<Added>,
+}
+
+/// The pods the NetworkPolicy lets scrape the metrics port: these labels, in that namespace.
+#[derive(Deserialize)]
+#[serde(crate = "k8s_openapi::serde", deny_unknown_fields)]
+pub struct Scraper {
+    pub namespace: String,
+    pub pod_labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+#[serde(crate = "k8s_openapi::serde", deny_unknown_fields)]
+pub struct Added {
+    pub kind: String,
+    pub name: String,
 }
 
 #[derive(Deserialize)]
@@ -36,7 +56,8 @@ pub struct ExpectedCollector {
 #[serde(crate = "k8s_openapi::serde", deny_unknown_fields)]
 pub struct SecretFiles {
     pub secret: String,
-    /// The keys the CA, certificate and key flags name, in that order.
+    /// The keys the CA, certificate and key flags name, in that order (the agent's, with the
+    /// downward API's node name taken as `node-0`).
     pub keys: Vec<String>,
     pub default_mode: i32,
 }

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::serde::de::DeserializeOwned;
 use k8s_openapi::serde::Serialize;
@@ -61,6 +62,9 @@ pub struct Objects {
     pub daemon_sets: Vec<DaemonSet>,
     pub deployments: Vec<Deployment>,
     pub services: Vec<Service>,
+    pub network_policies: Vec<NetworkPolicy>,
+    /// cert-manager's Issuers and Certificates (no k8s-openapi type: checked as JSON).
+    pub cert_manager: Vec<Value>,
 }
 
 impl Objects {
@@ -90,6 +94,10 @@ impl Objects {
             }
             ("apps/v1", "DaemonSet") => self.daemon_sets.push(exact(what, doc)),
             ("apps/v1", "Deployment") => self.deployments.push(exact(what, doc)),
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                self.network_policies.push(exact(what, doc))
+            }
+            ("cert-manager.io/v1", "Issuer" | "Certificate") => self.cert_manager.push(doc.clone()),
             other => panic!("{what}: unexpected kind {other:?}"),
         }
     }
@@ -109,6 +117,18 @@ impl Objects {
 
     pub fn service(&self) -> &Service {
         Self::one(&self.services, "Service")
+    }
+
+    pub fn network_policy(&self) -> &NetworkPolicy {
+        Self::one(&self.network_policies, "NetworkPolicy")
+    }
+
+    /// The cert-manager object of `kind` named `name`.
+    pub fn cert_manager(&self, kind: &str, name: &str) -> &Value {
+        self.cert_manager
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
     }
 
     pub fn config_map(&self) -> &ConfigMap {

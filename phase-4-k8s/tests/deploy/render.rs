@@ -124,13 +124,15 @@ fn json_patch(doc: &mut Value, ops: &[Value], what: &str) {
     }
 }
 
-/// An overlay: the base with its JSON patches applied, as (name, JSON).
+/// An overlay: the base with its JSON patches applied, then the objects of its own files, as
+/// (name, JSON).
 fn overlay_docs(name: &str) -> Vec<(String, Value)> {
     let dir = overlay_dir(name);
     let k = kustomization(&dir);
-    assert_eq!(strings(&k["resources"]), ["../../base"]);
+    let resources = strings(&k["resources"]);
+    assert_eq!(resources[0], "../../base", "{name}: the base first");
     let mut docs = base_docs();
-    for patch in k["patches"].as_array().expect("patches") {
+    for patch in k["patches"].as_array().into_iter().flatten() {
         let file = patch["path"].as_str().expect("a patch file");
         let target = &patch["target"];
         let ops = yaml_docs(&dir.join(file));
@@ -161,6 +163,13 @@ fn overlay_docs(name: &str) -> Vec<(String, Value)> {
             json_patch(doc, ops, file);
             *name = format!("{name} + {file}");
         }
+    }
+    for file in &resources[1..] {
+        docs.extend(
+            yaml_docs(&dir.join(file))
+                .into_iter()
+                .map(|d| (file.clone(), d)),
+        );
     }
     docs
 }

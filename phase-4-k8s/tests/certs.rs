@@ -1,0 +1,116 @@
+//! deploy/certs.sh, run without a cluster (--no-apply): its Secrets hold the keys the
+//! manifests mount, and a collector serving its collector certificate admits an agent with a
+//! node's certificate as that node and as no other. A second run keeps what exists and adds a
+//! new node. Needs openssl and kubectl (for the Secrets' YAML) on PATH.
+
+use phase_3_multi_node::collector::{serve, Service};
+use phase_3_multi_node::mtls::{ClientTls, ServerTls};
+use phase_3_multi_node::proto::collector_client::CollectorClient;
+use phase_3_multi_node::proto::SyncRequest;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use tonic::transport::Endpoint;
+use tonic::Code;
+
+fn certs_sh(dir: &Path, nodes: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/certs.sh");
+    let out = Command::new(script)
+        .args(["--no-apply", "--dir"])
+        .arg(dir)
+        .args(nodes)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "certs.sh: {stderr}");
+}
+
+/// Secret name → its keys, from secrets.yaml.
+fn secret_keys(dir: &Path) -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(dir.join("secrets.yaml")).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    docs.iter()
+        .map(|d| {
+            let name = d["metadata"]["name"].as_str().unwrap().to_string();
+            (
+                name,
+                d["data"].as_object().unwrap().keys().cloned().collect(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_admits_its_node_and_no_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    certs_sh(&dir, &["node-0", "node-1"]);
+    let keys = |list: &[&str]| list.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        secret_keys(&dir),
+        [
+            (
+                "audio-tracer-collector-tls".to_string(),
+                keys(&["ca.crt", "tls.crt", "tls.key"])
+            ),
+            (
+                "audio-tracer-agent-tls".to_string(),
+                keys(&[
+                    "ca.crt",
+                    "node-0.crt",
+                    "node-0.key",
+                    "node-1.crt",
+                    "node-1.key"
+                ])
+            ),
+        ]
+    );
+
+    let tls = ServerTls::from_files(
+        &dir.join("collector.crt"),
+        &dir.join("collector.key"),
+        &dir.join("ca.crt"),
+    )
+    .unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let service = Service::default();
+    tokio::spawn(serve(
+        service.clone(),
+        addr,
+        Some(tls),
+        std::future::pending(),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let nodes = dir.join("nodes");
+    let agent = ClientTls::from_files(
+        &dir.join("ca.crt"),
+        &nodes.join("node-0.crt"),
+        &nodes.join("node-0.key"),
+        "audio-tracer-collector",
+    )
+    .unwrap();
+    let endpoint = Endpoint::from_shared(format!("https://{addr}")).unwrap();
+    let channel = endpoint.tls_config(agent.into()).unwrap();
+    let mut client = CollectorClient::new(channel.connect().await.unwrap());
+    let sync = |node: &str| SyncRequest {
+        node: node.into(),
+        t1: 0,
+    };
+    assert!(client.sync(sync("node-0")).await.is_ok());
+    let refused = client.sync(sync("node-1")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(service.health().contains("node_mismatch=1"));
+
+    // Again, with one more node: the CA and the certificates already made are kept.
+    let before = std::fs::read(nodes.join("node-0.crt")).unwrap();
+    certs_sh(&dir, &["node-0", "node-1", "node-2"]);
+    assert_eq!(std::fs::read(nodes.join("node-0.crt")).unwrap(), before);
+    let agent_keys = &secret_keys(&dir)[1].1;
+    assert!(
+        agent_keys.contains(&"node-2.key".to_string()),
+        "{agent_keys:?}"
+    );
+}
