@@ -116,7 +116,7 @@ impl HopStats {
         );
         let _ = writeln!(
             out,
-            "{:>24} → {:<24} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:>24} → {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "from", "to", "count", "n", "p50 µs", "p90 µs", "p99 µs", "max µs", "± µs"
         );
         let forget_ns = ns(self.retention.forget_after);
@@ -133,7 +133,7 @@ impl HopStats {
             };
             let _ = writeln!(
                 out,
-                "{from:>24} → {to:<24} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{from:>24} → {to:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
                 hop.count,
                 recent.latencies.count(),
                 us(0.5),

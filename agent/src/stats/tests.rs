@@ -23,7 +23,7 @@ fn spread(n: usize) -> Vec<i64> {
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             let magnitude = 10f64.powf((x >> 11) as f64 / (1u64 << 53) as f64 * 9.0) as i64;
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 -(magnitude % 300_000)
             } else {
                 magnitude
