@@ -176,9 +176,9 @@ impl Inner {
     }
 
     fn forget_quiet_hops(&mut self, now_ns: u64) {
-        let forget_after_ns = self.forget_after_ns;
-        self.hops
-            .retain(|_, hop| now_ns.saturating_sub(hop.last_ns) < forget_after_ns);
+        let mut hops = std::mem::take(&mut self.hops);
+        hops.retain(|_, hop| !self.quiet(hop.last_ns, now_ns));
+        self.hops = hops;
     }
 }
 

@@ -10,7 +10,7 @@
 
 use hdrhistogram::Histogram;
 
-/// Significant digits kept: a latency is reported within 0.1 % (1 ns below 1 µs).
+/// Significant digits kept: a latency is reported within 0.1 % of itself, exactly below 2 µs.
 const SIGNIFICANT_DIGITS: u8 = 3;
 /// A latency beyond this many ns counts as this much. No hop can be that long: its two ends
 /// lie within one matching window.
@@ -24,7 +24,7 @@ fn histogram() -> Counts {
 }
 
 pub struct Latencies {
-    /// Latencies ≥ 0 (0 counts as 1 ns: the histogram's lowest value).
+    /// Latencies ≥ 0.
     at_or_above_zero: Counts,
     /// Magnitudes of latencies < 0; allocated at the first (a hop within one node has none).
     below_zero: Option<Counts>,
