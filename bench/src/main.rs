@@ -1,8 +1,7 @@
 //! Whole-system benchmarks (BENCHMARKS.md holds their results), every figure measured side by side in one run:
 //! `cargo run --release -p bench -- pairs` (root), `-- agent`, `-- collector` and `-- scale`
-//! (root); the
-//! agent's throughput, in-process, by criterion: `cargo bench -p bench`. See BENCHMARKS.md for
-//! what each mode means.
+//! (root); the agent's throughput, in-process, by criterion: `cargo bench -p bench`. See
+//! BENCHMARKS.md for what each mode means.
 
 mod collector;
 pub mod compare;
