@@ -15,6 +15,7 @@
 //! With `--vec-baseline`, every latency is also kept per hop in a vector and a sorted copy made
 //! at each report, as the hop statistics did before they were histograms: the "before".
 
+use crate::scale::status_kib;
 use agent::schema::HopRecord;
 use anyhow::{bail, Result};
 use phase_3_multi_node::collector::Service;
@@ -106,15 +107,6 @@ fn batches(tick: u64, t_ns: u64) -> Vec<Batch> {
         }
     }
     out
-}
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn mib(kib: u64) -> f64 {
