@@ -162,6 +162,15 @@ pub fn run(records: u64, checkpoint: u64, vec_baseline: bool) -> Result<()> {
             rt.block_on(service.send(tonic::Request::new(batch)))?;
         }
         let closed = service.close_due(Some(t_ns + TICK_NS));
+        if taken == 0 && !closed.is_empty() {
+            // What the matching window alone holds at this rate.
+            println!(
+                "| 0 (window full) | {:.1} | | {:.1} | {:.1} |",
+                start.elapsed().as_secs_f64(),
+                mib(status_kib("VmRSS:")),
+                mib(status_kib("VmHWM:")),
+            );
+        }
         taken += closed.len() as u64;
         if let Some(b) = &mut baseline {
             b.add(&closed);
