@@ -1,13 +1,57 @@
-//! Per-hop latency statistics: count, p50, p90, p99, max, and across nodes the largest
-//! clock-alignment bound of the hop's records.
+//! Per-hop latency statistics in bounded memory: per hop, the count of records since start,
+//! and over a recent window (the last minute by default) the p50, p90, p99 and max latency and,
+//! across nodes, the largest clock-alignment bound. A hop with no record for a while (ten
+//! minutes by default) is forgotten: it leaves the table and its memory is freed.
 
+mod latencies;
+mod recent;
+
+use crate::clock::monotonic_ns;
 use crate::schema::HopRecord;
+use recent::Recent;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::time::Duration;
 
-#[derive(Default)]
+/// Slots of the recent window: it spans between 5/6 of its length and its length.
+const SLOTS: usize = 6;
+
+/// How long the statistics look back, and when they forget a quiet hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// The window of the percentiles.
+    pub window: Duration,
+    /// A hop with no record for this long is forgotten.
+    pub forget_after: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(60),
+            forget_after: Duration::from_secs(600),
+        }
+    }
+}
+
+struct Hop {
+    /// Records since the hop was first seen (or last forgotten).
+    count: u64,
+    recent: Recent,
+    last_ns: u64,
+}
+
 pub struct HopStats {
-    hops: BTreeMap<(String, String), (Vec<i64>, Option<u64>)>,
+    retention: Retention,
+    hops: BTreeMap<(String, String), Hop>,
+    /// When next to look for quiet hops.
+    next_sweep_ns: u64,
+}
+
+impl Default for HopStats {
+    fn default() -> Self {
+        Self::new(Retention::default())
+    }
 }
 
 /// The nearest-rank `q`-quantile of an ascending slice.
@@ -19,37 +63,87 @@ pub fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
     sorted[rank - 1]
 }
 
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl HopStats {
-    pub fn add(&mut self, r: &HopRecord) {
-        let (latencies, bound) = self.hops.entry((r.from.who(), r.to.who())).or_default();
-        latencies.push(r.latency_ns);
-        if let Some(b) = r.bound_ns {
-            *bound = Some(bound.unwrap_or(0).max(b));
+    pub fn new(retention: Retention) -> Self {
+        Self {
+            retention,
+            hops: BTreeMap::new(),
+            next_sweep_ns: 0,
         }
+    }
+
+    pub fn add(&mut self, r: &HopRecord) {
+        self.add_at(r, monotonic_ns());
+    }
+
+    fn add_at(&mut self, r: &HopRecord, now_ns: u64) {
+        let slot_ns = ns(self.retention.window) / SLOTS as u64;
+        if now_ns >= self.next_sweep_ns {
+            let forget_ns = ns(self.retention.forget_after);
+            self.hops
+                .retain(|_, hop| now_ns.saturating_sub(hop.last_ns) < forget_ns);
+            // Often enough that a quiet hop is forgotten within a slot of its time.
+            self.next_sweep_ns = now_ns.saturating_add(slot_ns.max(1));
+        }
+        let hop = self
+            .hops
+            .entry((r.from.who(), r.to.who()))
+            .or_insert_with(|| Hop {
+                count: 0,
+                recent: Recent::new(slot_ns, SLOTS),
+                last_ns: now_ns,
+            });
+        hop.count += 1;
+        hop.last_ns = hop.last_ns.max(now_ns);
+        hop.recent.record(now_ns, r.latency_ns, r.bound_ns);
     }
 
     /// The table, latencies in µs.
     pub fn table(&self) -> String {
+        self.table_at(monotonic_ns())
+    }
+
+    fn table_at(&self, now_ns: u64) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>24} → {:<24} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "from", "to", "count", "p50 µs", "p90 µs", "p99 µs", "max µs", "± µs"
+            "count: since start; n, percentiles, max and ±: the last {} s",
+            self.retention.window.as_secs_f64()
         );
-        for ((from, to), (lat, bound)) in &self.hops {
-            let mut v = lat.clone();
-            v.sort_unstable();
-            let us = |x: i64| x as f64 / 1e3;
+        let _ = writeln!(
+            out,
+            "{:>24} → {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "from", "to", "count", "n", "p50 µs", "p90 µs", "p99 µs", "max µs", "± µs"
+        );
+        let forget_ns = ns(self.retention.forget_after);
+        for ((from, to), hop) in &self.hops {
+            if now_ns.saturating_sub(hop.last_ns) >= forget_ns {
+                continue;
+            }
+            let recent = hop.recent.summary(now_ns);
+            let us = |q: f64| {
+                recent
+                    .latencies
+                    .quantile(q)
+                    .map_or("-".into(), |ns| format!("{:.1}", ns as f64 / 1e3))
+            };
             let _ = writeln!(
                 out,
-                "{from:>24} → {to:<24} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9}",
-                v.len(),
-                us(percentile(&v, 0.5)),
-                us(percentile(&v, 0.9)),
-                us(percentile(&v, 0.99)),
-                us(*v.last().unwrap_or(&0)),
+                "{from:>24} → {to:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                hop.count,
+                recent.latencies.count(),
+                us(0.5),
+                us(0.9),
+                us(0.99),
+                us(1.0),
                 // One clock on one node: no alignment error to add.
-                bound.map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e3))
+                recent
+                    .bound_ns
+                    .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e3))
             );
         }
         out
@@ -57,16 +151,4 @@ impl HopStats {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let sorted = [10, 20, 30, 40];
-        assert_eq!(percentile(&sorted, 0.5), 20);
-        assert_eq!(percentile(&sorted, 0.51), 30);
-        assert_eq!(percentile(&sorted, 0.99), 40);
-        assert_eq!(percentile(&sorted, 0.0), 10);
-        assert_eq!(percentile::<u64>(&[], 0.99), 0);
-    }
-}
+mod tests;

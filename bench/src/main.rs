@@ -1,8 +1,9 @@
 //! Whole-system benchmarks (BENCHMARKS.md holds their results), every figure measured side by side in one run:
-//! `cargo run --release -p bench -- pairs` (root), `-- agent` and `-- scale` (root); the
-//! agent's throughput, in-process, by criterion: `cargo bench -p bench`. See BENCHMARKS.md for
-//! what each mode means.
+//! `cargo run --release -p bench -- pairs` (root), `-- agent`, `-- collector` and `-- scale`
+//! (root); the agent's throughput, in-process, by criterion: `cargo bench -p bench`. See
+//! BENCHMARKS.md for what each mode means.
 
+mod collector;
 pub mod compare;
 mod pairs;
 mod scale;
@@ -35,6 +36,20 @@ enum What {
     /// Phase 2's agent: its memory with a second of 1000 calls open in the matching window (its
     /// throughput on one core is criterion's: `cargo bench -p bench --bench agent`).
     Agent,
+    /// Phase 3's collector in this process at full rate: synthetic batches through its gRPC
+    /// service, matching, hop statistics and metrics; RSS and records/s at checkpoints.
+    Collector {
+        /// Hop records to take.
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        /// Print RSS and rate every this many records.
+        #[arg(long, default_value_t = 1_000_000)]
+        checkpoint: u64,
+        /// Also keep every latency per hop in a vector, sorting a copy at each report, as the
+        /// hop statistics did before they were histograms.
+        #[arg(long)]
+        vec_baseline: bool,
+    },
     /// Every phase on the whole scenario catalogue and S9: which scenarios each passes, its
     /// figures, and its overhead; writes the comparison page.
     Compare {
@@ -74,6 +89,11 @@ fn main() {
             phases,
         } => pairs::run(rounds, program_time, &phases),
         What::Agent => bench::agent::memory(),
+        What::Collector {
+            records,
+            checkpoint,
+            vec_baseline,
+        } => collector::run(records, checkpoint.max(1), vec_baseline),
         What::Compare { out, scenarios } => compare::write_page(&out, &scenarios),
         What::Scale {
             calls,

@@ -40,7 +40,8 @@ fn stat(path: &str) -> Option<(u32, u64)> {
     ))
 }
 
-fn status_kib(field: &str) -> u64 {
+/// A field of this process's /proc status, in KiB (VmRSS:, VmHWM:).
+pub(crate) fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()

@@ -3,11 +3,13 @@
 use crate::admission::Admission;
 use crate::agent::{NodeAgent, DRAIN_EVERY};
 use crate::collector::{serve, Service};
+use crate::metrics::Metrics;
 use crate::mtls::{ClientTls, ServerTls};
 use crate::outputs::Outputs;
 use crate::uplink::{Skew, UplinkConfig};
 use agent::cli::{parse_duration, parse_interval, report_period, FOREVER};
 use agent::clock::monotonic_ns;
+use agent::stats::{HopStats, Retention};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use phase_2_straddle::tracer::Tracer;
@@ -79,6 +81,10 @@ pub struct CollectorArgs {
     /// Stop after this long: `30` (seconds), `500ms`, `2m` (default: on Ctrl-C or SIGTERM).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Drop a hop from the table and the metrics, and a node from the metrics, after this long
+    /// without news of it: `10m`, `600` (seconds).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub forget_after: Duration,
     /// Mutual TLS: the collector's certificate and key, and the CA agents' certificates must
     /// be signed by.
     #[arg(long, requires_all = ["tls_key", "tls_client_ca"])]
@@ -279,7 +285,14 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
         (Some(cert), Some(key), Some(ca)) => Some(ServerTls::from_files(cert, key, ca)?),
         _ => None,
     };
-    let mut outputs = Outputs::default();
+    let mut outputs = Outputs {
+        stats: HopStats::new(Retention {
+            forget_after: args.forget_after,
+            ..Retention::default()
+        }),
+        metrics: Metrics::new(args.forget_after),
+        ..Outputs::default()
+    };
     if let Some(p) = &args.json {
         outputs.json = Some(Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,

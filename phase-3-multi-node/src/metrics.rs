@@ -13,12 +13,21 @@
 //! gauge would only keep the last one, while the histogram gives its spread and mean over any
 //! range and lines up bucket for bucket with the latency (a latency quantile under the bound's
 //! says the hop is not resolved by the clock alignment). Same-node hops observe a bound of 0.
+//!
+//! Series that go quiet are dropped, so that memory and the scrape stay bounded while
+//! processes, pods and nodes come and go: a hop's after no observation for the forget period
+//! (10 minutes by default), a node's after the collector had nothing new from it for as long
+//! (none of its counters or its clock's offset moved; a live agent sends clock exchanges every
+//! 250 ms or faster). A hop seen again starts its histograms from 0, which Prometheus reads as
+//! a counter reset. A node's values are kept, hidden, to tell when it is heard from again.
 
+use agent::clock::monotonic_ns;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Upper bounds of the histogram buckets, in ns (rendered in seconds; +Inf is implied).
@@ -140,39 +149,93 @@ const REFUSED: (&str, &str) = (
     "Clock exchanges and batches the collector refused: node_mismatch (the node claimed is not the client certificate's), node_limit (a node beyond --max-nodes).",
 );
 
-#[derive(Default)]
 struct Hop {
     /// Latency, alignment bound.
     histograms: [Histogram; 2],
+    last_ns: u64,
 }
 
-struct NodeStats {
+#[derive(PartialEq)]
+struct NodeValues {
     /// Sightings, lost, duplicate batches.
     counters: [u64; 3],
     /// Clock offset and bound in seconds, while the clock model has them.
     gauges: [Option<f64>; 2],
 }
 
+struct NodeStats {
+    values: NodeValues,
+    /// When the values last changed.
+    changed_ns: u64,
+}
+
 /// BTreeMaps: the rendering is in a stable order, which keeps scrapes diffable.
-#[derive(Default)]
 struct Inner {
     hops: BTreeMap<HopLabels, Hop>,
     nodes: BTreeMap<String, NodeStats>,
     /// Per reason.
     refused: BTreeMap<&'static str, u64>,
+    forget_after_ns: u64,
+    /// When next to drop quiet hops while observing.
+    next_sweep_ns: u64,
+}
+
+impl Inner {
+    fn quiet(&self, since_ns: u64, now_ns: u64) -> bool {
+        now_ns.saturating_sub(since_ns) >= self.forget_after_ns
+    }
+
+    fn forget_quiet_hops(&mut self, now_ns: u64) {
+        let mut hops = std::mem::take(&mut self.hops);
+        hops.retain(|_, hop| !self.quiet(hop.last_ns, now_ns));
+        self.hops = hops;
+    }
 }
 
 /// The collector's metrics; clones share them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(agent::stats::Retention::default().forget_after)
+    }
+}
+
 impl Metrics {
+    /// Metrics that drop a series after `forget_after` without news.
+    pub fn new(forget_after: Duration) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                hops: BTreeMap::new(),
+                nodes: BTreeMap::new(),
+                refused: BTreeMap::new(),
+                forget_after_ns: u64::try_from(forget_after.as_nanos()).unwrap_or(u64::MAX),
+                next_sweep_ns: 0,
+            })),
+        }
+    }
+
     /// One hop of one moment: its latency and the error bound of that latency (0 within a node).
     pub fn observe_hop(&self, labels: &HopLabels, latency_ns: i64, bound_ns: u64) {
+        self.observe_hop_at(labels, latency_ns, bound_ns, monotonic_ns());
+    }
+
+    fn observe_hop_at(&self, labels: &HopLabels, latency_ns: i64, bound_ns: u64, now_ns: u64) {
         let mut inner = self.inner.lock().unwrap();
-        let [latency, bound] = &mut inner.hops.entry(labels.clone()).or_default().histograms;
+        // Also without scrapes: a collector serving no /metrics still observes.
+        if now_ns >= inner.next_sweep_ns {
+            inner.forget_quiet_hops(now_ns);
+            inner.next_sweep_ns = now_ns.saturating_add(inner.forget_after_ns / 10);
+        }
+        let hop = inner.hops.entry(labels.clone()).or_insert_with(|| Hop {
+            histograms: Default::default(),
+            last_ns: now_ns,
+        });
+        hop.last_ns = hop.last_ns.max(now_ns);
+        let [latency, bound] = &mut hop.histograms;
         latency.observe(latency_ns.max(0) as u64);
         bound.observe(bound_ns);
     }
@@ -189,16 +252,36 @@ impl Metrics {
         clock_offset_ns: Option<i64>,
         clock_bound_ns: Option<u64>,
     ) {
-        self.inner.lock().unwrap().nodes.insert(
-            node.to_string(),
-            NodeStats {
-                counters: [sightings_total, lost_total, duplicates_total],
-                gauges: [
-                    clock_offset_ns.map(|ns| seconds(ns as f64)),
-                    clock_bound_ns.map(|ns| seconds(ns as f64)),
-                ],
-            },
-        );
+        let values = NodeValues {
+            counters: [sightings_total, lost_total, duplicates_total],
+            gauges: [
+                clock_offset_ns.map(|ns| seconds(ns as f64)),
+                clock_bound_ns.map(|ns| seconds(ns as f64)),
+            ],
+        };
+        self.set_node_at(node, values, monotonic_ns());
+    }
+
+    fn set_node_at(&self, node: &str, values: NodeValues, now_ns: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        match inner.nodes.get_mut(node) {
+            Some(stats) if stats.values == values => {}
+            Some(stats) => {
+                *stats = NodeStats {
+                    values,
+                    changed_ns: now_ns,
+                }
+            }
+            None => {
+                inner.nodes.insert(
+                    node.to_string(),
+                    NodeStats {
+                        values,
+                        changed_ns: now_ns,
+                    },
+                );
+            }
+        }
     }
 
     /// The requests refused so far for `reason`.
@@ -208,7 +291,18 @@ impl Metrics {
 
     /// Everything in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
-        let inner = self.inner.lock().unwrap();
+        self.render_at(monotonic_ns())
+    }
+
+    fn render_at(&self, now_ns: u64) -> String {
+        let mut inner = self.inner.lock().unwrap();
+        inner.forget_quiet_hops(now_ns);
+        let nodes: Vec<(&String, &NodeValues)> = inner
+            .nodes
+            .iter()
+            .filter(|(_, n)| !inner.quiet(n.changed_ns, now_ns))
+            .map(|(name, n)| (name, &n.values))
+            .collect();
         let mut out = String::new();
         let hops: Vec<_> = inner
             .hops
@@ -241,14 +335,14 @@ impl Metrics {
         }
         for (i, (name, help)) in COUNTERS.iter().enumerate() {
             header(&mut out, name, help, "counter");
-            for (node, stats) in &inner.nodes {
+            for (node, stats) in &nodes {
                 let v = stats.counters[i];
                 writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
             }
         }
         for (i, (name, help)) in GAUGES.iter().enumerate() {
             header(&mut out, name, help, "gauge");
-            for (node, stats) in &inner.nodes {
+            for (node, stats) in &nodes {
                 if let Some(v) = stats.gauges[i] {
                     writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
                 }
@@ -402,6 +496,71 @@ mod tests {
             sample(&text, &format!("audio_hop_latency_seconds_sum{{{labels}}}")),
             0.002
         );
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn quiet_hops_leave_the_scrape_and_memory() {
+        let m = Metrics::new(Duration::from_secs(600));
+        let (gone, live) = (
+            hop("gone", "relay", "transit"),
+            hop("live", "relay", "transit"),
+        );
+        let t0 = 1_000 * S;
+        m.observe_hop_at(&gone, 1_000, 0, t0);
+        m.observe_hop_at(&live, 1_000, 0, t0 + 500 * S);
+        let count = |text: &str, source: &str| {
+            let series = format!(
+                r#"audio_hop_latency_seconds_count{{source_node="node-a",source="{source}",destination_node="node-b",destination="relay",kind="transit"}}"#
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<u64>().ok())
+        };
+        let text = m.render_at(t0 + 599 * S);
+        assert_eq!(count(&text, "gone"), Some(1), "{text}");
+        let text = m.render_at(t0 + 600 * S);
+        assert_eq!(count(&text, "gone"), None, "{text}");
+        assert_eq!(count(&text, "live"), Some(1), "{text}");
+        assert_eq!(m.inner.lock().unwrap().hops.len(), 1);
+        // Observing alone forgets too, when nothing scrapes.
+        let m2 = Metrics::new(Duration::from_secs(600));
+        m2.observe_hop_at(&gone, 1_000, 0, t0);
+        m2.observe_hop_at(&live, 1_000, 0, t0 + 700 * S);
+        assert_eq!(m2.inner.lock().unwrap().hops.len(), 1);
+        // Seen again, a series starts from 0.
+        m.observe_hop_at(&gone, 1_000, 0, t0 + 601 * S);
+        assert_eq!(count(&m.render_at(t0 + 601 * S), "gone"), Some(1));
+    }
+
+    #[test]
+    fn nodes_not_heard_from_leave_the_scrape() {
+        let m = Metrics::new(Duration::from_secs(600));
+        let values = |sightings: u64, offset: f64| NodeValues {
+            counters: [sightings, 0, 0],
+            gauges: [Some(offset), Some(1e-4)],
+        };
+        let t0 = 1_000 * S;
+        m.set_node_at("node-a", values(10, 0.5), t0);
+        m.set_node_at("node-b", values(10, 0.5), t0);
+        // node-a's clock moved (a new exchange), node-b's values are as they were.
+        m.set_node_at("node-a", values(10, 0.6), t0 + 300 * S);
+        m.set_node_at("node-b", values(10, 0.5), t0 + 300 * S);
+        let shown = |text: &str, node: &str| {
+            text.contains(&format!("audio_agent_sightings_total{{node=\"{node}\"}}"))
+                && text.contains(&format!(
+                    "audio_node_clock_offset_seconds{{node=\"{node}\"}}"
+                ))
+        };
+        let text = m.render_at(t0 + 599 * S);
+        assert!(shown(&text, "node-a") && shown(&text, "node-b"), "{text}");
+        let text = m.render_at(t0 + 600 * S);
+        assert!(shown(&text, "node-a") && !shown(&text, "node-b"), "{text}");
+        // The same values again are no news; a sighting is.
+        m.set_node_at("node-b", values(10, 0.5), t0 + 700 * S);
+        assert!(!shown(&m.render_at(t0 + 700 * S), "node-b"));
+        m.set_node_at("node-b", values(11, 0.5), t0 + 701 * S);
+        assert!(shown(&m.render_at(t0 + 701 * S), "node-b"));
     }
 
     #[test]
