@@ -44,8 +44,9 @@ fn s9_cross_node_hops_are_measured_within_their_bound() {
         s.misses(&TEST_BAR)
     );
     let x = &s.cross_node;
-    // a → b and b → c (twice): three of S9's six hops per call cross nodes.
-    assert!(x.records > 1000, "{s}");
+    // a → b and b → c (twice): three of S9's six hops per call cross nodes, about 1000
+    // records a run (coverage is the bar's); enough of them that their p99 means something.
+    assert!(x.records > 500, "{s}");
     assert_eq!(x.outside_bound, 0, "{s}");
     // The cross-node promise: error p99 ≤ 200 µs.
     assert!(x.error_p99_ns <= 200_000, "{s}");
