@@ -1,10 +1,12 @@
-//! The collector: clock exchanges answered with its own monotonic clock; each node's batches
-//! taken once (a resend of a batch it holds is acknowledged and dropped); each node's clock
-//! model fed with the exchanges that ride with the batches; every sighting mapped onto the
-//! collector's clock with its error bound, then matched across nodes (phase 2's hop rules)
-//! once its window has closed.
+//! The collector: clock exchanges answered with its own monotonic clock; each agent process's
+//! batches taken once (`delivery`: a resend of a batch it holds is acknowledged and dropped);
+//! each node's clock model fed with the exchanges that ride with the batches; every sighting
+//! mapped onto the collector's clock with its error bound, then matched across nodes (phase 2's
+//! hop rules) once its window has closed. Acknowledgements say how far the windows have closed
+//! over each agent process's batches: the agent keeps the rest for the next collector.
 
 use crate::clock::{ClockModel, Exchange as ClockExchange};
+use crate::delivery::{Epoch, Origin};
 use crate::matcher::{CrossNode, NodeSight};
 use crate::proto::collector_server::{Collector, CollectorServer};
 use crate::proto::{Ack, Batch, NodeSighting, SyncReply, SyncRequest};
@@ -37,14 +39,37 @@ pub struct Received {
 pub struct Node {
     pub index: u32,
     pub name: Arc<str>,
-    /// Highest batch sequence taken.
-    pub last_seq: u64,
-    pub sightings: u64,
-    /// Sightings the node reported dropping (its queue was full).
-    pub lost: u64,
-    pub duplicates: u64,
+    /// The node's agent processes in the order they appeared; the last is the current one.
+    pub epochs: Vec<Epoch>,
     /// Sightings that arrived before the node's clock model could map them.
-    backlog: Vec<NodeSighting>,
+    backlog: Vec<(NodeSighting, Origin)>,
+}
+
+impl Node {
+    /// Sightings taken from the node.
+    pub fn sightings(&self) -> u64 {
+        self.epochs.iter().map(|e| e.received).sum()
+    }
+
+    /// Sightings the node's agents reported dropping (their queues were full).
+    pub fn lost(&self) -> u64 {
+        self.epochs.iter().map(Epoch::lost).sum()
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.epochs.iter().map(|e| e.duplicates).sum()
+    }
+
+    /// Agent processes replaced by another (a restart).
+    pub fn restarts(&self) -> u64 {
+        self.epochs.len().saturating_sub(1) as u64
+    }
+
+    /// Sightings replaced agents took and never delivered, as far as their batches told.
+    pub fn lost_at_restart(&self) -> u64 {
+        let replaced = &self.epochs[..self.epochs.len().saturating_sub(1)];
+        replaced.iter().map(Epoch::undelivered).sum()
+    }
 }
 
 pub struct State {
@@ -66,32 +91,44 @@ impl Default for State {
 }
 
 impl State {
-    fn admit(&mut self, node: &str, sightings: Vec<NodeSighting>) {
+    fn admit(&mut self, node: &str, sightings: Vec<(NodeSighting, Origin)>) {
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
         if let Some(kept) = &mut self.received {
             let clock = &self.matching.matcher.clocks[n.index as usize];
-            kept.extend(sightings.iter().map(|s| Received {
+            kept.extend(sightings.iter().map(|(s, _)| Received {
                 node: node.to_string(),
                 sighting: s.clone(),
                 mapped: clock.map(s.t_ns),
             }));
         }
         n.backlog.extend(sightings);
-        for wire in std::mem::take(&mut n.backlog) {
+        for (wire, origin) in std::mem::take(&mut n.backlog) {
             let mut s = NodeSight {
                 node: (n.index, n.name.clone()),
                 wire,
                 mapped_ns: 0,
                 bound_ns: 0,
                 rate: 1.0,
+                origin,
             };
             if !self.matching.matcher.map(&mut s) {
-                n.backlog.push(s.wire);
+                n.backlog.push((s.wire, origin));
                 continue;
             }
             self.matching.push(s);
+        }
+    }
+
+    /// Tells each sighting's epoch that it left the window.
+    fn note_matched(&mut self) {
+        let mut by_index: Vec<&mut Node> = self.nodes.values_mut().collect();
+        by_index.sort_by_key(|n| n.index);
+        for (node, o) in self.matching.matcher.matched.drain(..) {
+            if let Some(e) = by_index[node as usize].epochs.get_mut(o.epoch as usize) {
+                e.matched(o.seq, o.index);
+            }
         }
     }
 
@@ -101,11 +138,23 @@ impl State {
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Service {
     pub state: Arc<Mutex<State>>,
+    /// This collector process, for agents to tell it from the one before (random).
+    pub instance: u64,
     /// Test only: hold every batch this long before taking it (a slow collector).
     pub ack_delay: Duration,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            instance: crate::delivery::random_id(),
+            ack_delay: Duration::ZERO,
+        }
+    }
 }
 
 impl Service {
@@ -121,12 +170,15 @@ impl Service {
     pub fn close_due(&self, now_ns: Option<u64>) -> Vec<HopRecord> {
         let mut out = Vec::new();
         let due = now_ns.map(|t| t.saturating_sub(LATENESS.as_nanos() as u64));
-        self.state.lock().unwrap().matching.close_due(due, &mut out);
+        let mut state = self.state.lock().unwrap();
+        state.matching.close_due(due, &mut out);
+        state.note_matched();
         out
     }
 
-    /// Per node: sightings taken, lost and duplicate batches, the clock's offset (collector
-    /// minus node) and bound at the latest exchange; then the matcher's counters.
+    /// Per node: sightings taken, lost and duplicate batches, agent restarts and what the
+    /// replaced agents never delivered, the clock's offset (collector minus node) and bound at
+    /// the latest exchange; then the matcher's counters.
     pub fn health(&self) -> String {
         let state = self.state.lock().unwrap();
         let mut nodes: Vec<&Node> = state.nodes.values().collect();
@@ -146,8 +198,14 @@ impl Service {
                 None => "clock=unknown".into(),
             };
             line += &format!(
-                "{}: sightings={} lost={} duplicate_batches={} {clock} | ",
-                n.name, n.sightings, n.lost, n.duplicates
+                "{}: sightings={} lost={} duplicate_batches={} restarts={} lost_at_restart={} \
+                 {clock} | ",
+                n.name,
+                n.sightings(),
+                n.lost(),
+                n.duplicates(),
+                n.restarts(),
+                n.lost_at_restart()
             );
         }
         line + &state.matching.matcher.hops.counters.to_string()
@@ -161,11 +219,19 @@ impl Collector for Service {
         Ok(Response::new(SyncReply {
             t2,
             t3: monotonic_ns(),
+            instance: self.instance,
         }))
     }
 
     async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
         let batch = request.into_inner();
+        if batch.collector != self.instance {
+            // Sent to the collector before this one, which may have taken batches this one has
+            // not: the agent asks again (Sync) and sends everything it kept.
+            return Err(Status::failed_precondition(
+                "addressed to another collector instance",
+            ));
+        }
         if !self.ack_delay.is_zero() {
             tokio::time::sleep(self.ack_delay).await;
         }
@@ -178,10 +244,7 @@ impl Collector for Service {
             .or_insert_with(|| Node {
                 index,
                 name: batch.node.as_str().into(),
-                last_seq: 0,
-                sightings: 0,
-                lost: 0,
-                duplicates: 0,
+                epochs: Vec::new(),
                 backlog: Vec::new(),
             });
         let clocks = &mut state.matching.matcher.clocks;
@@ -189,12 +252,15 @@ impl Collector for Service {
             clocks.push(ClockModel::new(CLOCK_WINDOW_NS, CLOCK_SLICES));
         }
         let clock = &mut clocks[node.index as usize];
-        if batch.seq <= node.last_seq {
-            node.duplicates += 1;
-        } else {
-            node.last_seq = batch.seq;
-            node.lost = node.lost.max(batch.lost);
-            node.sightings += batch.sightings.len() as u64;
+        let at = match node.epochs.iter().position(|e| e.id == batch.epoch) {
+            Some(at) => at,
+            None => {
+                node.epochs.push(Epoch::new(batch.epoch));
+                node.epochs.len() - 1
+            }
+        };
+        let epoch = &mut node.epochs[at];
+        if let Some(to_match) = epoch.take(&batch) {
             for e in &batch.exchanges {
                 clock.add(ClockExchange {
                     t1: e.t1,
@@ -203,9 +269,22 @@ impl Collector for Service {
                     t4: e.t4,
                 });
             }
-            state.admit(&batch.node, batch.sightings);
+            let mut sightings = batch.sightings;
+            let admitted = to_match
+                .into_iter()
+                .map(|index| {
+                    let origin = Origin {
+                        epoch: at as u32,
+                        seq: batch.seq,
+                        index,
+                    };
+                    (std::mem::take(&mut sightings[index as usize]), origin)
+                })
+                .collect();
+            state.admit(&batch.node, admitted);
         }
-        Ok(Response::new(Ack { seq: batch.seq }))
+        let ack = state.nodes[&batch.node].epochs[at].ack(batch.seq, self.instance);
+        Ok(Response::new(ack))
     }
 }
 
