@@ -26,6 +26,9 @@ const CLOCK_SLICES: usize = 16;
 pub const MATCH_WINDOW: Duration = Duration::from_secs(1);
 /// How late a sighting may reach the collector (batching, resends) and still be matched.
 pub const LATENESS: Duration = Duration::from_secs(2);
+/// An agent silent this long is gone: hops it has not been told of are reported all the same
+/// (it will not send their sightings to another collector).
+const GONE_AFTER_NS: u64 = 1_000_000_000;
 
 /// A sighting as the collector holds it: the node's, and its time on the collector's clock.
 #[derive(Clone, Debug)]
@@ -72,8 +75,21 @@ impl Node {
     }
 }
 
+/// Hops of one close, held until every agent whose sightings they used has been told those
+/// sightings are matched: a collector that crashed before telling it reported none of them,
+/// and the next one matches them again.
+struct Held {
+    close: u64,
+    records: Vec<HopRecord>,
+    /// (node index, epoch index).
+    epochs: Vec<(u32, u32)>,
+}
+
 pub struct State {
     pub nodes: HashMap<String, Node>,
+    /// Closes that matched something, and their hops not reported yet.
+    closes: u64,
+    held: std::collections::VecDeque<Held>,
     /// Every sighting taken, when kept (tests), mapped as it arrived.
     pub received: Option<Vec<Received>>,
     /// The matcher, which holds every node's clock model.
@@ -84,6 +100,8 @@ impl Default for State {
     fn default() -> Self {
         Self {
             nodes: HashMap::new(),
+            closes: 0,
+            held: Default::default(),
             received: None,
             matching: Matched::new(MATCH_WINDOW),
         }
@@ -121,15 +139,49 @@ impl State {
         }
     }
 
-    /// Tells each sighting's epoch that it left the window.
-    fn note_matched(&mut self) {
+    /// Tells each sighting's epoch that it left the window, and holds the hops of this close
+    /// until those epochs have been told.
+    fn hold(&mut self, records: Vec<HopRecord>) {
+        let matched = std::mem::take(&mut self.matching.matcher.matched);
+        if matched.is_empty() {
+            return;
+        }
+        self.closes += 1;
         let mut by_index: Vec<&mut Node> = self.nodes.values_mut().collect();
         by_index.sort_by_key(|n| n.index);
-        for (node, o) in self.matching.matcher.matched.drain(..) {
+        let mut epochs = Vec::new();
+        for (node, o) in matched {
             if let Some(e) = by_index[node as usize].epochs.get_mut(o.epoch as usize) {
                 e.matched(o.seq, o.index);
             }
+            epochs.push((node, o.epoch));
         }
+        epochs.sort_unstable();
+        epochs.dedup();
+        self.held.push_back(Held {
+            close: self.closes,
+            records,
+            epochs,
+        });
+    }
+
+    /// The held hops whose agents have all been told (or are gone), in order; all of them
+    /// with `now_ns` `None`.
+    fn release(&mut self, now_ns: Option<u64>) -> Vec<HopRecord> {
+        let mut by_index: Vec<&Node> = self.nodes.values().collect();
+        by_index.sort_by_key(|n| n.index);
+        let told = |h: &Held| {
+            h.epochs.iter().all(|&(node, epoch)| {
+                let e = &by_index[node as usize].epochs[epoch as usize];
+                let gone = now_ns.is_none_or(|t| t.saturating_sub(e.heard_ns) > GONE_AFTER_NS);
+                e.told >= h.close || gone
+            })
+        };
+        let mut out = Vec::new();
+        while self.held.front().is_some_and(told) {
+            out.extend(self.held.pop_front().expect("checked").records);
+        }
+        out
     }
 
     /// Collector clock minus the node's at its latest exchange, and the bound.
@@ -141,6 +193,8 @@ impl State {
 #[derive(Clone)]
 pub struct Service {
     pub state: Arc<Mutex<State>>,
+    /// Woken when an agent has been told of matched sightings: their hops can be reported.
+    pub told: Arc<tokio::sync::Notify>,
     /// This collector process, for agents to tell it from the one before (random).
     pub instance: u64,
     /// Test only: hold every batch this long before taking it (a slow collector).
@@ -151,6 +205,7 @@ impl Default for Service {
     fn default() -> Self {
         Self {
             state: Arc::default(),
+            told: Arc::default(),
             instance: crate::delivery::random_id(),
             ack_delay: Duration::ZERO,
         }
@@ -166,14 +221,21 @@ impl Service {
     }
 
     /// The hops of moments whose window closed by `now_ns` less the lateness allowed (every
-    /// open one with `None`).
+    /// open one with `None`), as far as their agents have been told (see [`Service::released`]).
     pub fn close_due(&self, now_ns: Option<u64>) -> Vec<HopRecord> {
         let mut out = Vec::new();
         let due = now_ns.map(|t| t.saturating_sub(LATENESS.as_nanos() as u64));
         let mut state = self.state.lock().unwrap();
         state.matching.close_due(due, &mut out);
-        state.note_matched();
-        out
+        state.hold(out);
+        state.release(now_ns)
+    }
+
+    /// The hops of moments closed earlier whose agents have been told since (call when
+    /// [`Service::told`] wakes): reported at once, so that a crash between telling and
+    /// reporting is unlikely.
+    pub fn released(&self) -> Vec<HopRecord> {
+        self.state.lock().unwrap().release(Some(monotonic_ns()))
     }
 
     /// Per node: sightings taken, lost and duplicate batches, agent restarts and what the
@@ -260,6 +322,7 @@ impl Collector for Service {
             }
         };
         let epoch = &mut node.epochs[at];
+        epoch.heard_ns = monotonic_ns();
         if let Some(to_match) = epoch.take(&batch) {
             for e in &batch.exchanges {
                 clock.add(ClockExchange {
@@ -283,7 +346,13 @@ impl Collector for Service {
                 .collect();
             state.admit(&batch.node, admitted);
         }
-        let ack = state.nodes[&batch.node].epochs[at].ack(batch.seq, self.instance);
+        let closes = state.closes;
+        let epoch = &mut state.nodes.get_mut(&batch.node).expect("added").epochs[at];
+        let ack = epoch.ack(batch.seq, self.instance);
+        if epoch.told < closes {
+            epoch.told = closes;
+            self.told.notify_one();
+        }
         Ok(Response::new(ack))
     }
 }

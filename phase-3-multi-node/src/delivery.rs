@@ -37,6 +37,10 @@ pub struct Epoch {
     /// Sightings in the batches taken.
     pub received: u64,
     pub duplicates: u64,
+    /// The latest close whose matched sightings the epoch's agent has been told of, and when
+    /// (collector clock) it last sent a batch.
+    pub told: u64,
+    pub heard_ns: u64,
     /// Batches taken with sightings still in the window: how many, and which are matched.
     open: BTreeMap<u64, Open>,
 }
@@ -56,6 +60,8 @@ impl Epoch {
             lost: (0, 0),
             received: 0,
             duplicates: 0,
+            told: 0,
+            heard_ns: 0,
             open: BTreeMap::new(),
         }
     }
