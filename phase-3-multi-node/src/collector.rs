@@ -375,3 +375,83 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Exchange;
+
+    fn sighting(pid: u32, write: bool, t_ns: u64) -> NodeSighting {
+        NodeSighting {
+            signature: 77,
+            t_ns,
+            pid,
+            fd: 3,
+            write,
+            link: "n pipe 9".into(),
+            flow_birth_ns: 1,
+            ..Default::default()
+        }
+    }
+
+    /// A batch of node "n" to `service`, with two exchanges that map its clock as is.
+    fn batch(service: &Service, epoch: u64, seq: u64, sightings: Vec<NodeSighting>) -> Batch {
+        let at = |t| Exchange {
+            t1: t,
+            t2: t,
+            t3: t,
+            t4: t,
+        };
+        Batch {
+            node: "n".into(),
+            seq,
+            epoch,
+            taken: seq * 2,
+            collector: service.instance,
+            exchanges: vec![at(10), at(20)],
+            sightings,
+            ..Default::default()
+        }
+    }
+
+    async fn send(service: &Service, b: Batch) -> Result<Ack, Status> {
+        service.send(Request::new(b)).await.map(|a| a.into_inner())
+    }
+
+    #[tokio::test]
+    async fn hops_are_reported_once_the_agent_is_told_their_sightings_are_matched() {
+        let service = Service::default();
+        let pair = vec![sighting(1, true, 1_000), sighting(2, false, 2_000)];
+        let ack = send(&service, batch(&service, 5, 1, pair.clone()))
+            .await
+            .unwrap();
+        assert_eq!((ack.seq, ack.closed_through), (1, 0));
+        // Due long ago, closed, but held: the agent does not know yet.
+        assert!(service.close_due(Some(10_000_000_000)).is_empty());
+        let ack = send(&service, batch(&service, 5, 2, Vec::new()))
+            .await
+            .unwrap();
+        assert_eq!(ack.closed_through, 2, "told");
+        assert_eq!(service.released().len(), 1, "the transit hop, once told");
+        // A resend of batch 1 is a duplicate; the same seq from a restarted agent is new.
+        send(&service, batch(&service, 5, 1, pair.clone()))
+            .await
+            .unwrap();
+        let ack = send(&service, batch(&service, 6, 1, pair)).await.unwrap();
+        assert_eq!(ack.closed_through, 0);
+        let health = service.health();
+        assert!(health.contains("sightings=4 lost=0 duplicate_batches=1 restarts=1"));
+        // Epoch 5 said it took 4 sightings by batch 2 and delivered 2 of them.
+        assert!(health.contains("lost_at_restart=2"), "{health}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_for_another_collector_instance_is_refused() {
+        let service = Service::default();
+        let mut b = batch(&service, 5, 1, vec![sighting(1, true, 1_000)]);
+        b.collector += 1;
+        let refused = send(&service, b).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(service.state.lock().unwrap().nodes.is_empty());
+    }
+}
