@@ -112,7 +112,7 @@ impl Outbox {
 
     /// The oldest batch the collector does not hold, with the exchanges waiting and the count
     /// lost so far; `None` when it holds them all.
-    pub fn next(&mut self) -> Option<Batch> {
+    pub fn to_send(&mut self) -> Option<Batch> {
         let delivered = self.delivered_through;
         let b = self.kept.iter_mut().find(|b| b.seq > delivered)?;
         b.lost = self.counters.lost;
@@ -184,7 +184,7 @@ mod tests {
     /// Sends every batch the collector lacks, acknowledged as `ack` says.
     fn send_all(o: &mut Outbox, mut ack: impl FnMut(u64) -> Ack) -> Vec<u64> {
         let mut sent = Vec::new();
-        while let Some(b) = o.next() {
+        while let Some(b) = o.to_send() {
             assert!(o.sent(b.seq, Some(&ack(b.seq))));
             sent.push(b.seq);
         }
@@ -201,12 +201,12 @@ mod tests {
         assert_eq!(send_all(&mut o, |seq| ack(seq, 1, 0)), vec![1, 2, 3]);
         assert_eq!((o.undelivered(), o.kept()), (0, 3));
         o.push(sightings(1));
-        let b = o.next().unwrap();
+        let b = o.to_send().unwrap();
         assert_eq!((b.seq, b.epoch, b.taken, b.collector), (4, 5, 7, 1));
         assert!(o.sent(4, Some(&ack(4, 1, 2))));
         assert_eq!(o.kept(), 2, "batches 3 and 4 wait for their windows");
         assert!(
-            o.next().is_none(),
+            o.to_send().is_none(),
             "nothing to send: the collector holds them"
         );
     }
@@ -218,7 +218,7 @@ mod tests {
         for _ in 0..3 {
             o.push(sightings(2));
         }
-        let b = o.next().unwrap();
+        let b = o.to_send().unwrap();
         assert!(o.sent(b.seq, Some(&ack(b.seq, 1, 0))));
         // Rides with batch 2, which the collector had not matched when it went.
         o.exchanged(Exchange::default());
@@ -233,14 +233,14 @@ mod tests {
         assert_eq!(o.kept(), 2);
         assert!(!o.answered_by(1), "the same collector");
         assert!(o.answered_by(2));
-        let b = o.next().unwrap();
+        let b = o.to_send().unwrap();
         assert_eq!((b.seq, b.collector), (2, 2));
         assert!(
             b.exchanges.is_empty(),
             "made with the other collector's clock"
         );
         assert!(o.sent(2, Some(&ack(2, 2, 0))));
-        let b = o.next().unwrap();
+        let b = o.to_send().unwrap();
         assert_eq!((b.seq, b.matched.clone()), (3, vec![1]));
         // An Ack from another instance than the one addressed is not one.
         assert!(!o.sent(3, Some(&ack(3, 1, 3))));
@@ -255,7 +255,7 @@ mod tests {
         o.push(sightings(2));
         send_all(&mut o, |seq| ack(seq, 1, 0));
         o.push(sightings(4));
-        let sending = o.next().unwrap();
+        let sending = o.to_send().unwrap();
         o.push(sightings(8));
         assert_eq!((o.counters.released, o.counters.lost), (1, 0));
         o.push(sightings(16));
@@ -264,10 +264,10 @@ mod tests {
         assert_eq!((o.counters.released, o.counters.lost), (3, 8));
         assert!(o.sent(sending.seq, Some(&ack(3, 1, 0))));
         assert_eq!(send_all(&mut o, |seq| ack(seq, 1, 0)), vec![5, 6]);
-        assert_eq!(o.next(), None);
+        assert_eq!(o.to_send(), None);
         o.push(Vec::new());
         assert_eq!(
-            o.next().unwrap().lost,
+            o.to_send().unwrap().lost,
             8,
             "the count travels with later batches"
         );

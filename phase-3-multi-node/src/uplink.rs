@@ -240,7 +240,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                 }
             }
             // Nothing to send: exchanges wait for the next batch.
-            let Some(batch) = queue.lock().unwrap().outbox.next() else {
+            let Some(batch) = queue.lock().unwrap().outbox.to_send() else {
                 break;
             };
             let seq = batch.seq;
