@@ -203,18 +203,24 @@ fn an_agent_killed_and_restarted_is_measured_from_its_first_second() {
         .filter(|m| (kill_ns..steady).contains(&m.t_ns))
         .collect();
     let after: Vec<&Measurable> = ms.iter().filter(|m| m.t_ns >= steady).collect();
+    let untraced: Vec<&Measurable> = ms
+        .iter()
+        .filter(|m| (kill_ns..ready_ns).contains(&m.t_ns))
+        .collect();
     let ((b, b_n), (g, g_n), (a, a_n)) = (share(&before), share(&gap), share(&after));
+    let (u, u_n) = share(&untraced);
     eprintln!(
         "pipeline {:?}; first agent killed at {:.2} s, second attached at {:.2} s\n\
          second: {line}\ncollector: {health}\n{} records\nmeasurable hop-moments: before the \
          kill {b_n}, {:.2} % measured; from the kill to the second's first second {g_n}, \
-         {:.2} %; after {a_n}, {:.2} %\n{s}",
+         {:.2} % (with no agent attached {u_n}, {:.2} %); after {a_n}, {:.2} %\n{s}",
         run.ran,
         secs(kill_ns, go_ns),
         secs(ready_ns, go_ns),
         records.len(),
         b * 100.0,
         g * 100.0,
+        u * 100.0,
         a * 100.0,
     );
     assert_eq!(counter(part, "restarts"), 1, "{health}");
