@@ -63,8 +63,9 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The three nodes' batches covering virtual time [t, t + TICK_NS).
-fn batches(tick: u64, t_ns: u64) -> Vec<Batch> {
+/// The three nodes' batches covering virtual time [t, t + TICK_NS), addressed to the
+/// collector `instance` by one agent process per node.
+fn batches(tick: u64, t_ns: u64, instance: u64) -> Vec<Batch> {
     let mut out: Vec<Batch> = NODES
         .iter()
         .map(|&(node, offset)| {
@@ -81,6 +82,9 @@ fn batches(tick: u64, t_ns: u64) -> Vec<Batch> {
                     t3: t_ns + 21_000,
                     t4: on_node(t_ns + 41_000),
                 }],
+                epoch: 1,
+                collector: instance,
+                ..Default::default()
             }
         })
         .collect();
@@ -105,6 +109,10 @@ fn batches(tick: u64, t_ns: u64) -> Vec<Batch> {
                 pod: None,
             });
         }
+    }
+    for b in &mut out {
+        // Every tick puts as many sightings in each node's batch.
+        b.taken = (tick + 1) * b.sightings.len() as u64;
     }
     out
 }
@@ -158,7 +166,7 @@ pub fn run(records: u64, checkpoint: u64, vec_baseline: bool) -> Result<()> {
     let mut table_len = 0;
     while taken < records {
         let t_ns = T0_NS + tick * TICK_NS;
-        for batch in batches(tick, t_ns) {
+        for batch in batches(tick, t_ns, service.instance) {
             rt.block_on(service.send(tonic::Request::new(batch)))?;
         }
         let closed = service.close_due(Some(t_ns + TICK_NS));

@@ -95,14 +95,18 @@ impl NodeAgent {
     pub fn health(&self) -> Result<String> {
         let c = self.uplink.counters();
         let mut line = format!(
-            "{} | uplink: sightings={} batches_sent={} resends={} reconnects={} lost={} pending={}",
+            "{} | uplink: sightings={} batches_sent={} resends={} reconnects={} \
+             collector_changes={} lost={} released={} pending={} kept={}",
             self.tracer.health()?,
             self.sightings,
             c.batches_sent,
             c.resends,
             c.reconnects,
+            c.collector_changes,
             c.lost,
-            self.uplink.pending()
+            c.released,
+            self.uplink.pending(),
+            self.uplink.kept()
         );
         if let Some(error) = self.uplink.last_error() {
             line += &format!(" | last_error: {error}");

@@ -338,6 +338,7 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
                     outputs.take(service.close_due(Some(monotonic_ns())))?;
                     outputs.update_nodes(&service);
                 }
+                _ = service.told.notified() => outputs.take(service.released())?,
                 _ = report.tick() => eprintln!("{}{}", outputs.stats.table(), service.health()),
                 _ = &mut stop => break,
                 _ = &mut until => break,

@@ -1,11 +1,13 @@
-//! The collector: clock exchanges answered with its own monotonic clock; each node's batches
-//! taken once (a resend of a batch it holds is acknowledged and dropped); each node's clock
-//! model fed with the exchanges that ride with the batches; every sighting mapped onto the
-//! collector's clock with its error bound, then matched across nodes (phase 2's hop rules)
-//! once its window has closed.
+//! The collector: clock exchanges answered with its own monotonic clock; each agent process's
+//! batches taken once (`delivery`: a resend of a batch it holds is acknowledged and dropped);
+//! each node's clock model fed with the exchanges that ride with the batches; every sighting
+//! mapped onto the collector's clock with its error bound, then matched across nodes (phase 2's
+//! hop rules) once its window has closed. Acknowledgements say how far the windows have closed
+//! over each agent process's batches: the agent keeps the rest for the next collector.
 
 use crate::admission::Admission;
 use crate::clock::{ClockModel, Exchange as ClockExchange};
+use crate::delivery::{Epoch, Origin};
 use crate::matcher::{CrossNode, NodeSight};
 use crate::proto::collector_server::{Collector, CollectorServer};
 use crate::proto::{Ack, Batch, NodeSighting, SyncReply, SyncRequest};
@@ -25,6 +27,9 @@ const CLOCK_SLICES: usize = 16;
 pub const MATCH_WINDOW: Duration = Duration::from_secs(1);
 /// How late a sighting may reach the collector (batching, resends) and still be matched.
 pub const LATENESS: Duration = Duration::from_secs(2);
+/// An agent silent this long is gone: hops it has not been told of are reported all the same
+/// (it will not send their sightings to another collector).
+const GONE_AFTER_NS: u64 = 1_000_000_000;
 
 /// A sighting as the collector holds it: the node's, and its time on the collector's clock.
 #[derive(Clone, Debug)]
@@ -38,18 +43,54 @@ pub struct Received {
 pub struct Node {
     pub index: u32,
     pub name: Arc<str>,
-    /// Highest batch sequence taken.
-    pub last_seq: u64,
-    pub sightings: u64,
-    /// Sightings the node reported dropping (its queue was full).
-    pub lost: u64,
-    pub duplicates: u64,
+    /// The node's agent processes in the order they appeared; the last is the current one.
+    pub epochs: Vec<Epoch>,
     /// Sightings that arrived before the node's clock model could map them.
-    backlog: Vec<NodeSighting>,
+    backlog: Vec<(NodeSighting, Origin)>,
+}
+
+impl Node {
+    /// Sightings taken from the node.
+    pub fn sightings(&self) -> u64 {
+        self.epochs.iter().map(|e| e.received).sum()
+    }
+
+    /// Sightings the node's agents reported dropping (their queues were full).
+    pub fn lost(&self) -> u64 {
+        self.epochs.iter().map(Epoch::lost).sum()
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.epochs.iter().map(|e| e.duplicates).sum()
+    }
+
+    /// Agent processes replaced by another (a restart).
+    pub fn restarts(&self) -> u64 {
+        self.epochs.len().saturating_sub(1) as u64
+    }
+
+    /// Sightings replaced agents took and never delivered, as far as their batches told.
+    pub fn lost_at_restart(&self) -> u64 {
+        let replaced = &self.epochs[..self.epochs.len().saturating_sub(1)];
+        replaced.iter().map(Epoch::undelivered).sum()
+    }
+}
+
+/// Hops of one close, held until every agent whose sightings they used has been told those
+/// sightings are matched: a collector that crashed before telling it reported none of them,
+/// and the next one matches them again.
+struct Held {
+    close: u64,
+    records: Vec<HopRecord>,
+    /// (node index, epoch index).
+    epochs: Vec<(u32, u32)>,
 }
 
 pub struct State {
     pub nodes: HashMap<String, Node>,
+    /// Closes that matched something, and their hops not reported yet.
+    closes: u64,
+    held: std::collections::VecDeque<Held>,
     /// Every sighting taken, when kept (tests), mapped as it arrived.
     pub received: Option<Vec<Received>>,
     /// The matcher, which holds every node's clock model.
@@ -60,6 +101,8 @@ impl Default for State {
     fn default() -> Self {
         Self {
             nodes: HashMap::new(),
+            closes: 0,
+            held: Default::default(),
             received: None,
             matching: Matched::new(MATCH_WINDOW),
         }
@@ -67,33 +110,79 @@ impl Default for State {
 }
 
 impl State {
-    fn admit(&mut self, node: &str, sightings: Vec<NodeSighting>) {
+    fn admit(&mut self, node: &str, sightings: Vec<(NodeSighting, Origin)>) {
         let Some(n) = self.nodes.get_mut(node) else {
             return;
         };
         if let Some(kept) = &mut self.received {
             let clock = &self.matching.matcher.clocks[n.index as usize];
-            kept.extend(sightings.iter().map(|s| Received {
+            kept.extend(sightings.iter().map(|(s, _)| Received {
                 node: node.to_string(),
                 sighting: s.clone(),
                 mapped: clock.map(s.t_ns),
             }));
         }
         n.backlog.extend(sightings);
-        for wire in std::mem::take(&mut n.backlog) {
+        for (wire, origin) in std::mem::take(&mut n.backlog) {
             let mut s = NodeSight {
                 node: (n.index, n.name.clone()),
                 wire,
                 mapped_ns: 0,
                 bound_ns: 0,
                 rate: 1.0,
+                origin,
             };
             if !self.matching.matcher.map(&mut s) {
-                n.backlog.push(s.wire);
+                n.backlog.push((s.wire, origin));
                 continue;
             }
             self.matching.push(s);
         }
+    }
+
+    /// Tells each sighting's epoch that it left the window, and holds the hops of this close
+    /// until those epochs have been told.
+    fn hold(&mut self, records: Vec<HopRecord>) {
+        let matched = std::mem::take(&mut self.matching.matcher.matched);
+        if matched.is_empty() {
+            return;
+        }
+        self.closes += 1;
+        let mut by_index: Vec<&mut Node> = self.nodes.values_mut().collect();
+        by_index.sort_by_key(|n| n.index);
+        let mut epochs = Vec::new();
+        for (node, o) in matched {
+            if let Some(e) = by_index[node as usize].epochs.get_mut(o.epoch as usize) {
+                e.matched(o.seq, o.index);
+            }
+            epochs.push((node, o.epoch));
+        }
+        epochs.sort_unstable();
+        epochs.dedup();
+        self.held.push_back(Held {
+            close: self.closes,
+            records,
+            epochs,
+        });
+    }
+
+    /// The held hops whose agents have all been told (or are gone), in order; all of them
+    /// with `now_ns` `None`.
+    fn release(&mut self, now_ns: Option<u64>) -> Vec<HopRecord> {
+        let mut by_index: Vec<&Node> = self.nodes.values().collect();
+        by_index.sort_by_key(|n| n.index);
+        let told = |h: &Held| {
+            h.epochs.iter().all(|&(node, epoch)| {
+                let e = &by_index[node as usize].epochs[epoch as usize];
+                let gone = now_ns.is_none_or(|t| t.saturating_sub(e.heard_ns) > GONE_AFTER_NS);
+                e.told >= h.close || gone
+            })
+        };
+        let mut out = Vec::new();
+        while self.held.front().is_some_and(told) {
+            out.extend(self.held.pop_front().expect("checked").records);
+        }
+        out
     }
 
     /// Collector clock minus the node's at its latest exchange, and the bound.
@@ -102,13 +191,29 @@ impl State {
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Service {
     pub state: Arc<Mutex<State>>,
+    /// Woken when an agent has been told of matched sightings: their hops can be reported.
+    pub told: Arc<tokio::sync::Notify>,
+    /// This collector process, for agents to tell it from the one before (random).
+    pub instance: u64,
     /// Test only: hold every batch this long before taking it (a slow collector).
     pub ack_delay: Duration,
     /// Which nodes may send: checked before a request touches `state`.
     pub admission: Admission,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            told: Arc::default(),
+            instance: crate::delivery::random_id(),
+            ack_delay: Duration::ZERO,
+            admission: Admission::default(),
+        }
+    }
 }
 
 impl Service {
@@ -120,17 +225,26 @@ impl Service {
     }
 
     /// The hops of moments whose window closed by `now_ns` less the lateness allowed (every
-    /// open one with `None`).
+    /// open one with `None`), as far as their agents have been told (see [`Service::released`]).
     pub fn close_due(&self, now_ns: Option<u64>) -> Vec<HopRecord> {
         let mut out = Vec::new();
         let due = now_ns.map(|t| t.saturating_sub(LATENESS.as_nanos() as u64));
-        self.state.lock().unwrap().matching.close_due(due, &mut out);
-        out
+        let mut state = self.state.lock().unwrap();
+        state.matching.close_due(due, &mut out);
+        state.hold(out);
+        state.release(now_ns)
     }
 
-    /// Per node: sightings taken, lost and duplicate batches, the clock's offset (collector
-    /// minus node) and bound at the latest exchange; then the matcher's counters and the
-    /// requests refused.
+    /// The hops of moments closed earlier whose agents have been told since (call when
+    /// [`Service::told`] wakes): reported at once, so that a crash between telling and
+    /// reporting is unlikely.
+    pub fn released(&self) -> Vec<HopRecord> {
+        self.state.lock().unwrap().release(Some(monotonic_ns()))
+    }
+
+    /// Per node: sightings taken, lost and duplicate batches, agent restarts and what the
+    /// replaced agents never delivered, the clock's offset (collector minus node) and bound at
+    /// the latest exchange; then the matcher's counters and the requests refused.
     pub fn health(&self) -> String {
         let state = self.state.lock().unwrap();
         let mut nodes: Vec<&Node> = state.nodes.values().collect();
@@ -150,8 +264,14 @@ impl Service {
                 None => "clock=unknown".into(),
             };
             line += &format!(
-                "{}: sightings={} lost={} duplicate_batches={} {clock} | ",
-                n.name, n.sightings, n.lost, n.duplicates
+                "{}: sightings={} lost={} duplicate_batches={} restarts={} lost_at_restart={} \
+                 {clock} | ",
+                n.name,
+                n.sightings(),
+                n.lost(),
+                n.duplicates(),
+                n.restarts(),
+                n.lost_at_restart()
             );
         }
         line += &state.matching.matcher.hops.counters.to_string();
@@ -172,12 +292,20 @@ impl Collector for Service {
         Ok(Response::new(SyncReply {
             t2,
             t3: monotonic_ns(),
+            instance: self.instance,
         }))
     }
 
     async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
         self.admission.check(&request, &request.get_ref().node)?;
         let batch = request.into_inner();
+        if batch.collector != self.instance {
+            // Sent to the collector before this one, which may have taken batches this one has
+            // not: the agent asks again (Sync) and sends everything it kept.
+            return Err(Status::failed_precondition(
+                "addressed to another collector instance",
+            ));
+        }
         if !self.ack_delay.is_zero() {
             tokio::time::sleep(self.ack_delay).await;
         }
@@ -190,10 +318,7 @@ impl Collector for Service {
             .or_insert_with(|| Node {
                 index,
                 name: batch.node.as_str().into(),
-                last_seq: 0,
-                sightings: 0,
-                lost: 0,
-                duplicates: 0,
+                epochs: Vec::new(),
                 backlog: Vec::new(),
             });
         let clocks = &mut state.matching.matcher.clocks;
@@ -201,12 +326,16 @@ impl Collector for Service {
             clocks.push(ClockModel::new(CLOCK_WINDOW_NS, CLOCK_SLICES));
         }
         let clock = &mut clocks[node.index as usize];
-        if batch.seq <= node.last_seq {
-            node.duplicates += 1;
-        } else {
-            node.last_seq = batch.seq;
-            node.lost = node.lost.max(batch.lost);
-            node.sightings += batch.sightings.len() as u64;
+        let at = match node.epochs.iter().position(|e| e.id == batch.epoch) {
+            Some(at) => at,
+            None => {
+                node.epochs.push(Epoch::new(batch.epoch));
+                node.epochs.len() - 1
+            }
+        };
+        let epoch = &mut node.epochs[at];
+        epoch.heard_ns = monotonic_ns();
+        if let Some(to_match) = epoch.take(&batch) {
             for e in &batch.exchanges {
                 clock.add(ClockExchange {
                     t1: e.t1,
@@ -215,9 +344,28 @@ impl Collector for Service {
                     t4: e.t4,
                 });
             }
-            state.admit(&batch.node, batch.sightings);
+            let mut sightings = batch.sightings;
+            let admitted = to_match
+                .into_iter()
+                .map(|index| {
+                    let origin = Origin {
+                        epoch: at as u32,
+                        seq: batch.seq,
+                        index,
+                    };
+                    (std::mem::take(&mut sightings[index as usize]), origin)
+                })
+                .collect();
+            state.admit(&batch.node, admitted);
         }
-        Ok(Response::new(Ack { seq: batch.seq }))
+        let closes = state.closes;
+        let epoch = &mut state.nodes.get_mut(&batch.node).expect("added").epochs[at];
+        let ack = epoch.ack(batch.seq, self.instance);
+        if epoch.told < closes {
+            epoch.told = closes;
+            self.told.notify_one();
+        }
+        Ok(Response::new(ack))
     }
 }
 
@@ -238,4 +386,84 @@ pub async fn serve(
         .serve_with_shutdown(addr, shutdown)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Exchange;
+
+    fn sighting(pid: u32, write: bool, t_ns: u64) -> NodeSighting {
+        NodeSighting {
+            signature: 77,
+            t_ns,
+            pid,
+            fd: 3,
+            write,
+            link: "n pipe 9".into(),
+            flow_birth_ns: 1,
+            ..Default::default()
+        }
+    }
+
+    /// A batch of node "n" to `service`, with two exchanges that map its clock as is.
+    fn batch(service: &Service, epoch: u64, seq: u64, sightings: Vec<NodeSighting>) -> Batch {
+        let at = |t| Exchange {
+            t1: t,
+            t2: t,
+            t3: t,
+            t4: t,
+        };
+        Batch {
+            node: "n".into(),
+            seq,
+            epoch,
+            taken: seq * 2,
+            collector: service.instance,
+            exchanges: vec![at(10), at(20)],
+            sightings,
+            ..Default::default()
+        }
+    }
+
+    async fn send(service: &Service, b: Batch) -> Result<Ack, Status> {
+        service.send(Request::new(b)).await.map(|a| a.into_inner())
+    }
+
+    #[tokio::test]
+    async fn hops_are_reported_once_the_agent_is_told_their_sightings_are_matched() {
+        let service = Service::default();
+        let pair = vec![sighting(1, true, 1_000), sighting(2, false, 2_000)];
+        let ack = send(&service, batch(&service, 5, 1, pair.clone()))
+            .await
+            .unwrap();
+        assert_eq!((ack.seq, ack.closed_through), (1, 0));
+        // Due long ago, closed, but held: the agent does not know yet.
+        assert!(service.close_due(Some(10_000_000_000)).is_empty());
+        let ack = send(&service, batch(&service, 5, 2, Vec::new()))
+            .await
+            .unwrap();
+        assert_eq!(ack.closed_through, 2, "told");
+        assert_eq!(service.released().len(), 1, "the transit hop, once told");
+        // A resend of batch 1 is a duplicate; the same seq from a restarted agent is new.
+        send(&service, batch(&service, 5, 1, pair.clone()))
+            .await
+            .unwrap();
+        let ack = send(&service, batch(&service, 6, 1, pair)).await.unwrap();
+        assert_eq!(ack.closed_through, 0);
+        let health = service.health();
+        assert!(health.contains("sightings=4 lost=0 duplicate_batches=1 restarts=1"));
+        // Epoch 5 said it took 4 sightings by batch 2 and delivered 2 of them.
+        assert!(health.contains("lost_at_restart=2"), "{health}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_for_another_collector_instance_is_refused() {
+        let service = Service::default();
+        let mut b = batch(&service, 5, 1, vec![sighting(1, true, 1_000)]);
+        b.collector += 1;
+        let refused = send(&service, b).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(service.state.lock().unwrap().nodes.is_empty());
+    }
 }

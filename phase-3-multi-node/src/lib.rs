@@ -13,9 +13,11 @@ pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod collector;
+pub mod delivery;
 pub mod matcher;
 pub mod metrics;
 pub mod mtls;
+pub mod outbox;
 pub mod outputs;
 #[cfg(feature = "demo")]
 pub mod run;

@@ -9,6 +9,7 @@
 //! is what makes the bound (and the error) small.
 
 use crate::clock::ClockModel;
+use crate::delivery::Origin;
 use crate::proto::NodeSighting as Wire;
 use agent::schema::{Dir, HopRecord, PodRef, Sighting};
 use phase_2_straddle::matcher::{Hops, Sight};
@@ -25,6 +26,7 @@ pub struct NodeSight {
     pub bound_ns: u64,
     /// The node's clock rate against the collector's (1 + drift).
     pub rate: f64,
+    pub origin: Origin,
 }
 
 impl NodeSight {
@@ -99,6 +101,8 @@ pub struct CrossNode {
     /// By node index.
     pub clocks: Vec<ClockModel>,
     pub hops: Hops<NodeSight>,
+    /// Node index and origin of the sightings that left the window since the collector looked.
+    pub matched: Vec<(u32, Origin)>,
 }
 
 impl CrossNode {
@@ -125,6 +129,7 @@ impl agent::pipeline::Matching for CrossNode {
     fn close(&mut self, mut seen: Vec<NodeSight>, out: &mut Vec<HopRecord>) {
         for s in &mut seen {
             self.map(s);
+            self.matched.push((s.node.0, s.origin));
         }
         self.hops.close(seen, out);
     }

@@ -130,6 +130,18 @@ const COUNTERS: [(&str, &str); 3] = [
     ),
 ];
 
+/// Name and help of each per-node restart counter, in the order of [`Metrics::set_restarts`].
+const RESTART_COUNTERS: [(&str, &str); 2] = [
+    (
+        "audio_agent_restarts_total",
+        "Agent processes on the node replaced by another (a new epoch in its batches).",
+    ),
+    (
+        "audio_agent_lost_at_restart_sightings_total",
+        "Sightings replaced agents on the node took and never delivered, as far as their batches told.",
+    ),
+];
+
 /// Name and help of each per-node gauge, in the order of [`NodeStats::gauges`].
 const GAUGES: [(&str, &str); 2] = [
     (
@@ -175,6 +187,8 @@ struct Inner {
     nodes: BTreeMap<String, NodeStats>,
     /// Per reason.
     refused: BTreeMap<&'static str, u64>,
+    /// Per node: restarts, sightings lost at restarts.
+    restarts: BTreeMap<String, [u64; 2]>,
     forget_after_ns: u64,
     /// When next to drop quiet hops while observing.
     next_sweep_ns: u64,
@@ -212,6 +226,7 @@ impl Metrics {
                 hops: BTreeMap::new(),
                 nodes: BTreeMap::new(),
                 refused: BTreeMap::new(),
+                restarts: BTreeMap::new(),
                 forget_after_ns: u64::try_from(forget_after.as_nanos()).unwrap_or(u64::MAX),
                 next_sweep_ns: 0,
             })),
@@ -289,6 +304,13 @@ impl Metrics {
         self.inner.lock().unwrap().refused.insert(reason, total);
     }
 
+    /// A node's agent restarts and the sightings the replaced agents never delivered.
+    pub fn set_restarts(&self, node: &str, restarts_total: u64, lost_at_restart_total: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        let counters = [restarts_total, lost_at_restart_total];
+        inner.restarts.insert(node.to_string(), counters);
+    }
+
     /// Everything in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         self.render_at(monotonic_ns())
@@ -337,6 +359,13 @@ impl Metrics {
             header(&mut out, name, help, "counter");
             for (node, stats) in &nodes {
                 let v = stats.counters[i];
+                writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
+            }
+        }
+        for (i, (name, help)) in RESTART_COUNTERS.iter().enumerate() {
+            header(&mut out, name, help, "counter");
+            for (node, counters) in &inner.restarts {
+                let v = counters[i];
                 writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
             }
         }
@@ -570,6 +599,7 @@ mod tests {
         m.set_node("node-a", 10, 2, 1, Some(-50_000_000), None);
         m.set_node("node-\"b\"", 7, 0, 0, Some(1_500), Some(20_000));
         m.set_refused("node_mismatch", 3);
+        m.set_restarts("node-a", 2, 30);
         let text = m.render();
         assert!(text.contains(
             r#"audio_hop_latency_seconds_count{source_node="node-a",source="a\\b",destination_node="node-b",destination="say \"hi\"\nnow",kind="residence"} 1"#
@@ -580,6 +610,8 @@ mod tests {
             ("audio_agent_sightings_total", "counter"),
             ("audio_agent_lost_sightings_total", "counter"),
             ("audio_agent_duplicate_batches_total", "counter"),
+            ("audio_agent_restarts_total", "counter"),
+            ("audio_agent_lost_at_restart_sightings_total", "counter"),
             ("audio_node_clock_offset_seconds", "gauge"),
             ("audio_node_clock_bound_seconds", "gauge"),
             ("audio_collector_refused_requests_total", "counter"),
@@ -605,6 +637,17 @@ mod tests {
                 r#"audio_agent_duplicate_batches_total{node="node-a"}"#
             ),
             1.0
+        );
+        assert_eq!(
+            sample(&text, r#"audio_agent_restarts_total{node="node-a"}"#),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"audio_agent_lost_at_restart_sightings_total{node="node-a"}"#
+            ),
+            30.0
         );
         assert_eq!(
             sample(&text, r#"audio_node_clock_offset_seconds{node="node-a"}"#),

@@ -73,12 +73,14 @@ impl Outputs {
             let clock = state.clock_offset(n);
             self.metrics.set_node(
                 &n.name,
-                n.sightings,
-                n.lost,
-                n.duplicates,
+                n.sightings(),
+                n.lost(),
+                n.duplicates(),
                 clock.map(|c| c.0),
                 clock.map(|c| c.1),
             );
+            self.metrics
+                .set_restarts(&n.name, n.restarts(), n.lost_at_restart());
         }
     }
 }

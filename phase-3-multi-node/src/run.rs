@@ -151,8 +151,10 @@ impl InProcessCollector {
             async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(200));
                 loop {
-                    tick.tick().await;
-                    let due = service.close_due(Some(monotonic_ns()));
+                    let due = tokio::select! {
+                        _ = tick.tick() => service.close_due(Some(monotonic_ns())),
+                        _ = service.told.notified() => service.released(),
+                    };
                     outputs.lock().unwrap().take(due)?;
                 }
                 #[allow(unreachable_code)]

@@ -1,13 +1,16 @@
 //! An agent's link to the collector. The tracing loop hands over sightings without ever
-//! waiting: they are batched into a bounded queue, and a background task sends the queue in
-//! order until each batch is acknowledged, reconnecting as long as it takes. When the queue is
-//! full the oldest batch is dropped and counted; the count travels with every later batch. The
-//! same task runs the clock exchanges and ships them with the batches.
+//! waiting: they are batched into a bounded queue (`outbox`), and a background task sends the
+//! queue in order, reconnecting as long as it takes. Each batch stays queued until the
+//! collector says the matching windows of all its sightings have closed; a new collector
+//! instance (restarted or replaced) gets every batch still queued. When the queue is full the
+//! oldest batch is dropped and counted; the count travels with every later batch. The same
+//! task runs the clock exchanges and ships them with the batches.
 
+use crate::outbox::Outbox;
+pub use crate::outbox::UplinkCounters;
 use crate::proto::collector_client::CollectorClient;
-use crate::proto::{Batch, Exchange, NodeSighting, SyncRequest};
+use crate::proto::{Exchange, NodeSighting, SyncRequest};
 use agent::clock::monotonic_ns;
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -47,27 +50,9 @@ pub struct UplinkConfig {
     pub tls: Option<crate::mtls::ClientTls>,
 }
 
-/// What the uplink did, for the agent's health line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UplinkCounters {
-    pub batches_sent: u64,
-    pub resends: u64,
-    pub reconnects: u64,
-    /// Connects that failed: collector unreachable, or refusing this agent (see `last_error`).
-    pub connect_failures: u64,
-    /// Sightings dropped because the queue was full.
-    pub lost: u64,
-}
-
-#[derive(Default)]
 struct Queue {
-    batches: VecDeque<Batch>,
-    exchanges: Vec<Exchange>,
-    next_seq: u64,
-    counters: UplinkCounters,
+    outbox: Outbox,
     last_error: Option<String>,
-    /// The batch being sent: it may still arrive, so a full queue drops the next oldest.
-    in_flight: Option<u64>,
 }
 
 pub struct Uplink {
@@ -78,11 +63,12 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// Starts the sending task on the current tokio runtime.
+    /// Starts the sending task on the current tokio runtime, as a new epoch of the node.
     pub fn start(config: UplinkConfig) -> Self {
+        let epoch = crate::delivery::random_id();
         let queue = Arc::new(Mutex::new(Queue {
-            next_seq: 1,
-            ..Default::default()
+            outbox: Outbox::new(&config.node, epoch, config.capacity),
+            last_error: None,
         }));
         let wake = Arc::new(Notify::new());
         let task = tokio::spawn(send_loop(config.clone(), queue.clone(), wake.clone()));
@@ -99,28 +85,12 @@ impl Uplink {
         for s in &mut sightings {
             s.t_ns = self.config.skew.apply(s.t_ns);
         }
-        let mut q = self.queue.lock().unwrap();
-        if q.batches.len() >= self.config.capacity {
-            let sending = q.in_flight.is_some() && q.in_flight == q.batches.front().map(|b| b.seq);
-            let oldest = usize::from(sending && q.batches.len() > 1);
-            let dropped = q.batches.remove(oldest).expect("capacity is at least 1");
-            q.counters.lost += dropped.sightings.len() as u64;
-        }
-        let seq = q.next_seq;
-        q.next_seq += 1;
-        q.batches.push_back(Batch {
-            node: self.config.node.clone(),
-            seq,
-            sightings,
-            lost: 0,
-            exchanges: Vec::new(),
-        });
-        drop(q);
+        self.queue.lock().unwrap().outbox.push(sightings);
         self.wake.notify_one();
     }
 
     pub fn counters(&self) -> UplinkCounters {
-        self.queue.lock().unwrap().counters
+        self.queue.lock().unwrap().outbox.counters
     }
 
     /// Why the latest connect failed, in one line; `None` once one succeeded.
@@ -128,9 +98,14 @@ impl Uplink {
         self.queue.lock().unwrap().last_error.clone()
     }
 
-    /// Batches not yet acknowledged.
+    /// Batches the collector does not hold yet.
     pub fn pending(&self) -> usize {
-        self.queue.lock().unwrap().batches.len()
+        self.queue.lock().unwrap().outbox.undelivered()
+    }
+
+    /// Batches kept: not held yet, or held with matching windows still open.
+    pub fn kept(&self) -> usize {
+        self.queue.lock().unwrap().outbox.kept()
     }
 }
 
@@ -142,8 +117,8 @@ impl Drop for Uplink {
 
 type Client = CollectorClient<tonic::transport::Channel>;
 
-/// One clock exchange, on the node's (skewed) clock.
-async fn exchange(client: &mut Client, config: &UplinkConfig) -> Option<Exchange> {
+/// One clock exchange, on the node's (skewed) clock, and the collector instance that answered.
+async fn exchange(client: &mut Client, config: &UplinkConfig) -> Option<(Exchange, u64)> {
     let t1 = config.skew.apply(monotonic_ns());
     let reply = client
         .sync(SyncRequest {
@@ -153,15 +128,17 @@ async fn exchange(client: &mut Client, config: &UplinkConfig) -> Option<Exchange
         .await;
     let t4 = config.skew.apply(monotonic_ns());
     let reply = reply.ok()?.into_inner();
-    Some(Exchange {
+    let e = Exchange {
         t1,
         t2: reply.t2,
         t3: reply.t3,
         t4,
-    })
+    };
+    Some((e, reply.instance))
 }
 
-async fn connect(config: &UplinkConfig) -> anyhow::Result<Client> {
+/// A client, and the collector instance that answered it.
+async fn connect(config: &UplinkConfig) -> anyhow::Result<(Client, u64)> {
     // A collector that accepts and then never answers must not stall the uplink for good.
     let mut endpoint = Endpoint::from_shared(config.collector.clone())?
         .connect_timeout(Duration::from_secs(2))
@@ -182,7 +159,7 @@ async fn connect(config: &UplinkConfig) -> anyhow::Result<Client> {
         node: config.node.clone(),
         t1: 0,
     };
-    client.sync(probe).await.map_err(|status| {
+    let reply = client.sync(probe).await.map_err(|status| {
         // Status's Display pads every line with empty details and metadata; its sources say why.
         let why: Vec<String> =
             std::iter::successors(std::error::Error::source(&status), |e| e.source())
@@ -201,7 +178,7 @@ async fn connect(config: &UplinkConfig) -> anyhow::Result<Client> {
         }
         anyhow::anyhow!("no answer: {why}")
     })?;
-    Ok(client)
+    Ok((client, reply.into_inner().instance))
 }
 
 async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
@@ -209,31 +186,38 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
     let mut backoff = Duration::from_millis(20);
     let mut next_sync = tokio::time::Instant::now();
     let mut burst = SYNC_BURST.0;
-    let mut highest_sent = 0;
+    // A new collector maps with its own clock: it gets a burst of exchanges, as at the start.
+    let answered_by = |instance: u64, burst: &mut u32, next_sync: &mut tokio::time::Instant| {
+        if queue.lock().unwrap().outbox.answered_by(instance) {
+            *burst = SYNC_BURST.0;
+            *next_sync = tokio::time::Instant::now();
+        }
+    };
     loop {
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(next_sync) => {}
         }
-        // Until the queue is empty or the collector unreachable; exchanges keep their pace
+        // Until the collector holds every batch or is unreachable; exchanges keep their pace
         // while a slow collector keeps the queue from emptying.
         loop {
             let c = match client.as_mut() {
                 Some(c) => c,
                 None => match connect(&config).await {
-                    Ok(c) => {
+                    Ok((c, instance)) => {
                         {
                             let mut q = queue.lock().unwrap();
-                            q.counters.reconnects += 1;
+                            q.outbox.counters.reconnects += 1;
                             q.last_error = None;
                         }
+                        answered_by(instance, &mut burst, &mut next_sync);
                         backoff = Duration::from_millis(20);
                         client.insert(c)
                     }
                     Err(e) => {
                         {
                             let mut q = queue.lock().unwrap();
-                            q.counters.connect_failures += 1;
+                            q.outbox.counters.connect_failures += 1;
                             q.last_error =
                                 Some(format!("connecting to {}: {e:#}", config.collector));
                         }
@@ -245,8 +229,9 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
             };
             if tokio::time::Instant::now() >= next_sync {
                 match exchange(c, &config).await {
-                    Some(e) => {
-                        queue.lock().unwrap().exchanges.push(e);
+                    Some((e, instance)) => {
+                        answered_by(instance, &mut burst, &mut next_sync);
+                        queue.lock().unwrap().outbox.exchanged(e);
                         let pace = if burst > 0 {
                             burst -= 1;
                             SYNC_BURST.1
@@ -261,36 +246,16 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                     }
                 }
             }
-            let batch = {
-                let mut q = queue.lock().unwrap();
-                let (lost, exchanges) = (q.counters.lost, std::mem::take(&mut q.exchanges));
-                let Some(b) = q.batches.front_mut() else {
-                    // Nothing to send: exchanges wait for the next batch.
-                    q.exchanges = exchanges;
-                    break;
-                };
-                b.lost = lost;
-                b.exchanges.extend(exchanges);
-                let b = b.clone();
-                q.in_flight = Some(b.seq);
-                b
+            // Nothing to send: exchanges wait for the next batch.
+            let Some(batch) = queue.lock().unwrap().outbox.to_send() else {
+                break;
             };
-            let acked =
-                matches!(c.send(batch.clone()).await, Ok(a) if a.get_ref().seq == batch.seq);
-            let mut q = queue.lock().unwrap();
-            q.in_flight = None;
-            if batch.seq <= highest_sent {
-                q.counters.resends += 1;
-            }
-            highest_sent = highest_sent.max(batch.seq);
-            if !acked {
-                // Sent again once reconnected; the collector drops what it already holds.
+            let seq = batch.seq;
+            let ack = c.send(batch).await.ok().map(|a| a.into_inner());
+            if !queue.lock().unwrap().outbox.sent(seq, ack.as_ref()) {
+                // Sent again once reconnected; the collector drops what it already holds, and a
+                // new collector instance refuses batches addressed to the one before.
                 client = None;
-                continue;
-            }
-            q.counters.batches_sent += 1;
-            if q.batches.front().is_some_and(|b| b.seq == batch.seq) {
-                q.batches.pop_front();
             }
         }
     }

@@ -1,5 +1,5 @@
-//! An agent's uplink against a real collector over gRPC on loopback: a collector restart loses
-//! and duplicates nothing; a collector gone too long costs counted losses, never silent ones;
+//! An agent's uplink against a real collector over gRPC on loopback: a collector restart gets
+//! every batch the one before had not matched, once; a collector gone too long costs counted losses, never silent ones;
 //! a node clock offset by 50 ms and drifting 30 ppm is mapped back within its reported bound.
 
 use agent::clock::monotonic_ns;
@@ -85,8 +85,11 @@ fn signatures(services: &[&Service]) -> HashMap<u64, usize> {
     seen
 }
 
+/// The first collector matches (closes the windows of) what it took by batch 50, then stops
+/// at batch 100: the agent lets go of batches 0..=50 once told, and sends the second every
+/// later batch, those the first took unmatched included; the second takes each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_collector_restart_loses_and_duplicates_nothing() {
+async fn a_collector_restart_gets_every_unmatched_batch_again() {
     let addr = free_addr();
     let (first, stop, task) = start_collector(addr);
     let uplink = Uplink::start(config(addr, 10_000, Skew::default()));
@@ -95,6 +98,10 @@ async fn a_collector_restart_loses_and_duplicates_nothing() {
     for b in 0..300 {
         uplink.push(sightings(b, 10, 0));
         tokio::time::sleep(Duration::from_millis(2)).await;
+        if b == 50 {
+            drained(&uplink).await;
+            first.close_due(None);
+        }
         if b == 100 {
             let (stop, task) = running.take().unwrap();
             stop.send(()).unwrap();
@@ -105,14 +112,30 @@ async fn a_collector_restart_loses_and_duplicates_nothing() {
     }
     drained(&uplink).await;
     let (second, _stop, _task) = second.unwrap();
-    let seen = signatures(&[&first, &second]);
-    assert_eq!(seen.len(), 3000, "every sighting arrived");
-    assert!(seen.values().all(|&n| n == 1), "none twice");
+    let (by_first, by_second) = (signatures(&[&first]), signatures(&[&second]));
+    let batch = |sig: &u64| sig / 1000;
+    assert!(by_first.values().chain(by_second.values()).all(|&n| n == 1));
+    let again: Vec<u64> = by_second
+        .keys()
+        .filter(|s| by_first.contains_key(s))
+        .map(batch)
+        .collect();
+    assert!(
+        !again.is_empty(),
+        "the first's unmatched batches went to the second"
+    );
+    assert!(
+        again.iter().all(|&b| b > 50),
+        "matched batches went again: {again:?}"
+    );
+    assert!((0..=50).all(|b| by_first.contains_key(&(b * 1000))));
+    let mut all = by_first;
+    all.extend(by_second);
+    assert_eq!(all.len(), 3000, "every sighting arrived");
     let c = uplink.counters();
     assert_eq!(c.lost, 0);
+    assert_eq!(c.collector_changes, 1, "{c:?}");
     assert!(c.reconnects >= 2, "{c:?}");
-    assert!(!signatures(&[&first]).is_empty());
-    assert!(!signatures(&[&second]).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +158,7 @@ async fn a_collector_gone_too_long_costs_counted_losses() {
     );
     // The newest survive, and the collector was told about the rest.
     assert!(received.contains_key(&99_009));
-    assert_eq!(collector.state.lock().unwrap().nodes["node-a"].lost, lost);
+    assert_eq!(collector.state.lock().unwrap().nodes["node-a"].lost(), lost);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,35 @@ pub fn stop_collector(p: Supervised) -> String {
     e.last_line().to_string()
 }
 
+/// An agent process of `node` tracing `pids`, shipping to `addr`, touching `ready` once
+/// attached.
+pub fn agent_command(node: &str, addr: SocketAddr, ready: &Path, pids: &[u32]) -> Command {
+    let mut cmd = Command::new(EXE);
+    cmd.args(["agent", "--node", node])
+        .args(["--collector", &format!("http://{addr}")])
+        .arg("--ready-file")
+        .arg(ready);
+    for p in pids {
+        cmd.args(["--pid", &p.to_string()]);
+    }
+    cmd
+}
+
+/// `p` once it touched `ready` (within 30 s), or why not.
+pub fn attached(mut p: Supervised, ready: &Path) -> anyhow::Result<Supervised> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        if !p.running() {
+            let what = p.what().to_string();
+            let e = p.wait(Duration::ZERO);
+            anyhow::bail!("{what} exited ({}): {}", e.status, e.stderr);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{} never attached", p.what());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(p)
+}
+
 /// One agent: `node` traces `pids`, with `extra` flags.
 pub struct AgentPlan {
     pub node: String,
@@ -130,26 +159,10 @@ pub fn trace<T: Send + 'static>(
     let gt = harness::run::run(sc, Path::new(EXE), &dir, |t| {
         for (i, a) in plan(t).into_iter().enumerate() {
             let ready = dir.join(format!("agent-{i}.ready"));
-            let mut cmd = Command::new(EXE);
-            cmd.args(["agent", "--node", &a.node])
-                .args(["--collector", &format!("http://{addr}")])
-                .arg("--ready-file")
-                .arg(&ready)
-                .args(&a.extra);
-            for p in &a.pids {
-                cmd.args(["--pid", &p.to_string()]);
-            }
-            let mut p = Supervised::spawn(&format!("the agent of {}", a.node), &mut cmd);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !ready.exists() {
-                if !p.running() {
-                    let e = p.wait(Duration::ZERO);
-                    anyhow::bail!("agent {} exited ({}): {}", a.node, e.status, e.stderr);
-                }
-                anyhow::ensure!(Instant::now() < deadline, "agent {} never attached", a.node);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            agents.push((a.node, p));
+            let mut cmd = agent_command(&a.node, addr, &ready, &a.pids);
+            cmd.args(&a.extra);
+            let p = Supervised::spawn(&format!("the agent of {}", a.node), &mut cmd);
+            agents.push((a.node.clone(), attached(p, &ready)?));
         }
         // `run` writes the go file as soon as this returns.
         let pids = agents.iter().map(|(n, p)| (n.clone(), p.pid())).collect();

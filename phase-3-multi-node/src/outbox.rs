@@ -1,0 +1,275 @@
+//! The batches an agent process (an epoch) has made and the collector still needs: those not
+//! delivered yet, and those delivered whose sightings' matching windows have not all closed (a
+//! collector crash would lose them, so they go again to the next collector). Bounded: when
+//! full, the oldest delivered batch goes first (the collector holds it), then the oldest
+//! undelivered one, counted lost; never the batch being sent.
+
+use crate::proto::{Ack, Batch, Exchange, NodeSighting};
+use std::collections::VecDeque;
+
+/// What the uplink did, for the agent's health line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UplinkCounters {
+    pub batches_sent: u64,
+    pub resends: u64,
+    pub reconnects: u64,
+    /// Connects that failed: collector unreachable, or refusing this agent (see `last_error`).
+    pub connect_failures: u64,
+    /// Sightings dropped undelivered because the queue was full.
+    pub lost: u64,
+    /// Sightings delivered but let go before their windows closed because the queue was full:
+    /// a collector crash would lose them uncounted.
+    pub released: u64,
+    /// Collector instances that answered after another (a collector restarted or replaced).
+    pub collector_changes: u64,
+}
+
+pub struct Outbox {
+    node: String,
+    epoch: u64,
+    capacity: usize,
+    /// Oldest first, by seq.
+    kept: VecDeque<Batch>,
+    next_seq: u64,
+    /// Sightings put into batches so far.
+    taken: u64,
+    /// The collector instance batches go to (0 until one answered), and the highest seq it
+    /// holds.
+    collector: u64,
+    delivered_through: u64,
+    /// The batch being sent: it may still arrive, so it is never the one dropped.
+    in_flight: Option<u64>,
+    highest_sent: u64,
+    /// Exchanges with `collector` that wait for the next batch.
+    exchanges: Vec<Exchange>,
+    pub counters: UplinkCounters,
+}
+
+impl Outbox {
+    pub fn new(node: &str, epoch: u64, capacity: usize) -> Self {
+        Self {
+            node: node.to_string(),
+            epoch,
+            capacity: capacity.max(1),
+            kept: VecDeque::new(),
+            next_seq: 1,
+            taken: 0,
+            collector: 0,
+            delivered_through: 0,
+            in_flight: None,
+            highest_sent: 0,
+            exchanges: Vec::new(),
+            counters: UplinkCounters::default(),
+        }
+    }
+
+    pub fn push(&mut self, sightings: Vec<NodeSighting>) {
+        if self.kept.len() >= self.capacity {
+            let at = (self.kept.iter())
+                .position(|b| Some(b.seq) != self.in_flight)
+                .unwrap_or(0);
+            if let Some(dropped) = self.kept.remove(at) {
+                let n = dropped.sightings.len() as u64;
+                match dropped.seq <= self.delivered_through {
+                    true => self.counters.released += n,
+                    false => self.counters.lost += n,
+                }
+            }
+        }
+        self.taken += sightings.len() as u64;
+        self.kept.push_back(Batch {
+            node: self.node.clone(),
+            seq: self.next_seq,
+            sightings,
+            epoch: self.epoch,
+            taken: self.taken,
+            ..Default::default()
+        });
+        self.next_seq += 1;
+    }
+
+    /// The collector instance that answers now. Another than before holds nothing this epoch
+    /// sent, and its clock is another: every batch kept goes to it again, without exchanges.
+    pub fn answered_by(&mut self, instance: u64) -> bool {
+        if instance == self.collector {
+            return false;
+        }
+        if self.collector != 0 {
+            self.counters.collector_changes += 1;
+        }
+        self.collector = instance;
+        self.delivered_through = 0;
+        self.exchanges.clear();
+        for b in &mut self.kept {
+            b.exchanges.clear();
+        }
+        true
+    }
+
+    pub fn exchanged(&mut self, e: Exchange) {
+        self.exchanges.push(e);
+    }
+
+    /// The oldest batch the collector does not hold, with the exchanges waiting and the count
+    /// lost so far; `None` when it holds them all.
+    pub fn to_send(&mut self) -> Option<Batch> {
+        let delivered = self.delivered_through;
+        let b = self.kept.iter_mut().find(|b| b.seq > delivered)?;
+        b.lost = self.counters.lost;
+        b.collector = self.collector;
+        // Kept in the batch: they go again with it if this send fails.
+        b.exchanges.append(&mut self.exchanges);
+        self.in_flight = Some(b.seq);
+        Some(b.clone())
+    }
+
+    /// The send of batch `seq` ended with `ack` (`None`: failed). True if the collector holds
+    /// it; the batches it has matched through are let go.
+    pub fn sent(&mut self, seq: u64, ack: Option<&Ack>) -> bool {
+        self.in_flight = None;
+        if seq <= self.highest_sent {
+            self.counters.resends += 1;
+        }
+        self.highest_sent = self.highest_sent.max(seq);
+        let Some(ack) = ack.filter(|a| a.seq == seq && a.instance == self.collector) else {
+            return false;
+        };
+        self.counters.batches_sent += 1;
+        self.delivered_through = self.delivered_through.max(seq);
+        while self
+            .kept
+            .front()
+            .is_some_and(|b| b.seq <= ack.closed_through)
+        {
+            self.kept.pop_front();
+        }
+        for m in &ack.partly {
+            if let Some(b) = self.kept.iter_mut().find(|b| b.seq == m.seq) {
+                b.matched.clone_from(&m.index);
+            }
+        }
+        true
+    }
+
+    /// Batches the collector does not hold yet.
+    pub fn undelivered(&self) -> usize {
+        let delivered = self.delivered_through;
+        self.kept.iter().filter(|b| b.seq > delivered).count()
+    }
+
+    /// Batches kept: undelivered, or delivered with windows still open.
+    pub fn kept(&self) -> usize {
+        self.kept.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Matched;
+
+    fn sightings(n: usize) -> Vec<NodeSighting> {
+        vec![NodeSighting::default(); n]
+    }
+
+    fn ack(seq: u64, instance: u64, closed_through: u64) -> Ack {
+        Ack {
+            seq,
+            instance,
+            closed_through,
+            partly: Vec::new(),
+        }
+    }
+
+    /// Sends every batch the collector lacks, acknowledged as `ack` says.
+    fn send_all(o: &mut Outbox, mut ack: impl FnMut(u64) -> Ack) -> Vec<u64> {
+        let mut sent = Vec::new();
+        while let Some(b) = o.to_send() {
+            assert!(o.sent(b.seq, Some(&ack(b.seq))));
+            sent.push(b.seq);
+        }
+        sent
+    }
+
+    #[test]
+    fn delivered_batches_are_kept_until_their_windows_close() {
+        let mut o = Outbox::new("n", 5, 100);
+        o.answered_by(1);
+        for n in [2, 3, 1] {
+            o.push(sightings(n));
+        }
+        assert_eq!(send_all(&mut o, |seq| ack(seq, 1, 0)), vec![1, 2, 3]);
+        assert_eq!((o.undelivered(), o.kept()), (0, 3));
+        o.push(sightings(1));
+        let b = o.to_send().unwrap();
+        assert_eq!((b.seq, b.epoch, b.taken, b.collector), (4, 5, 7, 1));
+        assert!(o.sent(4, Some(&ack(4, 1, 2))));
+        assert_eq!(o.kept(), 2, "batches 3 and 4 wait for their windows");
+        assert!(
+            o.to_send().is_none(),
+            "nothing to send: the collector holds them"
+        );
+    }
+
+    #[test]
+    fn a_new_collector_gets_every_batch_kept_without_the_old_exchanges() {
+        let mut o = Outbox::new("n", 5, 100);
+        o.answered_by(1);
+        for _ in 0..3 {
+            o.push(sightings(2));
+        }
+        let b = o.to_send().unwrap();
+        assert!(o.sent(b.seq, Some(&ack(b.seq, 1, 0))));
+        // Rides with batch 2, which the collector had not matched when it went.
+        o.exchanged(Exchange::default());
+        send_all(&mut o, |seq| {
+            let mut a = ack(seq, 1, 1);
+            a.partly = vec![Matched {
+                seq: 3,
+                index: vec![1],
+            }];
+            a
+        });
+        assert_eq!(o.kept(), 2);
+        assert!(!o.answered_by(1), "the same collector");
+        assert!(o.answered_by(2));
+        let b = o.to_send().unwrap();
+        assert_eq!((b.seq, b.collector), (2, 2));
+        assert!(
+            b.exchanges.is_empty(),
+            "made with the other collector's clock"
+        );
+        assert!(o.sent(2, Some(&ack(2, 2, 0))));
+        let b = o.to_send().unwrap();
+        assert_eq!((b.seq, b.matched.clone()), (3, vec![1]));
+        // An Ack from another instance than the one addressed is not one.
+        assert!(!o.sent(3, Some(&ack(3, 1, 3))));
+        assert_eq!(o.counters.collector_changes, 1);
+    }
+
+    #[test]
+    fn a_full_queue_lets_delivered_batches_go_first_then_counts_losses() {
+        let mut o = Outbox::new("n", 5, 3);
+        o.answered_by(1);
+        o.push(sightings(1));
+        o.push(sightings(2));
+        send_all(&mut o, |seq| ack(seq, 1, 0));
+        o.push(sightings(4));
+        let sending = o.to_send().unwrap();
+        o.push(sightings(8));
+        assert_eq!((o.counters.released, o.counters.lost), (1, 0));
+        o.push(sightings(16));
+        o.push(sightings(32));
+        // Batches 1 and 2 (delivered) went first, then batch 4: batch 3 is being sent.
+        assert_eq!((o.counters.released, o.counters.lost), (3, 8));
+        assert!(o.sent(sending.seq, Some(&ack(3, 1, 0))));
+        assert_eq!(send_all(&mut o, |seq| ack(seq, 1, 0)), vec![5, 6]);
+        assert_eq!(o.to_send(), None);
+        o.push(Vec::new());
+        assert_eq!(
+            o.to_send().unwrap().lost,
+            8,
+            "the count travels with later batches"
+        );
+    }
+}
