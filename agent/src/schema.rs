@@ -97,9 +97,14 @@ pub struct HopRecord {
     pub bound_ns: Option<u64>,
 }
 
+/// `a - b` in nanoseconds, saturated: stamps from another process may be anything.
+pub fn signed_difference(a: u64, b: u64) -> i64 {
+    (i128::from(a) - i128::from(b)).clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
 impl HopRecord {
     pub fn new(signature: u64, from: Sighting, to: Sighting) -> Self {
-        let latency_ns = to.t_ns as i64 - from.t_ns as i64;
+        let latency_ns = signed_difference(to.t_ns, from.t_ns);
         Self {
             signature,
             kind: HopKind::of(from.dir, to.dir),

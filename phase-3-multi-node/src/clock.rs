@@ -85,11 +85,17 @@ impl ClockModel {
         if e.t4 < e.t1 || e.t3 < e.t2 {
             return; // not a real exchange: a clock went backwards
         }
+        if [e.t1, e.t2, e.t3, e.t4]
+            .iter()
+            .any(|&t| t > i64::MAX as u64)
+        {
+            return; // not a monotonic clock: 292 years of uptime
+        }
         self.window.push_back(e);
         while self
             .window
             .front()
-            .is_some_and(|f| f.t1 + self.window_ns < e.t1)
+            .is_some_and(|f| f.t1.saturating_add(self.window_ns) < e.t1)
         {
             self.window.pop_front();
         }
@@ -165,7 +171,7 @@ impl ClockModel {
     pub fn latest_offset(&self) -> Option<(i64, u64)> {
         let t = self.window.back()?.t4;
         let (mapped, bound) = self.map(t)?;
-        Some((mapped as i64 - t as i64, bound))
+        Some((agent::schema::signed_difference(mapped, t), bound))
     }
 
     /// The current drift estimate (collector ns per agent ns, minus 1).

@@ -55,9 +55,13 @@ impl Node {
         self.epochs.iter().map(|e| e.received).sum()
     }
 
-    /// Sightings the node's agents reported dropping (their queues were full).
+    /// Sightings the node's agents reported dropping (their queues were full). Saturating,
+    /// as every sum of what agents report: a number on the wire can be anything.
     pub fn lost(&self) -> u64 {
-        self.epochs.iter().map(Epoch::lost).sum()
+        self.epochs
+            .iter()
+            .map(Epoch::lost)
+            .fold(0, u64::saturating_add)
     }
 
     pub fn duplicates(&self) -> u64 {
@@ -72,7 +76,10 @@ impl Node {
     /// Sightings replaced agents took and never delivered, as far as their batches told.
     pub fn lost_at_restart(&self) -> u64 {
         let replaced = &self.epochs[..self.epochs.len().saturating_sub(1)];
-        replaced.iter().map(Epoch::undelivered).sum()
+        replaced
+            .iter()
+            .map(Epoch::undelivered)
+            .fold(0, u64::saturating_add)
     }
 }
 

@@ -148,7 +148,7 @@ impl Epoch {
     pub fn undelivered(&self) -> u64 {
         let taken = self.taken.0 - self.taken.1;
         let dropped = self.lost.0 - self.lost.1;
-        taken.saturating_sub(self.received + dropped)
+        taken.saturating_sub(self.received.saturating_add(dropped))
     }
 }
 

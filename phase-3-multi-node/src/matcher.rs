@@ -11,7 +11,7 @@
 use crate::clock::ClockModel;
 use crate::delivery::Origin;
 use crate::proto::NodeSighting as Wire;
-use agent::schema::{Dir, HopRecord, PodRef, Sighting};
+use agent::schema::{signed_difference, Dir, HopRecord, PodRef, Sighting};
 use phase_2_straddle::matcher::{Hops, Sight};
 use std::sync::Arc;
 
@@ -79,16 +79,20 @@ impl Sight for NodeSight {
         if self.node.0 == read.node.0 {
             return self.wire.t_ns <= read.wire.t_ns;
         }
-        self.mapped_ns <= read.mapped_ns + self.bound_ns + read.bound_ns
+        self.mapped_ns
+            <= read
+                .mapped_ns
+                .saturating_add(self.bound_ns)
+                .saturating_add(read.bound_ns)
     }
     fn hop(from: &Self, to: &Self) -> HopRecord {
         let mut hop = HopRecord::new(from.wire.signature, from.sighting(), to.sighting());
         if from.node.0 == to.node.0 {
             // The node's own clock, scaled to collector nanoseconds.
-            hop.latency_ns =
-                ((to.wire.t_ns as i64 - from.wire.t_ns as i64) as f64 / from.rate).round() as i64;
+            let on_node = signed_difference(to.wire.t_ns, from.wire.t_ns);
+            hop.latency_ns = (on_node as f64 / from.rate).round() as i64;
         } else {
-            hop.bound_ns = Some(from.bound_ns + to.bound_ns);
+            hop.bound_ns = Some(from.bound_ns.saturating_add(to.bound_ns));
         }
         hop
     }

@@ -133,10 +133,17 @@ fn nodes_with_series(page: &str) -> Vec<String> {
 }
 
 /// A batch claiming to be `node`'s, sent straight over gRPC.
-async fn send_as(client: &mut CollectorClient<tonic::transport::Channel>, node: &str) -> Code {
+/// A batch claiming `node`, addressed to the collector `instance` (0 where the refusal comes
+/// first).
+async fn send_as(
+    client: &mut CollectorClient<tonic::transport::Channel>,
+    node: &str,
+    instance: u64,
+) -> Code {
     let batch = Batch {
         node: node.into(),
         seq: 1,
+        collector: instance,
         ..Default::default()
     };
     match client.send(batch).await {
@@ -193,8 +200,11 @@ async fn an_agent_claiming_another_node_is_refused_counted_and_gets_no_series() 
     let endpoint = Endpoint::from_shared(format!("https://{grpc}")).unwrap();
     let channel = endpoint.tls_config(tls.unwrap().into()).unwrap();
     let mut client = CollectorClient::new(channel.connect().await.unwrap());
-    assert_eq!(send_as(&mut client, "node-b").await, Code::PermissionDenied);
-    assert_eq!(send_as(&mut client, "").await, Code::PermissionDenied);
+    assert_eq!(
+        send_as(&mut client, "node-b", 0).await,
+        Code::PermissionDenied
+    );
+    assert_eq!(send_as(&mut client, "", 0).await, Code::PermissionDenied);
     let sync = SyncRequest {
         node: "node-b".into(),
         t1: 0,
@@ -253,18 +263,25 @@ async fn nodes_beyond_max_nodes_are_refused_counted_and_get_no_series() {
     let (collector, grpc, metrics) = collector(&["--max-nodes", "3"]);
     let endpoint = Endpoint::from_shared(format!("http://{grpc}")).unwrap();
     let mut client = CollectorClient::new(endpoint.connect().await.unwrap());
-    let mut codes = Vec::new();
-    for i in 0..20 {
-        codes.push(send_as(&mut client, &format!("invented-{i}")).await);
-    }
-    assert_eq!(codes[..3], [Code::Ok; 3]);
-    assert_eq!(codes[3..], [Code::ResourceExhausted; 17]);
-    // The nodes admitted still are, clock exchanges included.
-    assert_eq!(send_as(&mut client, "invented-1").await, Code::Ok);
     let sync = |node: &str| SyncRequest {
         node: node.into(),
         t1: 0,
     };
+    // The collector instance batches are addressed to, as an agent learns it.
+    let instance = client
+        .sync(sync("invented-0"))
+        .await
+        .unwrap()
+        .into_inner()
+        .instance;
+    let mut codes = Vec::new();
+    for i in 0..20 {
+        codes.push(send_as(&mut client, &format!("invented-{i}"), instance).await);
+    }
+    assert_eq!(codes[..3], [Code::Ok; 3]);
+    assert_eq!(codes[3..], [Code::ResourceExhausted; 17]);
+    // The nodes admitted still are, clock exchanges included.
+    assert_eq!(send_as(&mut client, "invented-1", instance).await, Code::Ok);
     assert!(client.sync(sync("invented-2")).await.is_ok());
     let status = client.sync(sync("invented-3")).await.unwrap_err();
     assert_eq!(
