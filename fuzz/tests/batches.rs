@@ -118,8 +118,6 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
-
     #[test]
     fn each_batch_is_taken_once_and_hops_join_sightings_taken(
         steps in prop::collection::vec(step(), 1..40),
