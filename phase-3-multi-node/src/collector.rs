@@ -14,7 +14,7 @@ use crate::proto::{Ack, Batch, NodeSighting, SyncReply, SyncRequest};
 use agent::clock::monotonic_ns;
 use agent::pipeline::Matched;
 use agent::schema::HopRecord;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +30,8 @@ pub const LATENESS: Duration = Duration::from_secs(2);
 /// An agent silent this long is gone: hops it has not been told of are reported all the same
 /// (it will not send their sightings to another collector).
 const GONE_AFTER_NS: u64 = 1_000_000_000;
+/// A replaced agent process quiet this long is done: a batch of its would be a minute late.
+const RETIRE_AFTER_NS: u64 = 60_000_000_000;
 
 /// A sighting as the collector holds it: the node's, and its time on the collector's clock.
 #[derive(Clone, Debug)]
@@ -43,16 +45,80 @@ pub struct Received {
 pub struct Node {
     pub index: u32,
     pub name: Arc<str>,
-    /// The node's agent processes in the order they appeared; the last is the current one.
-    pub epochs: Vec<Epoch>,
+    /// The node's recent agent processes in the order they appeared; the last is the current
+    /// one. An epoch's index (in `Origin`, `Held`) counts from the node's first: the `retired`
+    /// first ones are folded into `past`.
+    epochs: VecDeque<Epoch>,
+    retired: u32,
+    past: Past,
     /// Sightings that arrived before the node's clock model could map them.
     backlog: Vec<(NodeSighting, Origin)>,
 }
 
+/// What retired epochs left behind: their counts.
+#[derive(Default)]
+struct Past {
+    received: u64,
+    duplicates: u64,
+    lost: u64,
+    undelivered: u64,
+}
+
 impl Node {
+    fn new(index: u32, name: &str) -> Self {
+        Self {
+            index,
+            name: name.into(),
+            epochs: VecDeque::new(),
+            retired: 0,
+            past: Past::default(),
+            backlog: Vec::new(),
+        }
+    }
+
+    fn epoch(&self, index: u32) -> Option<&Epoch> {
+        self.epochs.get(index.checked_sub(self.retired)? as usize)
+    }
+
+    fn epoch_mut(&mut self, index: u32) -> Option<&mut Epoch> {
+        self.epochs
+            .get_mut(index.checked_sub(self.retired)? as usize)
+    }
+
+    /// The index of the epoch `id`, added if new.
+    fn epoch_index(&mut self, id: u64) -> u32 {
+        let at = match self.epochs.iter().position(|e| e.id == id) {
+            Some(at) => at,
+            None => {
+                self.epochs.push_back(Epoch::new(id));
+                self.epochs.len() - 1
+            }
+        };
+        self.retired + at as u32
+    }
+
+    /// Folds into `past` the replaced epochs that are done: all matched, no held hops waiting
+    /// for them, and quiet long enough that a late batch of theirs is not to be expected. So a
+    /// node restarted every day keeps a few epochs, not one per restart.
+    fn retire_done(&mut self, now_ns: u64, held: &VecDeque<Held>) {
+        while self.epochs.len() > 1 {
+            let (front, index) = (&self.epochs[0], (self.index, self.retired));
+            let quiet = now_ns.saturating_sub(front.heard_ns) > RETIRE_AFTER_NS;
+            if !front.all_matched() || !quiet || held.iter().any(|h| h.epochs.contains(&index)) {
+                return;
+            }
+            let e = self.epochs.pop_front().expect("checked");
+            self.past.received += e.received;
+            self.past.duplicates += e.duplicates;
+            self.past.lost = self.past.lost.saturating_add(e.lost());
+            self.past.undelivered = self.past.undelivered.saturating_add(e.undelivered());
+            self.retired += 1;
+        }
+    }
+
     /// Sightings taken from the node.
     pub fn sightings(&self) -> u64 {
-        self.epochs.iter().map(|e| e.received).sum()
+        self.past.received + self.epochs.iter().map(|e| e.received).sum::<u64>()
     }
 
     /// Sightings the node's agents reported dropping (their queues were full). Saturating,
@@ -61,25 +127,26 @@ impl Node {
         self.epochs
             .iter()
             .map(Epoch::lost)
-            .fold(0, u64::saturating_add)
+            .fold(self.past.lost, u64::saturating_add)
     }
 
     pub fn duplicates(&self) -> u64 {
-        self.epochs.iter().map(|e| e.duplicates).sum()
+        self.past.duplicates + self.epochs.iter().map(|e| e.duplicates).sum::<u64>()
     }
 
     /// Agent processes replaced by another (a restart).
     pub fn restarts(&self) -> u64 {
-        self.epochs.len().saturating_sub(1) as u64
+        u64::from(self.retired) + self.epochs.len().saturating_sub(1) as u64
     }
 
     /// Sightings replaced agents took and never delivered, as far as their batches told.
     pub fn lost_at_restart(&self) -> u64 {
-        let replaced = &self.epochs[..self.epochs.len().saturating_sub(1)];
-        replaced
+        let replaced = self.epochs.len().saturating_sub(1);
+        self.epochs
             .iter()
+            .take(replaced)
             .map(Epoch::undelivered)
-            .fold(0, u64::saturating_add)
+            .fold(self.past.undelivered, u64::saturating_add)
     }
 }
 
@@ -97,7 +164,7 @@ pub struct State {
     pub nodes: HashMap<String, Node>,
     /// Closes that matched something, and their hops not reported yet.
     closes: u64,
-    held: std::collections::VecDeque<Held>,
+    held: VecDeque<Held>,
     /// Every sighting taken, when kept (tests), mapped as it arrived.
     pub received: Option<Vec<Received>>,
     /// The matcher, which holds every node's clock model.
@@ -159,7 +226,7 @@ impl State {
         by_index.sort_by_key(|n| n.index);
         let mut epochs = Vec::new();
         for (node, o) in matched {
-            if let Some(e) = by_index[node as usize].epochs.get_mut(o.epoch as usize) {
+            if let Some(e) = by_index[node as usize].epoch_mut(o.epoch) {
                 e.matched(o.seq, o.index);
             }
             epochs.push((node, o.epoch));
@@ -180,7 +247,9 @@ impl State {
         by_index.sort_by_key(|n| n.index);
         let told = |h: &Held| {
             h.epochs.iter().all(|&(node, epoch)| {
-                let e = &by_index[node as usize].epochs[epoch as usize];
+                let Some(e) = by_index[node as usize].epoch(epoch) else {
+                    return true; // retired: long gone
+                };
                 let gone = now_ns.is_none_or(|t| t.saturating_sub(e.heard_ns) > GONE_AFTER_NS);
                 e.told >= h.close || gone
             })
@@ -322,26 +391,17 @@ impl Collector for Service {
         let node = state
             .nodes
             .entry(batch.node.clone())
-            .or_insert_with(|| Node {
-                index,
-                name: batch.node.as_str().into(),
-                epochs: Vec::new(),
-                backlog: Vec::new(),
-            });
+            .or_insert_with(|| Node::new(index, &batch.node));
         let clocks = &mut state.matching.matcher.clocks;
         if clocks.len() <= node.index as usize {
             clocks.push(ClockModel::new(CLOCK_WINDOW_NS, CLOCK_SLICES));
         }
         let clock = &mut clocks[node.index as usize];
-        let at = match node.epochs.iter().position(|e| e.id == batch.epoch) {
-            Some(at) => at,
-            None => {
-                node.epochs.push(Epoch::new(batch.epoch));
-                node.epochs.len() - 1
-            }
-        };
-        let epoch = &mut node.epochs[at];
-        epoch.heard_ns = monotonic_ns();
+        let now_ns = monotonic_ns();
+        node.retire_done(now_ns, &state.held);
+        let at = node.epoch_index(batch.epoch);
+        let epoch = node.epoch_mut(at).expect("just found or added");
+        epoch.heard_ns = now_ns;
         if let Some(to_match) = epoch.take(&batch) {
             for e in &batch.exchanges {
                 clock.add(ClockExchange {
@@ -356,7 +416,7 @@ impl Collector for Service {
                 .into_iter()
                 .map(|index| {
                     let origin = Origin {
-                        epoch: at as u32,
+                        epoch: at,
                         seq: batch.seq,
                         index,
                     };
@@ -366,7 +426,10 @@ impl Collector for Service {
             state.admit(&batch.node, admitted);
         }
         let closes = state.closes;
-        let epoch = &mut state.nodes.get_mut(&batch.node).expect("added").epochs[at];
+        let node = state.nodes.get_mut(&batch.node).expect("added");
+        let epoch = node
+            .epoch_mut(at)
+            .expect("not retired: retirement runs before");
         let ack = epoch.ack(batch.seq, self.instance);
         if epoch.told < closes {
             epoch.told = closes;
@@ -462,6 +525,62 @@ mod tests {
         assert!(health.contains("sightings=4 lost=0 duplicate_batches=1 restarts=1"));
         // Epoch 5 said it took 4 sightings by batch 2 and delivered 2 of them.
         assert!(health.contains("lost_at_restart=2"), "{health}");
+    }
+
+    /// A node restarted many times keeps only the epochs that may still matter, and its
+    /// counts as if it kept them all.
+    #[tokio::test]
+    async fn replaced_epochs_that_are_done_are_folded_into_the_node_counts() {
+        let service = Service::default();
+        for epoch in 1..=5 {
+            let mut pair = vec![sighting(1, true, 1_000), sighting(2, false, 2_000)];
+            // A moment of its own per agent process, far enough apart to be a group each.
+            for s in &mut pair {
+                s.signature = epoch;
+                s.t_ns += epoch * 10_000_000_000;
+            }
+            send(&service, batch(&service, epoch, 1, pair))
+                .await
+                .unwrap();
+            send(&service, batch(&service, epoch, 1, Vec::new()))
+                .await
+                .unwrap();
+        }
+        let before = service.health();
+        assert!(before.contains("sightings=10 lost=0 duplicate_batches=5 restarts=4"));
+        // Epochs 1-4 took 2 sightings each of the 2 they said they took: none undelivered.
+        assert!(before.contains("lost_at_restart=0"), "{before}");
+        let mut guard = service.state.lock().unwrap();
+        let state = &mut *guard;
+        let node = state.nodes.get_mut("n").unwrap();
+        let soon = monotonic_ns() + RETIRE_AFTER_NS / 2;
+        node.retire_done(soon, &state.held);
+        assert_eq!(node.epochs.len(), 5, "heard from a moment ago");
+        let later = monotonic_ns() + 2 * RETIRE_AFTER_NS;
+        node.retire_done(later, &state.held);
+        assert_eq!(
+            node.epochs.len(),
+            5,
+            "their sightings are still in the window"
+        );
+        let mut hops = Vec::new();
+        state.matching.close_due(None, &mut hops);
+        state.hold(hops);
+        let node = state.nodes.get_mut("n").unwrap();
+        node.retire_done(later, &state.held);
+        assert_eq!(
+            node.epochs.len(),
+            5,
+            "their hops wait for the agents to be told"
+        );
+        assert_eq!(state.release(None).len(), 5);
+        let node = state.nodes.get_mut("n").unwrap();
+        node.retire_done(later, &state.held);
+        assert_eq!(node.epochs.len(), 1, "only the current epoch is left");
+        assert_eq!(node.epoch(4).map(|e| e.id), Some(5));
+        assert!(node.epoch(0).is_none());
+        drop(guard);
+        assert_eq!(service.health(), before);
     }
 
     #[tokio::test]

@@ -138,6 +138,11 @@ impl Epoch {
         }
     }
 
+    /// Every sighting taken is matched: nothing of the epoch is left in the window.
+    pub fn all_matched(&self) -> bool {
+        self.open.is_empty()
+    }
+
     /// Sightings the epoch dropped from its full queue (cumulative, as it reported).
     pub fn lost(&self) -> u64 {
         self.lost.0
