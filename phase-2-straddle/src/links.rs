@@ -1,11 +1,15 @@
 //! Which fds are two ends of one link: a pipe (both ends share its inode), a TCP connection
 //! (one end's local address is the other's remote), or a connected unix socket (peer inodes).
+//! Through NAT (a Kubernetes Service) a TCP connection is named by its post-NAT tuple from
+//! conntrack (`conntrack`), which both ends see.
 //! A moment written on a link and read on the same link is one transit hop, whatever else
 //! carries the same bytes (shared hold music, a tone).
 
+use crate::conntrack;
 use crate::event::Phase2Event;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,7 @@ pub struct Links {
     cache: HashMap<(u32, i32, u64), Link>,
     unix_peers: HashMap<u64, u64>,
     unix_refreshed: Option<Instant>,
+    untracked: u64,
 }
 
 /// `ss` is run at most this often to learn unix socket peers.
@@ -56,6 +61,12 @@ impl Links {
         link
     }
 
+    /// TCP links named by their socket's own tuple because their network namespace's
+    /// conntrack did not track them: through NAT, their two ends may not match.
+    pub fn untracked(&self) -> u64 {
+        self.untracked
+    }
+
     fn lookup(&mut self, pid: u32, fd: i32) -> Option<Link> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         // Following the fd's link reaches the object itself: a pipe (anonymous or named) has
@@ -68,7 +79,9 @@ impl Links {
             return None;
         }
         let ino = meta.ino();
-        if let Some(link) = tcp_link(pid, ino) {
+        let net = PathBuf::from(format!("/proc/{pid}/net"));
+        if let Some((link, tracked)) = tcp_link(&net, ino) {
+            self.untracked += u64::from(!tracked);
             return Some(link);
         }
         let peer = match self.unix_peers.get(&ino) {
@@ -112,17 +125,25 @@ impl Links {
     }
 }
 
-/// The TCP connection of socket inode `ino`, from the process's view of /proc/net/tcp{,6}.
-fn tcp_link(pid: u32, ino: u64) -> Option<Link> {
+/// The TCP connection of socket inode `ino`, from a network namespace's view (`net`, a
+/// process's /proc/<pid>/net): named by conntrack's reply tuple when the namespace tracks it
+/// (true), else by the socket's own addresses (false).
+fn tcp_link(net: &Path, ino: u64) -> Option<(Link, bool)> {
     for file in ["tcp", "tcp6"] {
-        let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+        let Ok(table) = std::fs::read_to_string(net.join(file)) else {
             continue;
         };
         for line in table.lines().skip(1) {
             let t: Vec<&str> = line.split_whitespace().collect();
             if t.len() > 9 && t[9].parse::<u64>().ok() == Some(ino) {
-                let (a, b) = (parse_addr(t[1])?, parse_addr(t[2])?);
-                return Some(Link::Tcp(a.min(b), a.max(b)));
+                let (local, remote) = (parse_addr(t[1])?, parse_addr(t[2])?);
+                let tracked = std::fs::read_to_string(net.join("nf_conntrack"))
+                    .ok()
+                    .and_then(|ct| conntrack::reply_tuple(&ct, local, remote));
+                return Some(match tracked {
+                    Some((a, b)) => (Link::Tcp(a, b), true),
+                    None => (Link::Tcp(local.min(remote), local.max(remote)), false),
+                });
             }
         }
     }
@@ -238,6 +259,68 @@ mod tests {
             let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             assert_ne!(a, links.resolve(me(), other.as_raw_fd(), 1));
         }
+    }
+
+    /// Through a Service (kube-proxy's DNAT, two endpoints on the node), the client's socket
+    /// names the ClusterIP and the endpoint's its own address: both ends name one link, each
+    /// connection its own. Needs root (a network namespace).
+    #[test]
+    fn both_ends_of_a_connection_through_a_service_are_one_link() {
+        use harness::service::{install, Service};
+        let nodes = harness::nodes::Nodes::create(&["a"]).expect("a node (run as root)");
+        let node = &nodes.all()[0];
+        node.run_in(|| {
+            let listeners: Vec<_> = (0..2)
+                .map(|_| std::net::TcpListener::bind((node.addr, 0)).unwrap())
+                .collect();
+            let endpoints = listeners
+                .iter()
+                .map(|l| match l.local_addr().unwrap() {
+                    SocketAddr::V4(a) => a,
+                    SocketAddr::V6(_) => unreachable!("bound to v4"),
+                })
+                .collect();
+            let vip = Ipv4Addr::new(10, 96, 0, 10);
+            let svc = Service {
+                name: "audio".into(),
+                cluster_ip: vip,
+                port: 80,
+                endpoints,
+            };
+            install(node, &[svc]).unwrap();
+            // /proc/<pid>/net is the main thread's namespace; this thread's is the node's.
+            let net = PathBuf::from(format!("/proc/self/task/{}/net", unsafe { libc::gettid() }));
+            let ino = |fd: &dyn AsRawFd| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                    .unwrap()
+                    .ino()
+            };
+            let (mut names, mut hit) = (Vec::new(), [false; 2]);
+            for _ in 0..16 {
+                let client = std::net::TcpStream::connect((vip, 80)).unwrap();
+                // Each endpoint listens on its own port: which one was picked, by its backlog.
+                let (which, server) = listeners
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, l)| {
+                        l.set_nonblocking(true).unwrap();
+                        l.accept().ok().map(|(s, _)| (i, s))
+                    })
+                    .expect("an endpoint accepted");
+                hit[which] = true;
+                let (a, tracked) = tcp_link(&net, ino(&client)).unwrap();
+                assert!(tracked, "{a:?}");
+                let (b, _) = tcp_link(&net, ino(&server)).unwrap();
+                assert_eq!(a, b, "client and endpoint {which}");
+                names.push(a);
+            }
+            assert_eq!(hit, [true; 2], "16 connections reach both endpoints");
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), 16);
+        })
+        .unwrap();
     }
 
     #[test]
