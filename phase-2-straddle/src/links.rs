@@ -80,7 +80,7 @@ impl Links {
         }
         let ino = meta.ino();
         let net = PathBuf::from(format!("/proc/{pid}/net"));
-        if let Some((link, tracked)) = tcp_link(&net, ino) {
+        if let Some((link, tracked)) = tcp_link(&net, Path::new(NODE_CONNTRACK), ino) {
             self.untracked += u64::from(!tracked);
             return Some(link);
         }
@@ -125,10 +125,14 @@ impl Links {
     }
 }
 
+/// Where a pod's connection to a Service is translated in Kubernetes: the node's own network
+/// namespace (kube-proxy's PREROUTING), which is the agent's (it runs with hostNetwork).
+const NODE_CONNTRACK: &str = "/proc/self/net/nf_conntrack";
+
 /// The TCP connection of socket inode `ino`, from a network namespace's view (`net`, a
-/// process's /proc/<pid>/net): named by conntrack's reply tuple when the namespace tracks it
-/// (true), else by the socket's own addresses (false).
-fn tcp_link(net: &Path, ino: u64) -> Option<(Link, bool)> {
+/// process's /proc/<pid>/net): named by conntrack's reply tuple when that namespace or the
+/// node's (`node_conntrack`) tracks it (true), else by the socket's own addresses (false).
+fn tcp_link(net: &Path, node_conntrack: &Path, ino: u64) -> Option<(Link, bool)> {
     for file in ["tcp", "tcp6"] {
         let Ok(table) = std::fs::read_to_string(net.join(file)) else {
             continue;
@@ -137,9 +141,10 @@ fn tcp_link(net: &Path, ino: u64) -> Option<(Link, bool)> {
             let t: Vec<&str> = line.split_whitespace().collect();
             if t.len() > 9 && t[9].parse::<u64>().ok() == Some(ino) {
                 let (local, remote) = (parse_addr(t[1])?, parse_addr(t[2])?);
-                let tracked = std::fs::read_to_string(net.join("nf_conntrack"))
-                    .ok()
-                    .and_then(|ct| conntrack::reply_tuple(&ct, local, remote));
+                let tracked = [net.join("nf_conntrack").as_path(), node_conntrack]
+                    .iter()
+                    .filter_map(|p| std::fs::read_to_string(p).ok())
+                    .find_map(|ct| conntrack::reply_tuple(&ct, local, remote));
                 return Some(match tracked {
                     Some((a, b)) => (Link::Tcp(a, b), true),
                     None => (Link::Tcp(local.min(remote), local.max(remote)), false),
@@ -289,7 +294,9 @@ mod tests {
             };
             install(node, &[svc]).unwrap();
             // /proc/<pid>/net is the main thread's namespace; this thread's is the node's.
+            // SAFETY: gettid cannot fail.
             let net = PathBuf::from(format!("/proc/self/task/{}/net", unsafe { libc::gettid() }));
+            let untracked = PathBuf::from("/nonexistent");
             let ino = |fd: &dyn AsRawFd| {
                 use std::os::unix::fs::MetadataExt;
                 std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -309,9 +316,9 @@ mod tests {
                     })
                     .expect("an endpoint accepted");
                 hit[which] = true;
-                let (a, tracked) = tcp_link(&net, ino(&client)).unwrap();
+                let (a, tracked) = tcp_link(&net, &untracked, ino(&client)).unwrap();
                 assert!(tracked, "{a:?}");
-                let (b, _) = tcp_link(&net, ino(&server)).unwrap();
+                let (b, _) = tcp_link(&net, &untracked, ino(&server)).unwrap();
                 assert_eq!(a, b, "client and endpoint {which}");
                 names.push(a);
             }
@@ -321,6 +328,101 @@ mod tests {
             assert_eq!(names.len(), 16);
         })
         .unwrap();
+    }
+
+    /// A process holding a node's network namespace, whose /proc/<pid>/net is the node's.
+    struct InNode(std::process::Child);
+
+    impl InNode {
+        fn start(node: &harness::nodes::Node) -> Self {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("60");
+            node.place(&mut c).unwrap();
+            Self(c.spawn().unwrap())
+        }
+
+        fn net(&self) -> PathBuf {
+            PathBuf::from(format!("/proc/{}/net", self.0.id()))
+        }
+    }
+
+    impl Drop for InNode {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// As in Kubernetes, a client in a pod's namespace ("pod") reaches a Service through its
+    /// node ("node"), whose PREROUTING rules DNAT it to an endpoint: the pod's namespace
+    /// tracks nothing, the node's conntrack names the link. Needs root.
+    #[test]
+    fn a_pods_connection_translated_in_its_nodes_prerouting_is_one_link() {
+        use harness::service::{install, Service};
+        use std::os::unix::fs::MetadataExt;
+        let nodes = harness::nodes::Nodes::create(&["pod", "node"]).expect("nodes (run as root)");
+        let (pod, node) = (&nodes.all()[0], &nodes.all()[1]);
+        let vip = Ipv4Addr::new(10, 96, 0, 11);
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        run(&[
+            "-n",
+            &pod.netns,
+            "route",
+            "add",
+            &format!("{vip}/32"),
+            "via",
+            &node.addr.to_string(),
+        ]);
+        let listeners: Vec<_> = node
+            .run_in(|| {
+                (0..2)
+                    .map(|_| std::net::TcpListener::bind((node.addr, 0)).unwrap())
+                    .collect()
+            })
+            .unwrap();
+        let endpoints = listeners
+            .iter()
+            .map(|l| match l.local_addr().unwrap() {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => unreachable!("bound to v4"),
+            })
+            .collect();
+        let svc = Service {
+            name: "audio".into(),
+            cluster_ip: vip,
+            port: 80,
+            endpoints,
+        };
+        install(node, &[svc]).unwrap();
+        let (in_pod, in_node) = (InNode::start(pod), InNode::start(node));
+        let ino = |fd: &dyn AsRawFd| {
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+                .ino()
+        };
+        for _ in 0..4 {
+            let client = pod
+                .run_in(|| std::net::TcpStream::connect((vip, 80)).unwrap())
+                .unwrap();
+            let server = listeners
+                .iter()
+                .find_map(|l| {
+                    l.set_nonblocking(true).unwrap();
+                    l.accept().ok().map(|(s, _)| s)
+                })
+                .expect("an endpoint accepted");
+            let node_ct = in_node.net().join("nf_conntrack");
+            let (a, tracked) = tcp_link(&in_pod.net(), &node_ct, ino(&client)).unwrap();
+            assert!(tracked, "{a:?}");
+            let (b, _) = tcp_link(&in_node.net(), &node_ct, ino(&server)).unwrap();
+            assert_eq!(a, b);
+        }
     }
 
     #[test]
