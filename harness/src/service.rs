@@ -121,6 +121,22 @@ pub fn install(node: &Node, services: &[Service]) -> Result<()> {
     Ok(())
 }
 
+/// Gives `node` a second address on its network (an endpoint pod's address, in the scenario).
+pub fn add_address(node: &Node, addr: Ipv4Addr) -> Result<()> {
+    let cidr = format!("{addr}/24");
+    let out = Command::new("ip")
+        .args(["-n", &node.netns, "addr", "replace", &cidr, "dev", "eth0"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "adding {cidr} to node {}: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
