@@ -4,8 +4,9 @@
 //! namespace where the translation happened, holds both tuples: the reply direction is what
 //! the far end sees, so a link is named by it.
 //!
-//! Read from `/proc/<pid>/net/nf_conntrack` (the process's network namespace); a namespace
-//! with no NAT rules may track nothing, and then a socket keeps its own tuple.
+//! Read from `/proc/<pid>/net/nf_conntrack` (the process's network namespace), then the
+//! node's (`links`); a namespace with no NAT rules may track nothing, and then a socket keeps
+//! its own tuple.
 
 use std::net::{IpAddr, SocketAddr};
 

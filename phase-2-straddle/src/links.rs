@@ -61,8 +61,8 @@ impl Links {
         link
     }
 
-    /// TCP links named by their socket's own tuple because their network namespace's
-    /// conntrack did not track them: through NAT, their two ends may not match.
+    /// TCP links named by their socket's own tuple because neither their network namespace's
+    /// conntrack nor the node's tracked them: through NAT, their two ends may not match.
     pub fn untracked(&self) -> u64 {
         self.untracked
     }
