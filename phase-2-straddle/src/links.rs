@@ -126,8 +126,9 @@ impl Links {
 }
 
 /// Where a pod's connection to a Service is translated in Kubernetes: the node's own network
-/// namespace (kube-proxy's PREROUTING), which is the agent's (it runs with hostNetwork).
-const NODE_CONNTRACK: &str = "/proc/self/net/nf_conntrack";
+/// namespace (kube-proxy's PREROUTING), which is the host's init's (the agent has hostPID, not
+/// hostNetwork).
+const NODE_CONNTRACK: &str = "/proc/1/net/nf_conntrack";
 
 /// The TCP connection of socket inode `ino`, from a network namespace's view (`net`, a
 /// process's /proc/<pid>/net): named by conntrack's reply tuple when that namespace or the
