@@ -11,6 +11,8 @@ packages=(
   clang llvm libbpf-dev linux-libc-dev bpftool
   # ss (unix socket peers) and nsenter, for the agent's link resolution
   iproute2 util-linux
+  # kube-proxy-style Service rules (S11, the NAT link tests) and their connection tracking
+  iptables
   # protoc: phase 3's agent/collector gRPC protocol is compiled in its build.rs
   protobuf-compiler
   # real audio for scenarios and the window study (../shared/audio.md)

@@ -221,13 +221,14 @@ pub fn run_all(scenarios: &[Scenario], exe: &Path) -> Result<Vec<(String, Vec<Ou
         .collect()
 }
 
-/// `ids`, or the whole catalogue and S9 with the overhead measurement, every phase; prints
+/// `ids`, or the whole catalogue, S9 and S11 with the overhead measurement, every phase; prints
 /// the matrix and writes the page to `out`.
 pub fn write_page(out: &Path, ids: &[String]) -> Result<()> {
     let exe = std::env::current_exe()?;
     let scenarios: Vec<Scenario> = if ids.is_empty() {
         let mut all = harness::scenario::catalogue();
         all.push(harness::scenario::s9());
+        all.push(harness::scenario::s11());
         all
     } else {
         ids.iter()

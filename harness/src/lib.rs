@@ -11,5 +11,6 @@ pub mod oracle;
 pub mod run;
 pub mod scenario;
 pub mod score;
+pub mod service;
 pub mod supervised;
 pub mod truth;

@@ -159,3 +159,43 @@ fn s9_calls_cross_nodes_a_b_c() {
         s.misses(&SAME_NODE_BAR)
     );
 }
+
+/// S11's links really go through kube-proxy-style DNAT: in each writer's node, conntrack holds
+/// one entry per Service connection, from the ClusterIP to one of the reader node's two
+/// addresses.
+#[test]
+fn s11_connections_are_translated_by_the_writers_node() {
+    let sc = scenario::s11();
+    assert_eq!(scenario::by_id("s11").unwrap().id, "S11");
+    let dir = run::workdir("nodes-S11").unwrap();
+    let mut translated = Vec::new();
+    run::run(&sc, Path::new(env!("CARGO_BIN_EXE_harness")), &dir, |t| {
+        for (name, pids) in &t.nodes {
+            let table = std::fs::read_to_string(format!("/proc/{}/net/nf_conntrack", pids[0]))?;
+            for l in table.lines().filter(|l| l.contains("dport=80 ")) {
+                let field = |key: &str, nth: usize| {
+                    l.split_whitespace()
+                        .filter_map(|f| f.strip_prefix(key))
+                        .nth(nth)
+                        .unwrap()
+                        .to_string()
+                };
+                translated.push((name.clone(), field("dst=", 0), field("src=", 1)));
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    // a → b: 4 connections, b → b: 1, b → c: 2.
+    let on = |node: &str| translated.iter().filter(|(n, ..)| n == node).count();
+    assert_eq!((on("a"), on("b"), on("c")), (4, 3, 0), "{translated:?}");
+    for (_, cluster_ip, endpoint) in &translated {
+        assert!(cluster_ip.starts_with("10.96.0."), "{translated:?}");
+        let last: u8 = endpoint.rsplit('.').next().unwrap().parse().unwrap();
+        assert!(
+            endpoint.starts_with("10.213.") && matches!(last, 2 | 3 | 130 | 131),
+            "{translated:?}"
+        );
+    }
+}

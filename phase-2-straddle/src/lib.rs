@@ -5,6 +5,7 @@
 //! builds each moment's tree of transit and residence hops (`matcher`). The agent around them is
 //! the `agent` crate's.
 
+pub mod conntrack;
 pub mod event;
 pub mod links;
 pub mod matcher;

@@ -1,11 +1,15 @@
 //! Which fds are two ends of one link: a pipe (both ends share its inode), a TCP connection
 //! (one end's local address is the other's remote), or a connected unix socket (peer inodes).
+//! Through NAT (a Kubernetes Service) a TCP connection is named by its post-NAT tuple from
+//! conntrack (`conntrack`), which both ends see.
 //! A moment written on a link and read on the same link is one transit hop, whatever else
 //! carries the same bytes (shared hold music, a tone).
 
+use crate::conntrack;
 use crate::event::Phase2Event;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,7 @@ pub struct Links {
     cache: HashMap<(u32, i32, u64), Link>,
     unix_peers: HashMap<u64, u64>,
     unix_refreshed: Option<Instant>,
+    untracked: u64,
 }
 
 /// `ss` is run at most this often to learn unix socket peers.
@@ -56,6 +61,12 @@ impl Links {
         link
     }
 
+    /// TCP links named by their socket's own tuple because neither their network namespace's
+    /// conntrack nor the node's tracked them: through NAT, their two ends may not match.
+    pub fn untracked(&self) -> u64 {
+        self.untracked
+    }
+
     fn lookup(&mut self, pid: u32, fd: i32) -> Option<Link> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         // Following the fd's link reaches the object itself: a pipe (anonymous or named) has
@@ -68,7 +79,9 @@ impl Links {
             return None;
         }
         let ino = meta.ino();
-        if let Some(link) = tcp_link(pid, ino) {
+        let net = PathBuf::from(format!("/proc/{pid}/net"));
+        if let Some((link, tracked)) = tcp_link(&net, Path::new(NODE_CONNTRACK), ino) {
+            self.untracked += u64::from(!tracked);
             return Some(link);
         }
         let peer = match self.unix_peers.get(&ino) {
@@ -112,17 +125,31 @@ impl Links {
     }
 }
 
-/// The TCP connection of socket inode `ino`, from the process's view of /proc/net/tcp{,6}.
-fn tcp_link(pid: u32, ino: u64) -> Option<Link> {
+/// Where a pod's connection to a Service is translated in Kubernetes: the node's own network
+/// namespace (kube-proxy's PREROUTING), which is the host's init's (the agent has hostPID, not
+/// hostNetwork).
+const NODE_CONNTRACK: &str = "/proc/1/net/nf_conntrack";
+
+/// The TCP connection of socket inode `ino`, from a network namespace's view (`net`, a
+/// process's /proc/<pid>/net): named by conntrack's reply tuple when that namespace or the
+/// node's (`node_conntrack`) tracks it (true), else by the socket's own addresses (false).
+fn tcp_link(net: &Path, node_conntrack: &Path, ino: u64) -> Option<(Link, bool)> {
     for file in ["tcp", "tcp6"] {
-        let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+        let Ok(table) = std::fs::read_to_string(net.join(file)) else {
             continue;
         };
         for line in table.lines().skip(1) {
             let t: Vec<&str> = line.split_whitespace().collect();
             if t.len() > 9 && t[9].parse::<u64>().ok() == Some(ino) {
-                let (a, b) = (parse_addr(t[1])?, parse_addr(t[2])?);
-                return Some(Link::Tcp(a.min(b), a.max(b)));
+                let (local, remote) = (parse_addr(t[1])?, parse_addr(t[2])?);
+                let tracked = [net.join("nf_conntrack").as_path(), node_conntrack]
+                    .iter()
+                    .filter_map(|p| std::fs::read_to_string(p).ok())
+                    .find_map(|ct| conntrack::reply_tuple(&ct, local, remote));
+                return Some(match tracked {
+                    Some((a, b)) => (Link::Tcp(a, b), true),
+                    None => (Link::Tcp(local.min(remote), local.max(remote)), false),
+                });
             }
         }
     }
@@ -237,6 +264,165 @@ mod tests {
             assert_eq!(a, links.resolve(me(), server.as_raw_fd(), 1));
             let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             assert_ne!(a, links.resolve(me(), other.as_raw_fd(), 1));
+        }
+    }
+
+    /// Through a Service (kube-proxy's DNAT, two endpoints on the node), the client's socket
+    /// names the ClusterIP and the endpoint's its own address: both ends name one link, each
+    /// connection its own. Needs root (a network namespace).
+    #[test]
+    fn both_ends_of_a_connection_through_a_service_are_one_link() {
+        use harness::service::{install, Service};
+        let nodes = harness::nodes::Nodes::create(&["a"]).expect("a node (run as root)");
+        let node = &nodes.all()[0];
+        node.run_in(|| {
+            let listeners: Vec<_> = (0..2)
+                .map(|_| std::net::TcpListener::bind((node.addr, 0)).unwrap())
+                .collect();
+            let endpoints = listeners
+                .iter()
+                .map(|l| match l.local_addr().unwrap() {
+                    SocketAddr::V4(a) => a,
+                    SocketAddr::V6(_) => unreachable!("bound to v4"),
+                })
+                .collect();
+            let vip = Ipv4Addr::new(10, 96, 0, 10);
+            let svc = Service {
+                name: "audio".into(),
+                cluster_ip: vip,
+                port: 80,
+                endpoints,
+            };
+            install(node, &[svc]).unwrap();
+            // /proc/<pid>/net is the main thread's namespace; this thread's is the node's.
+            // SAFETY: gettid cannot fail.
+            let net = PathBuf::from(format!("/proc/self/task/{}/net", unsafe { libc::gettid() }));
+            let untracked = PathBuf::from("/nonexistent");
+            let ino = |fd: &dyn AsRawFd| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                    .unwrap()
+                    .ino()
+            };
+            let (mut names, mut hit) = (Vec::new(), [false; 2]);
+            for _ in 0..16 {
+                let client = std::net::TcpStream::connect((vip, 80)).unwrap();
+                // Each endpoint listens on its own port: which one was picked, by its backlog.
+                let (which, server) = listeners
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, l)| {
+                        l.set_nonblocking(true).unwrap();
+                        l.accept().ok().map(|(s, _)| (i, s))
+                    })
+                    .expect("an endpoint accepted");
+                hit[which] = true;
+                let (a, tracked) = tcp_link(&net, &untracked, ino(&client)).unwrap();
+                assert!(tracked, "{a:?}");
+                let (b, _) = tcp_link(&net, &untracked, ino(&server)).unwrap();
+                assert_eq!(a, b, "client and endpoint {which}");
+                names.push(a);
+            }
+            assert_eq!(hit, [true; 2], "16 connections reach both endpoints");
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), 16);
+        })
+        .unwrap();
+    }
+
+    /// A process holding a node's network namespace, whose /proc/<pid>/net is the node's.
+    struct InNode(std::process::Child);
+
+    impl InNode {
+        fn start(node: &harness::nodes::Node) -> Self {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("60");
+            node.place(&mut c).unwrap();
+            Self(c.spawn().unwrap())
+        }
+
+        fn net(&self) -> PathBuf {
+            PathBuf::from(format!("/proc/{}/net", self.0.id()))
+        }
+    }
+
+    impl Drop for InNode {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// As in Kubernetes, a client in a pod's namespace ("pod") reaches a Service through its
+    /// node ("node"), whose PREROUTING rules DNAT it to an endpoint: the pod's namespace
+    /// tracks nothing, the node's conntrack names the link. Needs root.
+    #[test]
+    fn a_pods_connection_translated_in_its_nodes_prerouting_is_one_link() {
+        use harness::service::{install, Service};
+        use std::os::unix::fs::MetadataExt;
+        let nodes = harness::nodes::Nodes::create(&["pod", "node"]).expect("nodes (run as root)");
+        let (pod, node) = (&nodes.all()[0], &nodes.all()[1]);
+        let vip = Ipv4Addr::new(10, 96, 0, 11);
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        };
+        run(&[
+            "-n",
+            &pod.netns,
+            "route",
+            "add",
+            &format!("{vip}/32"),
+            "via",
+            &node.addr.to_string(),
+        ]);
+        let listeners: Vec<_> = node
+            .run_in(|| {
+                (0..2)
+                    .map(|_| std::net::TcpListener::bind((node.addr, 0)).unwrap())
+                    .collect()
+            })
+            .unwrap();
+        let endpoints = listeners
+            .iter()
+            .map(|l| match l.local_addr().unwrap() {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => unreachable!("bound to v4"),
+            })
+            .collect();
+        let svc = Service {
+            name: "audio".into(),
+            cluster_ip: vip,
+            port: 80,
+            endpoints,
+        };
+        install(node, &[svc]).unwrap();
+        let (in_pod, in_node) = (InNode::start(pod), InNode::start(node));
+        let ino = |fd: &dyn AsRawFd| {
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .unwrap()
+                .ino()
+        };
+        for _ in 0..4 {
+            let client = pod
+                .run_in(|| std::net::TcpStream::connect((vip, 80)).unwrap())
+                .unwrap();
+            let server = listeners
+                .iter()
+                .find_map(|l| {
+                    l.set_nonblocking(true).unwrap();
+                    l.accept().ok().map(|(s, _)| s)
+                })
+                .expect("an endpoint accepted");
+            let node_ct = in_node.net().join("nf_conntrack");
+            let (a, tracked) = tcp_link(&in_pod.net(), &node_ct, ino(&client)).unwrap();
+            assert!(tracked, "{a:?}");
+            let (b, _) = tcp_link(&in_node.net(), &node_ct, ino(&server)).unwrap();
+            assert_eq!(a, b);
         }
     }
 

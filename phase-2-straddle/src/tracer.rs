@@ -221,9 +221,10 @@ impl agent::pipeline::Kernel for Tracer {
             "off".into()
         };
         Ok(format!(
-            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls}",
+            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls} tcp_links_untracked={}",
             self.flush_failures,
-            self.recursion_misses()
+            self.recursion_misses(),
+            self.links.untracked()
         ))
     }
 }

@@ -2,7 +2,7 @@
 //! link end's transport, framing and syscall family.
 
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,11 +12,14 @@ pub enum Transport {
     /// writer is on another node) and writes it to `port_file` (the runner does, when the
     /// reader is an external component); the writer connects there. With `tls`, the reader
     /// serves TLS with that PEM file (key and self-signed certificate) and the writer accepts
-    /// any certificate: a test link, encrypted for real.
+    /// any certificate: a test link, encrypted for real. With `service`, the writer connects
+    /// there instead, once the port is written: a Service's ClusterIP:port, which the writer's
+    /// node translates to the reader (`crate::service`).
     Tcp {
         ip: IpAddr,
         port_file: PathBuf,
         tls: Option<PathBuf>,
+        service: Option<SocketAddr>,
     },
     Unix(PathBuf),
     /// A TCP connection to the NATS broker listening on the IPv4 loopback port in `port_file`:

@@ -206,7 +206,9 @@ pub(super) enum Listening {
 pub(super) fn listen(t: &Transport) -> Result<Listening> {
     Ok(match t {
         Transport::Fifo(p) => Listening::Fifo(p.clone()),
-        Transport::Tcp { ip, port_file, tls } => {
+        Transport::Tcp {
+            ip, port_file, tls, ..
+        } => {
             let acceptor = tls.as_deref().map(tls_acceptor).transpose()?;
             let l = std::net::TcpListener::bind((*ip, 0))
                 .with_context(|| format!("listening on {ip}"))?;
@@ -268,8 +270,22 @@ fn tcp_connect(ip: IpAddr, port_file: &Path) -> std::io::Result<TcpStream> {
 pub(super) fn connect(t: &Transport) -> Result<Conn> {
     Ok(match t {
         Transport::Fifo(p) => Conn::Plain(std::fs::OpenOptions::new().write(true).open(p)?.into()),
-        Transport::Tcp { ip, port_file, tls } => {
-            let s = retry(|| tcp_connect(*ip, port_file))?;
+        Transport::Tcp {
+            ip,
+            port_file,
+            tls,
+            service,
+        } => {
+            let s = match service {
+                // Until the runner has written the Service's rules, its address is unroutable.
+                Some(at) => retry(|| {
+                    std::fs::metadata(port_file)?;
+                    let s = TcpStream::connect(at)?;
+                    s.set_nodelay(true)?;
+                    Ok(s)
+                })?,
+                None => retry(|| tcp_connect(*ip, port_file))?,
+            };
             match tls {
                 None => Conn::Plain(s.into()),
                 Some(_) => Conn::Tls(tls_connect(s)?),

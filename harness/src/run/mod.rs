@@ -15,6 +15,7 @@
 
 mod external;
 mod processes;
+mod services;
 
 pub use external::{free_port, listening};
 
@@ -195,13 +196,16 @@ fn link_ends(
     let t = &sc.topology;
     t.links
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
             let port_file = |name: &str| dir.join(format!("{name}.port"));
             let (from, to) = (&t.comps[l.from], &t.comps[l.to]);
             let across = from.node != to.node;
             if across
-                && !(matches!(l.spec.kind, LinkKind::Tcp4 | LinkKind::Tls)
-                    && [from, to].iter().all(|c| c.node.is_some()))
+                && !(matches!(
+                    l.spec.kind,
+                    LinkKind::Tcp4 | LinkKind::Tls | LinkKind::Service
+                ) && [from, to].iter().all(|c| c.node.is_some()))
             {
                 bail!(
                     "link {} joins {} on node {:?} to {} on node {:?}: only TCP over IPv4 joins \
@@ -227,7 +231,20 @@ fn link_ends(
                     },
                     port_file: port_file(&l.name),
                     tls: (l.spec.kind == LinkKind::Tls).then(|| pem.to_path_buf()),
+                    service: None,
                 },
+                LinkKind::Service => {
+                    if from.node.is_none() || to.node.is_none() {
+                        bail!("link {}: a Service link joins components on nodes", l.name);
+                    }
+                    Transport::Tcp {
+                        // Both endpoint addresses reach the one listener.
+                        ip: Ipv4Addr::UNSPECIFIED.into(),
+                        port_file: port_file(&l.name),
+                        tls: None,
+                        service: Some(services::cluster_addr(i).into()),
+                    }
+                }
                 LinkKind::Unix => Transport::Unix(dir.join(format!("{}.sock", l.name))),
                 LinkKind::Nats => {
                     let broker = [l.from, l.to]
@@ -355,6 +372,7 @@ fn start(
             external: None,
         });
     }
+    services::install(sc, dir, nodes, running)?;
     for ext in &plan.externals {
         let name = &sc.topology.comps[ext.comp].name;
         wait_until(

@@ -1,5 +1,5 @@
-//! Each scenario's definition: S1 to S8 (the catalogue every phase runs), S9 (across nodes)
-//! and SCALE (many calls at once), the last two found by id only.
+//! Each scenario's definition: S1 to S8 (the catalogue every phase runs), S9 and S11 (across
+//! nodes; S10 is phase 4's, on its fake cluster) and SCALE (many calls at once), the last two found by id only.
 
 use super::{AudioPlan, External, Kind, LinkKind, LinkSpec, Scenario, Topology};
 use crate::component::{Framing, IoCall, Route};
@@ -414,6 +414,70 @@ pub fn s9() -> Scenario {
     Scenario::speech(
         "S9",
         "nodes a → b → c over TCP between network namespaces, a unix hop inside node b, fan-out",
+        calls,
+        12.0,
+        2.0,
+        t,
+    )
+}
+
+/// S11 Kubernetes Services: S9's pipeline with every link a TCP connection to a Service's
+/// ClusterIP, translated by kube-proxy's iptables-mode rules (DNAT in the writer's node, one of
+/// two endpoint addresses at random): four calls from node a to a relay on node b (endpoints
+/// on another node), multiplexed as envelopes to a second relay on node b (endpoints on the
+/// writer's node), on to two consumers on node c. No socket's addresses are the other end's:
+/// the link is found through conntrack. Found by [`by_id`](super::by_id); needs root.
+pub fn s11() -> Scenario {
+    let calls = 4;
+    let mut t = Topology::default();
+    let src = t.comp_on(
+        "a",
+        "a-src",
+        Kind::Source {
+            calls: (0..calls).map(|c| (c, c as usize)).collect(),
+        },
+    );
+    let r1 = t.comp_on(
+        "b",
+        "b-r1",
+        Kind::Relay {
+            hold_us: 1_000,
+            route: Route::First,
+        },
+    );
+    let r2 = t.comp_on(
+        "b",
+        "b-r2",
+        Kind::Relay {
+            hold_us: 2_000,
+            route: Route::All,
+        },
+    );
+    let sinks = [
+        t.comp_on("c", "c-sink1", Kind::Sink),
+        t.comp_on("c", "c-sink2", Kind::Sink),
+    ];
+    let stream = LinkSpec {
+        kind: LinkKind::Service,
+        ..LinkSpec::pipe(2048, 64)
+    };
+    for _ in 0..calls {
+        t.link(src, r1, stream);
+    }
+    let envelopes = |max_payload, chunk| LinkSpec {
+        kind: LinkKind::Service,
+        framing: Framing::Envelope { max_payload },
+        write: IoCall::Plain,
+        read: IoCall::Plain,
+        chunk,
+    };
+    t.link(r1, r2, envelopes(640, 8192));
+    for sink in sinks {
+        t.link(r2, sink, envelopes(1000, 16 * 1024));
+    }
+    Scenario::speech(
+        "S11",
+        "S9's nodes with every link through a Kubernetes Service (kube-proxy iptables DNAT, two endpoints)",
         calls,
         12.0,
         2.0,

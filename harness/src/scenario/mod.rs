@@ -5,7 +5,7 @@
 mod entries;
 mod topology;
 
-pub use entries::{s1, s2, s3, s4, s5, s6, s7, s8, s9, scale, SCALE_CONNECTIONS};
+pub use entries::{s1, s11, s2, s3, s4, s5, s6, s7, s8, s9, scale, SCALE_CONNECTIONS};
 pub use topology::{Comp, External, Kind, Link, LinkKind, LinkSpec, Topology};
 
 use serde::Serialize;
@@ -59,13 +59,13 @@ impl Scenario {
     }
 }
 
-/// The scenarios every phase runs: S1 to S8. S9 needs nodes and SCALE is a benchmark, so
-/// neither is here.
+/// The scenarios every phase runs: S1 to S8. S9 and S11 need nodes and SCALE is a benchmark,
+/// so none is here.
 pub fn catalogue() -> Vec<Scenario> {
     vec![s1(), s2(), s3(), s4(), s5(), s6(), s7(), s8()]
 }
 
-/// A catalogue scenario by id, [`s9`], or "SCALE": [`scale`] at the size the tracer is held
+/// A catalogue scenario by id, [`s9`], [`s11`], or "SCALE": [`scale`] at the size the tracer is held
 /// to, 1000 concurrent calls, for 10 s.
 pub fn by_id(id: &str) -> Option<Scenario> {
     if id.eq_ignore_ascii_case("SCALE") {
@@ -73,6 +73,9 @@ pub fn by_id(id: &str) -> Option<Scenario> {
     }
     if id.eq_ignore_ascii_case("S9") {
         return Some(s9());
+    }
+    if id.eq_ignore_ascii_case("S11") {
+        return Some(s11());
     }
     catalogue()
         .into_iter()

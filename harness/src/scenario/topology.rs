@@ -15,6 +15,10 @@ pub enum LinkKind {
     Tls,
     /// A TCP connection to or from a NATS broker (one end is `External::Nats`).
     Nats,
+    /// TCP over IPv4 to a Kubernetes Service's ClusterIP, translated by kube-proxy-style rules
+    /// in the writer's node to one of two endpoints, both the reader (its node's address and a
+    /// second one): both ends on nodes (`crate::run::services`).
+    Service,
 }
 
 /// How a link carries bytes: transport, framing, the syscall family of each end, write size.
