@@ -48,6 +48,11 @@ for lib in $(ldd "$rootfs/usr/local/bin/phase-4-k8s" /usr/bin/nsenter /usr/bin/s
   | awk '$2 == "=>" && $3 ~ /^\// { print $3 } NF == 2 && $1 ~ /^\// { print $1 }' | sort -u); do
   stage "$lib"
 done
+# The system CA bundle: kube's TLS client refuses to start with no system root at all, even
+# where the cluster's own CA (the service account's ca.crt) is what it checks.
+ca=/etc/ssl/certs/ca-certificates.crt
+[ -f "$ca" ] || die "$ca is missing: run scripts/setup.sh (ca-certificates)"
+install -D -m 0644 "$ca" "$rootfs$ca"
 cp "$deploy/Containerfile" "$context/"
 
 buildah build --quiet --layers=false --format oci --arch amd64 --os linux \
