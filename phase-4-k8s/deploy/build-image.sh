@@ -16,8 +16,8 @@ workspace=$(cd "$deploy/../.." && pwd)
 command -v buildah >/dev/null || die "buildah is missing: run scripts/setup.sh"
 
 # The workspace's target directory, whose dependencies the tests already built. The binary
-# the tests run (target/release/phase-4-k8s, with `demo`) is put back afterwards: a test
-# builds this image while other tests still run that binary.
+# the tests run (target/release/phase-4-k8s, with `demo`) is put back afterwards: tests/image.rs
+# builds this image, and the test binaries after it still run that one.
 release=${CARGO_TARGET_DIR:-$workspace/target}/release
 kept=$release/.phase-4-k8s.demo
 [ ! -e "$release/phase-4-k8s" ] || ln -f "$release/phase-4-k8s" "$kept"

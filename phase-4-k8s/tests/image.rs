@@ -32,7 +32,6 @@ use phase_4_k8s::testbed::FakeCluster;
 use pods::{plan, podlist, selected, NAMESPACE, NODE, SELECTOR};
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -45,7 +44,9 @@ const COLLECTOR_UID: u32 = 65532;
 /// As the DaemonSet adds them.
 const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"];
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
-const SELECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The agent looks its targets up every second: two lookups between the components joining
+/// their containers and the pipeline's first moment.
+const SELECTION_WAIT: Duration = Duration::from_secs(2);
 
 /// The run's directory, removed at the end.
 struct RunDir(PathBuf);
@@ -186,10 +187,9 @@ fn image_runs_the_agent_and_collector_as_the_manifests_do() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    // The agent: the kubeconfig and its ready file in a read-only and a writable directory.
+    // The agent: the kubeconfig read-only, its ready file in a writable directory.
     let ready_dir = dir.0.join("ready");
     fs::create_dir_all(&ready_dir).unwrap();
-    fs::set_permissions(&ready_dir, fs::Permissions::from_mode(0o700)).unwrap();
     let ready = ready_dir.join("agent.ready");
     let agent_bundle = dir.0.join("agent");
     let mut binds: Vec<(PathBuf, PathBuf, bool)> = ["/sys/kernel/tracing", "/sys/kernel/btf"]
@@ -243,8 +243,8 @@ fn image_runs_the_agent_and_collector_as_the_manifests_do() {
     }
     let attached_after = began.elapsed();
 
-    // The pipeline, each component in its container's cgroup once up. The agent looks its
-    // targets up every second; its sightings of them are the check here (S10 reads its map).
+    // The pipeline, each component in its container's cgroup once up. The agent's sightings of
+    // them are the check here (S10 also reads its targets map).
     let comp_plan: HashMap<&str, usize> = plans
         .iter()
         .enumerate()
@@ -259,7 +259,7 @@ fn image_runs_the_agent_and_collector_as_the_manifests_do() {
                 .ok_or_else(|| anyhow::anyhow!("{name} (pid {pid}) is no planned component"))?;
             fake.join(*pid, i)?;
         }
-        std::thread::sleep(SELECT_TIMEOUT.min(Duration::from_secs(2)));
+        std::thread::sleep(SELECTION_WAIT);
         Ok(())
     })
     .expect("the pipeline ran");
