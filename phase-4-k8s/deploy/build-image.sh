@@ -55,6 +55,10 @@ ca=/etc/ssl/certs/ca-certificates.crt
 install -D -m 0644 "$ca" "$rootfs$ca"
 cp "$deploy/Containerfile" "$context/"
 
+previous=$(buildah images --quiet --noheading "$ref" 2>/dev/null || true)
 buildah build --quiet --layers=false --format oci --arch amd64 --os linux \
   -f "$context/Containerfile" -t "$ref" "$context" >/dev/null || die "buildah build failed"
+# The image this tag named before, left untagged: not kept across rebuilds.
+[ -z "$previous" ] || [ "$(buildah images --quiet --noheading "$ref")" = "$previous" ] \
+  || buildah rmi "$previous" >/dev/null 2>&1 || true
 echo "$ref"
