@@ -25,6 +25,9 @@ packages=(
   prometheus
   # phase 4's cgroup attribution test runs busybox containers with crun (no docker, no systemd)
   crun busybox-static
+  # phase 4's image (deploy/build-image.sh, tests/image.rs): built and run without a Docker
+  # daemon; strip (binutils) drops the binary's debug info; the CA bundle kube's client needs
+  buildah binutils ca-certificates
 )
 missing=()
 for p in "${packages[@]}"; do
