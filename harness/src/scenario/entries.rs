@@ -364,7 +364,39 @@ pub fn s8() -> Scenario {
 /// connections. Not in the catalogue, which phases 1 and 2 run and which has no nodes;
 /// [`by_id`](super::by_id) finds it. Running it needs root (network namespaces).
 pub fn s9() -> Scenario {
-    let calls = 4;
+    Scenario::speech(
+        "S9",
+        "nodes a → b → c over TCP between network namespaces, a unix hop inside node b, fan-out",
+        NODE_CHAIN_CALLS,
+        12.0,
+        2.0,
+        node_chain(LinkKind::Tcp4, LinkKind::Unix),
+    )
+}
+
+/// S11 Kubernetes Services: S9's pipeline with every link a TCP connection to a Service's
+/// ClusterIP, translated by kube-proxy's iptables-mode rules (DNAT in the writer's node, one of
+/// two endpoint addresses at random): the calls from node a to the relay on node b (endpoints
+/// on another node), the envelopes between node b's relays (endpoints on the writer's node),
+/// on to node c. No socket's addresses are the other end's: the link is found through
+/// conntrack. Found by [`by_id`](super::by_id); needs root.
+pub fn s11() -> Scenario {
+    Scenario::speech(
+        "S11",
+        "S9's nodes with every link through a Kubernetes Service (kube-proxy iptables DNAT, two endpoints)",
+        NODE_CHAIN_CALLS,
+        12.0,
+        2.0,
+        node_chain(LinkKind::Service, LinkKind::Service),
+    )
+}
+
+const NODE_CHAIN_CALLS: u32 = 4;
+
+/// S9's and S11's topology: the calls from node a to node b over links of kind `across`, between
+/// node b's two relays over `inside_b`, on to node c's two consumers over `across`.
+fn node_chain(across: LinkKind, inside_b: LinkKind) -> Topology {
+    let calls = NODE_CHAIN_CALLS;
     let mut t = Topology::default();
     let src = t.comp_on(
         "a",
@@ -394,7 +426,7 @@ pub fn s9() -> Scenario {
         t.comp_on("c", "c-sink2", Kind::Sink),
     ];
     let stream = LinkSpec {
-        kind: LinkKind::Tcp4,
+        kind: across,
         ..LinkSpec::pipe(2048, 64)
     };
     for _ in 0..calls {
@@ -407,82 +439,11 @@ pub fn s9() -> Scenario {
         read: IoCall::Plain,
         chunk,
     };
-    t.link(r1, r2, envelopes(LinkKind::Unix, 640, 8192));
+    t.link(r1, r2, envelopes(inside_b, 640, 8192));
     for sink in sinks {
-        t.link(r2, sink, envelopes(LinkKind::Tcp4, 1000, 16 * 1024));
+        t.link(r2, sink, envelopes(across, 1000, 16 * 1024));
     }
-    Scenario::speech(
-        "S9",
-        "nodes a → b → c over TCP between network namespaces, a unix hop inside node b, fan-out",
-        calls,
-        12.0,
-        2.0,
-        t,
-    )
-}
-
-/// S11 Kubernetes Services: S9's pipeline with every link a TCP connection to a Service's
-/// ClusterIP, translated by kube-proxy's iptables-mode rules (DNAT in the writer's node, one of
-/// two endpoint addresses at random): four calls from node a to a relay on node b (endpoints
-/// on another node), multiplexed as envelopes to a second relay on node b (endpoints on the
-/// writer's node), on to two consumers on node c. No socket's addresses are the other end's:
-/// the link is found through conntrack. Found by [`by_id`](super::by_id); needs root.
-pub fn s11() -> Scenario {
-    let calls = 4;
-    let mut t = Topology::default();
-    let src = t.comp_on(
-        "a",
-        "a-src",
-        Kind::Source {
-            calls: (0..calls).map(|c| (c, c as usize)).collect(),
-        },
-    );
-    let r1 = t.comp_on(
-        "b",
-        "b-r1",
-        Kind::Relay {
-            hold_us: 1_000,
-            route: Route::First,
-        },
-    );
-    let r2 = t.comp_on(
-        "b",
-        "b-r2",
-        Kind::Relay {
-            hold_us: 2_000,
-            route: Route::All,
-        },
-    );
-    let sinks = [
-        t.comp_on("c", "c-sink1", Kind::Sink),
-        t.comp_on("c", "c-sink2", Kind::Sink),
-    ];
-    let stream = LinkSpec {
-        kind: LinkKind::Service,
-        ..LinkSpec::pipe(2048, 64)
-    };
-    for _ in 0..calls {
-        t.link(src, r1, stream);
-    }
-    let envelopes = |max_payload, chunk| LinkSpec {
-        kind: LinkKind::Service,
-        framing: Framing::Envelope { max_payload },
-        write: IoCall::Plain,
-        read: IoCall::Plain,
-        chunk,
-    };
-    t.link(r1, r2, envelopes(640, 8192));
-    for sink in sinks {
-        t.link(r2, sink, envelopes(1000, 16 * 1024));
-    }
-    Scenario::speech(
-        "S11",
-        "S9's nodes with every link through a Kubernetes Service (kube-proxy iptables DNAT, two endpoints)",
-        calls,
-        12.0,
-        2.0,
-        t,
-    )
+    t
 }
 
 /// SCALE, whether the tracer keeps up with many calls at once: `calls` concurrent calls in
