@@ -11,6 +11,7 @@ pub mod links;
 pub mod matcher;
 pub mod tls;
 pub mod tracer;
+pub mod unix_peers;
 
 use agent::loader::ScanMode;
 use agent::pipeline::PhaseTracing;

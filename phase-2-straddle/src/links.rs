@@ -7,10 +7,10 @@
 
 use crate::conntrack;
 use crate::event::Phase2Event;
+use crate::unix_peers;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,7 +46,7 @@ pub struct Links {
     untracked: u64,
 }
 
-/// `ss` is run at most this often to learn unix socket peers.
+/// Unix socket peers are listed at most this often.
 const UNIX_REFRESH: Duration = Duration::from_millis(100);
 
 impl Links {
@@ -94,7 +94,7 @@ impl Links {
         Some(Link::Unix(ino.min(peer), ino.max(peer)))
     }
 
-    /// Learns unix socket peers from `ss` in the process's network namespace.
+    /// Learns unix socket peers in the process's network namespace.
     fn refresh_unix_peers(&mut self, pid: u32) {
         if self
             .unix_refreshed
@@ -103,24 +103,9 @@ impl Links {
             return;
         }
         self.unix_refreshed = Some(Instant::now());
-        let Ok(out) = Command::new("nsenter")
-            .args(["--net", &format!("--target={pid}"), "ss", "-xaHn"])
-            .output()
-            .or_else(|_| Command::new("ss").arg("-xaHn").output())
-        else {
-            return;
-        };
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let t: Vec<&str> = line.split_whitespace().collect();
-            if t.len() >= 4 {
-                if let (Ok(local), Ok(peer)) =
-                    (t[t.len() - 3].parse::<u64>(), t[t.len() - 1].parse::<u64>())
-                {
-                    if peer != 0 {
-                        self.unix_peers.insert(local, peer);
-                    }
-                }
-            }
+        // A process already gone, or a namespace not readable: its sockets stay unpaired.
+        if let Ok(peers) = unix_peers::unix_peers(pid) {
+            self.unix_peers.extend(peers);
         }
     }
 }
@@ -433,6 +418,53 @@ mod tests {
         let la = links.resolve(me(), a.as_raw_fd(), 1);
         assert!(matches!(la, Link::Unix(..)), "{la:?}");
         assert_eq!(la, links.resolve(me(), b.as_raw_fd(), 1));
+    }
+
+    /// A pod's unix socket pair lives in the pod's network namespace, where only a sock_diag
+    /// dump from inside that namespace lists it: both ends of a pair held by a process in
+    /// another namespace are still one link, and the agent's own namespace does not hold them.
+    /// Needs root (a network namespace, setns).
+    #[test]
+    fn both_ends_of_a_unix_socket_in_another_network_namespace_are_one_link() {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        let nodes = harness::nodes::Nodes::create(&["unix"]).expect("a node (run as root)");
+        let node = &nodes.all()[0];
+        let (a, b) = node
+            .run_in(|| std::os::unix::net::UnixStream::pair().unwrap())
+            .unwrap();
+        let ino = |s: &std::os::unix::net::UnixStream| {
+            std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd()))
+                .unwrap()
+                .ino()
+        };
+        let (ino_a, ino_b) = (ino(&a), ino(&b));
+        let mut holder = std::process::Command::new("sleep");
+        holder.arg("60");
+        node.place(&mut holder).unwrap();
+        let (fd_a, fd_b) = (a.as_raw_fd(), b.as_raw_fd());
+        // SAFETY: dup2 is async-signal-safe; both fds stay open in this process until the spawn.
+        unsafe {
+            holder.pre_exec(move || {
+                for (fd, to) in [(fd_a, 3), (fd_b, 4)] {
+                    if libc::dup2(fd, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            })
+        };
+        let in_node = InNode(holder.spawn().unwrap());
+        let pid = in_node.0.id();
+        let mut links = Links::default();
+        let la = links.resolve(pid, 3, 1);
+        assert_eq!(la, Link::Unix(ino_a.min(ino_b), ino_a.max(ino_b)));
+        assert_eq!(la, links.resolve(pid, 4, 1));
+        let here = crate::unix_peers::unix_peers(me()).unwrap();
+        assert!(
+            !here.contains_key(&ino_a),
+            "the pair is the node's, not this namespace's"
+        );
     }
 
     #[test]

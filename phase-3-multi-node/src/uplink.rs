@@ -33,6 +33,19 @@ impl Skew {
     }
 }
 
+/// Delays between failed connects: doubling from 20 ms to 0.5 s, each stretched by a random
+/// part of itself (so never over 1 s), so that the agents of a cluster do not all reconnect in
+/// the same instant after a collector restart.
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(500))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Clock exchanges at the start come this fast, so that the first sightings are mapped well.
 const SYNC_BURST: (u32, Duration) = (20, Duration::from_millis(10));
 
@@ -183,7 +196,7 @@ async fn connect(config: &UplinkConfig) -> anyhow::Result<(Client, u64)> {
 
 async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
     let mut client: Option<Client> = None;
-    let mut backoff = Duration::from_millis(20);
+    let mut delays = reconnect_delays();
     let mut next_sync = tokio::time::Instant::now();
     let mut burst = SYNC_BURST.0;
     // A new collector maps with its own clock: it gets a burst of exchanges, as at the start.
@@ -211,7 +224,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                             q.last_error = None;
                         }
                         answered_by(instance, &mut burst, &mut next_sync);
-                        backoff = Duration::from_millis(20);
+                        delays = reconnect_delays();
                         client.insert(c)
                     }
                     Err(e) => {
@@ -221,8 +234,8 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                             q.last_error =
                                 Some(format!("connecting to {}: {e:#}", config.collector));
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        // Never ends: built without a limit on tries.
+                        tokio::time::sleep(delays.next().unwrap_or_default()).await;
                         break;
                     }
                 },
@@ -258,5 +271,35 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                 client = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jittered: two agents whose collector went away at once do not retry in step; bounded:
+    /// each delay within [base, 2 × base) of a doubling base capped at 0.5 s.
+    #[test]
+    fn reconnect_delays_are_jittered_and_bounded() {
+        let tries: Vec<Vec<Duration>> = (0..8)
+            .map(|_| reconnect_delays().take(12).collect())
+            .collect();
+        for delays in &tries {
+            let mut base = Duration::from_millis(20);
+            for d in delays {
+                assert!(
+                    *d >= base && *d < base * 2,
+                    "{d:?} for base {base:?}: {delays:?}"
+                );
+                base = (base * 2).min(Duration::from_millis(500));
+            }
+            assert!(delays.iter().all(|d| *d < Duration::from_secs(1)));
+        }
+        // 8 agents, 12 tries each: if they were in step, every column would hold one value.
+        let in_step = (0..12)
+            .filter(|&i| tries.iter().all(|t| t[i] == tries[0][i]))
+            .count();
+        assert_eq!(in_step, 0, "{tries:?}");
     }
 }
