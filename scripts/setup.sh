@@ -9,7 +9,8 @@ command -v cargo >/dev/null || die "cargo not found: install Rust 1.95 (rustup) 
 packages=(
   # eBPF C toolchain: clang-14 compiles the .bpf.c files in each phase's build.rs
   clang llvm libbpf-dev linux-libc-dev bpftool
-  # ss (unix socket peers) and nsenter, for the agent's link resolution
+  # ip: the network namespaces that stand for nodes and pods in tests; unshare and setpriv
+  # (util-linux): tests that run the agent in a new namespace or without capabilities
   iproute2 util-linux
   # kube-proxy-style Service rules (S11, the NAT link tests) and their connection tracking
   iptables

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use aya::maps::Array;
 use aya::Ebpf;
-use std::path::Path;
+use procfs::process::{all_processes, Process};
 
 /// Bytes of a command name in the kernel, its NUL included (TASK_COMM_LEN).
 pub const COMM_LEN: usize = 16;
@@ -40,20 +40,16 @@ fn set_targets(ebpf: &mut Ebpf, pids: &[u32], on: bool) -> Result<()> {
 }
 
 pub fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    i32::try_from(pid).is_ok_and(|pid| Process::new(pid).is_ok())
 }
 
-/// Processes whose command name starts with `prefix`.
+/// Processes whose command name starts with `prefix`; those that exit during the scan are left
+/// out.
 pub fn pids_with_comm_prefix(prefix: &str) -> Result<Vec<u32>> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let entry = entry?;
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)) {
-            pids.push(pid);
-        }
-    }
-    Ok(pids)
+    Ok(all_processes()
+        .context("reading /proc")?
+        .filter_map(|p| p.ok())
+        .filter(|p| p.stat().is_ok_and(|s| s.comm.starts_with(prefix)))
+        .filter_map(|p| u32::try_from(p.pid).ok())
+        .collect())
 }

@@ -8,8 +8,10 @@
 use crate::conntrack;
 use crate::event::Phase2Event;
 use crate::unix_peers;
+use procfs::net::TcpNetEntries;
+use procfs::FromReadSI;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -119,89 +121,42 @@ const NODE_CONNTRACK: &str = "/proc/1/net/nf_conntrack";
 /// process's /proc/<pid>/net): named by conntrack's reply tuple when that namespace or the
 /// node's (`node_conntrack`) tracks it (true), else by the socket's own addresses (false).
 fn tcp_link(net: &Path, node_conntrack: &Path, ino: u64) -> Option<(Link, bool)> {
-    for file in ["tcp", "tcp6"] {
-        let Ok(table) = std::fs::read_to_string(net.join(file)) else {
-            continue;
-        };
-        for line in table.lines().skip(1) {
-            let t: Vec<&str> = line.split_whitespace().collect();
-            if t.len() > 9 && t[9].parse::<u64>().ok() == Some(ino) {
-                let (local, remote) = (parse_addr(t[1])?, parse_addr(t[2])?);
-                let tracked = [net.join("nf_conntrack").as_path(), node_conntrack]
-                    .iter()
-                    .filter_map(|p| std::fs::read_to_string(p).ok())
-                    .find_map(|ct| conntrack::reply_tuple(&ct, local, remote));
-                return Some(match tracked {
-                    Some((a, b)) => (Link::Tcp(a, b), true),
-                    None => (Link::Tcp(local.min(remote), local.max(remote)), false),
-                });
-            }
-        }
-    }
-    None
-}
-
-/// `0100007F:1F90` (IPv4) or 32 hex digits (IPv6), each 32-bit word in host (little) order.
-fn parse_addr(text: &str) -> Option<SocketAddr> {
-    let (ip, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    // Whole words of hex digits only: slicing other text by bytes could cut a character.
-    if ip.len() % 8 != 0 || !ip.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let words: Vec<u32> = (0..ip.len() / 8)
-        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::swap_bytes))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let ip = match words.as_slice() {
-        [a] => IpAddr::V4(Ipv4Addr::from(*a)),
-        [a, b, c, d] => {
-            let v6 = Ipv6Addr::from(
-                ((*a as u128) << 96) | ((*b as u128) << 64) | ((*c as u128) << 32) | *d as u128,
-            );
-            // A v4 peer seen through a v6 socket is the same address.
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+    let system = procfs::current_system_info();
+    let entry = ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|file| TcpNetEntries::from_file(net.join(file), system).ok())
+        .find_map(|TcpNetEntries(table)| table.into_iter().find(|e| e.inode == ino))?;
+    // A v4 peer seen through a v6 socket is the same address.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (local, remote) = (
+        canonical(entry.local_address),
+        canonical(entry.remote_address),
+    );
+    let tracked = [net.join("nf_conntrack").as_path(), node_conntrack]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|ct| conntrack::reply_tuple(&ct, local, remote));
+    Some(match tracked {
+        Some((a, b)) => (Link::Tcp(a, b), true),
+        None => (Link::Tcp(local.min(remote), local.max(remote)), false),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::net::Ipv4Addr;
     use std::os::fd::AsRawFd;
 
-    #[test]
-    fn parses_proc_net_addresses() {
-        assert_eq!(
-            parse_addr("0100007F:1F90"),
-            Some("127.0.0.1:8080".parse().unwrap())
-        );
-        assert_eq!(
-            parse_addr("00000000000000000000000001000000:0050"),
-            Some("[::1]:80".parse().unwrap())
-        );
-        assert_eq!(
-            parse_addr("0000000000000000FFFF00000100007F:0050"),
-            Some("127.0.0.1:80".parse().unwrap())
-        );
-    }
-
     proptest::proptest! {
-        /// A line of /proc/net/tcp{,6} is the kernel's, but read while the kernel rewrites the
-        /// file: whatever the text, an address or nothing.
+        /// /proc/<pid>/net/tcp{,6} is the kernel's, but read while the kernel rewrites it:
+        /// whatever the text, a table or an error, never a panic.
         #[test]
-        fn any_proc_net_address_parses_or_is_none(text in "[0-9A-Fa-fé€]{0,40}:[0-9A-F]{0,5}|\\PC{0,40}") {
-            let _ = parse_addr(&text);
-        }
-
-        #[test]
-        fn a_v4_address_as_the_kernel_writes_it_parses_back(ip: u32, port: u16) {
-            let text = format!("{:08X}:{port:04X}", ip.swap_bytes());
-            let want = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port);
-            proptest::prop_assert_eq!(parse_addr(&text), Some(want));
+        fn any_proc_net_tcp_text_is_a_table_or_an_error(
+            text in "(  sl +local_address rem_address[^\n]*\n)?( *[0-9]+: [0-9A-Fa-f]{0,33}:[0-9A-F]{0,5} [0-9A-Fa-f:]{0,40}[ 0-9A-F:]{0,80}\n){0,3}|\\PC{0,80}"
+        ) {
+            let _ = TcpNetEntries::from_read(text.as_bytes(), procfs::current_system_info());
         }
     }
 
@@ -235,11 +190,21 @@ mod tests {
         assert_eq!(a, links.resolve(me(), w.as_raw_fd(), 1));
     }
 
+    /// The last case is a v4 client of a dual-stack v6 listener: the accepted socket is in
+    /// /proc/<pid>/net/tcp6 with v4-mapped addresses, the client's in tcp with plain ones.
     #[test]
     fn both_ends_of_a_tcp_connection_are_one_link_on_v4_and_v6() {
-        for addr in ["127.0.0.1:0", "[::1]:0"] {
-            let listener = std::net::TcpListener::bind(addr).unwrap();
-            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        for (bind, connect) in [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("[::1]:0", "::1"),
+            ("[::]:0", "127.0.0.1"),
+        ] {
+            let listener = std::net::TcpListener::bind(bind).unwrap();
+            let to = SocketAddr::new(
+                connect.parse().unwrap(),
+                listener.local_addr().unwrap().port(),
+            );
+            let mut client = std::net::TcpStream::connect(to).unwrap();
             let (mut server, _) = listener.accept().unwrap();
             client.write_all(b"x").unwrap();
             server.read_exact(&mut [0]).unwrap();
@@ -247,7 +212,9 @@ mod tests {
             let a = links.resolve(me(), client.as_raw_fd(), 1);
             assert!(matches!(a, Link::Tcp(..)), "{a:?}");
             assert_eq!(a, links.resolve(me(), server.as_raw_fd(), 1));
-            let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let Link::Tcp(end, _) = a else { unreachable!() };
+            assert_eq!(end.ip(), to.ip(), "{a:?}");
+            let other = std::net::TcpStream::connect(to).unwrap();
             assert_ne!(a, links.resolve(me(), other.as_raw_fd(), 1));
         }
     }

@@ -3,13 +3,15 @@
 //! uprobe trap. Targets that map libssl later (dlopen) or start later (--comm) are picked up by
 //! `refresh`.
 
+use agent::targets::process_exists;
 use anyhow::{Context, Result};
 use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use aya::Ebpf;
+use procfs::process::{MMapPath, Process};
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The OpenSSL functions probed and the entry program of each; `tls_leave` takes every return.
 pub const FUNCTIONS: [(&str, &str); 4] = [
@@ -39,15 +41,18 @@ pub struct TlsProbes {
 /// The OpenSSL library `pid` has mapped, as a path this agent can open (through the process's
 /// root, so that a container's own libssl is the one probed).
 pub fn libssl_of(pid: u32) -> Option<PathBuf> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|path| {
-            path.rsplit('/')
-                .next()
-                .is_some_and(|f| f.starts_with("libssl.so"))
-        })
-        .map(|path| PathBuf::from(format!("/proc/{pid}/root{path}")))
+    let maps = Process::new(i32::try_from(pid).ok()?).ok()?.maps().ok()?;
+    let path = maps.into_iter().find_map(|m| match m.pathname {
+        MMapPath::Path(path)
+            if path
+                .file_name()
+                .is_some_and(|f| f.as_encoded_bytes().starts_with(b"libssl.so")) =>
+        {
+            Some(path)
+        }
+        _ => None,
+    })?;
+    Some(Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").ok()?))
 }
 
 impl TlsProbes {
@@ -108,15 +113,15 @@ impl TlsProbes {
 
     /// Looks again at targets waiting for a libssl, and detaches from processes that exited.
     pub fn refresh(&mut self, ebpf: &mut Ebpf) -> Result<()> {
-        self.waiting.retain(|&pid| alive(pid));
-        self.failed.retain(|&pid| alive(pid));
+        self.waiting.retain(|&pid| process_exists(pid));
+        self.failed.retain(|&pid| process_exists(pid));
         let waiting: Vec<u32> = self.waiting.iter().copied().collect();
         self.add(ebpf, &waiting)?;
         let gone: Vec<u32> = self
             .attached
             .keys()
             .copied()
-            .filter(|&p| !alive(p))
+            .filter(|&p| !process_exists(p))
             .collect();
         let mut links = Vec::new();
         for pid in gone {
@@ -146,10 +151,6 @@ impl TlsProbes {
     pub fn enabled(&self) -> bool {
         self.enabled
     }
-}
-
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {

@@ -42,9 +42,8 @@ stage() {
 # Without its debug info: a tenth of the size.
 mkdir -p "$rootfs/usr/local/bin"
 strip --strip-debug -o "$rootfs/usr/local/bin/phase-4-k8s" "$release/phase-4-k8s"
-for tool in /usr/bin/nsenter /usr/bin/ss; do stage "$tool"; done
-# The dynamic loader and every library the three link (libssl/libcrypto: the binary's openssl).
-for lib in $(ldd "$rootfs/usr/local/bin/phase-4-k8s" /usr/bin/nsenter /usr/bin/ss \
+# The dynamic loader and every library the binary links (libssl/libcrypto: its openssl).
+for lib in $(ldd "$rootfs/usr/local/bin/phase-4-k8s" \
   | awk '$2 == "=>" && $3 ~ /^\// { print $3 } NF == 2 && $1 ~ /^\// { print $1 }' | sort -u); do
   stage "$lib"
 done
