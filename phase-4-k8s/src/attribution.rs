@@ -79,10 +79,11 @@ pub fn selected_pids(pods: &PodIndex, selector: &Selector) -> Vec<u32> {
     if ids.is_empty() {
         return Vec::new();
     }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Ok(processes) = procfs::process::all_processes() else {
         return Vec::new();
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    processes
+        .filter_map(|p| u32::try_from(p.ok()?.pid).ok())
         .filter(|&pid| {
             cgroup_of_pid(pid)
                 .and_then(|p| container_of(&p.to_string_lossy()))

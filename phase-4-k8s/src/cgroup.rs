@@ -16,6 +16,8 @@
 //! Paths are relative to the hierarchy's root, without a leading `/` (the root cgroup is the
 //! empty path), so `root.join(path)` is the directory.
 
+use procfs::ProcessCGroups;
+use procfs::FromRead;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
@@ -172,19 +174,17 @@ pub fn cgroup_of_pid(pid: u32) -> Option<PathBuf> {
 /// name); on a hybrid host the v2 line whenever the runtime put the container there, a v1
 /// line when only v1 knows it; on a v1 host the systemd or memory line. A removed cgroup's
 /// ` (deleted)` mark is dropped. Paths seen from inside a cgroup namespace stay as the kernel
-/// writes them (they may start with `..`).
+/// writes them (they may start with `..`). Text that is not such a file (procfs parses the
+/// lines) names none.
 pub fn parse_proc_cgroup(text: &str) -> Option<PathBuf> {
-    let mut lines: Vec<(u8, &str)> = Vec::new();
-    for line in text.lines() {
-        let mut f = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        let rank = if controllers.is_empty() {
-            0
-        } else {
-            let has = |c: &str| controllers.split(',').any(|x| x == c);
-            if has("name=systemd") {
+    let ProcessCGroups(groups) = ProcessCGroups::from_read(text.as_bytes()).ok()?;
+    let mut lines: Vec<(u8, &str)> = groups
+        .iter()
+        .map(|g| {
+            let has = |c: &str| g.controllers.iter().any(|x| x == c);
+            let rank = if g.controllers.is_empty() {
+                0
+            } else if has("name=systemd") {
                 1
             } else if has("memory") {
                 2
@@ -194,10 +194,10 @@ pub fn parse_proc_cgroup(text: &str) -> Option<PathBuf> {
                 4
             } else {
                 5
-            }
-        };
-        lines.push((rank, clean_path(path)));
-    }
+            };
+            (rank, clean_path(&g.pathname))
+        })
+        .collect();
     lines.sort_by_key(|&(rank, _)| rank);
     let pick = lines
         .iter()
