@@ -8,6 +8,7 @@ pub mod component;
 pub mod demo;
 pub mod nodes;
 pub mod oracle;
+pub mod pki;
 pub mod run;
 pub mod scenario;
 pub mod score;

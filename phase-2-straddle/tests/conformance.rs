@@ -343,7 +343,7 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
     use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
     let dir = harness::run::workdir("tls-conformance").unwrap();
     let pem = dir.join("test.pem");
-    harness::component::write_test_certificate(&pem).unwrap();
+    harness::pki::write_test_certificate(&pem).unwrap();
     let cfg = FingerprintConfig::default();
     let bytes = audio_bytes(20.0);
     let total = bytes.len();

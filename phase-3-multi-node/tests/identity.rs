@@ -4,10 +4,10 @@
 //! its certificate's is refused, counted, and gets no series, while an honest one delivers;
 //! without TLS, node names beyond `--max-nodes` are refused, counted, and get no series.
 
-use phase_3_multi_node::mtls::{write_test_pki, ClientTls, TestPki, TEST_AGENT_NODE};
+use harness::pki::{write_test_pki, TestPki, TEST_AGENT_NODE};
+use phase_3_multi_node::mtls::ClientTls;
 use phase_3_multi_node::proto::collector_client::CollectorClient;
 use phase_3_multi_node::proto::{Batch, SyncRequest};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -97,12 +97,15 @@ fn tls_flags(pki: &TestPki) -> Vec<String> {
 
 /// The collector's metrics page.
 fn scrape(metrics: SocketAddr) -> String {
-    let mut s = TcpStream::connect(metrics).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").unwrap().1.to_string()
+    ureq::get(format!("http://{metrics}/metrics"))
+        .config()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
 }
 
 /// Scrapes until `ready` holds for the page (the collector updates its metrics every 200 ms).

@@ -147,31 +147,6 @@ impl Conn {
     }
 }
 
-/// Writes a fresh key and self-signed certificate for `localhost` (EC P-256) to `pem`, for one
-/// run's TLS links: our TLS servers and stunnel serve it, our TLS clients accept anything.
-pub fn write_test_certificate(pem: &Path) -> Result<()> {
-    use openssl::{asn1::Asn1Time, bn::BigNum, ec, hash::MessageDigest, nid::Nid, pkey::PKey};
-    let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
-    let key = PKey::from_ec_key(ec::EcKey::generate(&group)?)?;
-    let mut name = openssl::x509::X509NameBuilder::new()?;
-    name.append_entry_by_text("CN", "localhost")?;
-    let name = name.build();
-    let mut cert = openssl::x509::X509::builder()?;
-    cert.set_version(2)?;
-    let serial = BigNum::from_u32(1)?.to_asn1_integer()?;
-    let (not_before, not_after) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(2)?);
-    cert.set_serial_number(&serial)?;
-    cert.set_subject_name(&name)?;
-    cert.set_issuer_name(&name)?;
-    cert.set_pubkey(&key)?;
-    cert.set_not_before(&not_before)?;
-    cert.set_not_after(&not_after)?;
-    cert.sign(&key, MessageDigest::sha256())?;
-    let mut bytes = key.private_key_to_pem_pkcs8()?;
-    bytes.extend(cert.build().to_pem()?);
-    std::fs::write(pem, bytes).with_context(|| format!("writing {}", pem.display()))
-}
-
 /// Peers may close without close_notify (stunnel passing on a plain EOF): that is an end too.
 const TLS_OPTIONS: SslOptions = SslOptions::IGNORE_UNEXPECTED_EOF;
 

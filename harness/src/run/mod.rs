@@ -146,7 +146,7 @@ pub fn run(
     };
     let pem = dir.join("tls.pem");
     if t.links.iter().any(|l| l.spec.kind == LinkKind::Tls) {
-        component::write_test_certificate(&pem)?;
+        crate::pki::write_test_certificate(&pem)?;
     }
     let ends = link_ends(sc, dir, nodes.as_ref(), &pem)?;
     let plan = plan_components(sc, dir, &ends)?;
