@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, ensure, Result};
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
 /// The collector's side: its identity, and client certificates required and verified.
