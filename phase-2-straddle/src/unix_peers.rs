@@ -2,8 +2,7 @@
 //! `ss -xa` reads) in a process's network namespace. A unix socket belongs to the network
 //! namespace it was created in, and a sock_diag socket lists those of its own namespace only:
 //! the dump runs on a short-lived thread that has joined the target's namespace (setns, which
-//! needs CAP_SYS_ADMIN), so nothing else of the agent changes namespace, and no `nsenter`/`ss`
-//! processes are spawned.
+//! needs CAP_SYS_ADMIN), so the rest of the agent stays where it is, and no tool is run.
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
