@@ -53,3 +53,24 @@ pub fn pids_with_comm_prefix(prefix: &str) -> Result<Vec<u32>> {
         .filter_map(|p| u32::try_from(p.pid).ok())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_found_by_its_command_name_until_it_exits() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(process_exists(pid));
+        assert!(pids_with_comm_prefix("slee").unwrap().contains(&pid));
+        assert!(!pids_with_comm_prefix("sleeq").unwrap().contains(&pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!process_exists(pid));
+        assert!(!pids_with_comm_prefix("slee").unwrap().contains(&pid));
+    }
+}
