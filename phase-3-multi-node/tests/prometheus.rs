@@ -3,7 +3,8 @@
 //! intact (escaped values included), counts match the observations, and a median computed by
 //! Prometheus from the buckets lands in the bucket the observations were in.
 
-use phase_3_multi_node::metrics::{serve_metrics_on, HopLabels, Metrics};
+use phase_3_multi_node::endpoints::{serve, Health};
+use phase_3_multi_node::metrics::{HopLabels, Metrics, Peer};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -71,14 +72,17 @@ fn query(prometheus: SocketAddr, q: &str) -> Result<Vec<(Value, f64)>, String> {
         .collect())
 }
 
+/// Processes on two nodes, with the node labels a collector has with --metrics-node-labels.
 fn labels(source: &str, destination: &str, kind: &'static str) -> HopLabels {
-    HopLabels {
-        source_node: "node-a".into(),
-        source: source.into(),
-        destination_node: "node-b".into(),
-        destination: destination.into(),
-        kind,
+    let peer = |name: &str, node: &str| Peer {
+        name: name.into(),
+        node: node.into(),
         ..Default::default()
+    };
+    HopLabels {
+        src: peer(source, "node-a"),
+        dst: peer(destination, "node-b"),
+        kind,
     }
 }
 
@@ -108,7 +112,8 @@ fn prometheus_scrapes_hop_latencies() {
         .unwrap();
     let target = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let endpoint = runtime.spawn(serve_metrics_on(metrics, listener, async {
+    let health = Health::waiting_for("nothing");
+    let endpoint = runtime.spawn(serve(listener, metrics.registry(), health, async {
         stopped.await.ok();
     }));
 
@@ -166,10 +171,10 @@ fn prometheus_scrapes_hop_latencies() {
         let found: Vec<f64> = series
             .iter()
             .filter(|(m, _)| {
-                m["source_node"] == hop.source_node.as_str()
-                    && m["source"] == hop.source.as_str()
-                    && m["destination_node"] == hop.destination_node.as_str()
-                    && m["destination"] == hop.destination.as_str()
+                m["src_node"] == hop.src.node.as_str()
+                    && m["src_name"] == hop.src.name.as_str()
+                    && m["dst_node"] == hop.dst.node.as_str()
+                    && m["dst_name"] == hop.dst.name.as_str()
                     && m["kind"] == hop.kind
                     && m["job"] == "collector"
             })
