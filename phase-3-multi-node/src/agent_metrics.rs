@@ -1,6 +1,7 @@
 //! The agent's own metrics, served on its `--metrics` address: what its health line says, as
 //! series. The agent's loop owns the tracer, so it takes a [`Snapshot`] every 200 ms and a
-//! scrape encodes the latest one (no series before the eBPF programs are attached).
+//! scrape encodes the latest one (no series before the eBPF programs are attached). Each series
+//! carries the agent's `node` label.
 
 use crate::endpoints::encode_one;
 use crate::outbox::UplinkCounters;
@@ -123,11 +124,7 @@ impl Collector for AgentMetrics {
                 "Flow states the kernel side holds now",
                 s.flows_live,
             ),
-            (
-                "audio_agent_targets",
-                "Processes traced now",
-                s.targets,
-            ),
+            ("audio_agent_targets", "Processes traced now", s.targets),
             (
                 "audio_agent_uplink_pending_batches",
                 "Batches the collector has not acknowledged yet",

@@ -216,7 +216,10 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
             .block_on(tokio::net::TcpListener::bind(addr))
             .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
         let mut registry = crate::endpoints::registry();
-        registry.register_collector(Box::new(metrics.clone()));
+        // The node, as the collector's per-node series name it: dashboards join on it.
+        registry
+            .sub_registry_with_label(("node".into(), args.node.clone().into()))
+            .register_collector(Box::new(metrics.clone()));
         rt.spawn(crate::endpoints::serve(
             listener,
             std::sync::Arc::new(registry),

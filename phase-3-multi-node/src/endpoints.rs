@@ -278,8 +278,14 @@ mod tests {
             .unwrap()
             .as_secs_f64();
         let start = value("process_start_time_seconds");
-        assert!(start <= now + 1.0 && start > now - 3600.0, "{start} vs {now}");
-        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+        assert!(
+            start <= now + 1.0 && start > now - 3600.0,
+            "{start} vs {now}"
+        );
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
         assert!(text.contains(&format!(
             "audio_tracer_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")

@@ -33,7 +33,9 @@ use crate::endpoints::encode_one;
 use agent::clock::monotonic_ns;
 use phase_2_straddle::matcher::MatchCounters;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -80,7 +82,10 @@ impl Peer {
     fn labels(&self, side: &str, out: &mut Vec<(String, String)>) {
         let kubernetes = !self.namespace.is_empty();
         let (name, node) = match kubernetes {
-            true => (format!("k8s_{side}_owner_name"), format!("k8s_{side}_node_name")),
+            true => (
+                format!("k8s_{side}_owner_name"),
+                format!("k8s_{side}_node_name"),
+            ),
             false => (format!("{side}_name"), format!("{side}_node")),
         };
         out.push((name, self.name.clone()));
@@ -429,7 +434,10 @@ impl Collector for Exposition {
             None,
             MetricType::Counter,
         )?;
-        for (reason, n) in [("repeat", q.refused_repeats), ("ambiguous", q.refused_ambiguous)] {
+        for (reason, n) in [
+            ("repeat", q.refused_repeats),
+            ("ambiguous", q.refused_ambiguous),
+        ] {
             ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
         encode_one(

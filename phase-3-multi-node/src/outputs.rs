@@ -52,8 +52,11 @@ impl Outputs {
     pub fn take(&mut self, records: Vec<HopRecord>) -> Result<()> {
         for r in &records {
             self.stats.add(r);
-            self.metrics
-                .observe_hop(&labels(r, self.node_labels), r.latency_ns, r.bound_ns.unwrap_or(0));
+            self.metrics.observe_hop(
+                &labels(r, self.node_labels),
+                r.latency_ns,
+                r.bound_ns.unwrap_or(0),
+            );
         }
         if let Some(json) = &mut self.json {
             schema::write_jsonl(json, &records)?;

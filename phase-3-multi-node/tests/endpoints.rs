@@ -204,8 +204,8 @@ fn agent_and_collector_serve_health_readiness_and_metrics_promtool_accepts() {
         "/metrics",
         Duration::from_secs(10),
         |_, body| {
-            body.contains("audio_agent_uplink_batches_sent_total ")
-                && !body.contains("audio_agent_uplink_batches_sent_total 0\n")
+            body.contains("audio_agent_uplink_batches_sent_total{")
+                && !body.contains(r#"audio_agent_uplink_batches_sent_total{node="node-a"} 0"#)
         },
     )
     .unwrap();
@@ -216,18 +216,35 @@ fn agent_and_collector_serve_health_readiness_and_metrics_promtool_accepts() {
         "{head}"
     );
     assert_eq!(promtool(&page), "", "{page}");
-    assert_eq!(value(&page, "audio_agent_targets"), 1.0);
+    assert_eq!(value(&page, r#"audio_agent_targets{node="node-a"}"#), 1.0);
     assert_eq!(
-        value(&page, r#"audio_agent_kernel_events_total{event="drops"}"#),
+        value(
+            &page,
+            r#"audio_agent_kernel_events_total{node="node-a",event="drops"}"#
+        ),
         0.0
     );
-    assert!(value(&page, "audio_agent_uplink_batches_sent_total") >= 1.0);
-    assert_eq!(value(&page, "audio_agent_uplink_lost_sightings_total"), 0.0);
-    assert_eq!(value(&page, "audio_agent_tls_probe_failures"), 0.0);
     assert!(
         value(
             &page,
-            r#"audio_agent_program_verified_instructions{program="sys_exit"}"#
+            r#"audio_agent_uplink_batches_sent_total{node="node-a"}"#
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &page,
+            r#"audio_agent_uplink_lost_sightings_total{node="node-a"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&page, r#"audio_agent_tls_probe_failures{node="node-a"}"#),
+        0.0
+    );
+    assert!(
+        value(
+            &page,
+            r#"audio_agent_program_verified_instructions{node="node-a",program="sys_exit"}"#
         ) > 100.0
     );
     assert_own_series(&page);

@@ -252,8 +252,14 @@ fn the_matchers_counts_are_series() {
     let text = m.render();
     for (series, value) in [
         ("audio_collector_unmatched_moments_total", 4.0),
-        (r#"audio_collector_refused_sightings_total{reason="repeat"}"#, 3.0),
-        (r#"audio_collector_refused_sightings_total{reason="ambiguous"}"#, 2.0),
+        (
+            r#"audio_collector_refused_sightings_total{reason="repeat"}"#,
+            3.0,
+        ),
+        (
+            r#"audio_collector_refused_sightings_total{reason="ambiguous"}"#,
+            2.0,
+        ),
         ("audio_collector_unpaired_sightings_total", 1.0),
     ] {
         assert_eq!(sample(&text, series), value, "{series}");
