@@ -1,11 +1,11 @@
-//! deploy/grafana/audio-tracer-dashboard.json asks only for what the collector exposes. Every
-//! metric name in its PromQL is a series name that phase 3's metrics module renders (a
+//! deploy/grafana/audio-tracer-dashboard.json asks only for what the collector and the agents
+//! expose. Every metric name in its PromQL is a series name that phase 3's metrics render (a
 //! histogram's `_bucket`, `_sum` and `_count`, the counters and gauges). Every label name it
-//! uses is a label of that rendering, or one of the namespace labels phase 4 adds to hops.
-//! Counters and buckets go through rate()/increase() and gauges do not. Every variable is
-//! defined, and every query goes to the `${DS_PROMETHEUS}` data source.
+//! uses is a label of those renderings. Counters and buckets go through rate()/increase() and
+//! gauges do not. Every variable is defined, and every query goes to the `${DS_PROMETHEUS}` data
+//! source. The data-quality row shows every agent and matcher loss.
 //!
-//! What the collector exposes is read off its own rendering (dashboard/exposed.rs); the queries
+//! What is exposed is read off the renderings themselves (dashboard/exposed.rs); the queries
 //! are read with a small PromQL lexer (dashboard/promql.rs).
 
 #[path = "dashboard/exposed.rs"]
@@ -13,7 +13,7 @@ mod exposed;
 #[path = "dashboard/promql.rs"]
 mod promql;
 
-use exposed::{exposed, Exposed, HOP_LABELS, PHASE_4_LABELS};
+use exposed::{exposed, Exposed, HOP_LABELS};
 use promql::{promql, Uses};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -84,7 +84,7 @@ fn check_expr(expr: &str, exposed: &Exposed, where_: &str) -> Uses {
     }
     for label in &uses.labels {
         assert!(
-            exposed.labels.contains(label) || PHASE_4_LABELS.contains(&label.as_str()),
+            exposed.labels.contains(label),
             "{where_}: label {label} is not exposed ({expr})"
         );
     }
@@ -106,9 +106,12 @@ fn check_expr(expr: &str, exposed: &Exposed, where_: &str) -> Uses {
 #[test]
 fn exposed_names_are_phase_3s() {
     let e = exposed();
+    let node_labels = ["k8s_src_node_name", "k8s_dst_node_name"];
+    let others = ["le", "node", "reason", "event", "program", "version"];
     let expected: BTreeSet<String> = HOP_LABELS
         .iter()
-        .chain(&["le", "node"])
+        .chain(&node_labels)
+        .chain(&others)
         .map(|s| s.to_string())
         .collect();
     assert_eq!(e.labels, expected);
@@ -161,7 +164,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
                 let label = part.split("}}").next().unwrap().trim();
                 // An aggregation keeps its `by` labels; a plain selector keeps them all.
                 let kept = if uses.grouping.is_empty() {
-                    exposed.labels.contains(label) || PHASE_4_LABELS.contains(&label)
+                    exposed.labels.contains(label)
                 } else {
                     uses.grouping.contains(label)
                 };
@@ -192,7 +195,6 @@ fn queries_use_only_exposed_metrics_and_labels() {
                             None => {
                                 column == "Time"
                                     || exposed.labels.contains(column)
-                                    || PHASE_4_LABELS.contains(&column.as_str())
                             }
                         };
                         assert!(ok, "{title}: column {column} is no label or query");
@@ -230,7 +232,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
             .expect("label_values(selector, label)");
         let label = label.trim();
         assert!(
-            exposed.labels.contains(label) || PHASE_4_LABELS.contains(&label),
+            exposed.labels.contains(label),
             "variable {name}: label {label}"
         );
         let uses = promql(selector).unwrap_or_else(|e| panic!("variable {name}: {e}"));
@@ -242,7 +244,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
         );
         for l in &uses.labels {
             assert!(
-                exposed.labels.contains(l) || PHASE_4_LABELS.contains(&l.as_str()),
+                exposed.labels.contains(l),
                 "variable {name}: label {l}"
             );
         }
@@ -260,6 +262,17 @@ fn queries_use_only_exposed_metrics_and_labels() {
         "audio_agent_duplicate_batches_total",
         "audio_node_clock_offset_seconds",
         "audio_node_clock_bound_seconds",
+        // The data-quality row.
+        "audio_agent_kernel_events_total",
+        "audio_agent_uplink_lost_sightings_total",
+        "audio_agent_lost_at_restart_sightings_total",
+        "audio_agent_tls_probe_failures",
+        "audio_agent_targets",
+        "audio_agent_program_verified_instructions",
+        "audio_collector_unmatched_moments_total",
+        "audio_collector_refused_sightings_total",
+        "audio_collector_unpaired_sightings_total",
+        "audio_collector_refused_requests_total",
     ] {
         assert!(used_series.contains(name), "{name} is on no panel");
     }
