@@ -192,10 +192,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
                     {
                         let ok = match column.strip_prefix("Value #") {
                             Some(r) => refs.contains(r),
-                            None => {
-                                column == "Time"
-                                    || exposed.labels.contains(column)
-                            }
+                            None => column == "Time" || exposed.labels.contains(column),
                         };
                         assert!(ok, "{title}: column {column} is no label or query");
                     }
@@ -243,10 +240,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
             "variable {name}: {series}"
         );
         for l in &uses.labels {
-            assert!(
-                exposed.labels.contains(l),
-                "variable {name}: label {l}"
-            );
+            assert!(exposed.labels.contains(l), "variable {name}: label {l}");
         }
         used_series.insert(series.clone());
         exprs += 1;

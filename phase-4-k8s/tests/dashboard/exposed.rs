@@ -2,9 +2,9 @@
 //! with its family's type, and every label name. The dashboard may ask for these and nothing
 //! else.
 
+use phase_2_straddle::matcher::MatchCounters;
 use phase_3_multi_node::agent_metrics::{AgentMetrics, Snapshot};
 use phase_3_multi_node::metrics::{HopLabels, Metrics, Peer};
-use phase_2_straddle::matcher::MatchCounters;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The labels a hop has (a Kubernetes workload's or a process's, per side); per-hop quantiles
