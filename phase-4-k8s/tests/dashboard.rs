@@ -6,18 +6,26 @@
 //! source. The data-quality row shows every agent and matcher loss.
 //!
 //! What is exposed is read off the renderings themselves (dashboard/exposed.rs); the queries
-//! are read with a small PromQL lexer (dashboard/promql.rs).
+//! are read with a small PromQL lexer (dashboard/promql.rs). Then a real Prometheus server
+//! scrapes a collector's and an agent's endpoints, and every query and variable of the
+//! dashboard runs there and returns series.
 
 #[path = "dashboard/exposed.rs"]
 mod exposed;
+#[path = "dashboard/prometheus.rs"]
+mod prometheus;
 #[path = "dashboard/promql.rs"]
 mod promql;
 
-use exposed::{exposed, Exposed, HOP_LABELS};
+use exposed::{agent_registry, collector_metrics, exposed, Exposed, HOP_LABELS};
+use phase_3_multi_node::endpoints::{serve, Health};
+use prometheus::Prometheus;
 use promql::{promql, Uses};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Grafana's own variables.
 const BUILTIN_VARIABLES: [&str; 4] = ["__rate_interval", "__range", "__interval", "__all"];
@@ -387,4 +395,96 @@ fn dashboard_is_importable_and_self_consistent() {
             }
         }
     }
+}
+
+/// A dashboard expression as Grafana sends it: variables replaced ("All", and ranges that hold
+/// several 1 s scrapes).
+fn as_sent(expr: &str) -> String {
+    let mut e = expr
+        .replace("$__rate_interval", "15s")
+        .replace("$__range", "1m");
+    for v in ["namespace", "source", "destination", "node"] {
+        e = e.replace(&format!("${v}"), ".*");
+    }
+    e
+}
+
+#[test]
+fn every_query_returns_series_from_a_real_prometheus() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut serving = Vec::new();
+    for registry in [collector_metrics().registry(), Arc::new(agent_registry())] {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        serving.push(listener.local_addr().unwrap());
+        let mut stopped = stopped.clone();
+        runtime.spawn(serve(
+            listener,
+            registry,
+            Health::waiting_for("-"),
+            async move {
+                stopped.wait_for(|&s| s).await.ok();
+            },
+        ));
+    }
+    let prometheus = Prometheus::scraping(&[("collector", serving[0]), ("agent", serving[1])]);
+
+    // Both jobs scraped a few times: enough samples for every rate() over 15 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scrapes = prometheus.query("min(count_over_time(up[15s]))");
+        let enough = scrapes.as_ref().is_ok_and(|r| {
+            r.first()
+                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+                >= Some(4.0)
+        });
+        if enough && prometheus.query("up").is_ok_and(|r| r.len() == 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not scraped within 60 s: {scrapes:?}\n{:?}\n{}",
+            prometheus.api("/api/v1/targets"),
+            prometheus.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let d = dashboard();
+    let mut queries = 0;
+    for p in panels(&d) {
+        let title = p["title"].as_str().unwrap_or_default();
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = as_sent(t["expr"].as_str().unwrap());
+            let result = prometheus
+                .query(&expr)
+                .unwrap_or_else(|e| panic!("{title}: {expr}: {e}"));
+            assert!(!result.is_empty(), "{title}: no series for {expr}");
+            queries += 1;
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        let Some(query) = v["query"]["query"].as_str() else {
+            continue;
+        };
+        let (selector, label) = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .and_then(|q| q.rsplit_once(','))
+            .unwrap();
+        let expr = format!("count by ({}) ({})", label.trim(), as_sent(selector));
+        let result = prometheus
+            .query(&expr)
+            .unwrap_or_else(|e| panic!("variable {}: {expr}: {e}", v["name"]));
+        assert!(
+            result.iter().any(|r| r["metric"][label.trim()].is_string()),
+            "variable {}: no values for {expr}: {result:?}",
+            v["name"]
+        );
+        queries += 1;
+    }
+    assert!(queries >= 20, "{queries} queries");
+    stop.send(true).unwrap();
 }

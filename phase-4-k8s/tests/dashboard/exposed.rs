@@ -4,6 +4,7 @@
 
 use phase_2_straddle::matcher::MatchCounters;
 use phase_3_multi_node::agent_metrics::{AgentMetrics, Snapshot};
+use phase_3_multi_node::endpoints::Registry;
 use phase_3_multi_node::metrics::{HopLabels, Metrics, Peer};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,9 +27,9 @@ pub struct Exposed {
     pub labels: BTreeSet<String>,
 }
 
-/// The collector's page with two hops (between workloads with their nodes, between processes
-/// without) and one node, and an agent's page: every family present.
-pub fn exposed() -> Exposed {
+/// The collector's metrics with two hops (between workloads with their nodes, between
+/// processes without) and one node: every family present.
+pub fn collector_metrics() -> Metrics {
     let m = Metrics::default();
     let workload = |name: &str, node: &str| Peer {
         name: name.into(),
@@ -61,6 +62,11 @@ pub fn exposed() -> Exposed {
     m.set_restarts("node-a", 1, 5);
     m.set_refused("node_limit", 1);
     m.set_quality(MatchCounters::default());
+    m
+}
+
+/// An agent's registry as it serves it on node-a, with a snapshot: every family present.
+pub fn agent_registry() -> Registry {
     let agent = AgentMetrics::default();
     agent.update(Snapshot {
         kernel: vec![("drops", 0), ("read_errors", 0)],
@@ -73,6 +79,13 @@ pub fn exposed() -> Exposed {
     registry
         .sub_registry_with_label(("node".into(), "node-a".into()))
         .register_collector(Box::new(agent));
+    registry
+}
+
+/// The collector's page and an agent's.
+pub fn exposed() -> Exposed {
+    let registry = agent_registry();
+    let m = collector_metrics();
     let text = m.render() + &phase_3_multi_node::endpoints::render(&registry);
     let mut types = BTreeMap::new();
     let mut series = BTreeMap::new();
