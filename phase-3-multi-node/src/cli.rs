@@ -375,7 +375,7 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
         if let Some(addr) = args.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("serving metrics on {addr}"))?;
+                .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
             tokio::spawn(crate::endpoints::serve(
                 listener,
                 outputs.metrics.registry(),

@@ -1,7 +1,9 @@
 //! The collector's Prometheus metrics: per-hop latency and alignment-bound histograms, per
-//! agent node the cumulative sighting counters and the clock model's offset and bound, and the
-//! requests the collector refused per reason, and the matcher's data-quality counts; encoded by
-//! `prometheus-client` and served with the rest of the collector's endpoints (`endpoints`).
+//! agent node the cumulative sighting counters and the clock model's offset and bound, the
+//! requests the collector refused per reason, and the matcher's data-quality counts. Encoded by
+//! `prometheus-client` (its histograms, label escaping and text format) and served with the
+//! collector's other endpoints (`endpoints`); what is kept and when it is dropped is this
+//! module's.
 //!
 //! A hop's series name each side as a Beyla user knows it: `k8s_src_owner_name` and
 //! `k8s_src_namespace` (`k8s_dst_*` for the other side) for a Kubernetes workload, `src_name`
@@ -23,11 +25,11 @@
 //! Series that go quiet are dropped (at each [`Metrics::forget_quiet`], which the collector
 //! calls several times a second, and while observing), so that memory and the scrape stay
 //! bounded while processes, pods and nodes come and go: a hop's after no observation for the
-//! forget period
-//! (10 minutes by default), a node's after the collector had nothing new from it for as long
-//! (none of its counters or its clock's offset moved; a live agent sends clock exchanges every
-//! 250 ms or faster). A hop seen again starts its histograms from 0, which Prometheus reads as
-//! a counter reset. A node's values are kept, hidden, to tell when it is heard from again.
+//! forget period (10 minutes by default), a node's after the collector had nothing new from it
+//! for as long (none of its counters or its clock's offset moved; a live agent sends clock
+//! exchanges every 250 ms or faster). A hop seen again starts its histograms from 0, which
+//! Prometheus reads as a counter reset. A node's values are kept, hidden, to tell when it is
+//! heard from again.
 
 use crate::endpoints::encode_one;
 use agent::clock::monotonic_ns;

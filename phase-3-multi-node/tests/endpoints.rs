@@ -3,7 +3,7 @@
 //! an agent loads and runs; /readyz waits for the eBPF programs and a first batch taken by the
 //! collector, saying so; both /metrics pages pass `promtool check metrics` and carry the
 //! process's own series (build, process, kernel and uplink counters, verifier instruction
-//! counts, the matcher's data-quality counts).
+//! counts, the matcher's data-quality counts). A busy --metrics address is one line naming it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -267,4 +267,40 @@ fn agent_and_collector_serve_health_readiness_and_metrics_promtool_accepts() {
         0.0
     );
     assert_own_series(&page);
+}
+
+#[test]
+fn a_busy_metrics_address_is_one_line_naming_it() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let agent = [
+        "agent",
+        "--node",
+        "n1",
+        "--collector",
+        "http://127.0.0.1:9",
+        "--pid",
+        "1",
+        "--metrics",
+        &addr,
+    ];
+    let collector = [
+        "collector",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        &addr,
+        "--duration",
+        "5",
+    ];
+    for args in [&agent[..], &collector[..]] {
+        let out = Command::new(EXE).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--metrics {addr}: cannot listen there")),
+            "{args:?}: {stderr}"
+        );
+    }
 }
