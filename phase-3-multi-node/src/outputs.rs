@@ -93,3 +93,57 @@ impl Outputs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent::schema::{Dir, PodRef};
+
+    /// A transit from a pod's workload on node-a to a plain process on node-b.
+    fn record() -> HopRecord {
+        let side = |node: &str, dir, pod: Option<PodRef>| Sighting {
+            pid: 7,
+            comm: "recorder".into(),
+            fd: 3,
+            dir,
+            t_ns: 1_000,
+            pos: None,
+            node: Some(node.into()),
+            pod,
+        };
+        let pod = PodRef {
+            namespace: "voice".into(),
+            pod: "mixer-5d8f-x2k4q".into(),
+            container: "mixer".into(),
+            workload: "mixer".into(),
+        };
+        HopRecord::new(
+            1,
+            side("node-a", Dir::Write, Some(pod)),
+            side("node-b", Dir::Read, None),
+        )
+    }
+
+    #[test]
+    fn hops_name_workloads_and_their_nodes_only_when_asked() {
+        for (node_labels, labels) in [
+            (
+                false,
+                r#"k8s_src_owner_name="mixer",k8s_src_namespace="voice",dst_name="recorder",kind="transit""#,
+            ),
+            (
+                true,
+                r#"k8s_src_owner_name="mixer",k8s_src_namespace="voice",k8s_src_node_name="node-a",dst_name="recorder",dst_node="node-b",kind="transit""#,
+            ),
+        ] {
+            let mut outputs = Outputs {
+                node_labels,
+                ..Outputs::default()
+            };
+            outputs.take(vec![record()]).unwrap();
+            let text = outputs.metrics.render();
+            let series = format!("audio_hop_latency_seconds_count{{{labels}}} 1");
+            assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+        }
+    }
+}
