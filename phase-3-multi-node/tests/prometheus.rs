@@ -1,7 +1,8 @@
 //! The collector's metrics endpoint scraped by a real Prometheus server (Debian's package, run
 //! on its own with a temporary config and storage): the hop series arrive with their labels
 //! intact (escaped values included), counts match the observations, and a median computed by
-//! Prometheus from the buckets lands in the bucket the observations were in.
+//! Prometheus from the buckets lands in the bucket the observations were in. `promtool check
+//! metrics` finds nothing to say about the page.
 
 use phase_3_multi_node::endpoints::{serve, Health};
 use phase_3_multi_node::metrics::{HopLabels, Metrics, Peer};
@@ -117,11 +118,32 @@ fn prometheus_scrapes_hop_latencies() {
         stopped.await.ok();
     }));
 
-    let (head, _) = get(target, "/metrics").unwrap();
+    let (head, page) = get(target, "/metrics").unwrap();
     assert!(
         head.to_lowercase()
             .contains("content-type: text/plain; version=0.0.4"),
         "{head}"
+    );
+    // promtool's linter accepts the page too, escaped label values and all.
+    let mut promtool = Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let linted = promtool.wait_with_output().unwrap();
+    assert!(
+        linted.status.success() && linted.stdout.is_empty() && linted.stderr.is_empty(),
+        "{}{}\n{page}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
     );
 
     let dir = tempfile::tempdir().unwrap();
