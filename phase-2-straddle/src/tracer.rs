@@ -173,6 +173,24 @@ impl Tracer {
     pub fn recursion_misses(&self) -> u64 {
         recursion_misses(&self.ebpf)
     }
+
+    /// Runs of `flush_batch` the kernel refused.
+    pub fn flush_failures(&self) -> u64 {
+        self.flush_failures
+    }
+
+    /// Target processes whose libssl was probed, and those whose libssl could not be; `None`
+    /// with the TLS probes off.
+    pub fn tls_probes(&self) -> Option<(usize, usize)> {
+        self.tls
+            .enabled()
+            .then(|| (self.tls.probed(), self.tls.failures()))
+    }
+
+    /// TCP links named by their own socket's tuple (`Links::untracked`).
+    pub fn tcp_links_untracked(&self) -> u64 {
+        self.links.untracked()
+    }
 }
 
 /// As the agent's pipeline drains it: each event with the link it was seen on.
@@ -211,20 +229,15 @@ impl agent::pipeline::Kernel for Tracer {
         let evicted = path
             .get("flows_created")
             .saturating_sub(path.get("flows_closed") + live);
-        let tls = if self.tls.enabled() {
-            format!(
-                "{} tls_probe_failures={}",
-                self.tls.probed(),
-                self.tls.failures()
-            )
-        } else {
-            "off".into()
+        let tls = match self.tls_probes() {
+            Some((probed, failures)) => format!("{probed} tls_probe_failures={failures}"),
+            None => "off".into(),
         };
         Ok(format!(
             "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls} tcp_links_untracked={}",
             self.flush_failures,
             self.recursion_misses(),
-            self.links.untracked()
+            self.tcp_links_untracked()
         ))
     }
 }

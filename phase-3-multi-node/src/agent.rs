@@ -2,6 +2,7 @@
 //! this node can read its /proc), and the sightings shipped to the collector through the
 //! uplink. It matches nothing itself: a moment's other sightings may be on other nodes.
 
+use crate::agent_metrics::Snapshot;
 use crate::proto::{NodeSighting, PodRef};
 use crate::uplink::{Uplink, UplinkConfig};
 use agent::pipeline::Kernel;
@@ -88,6 +89,37 @@ impl NodeAgent {
             self.uplink.push(std::mem::take(&mut self.batch));
             self.last_push = Instant::now();
         }
+    }
+
+    /// The kernel's counters and the uplink's, as the metrics endpoint serves them; `targets`:
+    /// the processes traced now.
+    pub fn snapshot(&self, targets: u64) -> Result<Snapshot> {
+        let (scan, path) = self.tracer.counters()?;
+        let kernel = [scan, path]
+            .iter()
+            .flat_map(|c| c.names.iter().copied().zip(c.values.iter().copied()))
+            .collect();
+        Ok(Snapshot {
+            kernel,
+            flows_live: self.tracer.live_flows()? as u64,
+            batch_flush_failures: self.tracer.flush_failures(),
+            recursion_misses: self.tracer.recursion_misses(),
+            tcp_links_untracked: self.tracer.tcp_links_untracked(),
+            tls_probes: self
+                .tracer
+                .tls_probes()
+                .map(|(probed, failed)| (probed as u64, failed as u64)),
+            verified_instructions: self
+                .tracer
+                .verified_instructions()
+                .into_iter()
+                .filter_map(|(program, n)| Some((program, n?)))
+                .collect(),
+            targets,
+            sightings: self.sightings,
+            uplink: self.uplink.counters(),
+            pending_batches: self.uplink.pending() as u64,
+        })
     }
 
     /// The kernel's counters and the uplink's, one line; then why the collector could not be

@@ -2,7 +2,9 @@
 
 use crate::admission::Admission;
 use crate::agent::{NodeAgent, DRAIN_EVERY};
+use crate::agent_metrics::AgentMetrics;
 use crate::collector::{serve, Service};
+use crate::endpoints::Health;
 use crate::metrics::Metrics;
 use crate::mtls::{ClientTls, ServerTls};
 use crate::outputs::Outputs;
@@ -62,6 +64,10 @@ pub struct AgentArgs {
     /// Touched once tracing is attached (for scripts and tests that start the pipeline next).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Serve this agent's Prometheus metrics on http://ADDR/metrics, and /healthz and /readyz
+    /// (ready once tracing is attached and the collector has taken a first batch).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -69,9 +75,13 @@ pub struct CollectorArgs {
     /// Where agents connect (gRPC).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Serve Prometheus metrics on http://ADDR/metrics.
+    /// Serve Prometheus metrics on http://ADDR/metrics, and /healthz and /readyz.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Label hop series with the nodes of their two sides too (a series per pair of nodes a
+    /// workload's hops cross).
+    #[arg(long)]
+    pub metrics_node_labels: bool,
     /// Also write every matched hop as JSON lines (docs/results-schema.md) to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -198,6 +208,25 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     }
     let rt = runtime()?;
     let _guard = rt.enter();
+    let health = Health::waiting_for("the eBPF programs to attach");
+    let metrics = AgentMetrics::default();
+    // Before the seconds the eBPF load takes: a liveness probe gets its answer meanwhile.
+    if let Some(addr) = args.metrics {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+        let mut registry = crate::endpoints::registry();
+        // The node, as the collector's per-node series name it: dashboards join on it.
+        registry
+            .sub_registry_with_label(("node".into(), args.node.clone().into()))
+            .register_collector(Box::new(metrics.clone()));
+        rt.spawn(crate::endpoints::serve(
+            listener,
+            std::sync::Arc::new(registry),
+            health.clone(),
+            std::future::pending(),
+        ));
+    }
     let mut tracer = Tracer::start(&t.fingerprint(), t.comm.as_deref())?;
     tracer.add_targets(&t.pid)?;
     // The hook's targets as last looked up: a process that leaves the selection (relabelled or
@@ -223,6 +252,8 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         },
     );
     agent.annotate = hooks.annotate.take();
+    let first_exchange = format!("a first batch taken by the collector at {}", args.collector);
+    health.set_waiting_for(&first_exchange);
     if let Some(f) = &args.ready_file {
         std::fs::write(f, b"").with_context(|| format!("writing {}", f.display()))?;
     }
@@ -231,6 +262,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
         let mut lookup = tokio::time::interval(Duration::from_secs(1));
+        let mut sample = tokio::time::interval(Duration::from_secs(1));
         let until = tokio::time::sleep(t.duration.unwrap_or(FOREVER));
         let stop = stopped();
         tokio::pin!(until, stop);
@@ -238,6 +270,10 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
             tokio::select! {
                 _ = drain.tick() => agent.tick(),
                 _ = liveness.tick() => {
+                    health.beat();
+                    if agent.uplink.counters().batches_sent > 0 {
+                        health.set_ready();
+                    }
                     let alive = t.pid.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
                     if t.comm.is_none() && hooks.targets.is_none() && !alive {
                         break;
@@ -256,6 +292,10 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
                     agent.tracer.add_targets(&new)?;
                     agent::pipeline::Kernel::remove_targets(&mut agent.tracer, &gone)?;
                     selected = now;
+                }
+                _ = sample.tick(), if args.metrics.is_some() => {
+                    let traced = traced(&t.pid, &selected, t.comm.as_deref())?;
+                    metrics.update(agent.snapshot(traced)?);
                 }
                 _ = &mut stop => break,
                 _ = &mut until => break,
@@ -279,6 +319,20 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     Ok(())
 }
 
+/// Processes traced: the live ones of `pids` and `selected`, and those named `comm*`.
+fn traced(
+    pids: &[u32],
+    selected: &std::collections::HashSet<u32>,
+    comm: Option<&str>,
+) -> Result<u64> {
+    let mut all: std::collections::HashSet<u32> = selected.clone();
+    all.extend(pids.iter().filter(|&&p| agent::targets::process_exists(p)));
+    if let Some(prefix) = comm {
+        all.extend(agent::targets::pids_with_comm_prefix(prefix)?);
+    }
+    Ok(all.len() as u64)
+}
+
 /// Collects, matches and reports until stopped.
 pub fn run_collector(args: &CollectorArgs) -> Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
@@ -291,6 +345,7 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
             ..Retention::default()
         }),
         metrics: Metrics::new(args.forget_after),
+        node_labels: args.metrics_node_labels,
         ..Outputs::default()
     };
     if let Some(p) = &args.json {
@@ -315,13 +370,16 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
             tls,
             wait(stop_rx.clone()),
         ));
+        let health = Health::waiting_for("the gRPC server to listen");
+        let mut ticked = false;
         if let Some(addr) = args.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("serving metrics on {addr}"))?;
-            tokio::spawn(crate::metrics::serve_metrics_on(
-                outputs.metrics.clone(),
+                .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+            tokio::spawn(crate::endpoints::serve(
                 listener,
+                outputs.metrics.registry(),
+                health.clone(),
                 wait(stop_rx.clone()),
             ));
         }
@@ -335,6 +393,13 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
         loop {
             tokio::select! {
                 _ = close.tick() => {
+                    health.beat();
+                    // A gRPC port that cannot be bound ends the task at once (and then the
+                    // collector): still running a tick later, it serves.
+                    if ticked && !grpc.is_finished() {
+                        health.set_ready();
+                    }
+                    ticked = true;
                     outputs.take(service.close_due(Some(monotonic_ns())))?;
                     outputs.update_nodes(&service);
                 }

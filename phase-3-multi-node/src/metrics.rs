@@ -1,7 +1,15 @@
 //! The collector's Prometheus metrics: per-hop latency and alignment-bound histograms, per
-//! agent node the cumulative sighting counters and the clock model's offset and bound, and the
-//! requests the collector refused per reason, rendered in the text exposition format 0.0.4 and
-//! served on GET /metrics.
+//! agent node the cumulative sighting counters and the clock model's offset and bound, the
+//! requests the collector refused per reason, and the matcher's data-quality counts. Encoded by
+//! `prometheus-client` (its histograms, label escaping and text format) and served with the
+//! collector's other endpoints (`endpoints`); what is kept and when it is dropped is this
+//! module's.
+//!
+//! A hop's series name each side as a Beyla user knows it: `k8s_src_owner_name` and
+//! `k8s_src_namespace` (`k8s_dst_*` for the other side) for a Kubernetes workload, `src_name`
+//! (a process's command name) otherwise. The nodes of the two sides are labels only when asked
+//! for (`k8s_src_node_name`, or `src_node` outside Kubernetes): with them, every pair of nodes a
+//! hop crosses is a series of its own, N² for a workload spread over N nodes.
 //!
 //! Negative latencies (a cross-node hop whose two ends were mapped onto the collector's clock
 //! with errors of opposite sign) are observed as 0: causality says the true latency is ≥ 0, so
@@ -14,23 +22,32 @@
 //! range and lines up bucket for bucket with the latency (a latency quantile under the bound's
 //! says the hop is not resolved by the clock alignment). Same-node hops observe a bound of 0.
 //!
-//! Series that go quiet are dropped, so that memory and the scrape stay bounded while
-//! processes, pods and nodes come and go: a hop's after no observation for the forget period
-//! (10 minutes by default), a node's after the collector had nothing new from it for as long
-//! (none of its counters or its clock's offset moved; a live agent sends clock exchanges every
-//! 250 ms or faster). A hop seen again starts its histograms from 0, which Prometheus reads as
-//! a counter reset. A node's values are kept, hidden, to tell when it is heard from again.
+//! Series that go quiet are dropped (at each [`Metrics::forget_quiet`], which the collector
+//! calls several times a second, and while observing), so that memory and the scrape stay
+//! bounded while processes, pods and nodes come and go: a hop's after no observation for the
+//! forget period (10 minutes by default), a node's after the collector had nothing new from it
+//! for as long (none of its counters or its clock's offset moved; a live agent sends clock
+//! exchanges every 250 ms or faster). A hop seen again starts its histograms from 0, which
+//! Prometheus reads as a counter reset. A node's values are kept, hidden, to tell when it is
+//! heard from again.
 
+use crate::endpoints::encode_one;
 use agent::clock::monotonic_ns;
+use phase_2_straddle::matcher::MatchCounters;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 
-/// Upper bounds of the histogram buckets, in ns (rendered in seconds; +Inf is implied).
+/// Upper bounds of the histogram buckets, in ns (exported in seconds; +Inf is implied).
 const BUCKETS_NS: [u64; 16] = [
     10_000,
     25_000,
@@ -50,55 +67,55 @@ const BUCKETS_NS: [u64; 16] = [
     1_000_000_000,
 ];
 
+/// One side of a hop.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Peer {
+    /// The Kubernetes workload (phase 4 on), else the process's command name.
+    pub name: String,
+    /// The workload's namespace; empty outside Kubernetes.
+    pub namespace: String,
+    /// The node; empty unless node labels are asked for.
+    pub node: String,
+}
+
+impl Peer {
+    /// `side` is `src` or `dst`; empty values are left out (Prometheus reads an empty label as
+    /// an absent one).
+    fn labels(&self, side: &str, out: &mut Vec<(String, String)>) {
+        let kubernetes = !self.namespace.is_empty();
+        let (name, node) = match kubernetes {
+            true => (
+                format!("k8s_{side}_owner_name"),
+                format!("k8s_{side}_node_name"),
+            ),
+            false => (format!("{side}_name"), format!("{side}_node")),
+        };
+        out.push((name, self.name.clone()));
+        if kubernetes {
+            out.push((format!("k8s_{side}_namespace"), self.namespace.clone()));
+        }
+        if !self.node.is_empty() {
+            out.push((node, self.node.clone()));
+        }
+    }
+}
+
 /// Label set of one hop: from a component on one node to a component on the same or another.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HopLabels {
-    pub source_node: String,
-    /// A component name, such as a process comm (a workload from phase 4 on).
-    pub source: String,
-    pub destination_node: String,
-    pub destination: String,
-    /// "transit" (a write in one process → a read in another) or "residence" (a read → a write
-    /// inside one process).
+    pub src: Peer,
+    pub dst: Peer,
+    /// `transit`, `residence`, `write_to_write` or `read_to_read` (docs/results-schema.md).
     pub kind: &'static str,
-    /// Kubernetes namespaces of the two workloads (phase 4 on); rendered only when known, as
-    /// Prometheus takes an empty label for an absent one.
-    pub source_namespace: String,
-    pub destination_namespace: String,
 }
 
-#[derive(Default)]
-struct Histogram {
-    /// Observations per bucket, not cumulative; those above the last bound are only in `count`.
-    buckets: [u64; BUCKETS_NS.len()],
-    /// u128: a u64 of ns overflows after 584 years of summed latency, months at high hop rates.
-    sum_ns: u128,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, ns: u64) {
-        if let Some(b) = self
-            .buckets
-            .get_mut(BUCKETS_NS.partition_point(|&le| le < ns))
-        {
-            *b += 1;
-        }
-        self.sum_ns += u128::from(ns);
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (le, n) in BUCKETS_NS.iter().zip(self.buckets) {
-            cumulative += n;
-            let le = seconds(*le as f64);
-            writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}").unwrap();
-        }
-        let (sum, count) = (seconds(self.sum_ns as f64), self.count);
-        writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}").unwrap();
-        writeln!(out, "{name}_sum{{{labels}}} {sum}").unwrap();
-        writeln!(out, "{name}_count{{{labels}}} {count}").unwrap();
+impl EncodeLabelSet for HopLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        let mut labels = Vec::new();
+        self.src.labels("src", &mut labels);
+        self.dst.labels("dst", &mut labels);
+        labels.push(("kind".to_string(), self.kind.to_string()));
+        labels.encode(encoder)
     }
 }
 
@@ -106,59 +123,60 @@ impl Histogram {
 const HISTOGRAMS: [(&str, &str); 2] = [
     (
         "audio_hop_latency_seconds",
-        "Latency of a hop of an audio moment: transit (a write in one process to a read in another) or residence (a read to a write inside one process).",
+        "Latency of a hop of an audio moment: transit (a write in one process to a read in another) or residence (a read to a write inside one process)",
     ),
     (
         "audio_hop_error_bound_seconds",
-        "Error bound of each hop latency from cross-node clock alignment (0 within a node).",
+        "Error bound of each hop latency from cross-node clock alignment (0 within a node)",
     ),
 ];
 
-/// Name and help of each per-node counter, in the order of [`NodeStats::counters`].
+/// Name (without `_total`) and help of each per-node counter, in the order of
+/// [`NodeValues::counters`].
 const COUNTERS: [(&str, &str); 3] = [
     (
-        "audio_agent_sightings_total",
-        "Sightings the collector took from the agent on the node.",
+        "audio_agent_sightings",
+        "Sightings the collector took from the agent on the node",
     ),
     (
-        "audio_agent_lost_sightings_total",
-        "Sightings the agent on the node reported dropping (its uplink queue was full).",
+        "audio_agent_lost_sightings",
+        "Sightings the agent on the node reported dropping (its uplink queue was full)",
     ),
     (
-        "audio_agent_duplicate_batches_total",
-        "Batches from the node the collector already held (resends), acknowledged and dropped.",
+        "audio_agent_duplicate_batches",
+        "Batches from the node the collector already held (resends), acknowledged and dropped",
     ),
 ];
 
 /// Name and help of each per-node restart counter, in the order of [`Metrics::set_restarts`].
 const RESTART_COUNTERS: [(&str, &str); 2] = [
     (
-        "audio_agent_restarts_total",
-        "Agent processes on the node replaced by another (a new epoch in its batches).",
+        "audio_agent_restarts",
+        "Agent processes on the node replaced by another (a new epoch in its batches)",
     ),
     (
-        "audio_agent_lost_at_restart_sightings_total",
-        "Sightings replaced agents on the node took and never delivered, as far as their batches told.",
+        "audio_agent_lost_at_restart_sightings",
+        "Sightings replaced agents on the node took and never delivered, as far as their batches told",
     ),
 ];
 
-/// Name and help of each per-node gauge, in the order of [`NodeStats::gauges`].
+/// Name and help of each per-node gauge, in the order of [`NodeValues::gauges`].
 const GAUGES: [(&str, &str); 2] = [
     (
         "audio_node_clock_offset_seconds",
-        "The collector's clock minus the node's monotonic clock, as the node's clock model estimates it.",
+        "The collector's clock minus the node's monotonic clock, as the node's clock model estimates it",
     ),
     (
         "audio_node_clock_bound_seconds",
-        "Error bound of the node's clock model mapping its stamps onto the collector's clock.",
+        "Error bound of the node's clock model mapping its stamps onto the collector's clock",
     ),
 ];
 
 /// Counted per reason only: a label with the node a refused request claimed would make a series
 /// per invented name.
 const REFUSED: (&str, &str) = (
-    "audio_collector_refused_requests_total",
-    "Clock exchanges and batches the collector refused: node_mismatch (the node claimed is not the client certificate's), node_limit (a node beyond --max-nodes).",
+    "audio_collector_refused_requests",
+    "Clock exchanges and batches the collector refused: node_mismatch (the node claimed is not the client certificate's), node_limit (a node beyond --max-nodes)",
 );
 
 struct Hop {
@@ -179,9 +197,11 @@ struct NodeStats {
     values: NodeValues,
     /// When the values last changed.
     changed_ns: u64,
+    /// Not quiet at the last [`Inner::forget_quiet`].
+    shown: bool,
 }
 
-/// BTreeMaps: the rendering is in a stable order, which keeps scrapes diffable.
+/// BTreeMaps: the exposition is in a stable order, which keeps scrapes diffable.
 struct Inner {
     hops: BTreeMap<HopLabels, Hop>,
     nodes: BTreeMap<String, NodeStats>,
@@ -189,6 +209,7 @@ struct Inner {
     refused: BTreeMap<&'static str, u64>,
     /// Per node: restarts, sightings lost at restarts.
     restarts: BTreeMap<String, [u64; 2]>,
+    quality: MatchCounters,
     forget_after_ns: u64,
     /// When next to drop quiet hops while observing.
     next_sweep_ns: u64,
@@ -199,10 +220,14 @@ impl Inner {
         now_ns.saturating_sub(since_ns) >= self.forget_after_ns
     }
 
-    fn forget_quiet_hops(&mut self, now_ns: u64) {
+    fn forget_quiet(&mut self, now_ns: u64) {
         let mut hops = std::mem::take(&mut self.hops);
         hops.retain(|_, hop| !self.quiet(hop.last_ns, now_ns));
         self.hops = hops;
+        let forget_after_ns = self.forget_after_ns;
+        for node in self.nodes.values_mut() {
+            node.shown = now_ns.saturating_sub(node.changed_ns) < forget_after_ns;
+        }
     }
 }
 
@@ -210,6 +235,8 @@ impl Inner {
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Mutex<Inner>>,
+    /// These metrics and the process's own (`endpoints::registry`).
+    registry: Arc<Registry>,
 }
 
 impl Default for Metrics {
@@ -221,16 +248,26 @@ impl Default for Metrics {
 impl Metrics {
     /// Metrics that drop a series after `forget_after` without news.
     pub fn new(forget_after: Duration) -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            hops: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            restarts: BTreeMap::new(),
+            quality: MatchCounters::default(),
+            forget_after_ns: u64::try_from(forget_after.as_nanos()).unwrap_or(u64::MAX),
+            next_sweep_ns: 0,
+        }));
+        let mut registry = crate::endpoints::registry();
+        registry.register_collector(Box::new(Exposition(inner.clone())));
         Self {
-            inner: Arc::new(Mutex::new(Inner {
-                hops: BTreeMap::new(),
-                nodes: BTreeMap::new(),
-                refused: BTreeMap::new(),
-                restarts: BTreeMap::new(),
-                forget_after_ns: u64::try_from(forget_after.as_nanos()).unwrap_or(u64::MAX),
-                next_sweep_ns: 0,
-            })),
+            inner,
+            registry: Arc::new(registry),
         }
+    }
+
+    /// What GET /metrics serves.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 
     /// One hop of one moment: its latency and the error bound of that latency (0 within a node).
@@ -240,19 +277,26 @@ impl Metrics {
 
     fn observe_hop_at(&self, labels: &HopLabels, latency_ns: i64, bound_ns: u64, now_ns: u64) {
         let mut inner = self.inner.lock().unwrap();
-        // Also without scrapes: a collector serving no /metrics still observes.
+        // Also without the collector's sweeps (tests, a collector stuck in its report).
         if now_ns >= inner.next_sweep_ns {
-            inner.forget_quiet_hops(now_ns);
+            inner.forget_quiet(now_ns);
             inner.next_sweep_ns = now_ns.saturating_add(inner.forget_after_ns / 10);
         }
         let hop = inner.hops.entry(labels.clone()).or_insert_with(|| Hop {
-            histograms: Default::default(),
+            histograms: std::array::from_fn(|_| {
+                Histogram::new(BUCKETS_NS.iter().map(|&ns| seconds(ns as f64)))
+            }),
             last_ns: now_ns,
         });
         hop.last_ns = hop.last_ns.max(now_ns);
-        let [latency, bound] = &mut hop.histograms;
-        latency.observe(latency_ns.max(0) as u64);
-        bound.observe(bound_ns);
+        let [latency, bound] = &hop.histograms;
+        latency.observe(seconds(latency_ns.max(0) as f64));
+        bound.observe(seconds(bound_ns as f64));
+    }
+
+    /// Drops the series that went quiet: call often (their memory is freed only then).
+    pub fn forget_quiet(&self) {
+        self.inner.lock().unwrap().forget_quiet(monotonic_ns());
     }
 
     /// A node's cumulative counters as the collector holds them, and its clock model's offset
@@ -282,10 +326,9 @@ impl Metrics {
         match inner.nodes.get_mut(node) {
             Some(stats) if stats.values == values => {}
             Some(stats) => {
-                *stats = NodeStats {
-                    values,
-                    changed_ns: now_ns,
-                }
+                stats.values = values;
+                stats.changed_ns = now_ns;
+                stats.shown = true;
             }
             None => {
                 inner.nodes.insert(
@@ -293,6 +336,7 @@ impl Metrics {
                     NodeStats {
                         values,
                         changed_ns: now_ns,
+                        shown: true,
                     },
                 );
             }
@@ -311,128 +355,104 @@ impl Metrics {
         inner.restarts.insert(node.to_string(), counters);
     }
 
-    /// Everything in the Prometheus text exposition format 0.0.4.
-    pub fn render(&self) -> String {
-        self.render_at(monotonic_ns())
+    /// The matcher's counts of what it could not turn into hops.
+    pub fn set_quality(&self, counters: MatchCounters) {
+        self.inner.lock().unwrap().quality = counters;
     }
 
+    /// Everything, as GET /metrics serves it.
+    pub fn render(&self) -> String {
+        crate::endpoints::render(&self.registry)
+    }
+
+    #[cfg(test)]
     fn render_at(&self, now_ns: u64) -> String {
-        let mut inner = self.inner.lock().unwrap();
-        inner.forget_quiet_hops(now_ns);
+        self.inner.lock().unwrap().forget_quiet(now_ns);
+        self.render()
+    }
+}
+
+/// The metrics above, encoded at each scrape.
+struct Exposition(Arc<Mutex<Inner>>);
+
+impl std::fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("collector metrics")
+    }
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let inner = self.0.lock().unwrap();
+        for (i, (name, help)) in HISTOGRAMS.iter().enumerate() {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (labels, hop) in &inner.hops {
+                hop.histograms[i].encode(family.encode_family(labels)?)?;
+            }
+        }
         let nodes: Vec<(&String, &NodeValues)> = inner
             .nodes
             .iter()
-            .filter(|(_, n)| !inner.quiet(n.changed_ns, now_ns))
+            .filter(|(_, n)| n.shown)
             .map(|(name, n)| (name, &n.values))
             .collect();
-        let mut out = String::new();
-        let hops: Vec<_> = inner
-            .hops
-            .iter()
-            .map(|(l, hop)| {
-                let mut labels = format!(
-                    "source_node=\"{}\",source=\"{}\",destination_node=\"{}\",destination=\"{}\",kind=\"{}\"",
-                    escape(&l.source_node),
-                    escape(&l.source),
-                    escape(&l.destination_node),
-                    escape(&l.destination),
-                    escape(l.kind),
-                );
-                for (name, value) in [
-                    ("source_namespace", &l.source_namespace),
-                    ("destination_namespace", &l.destination_namespace),
-                ] {
-                    if !value.is_empty() {
-                        labels += &format!(",{name}=\"{}\"", escape(value));
-                    }
-                }
-                (labels, hop)
-            })
-            .collect();
-        for (i, (name, help)) in HISTOGRAMS.iter().enumerate() {
-            header(&mut out, name, help, "histogram");
-            for (labels, hop) in &hops {
-                hop.histograms[i].render(&mut out, name, labels);
-            }
-        }
         for (i, (name, help)) in COUNTERS.iter().enumerate() {
-            header(&mut out, name, help, "counter");
-            for (node, stats) in &nodes {
-                let v = stats.counters[i];
-                writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (node, values) in &nodes {
+                ConstCounter::new(values.counters[i])
+                    .encode(family.encode_family(&[("node", node.as_str())])?)?;
             }
         }
         for (i, (name, help)) in RESTART_COUNTERS.iter().enumerate() {
-            header(&mut out, name, help, "counter");
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (node, counters) in &inner.restarts {
-                let v = counters[i];
-                writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
+                ConstCounter::new(counters[i])
+                    .encode(family.encode_family(&[("node", node.as_str())])?)?;
             }
         }
         for (i, (name, help)) in GAUGES.iter().enumerate() {
-            header(&mut out, name, help, "gauge");
-            for (node, stats) in &nodes {
-                if let Some(v) = stats.gauges[i] {
-                    writeln!(out, "{name}{{node=\"{}\"}} {v}", escape(node)).unwrap();
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (node, values) in &nodes {
+                if let Some(v) = values.gauges[i] {
+                    ConstGauge::new(v).encode(family.encode_family(&[("node", node.as_str())])?)?;
                 }
             }
         }
         let (name, help) = REFUSED;
-        header(&mut out, name, help, "counter");
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for (reason, n) in &inner.refused {
-            writeln!(out, "{name}{{reason=\"{reason}\"}} {n}").unwrap();
+            ConstCounter::new(*n).encode(family.encode_family(&[("reason", *reason)])?)?;
         }
-        out
+        let q = inner.quality;
+        encode_one(
+            &mut encoder,
+            "audio_collector_unmatched_moments",
+            "Moments whose signature the collector saw once only: no hop",
+            ConstCounter::new(q.unmatched),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "audio_collector_refused_sightings",
+            "Sightings the matcher left out: repeat (the moment seen twice on one flow within the window), ambiguous (a write whose feeding read could not be told apart)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("repeat", q.refused_repeats),
+            ("ambiguous", q.refused_ambiguous),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        encode_one(
+            &mut encoder,
+            "audio_collector_unpaired_sightings",
+            "Sightings on file descriptors with no known other end (files, closed descriptors)",
+            ConstCounter::new(q.unpaired),
+        )
     }
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}").unwrap();
 }
 
 fn seconds(ns: f64) -> f64 {
     ns / 1e9
-}
-
-/// A label value as the format wants it: backslash, double quote and newline escaped.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Serves GET /metrics on `addr` until `shutdown` resolves.
-pub async fn serve_metrics(
-    metrics: Metrics,
-    addr: SocketAddr,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    serve_metrics_on(metrics, TcpListener::bind(addr).await?, shutdown).await
-}
-
-/// [`serve_metrics`] on a listener already bound (port 0 in tests).
-pub async fn serve_metrics_on(
-    metrics: Metrics,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || async move {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                metrics.render(),
-            )
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,23 +1,31 @@
-//! deploy/grafana/audio-tracer-dashboard.json asks only for what the collector exposes. Every
-//! metric name in its PromQL is a series name that phase 3's metrics module renders (a
+//! deploy/grafana/audio-tracer-dashboard.json asks only for what the collector and the agents
+//! expose. Every metric name in its PromQL is a series name that phase 3's metrics render (a
 //! histogram's `_bucket`, `_sum` and `_count`, the counters and gauges). Every label name it
-//! uses is a label of that rendering, or one of the namespace labels phase 4 adds to hops.
-//! Counters and buckets go through rate()/increase() and gauges do not. Every variable is
-//! defined, and every query goes to the `${DS_PROMETHEUS}` data source.
+//! uses is a label of those renderings. Counters and buckets go through rate()/increase() and
+//! gauges do not. Every variable is defined, and every query goes to the `${DS_PROMETHEUS}` data
+//! source. The data-quality row shows every agent and matcher loss.
 //!
-//! What the collector exposes is read off its own rendering (dashboard/exposed.rs); the queries
-//! are read with a small PromQL lexer (dashboard/promql.rs).
+//! What is exposed is read off the renderings themselves (dashboard/exposed.rs); the queries
+//! are read with a small PromQL lexer (dashboard/promql.rs). Then a real Prometheus server
+//! scrapes a collector's and an agent's endpoints, and every query and variable of the
+//! dashboard runs there and returns series.
 
 #[path = "dashboard/exposed.rs"]
 mod exposed;
+#[path = "dashboard/prometheus.rs"]
+mod prometheus;
 #[path = "dashboard/promql.rs"]
 mod promql;
 
-use exposed::{exposed, Exposed, HOP_LABELS, PHASE_4_LABELS};
+use exposed::{agent_registry, collector_metrics, exposed, Exposed, HOP_LABELS};
+use phase_3_multi_node::endpoints::{serve, Health};
+use prometheus::Prometheus;
 use promql::{promql, Uses};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Grafana's own variables.
 const BUILTIN_VARIABLES: [&str; 4] = ["__rate_interval", "__range", "__interval", "__all"];
@@ -84,7 +92,7 @@ fn check_expr(expr: &str, exposed: &Exposed, where_: &str) -> Uses {
     }
     for label in &uses.labels {
         assert!(
-            exposed.labels.contains(label) || PHASE_4_LABELS.contains(&label.as_str()),
+            exposed.labels.contains(label),
             "{where_}: label {label} is not exposed ({expr})"
         );
     }
@@ -106,9 +114,12 @@ fn check_expr(expr: &str, exposed: &Exposed, where_: &str) -> Uses {
 #[test]
 fn exposed_names_are_phase_3s() {
     let e = exposed();
+    let node_labels = ["k8s_src_node_name", "k8s_dst_node_name"];
+    let others = ["le", "node", "reason", "event", "program", "version"];
     let expected: BTreeSet<String> = HOP_LABELS
         .iter()
-        .chain(&["le", "node"])
+        .chain(&node_labels)
+        .chain(&others)
         .map(|s| s.to_string())
         .collect();
     assert_eq!(e.labels, expected);
@@ -161,7 +172,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
                 let label = part.split("}}").next().unwrap().trim();
                 // An aggregation keeps its `by` labels; a plain selector keeps them all.
                 let kept = if uses.grouping.is_empty() {
-                    exposed.labels.contains(label) || PHASE_4_LABELS.contains(&label)
+                    exposed.labels.contains(label)
                 } else {
                     uses.grouping.contains(label)
                 };
@@ -189,11 +200,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
                     {
                         let ok = match column.strip_prefix("Value #") {
                             Some(r) => refs.contains(r),
-                            None => {
-                                column == "Time"
-                                    || exposed.labels.contains(column)
-                                    || PHASE_4_LABELS.contains(&column.as_str())
-                            }
+                            None => column == "Time" || exposed.labels.contains(column),
                         };
                         assert!(ok, "{title}: column {column} is no label or query");
                     }
@@ -230,7 +237,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
             .expect("label_values(selector, label)");
         let label = label.trim();
         assert!(
-            exposed.labels.contains(label) || PHASE_4_LABELS.contains(&label),
+            exposed.labels.contains(label),
             "variable {name}: label {label}"
         );
         let uses = promql(selector).unwrap_or_else(|e| panic!("variable {name}: {e}"));
@@ -241,10 +248,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
             "variable {name}: {series}"
         );
         for l in &uses.labels {
-            assert!(
-                exposed.labels.contains(l) || PHASE_4_LABELS.contains(&l.as_str()),
-                "variable {name}: label {l}"
-            );
+            assert!(exposed.labels.contains(l), "variable {name}: label {l}");
         }
         used_series.insert(series.clone());
         exprs += 1;
@@ -260,6 +264,17 @@ fn queries_use_only_exposed_metrics_and_labels() {
         "audio_agent_duplicate_batches_total",
         "audio_node_clock_offset_seconds",
         "audio_node_clock_bound_seconds",
+        // The data-quality row.
+        "audio_agent_kernel_events_total",
+        "audio_agent_uplink_lost_sightings_total",
+        "audio_agent_lost_at_restart_sightings_total",
+        "audio_agent_tls_probe_failures",
+        "audio_agent_targets",
+        "audio_agent_program_verified_instructions",
+        "audio_collector_unmatched_moments_total",
+        "audio_collector_refused_sightings_total",
+        "audio_collector_unpaired_sightings_total",
+        "audio_collector_refused_requests_total",
     ] {
         assert!(used_series.contains(name), "{name} is on no panel");
     }
@@ -380,4 +395,96 @@ fn dashboard_is_importable_and_self_consistent() {
             }
         }
     }
+}
+
+/// A dashboard expression as Grafana sends it: variables replaced ("All", and ranges that hold
+/// several 1 s scrapes).
+fn as_sent(expr: &str) -> String {
+    let mut e = expr
+        .replace("$__rate_interval", "15s")
+        .replace("$__range", "1m");
+    for v in ["namespace", "source", "destination", "node"] {
+        e = e.replace(&format!("${v}"), ".*");
+    }
+    e
+}
+
+#[test]
+fn every_query_returns_series_from_a_real_prometheus() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut serving = Vec::new();
+    for registry in [collector_metrics().registry(), Arc::new(agent_registry())] {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        serving.push(listener.local_addr().unwrap());
+        let mut stopped = stopped.clone();
+        runtime.spawn(serve(
+            listener,
+            registry,
+            Health::waiting_for("-"),
+            async move {
+                stopped.wait_for(|&s| s).await.ok();
+            },
+        ));
+    }
+    let prometheus = Prometheus::scraping(&[("collector", serving[0]), ("agent", serving[1])]);
+
+    // Both jobs scraped a few times: enough samples for every rate() over 15 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scrapes = prometheus.query("min(count_over_time(up[15s]))");
+        let enough = scrapes.as_ref().is_ok_and(|r| {
+            r.first()
+                .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+                >= Some(4.0)
+        });
+        if enough && prometheus.query("up").is_ok_and(|r| r.len() == 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not scraped within 60 s: {scrapes:?}\n{:?}\n{}",
+            prometheus.api("/api/v1/targets"),
+            prometheus.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let d = dashboard();
+    let mut queries = 0;
+    for p in panels(&d) {
+        let title = p["title"].as_str().unwrap_or_default();
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = as_sent(t["expr"].as_str().unwrap());
+            let result = prometheus
+                .query(&expr)
+                .unwrap_or_else(|e| panic!("{title}: {expr}: {e}"));
+            assert!(!result.is_empty(), "{title}: no series for {expr}");
+            queries += 1;
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        let Some(query) = v["query"]["query"].as_str() else {
+            continue;
+        };
+        let (selector, label) = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .and_then(|q| q.rsplit_once(','))
+            .unwrap();
+        let expr = format!("count by ({}) ({})", label.trim(), as_sent(selector));
+        let result = prometheus
+            .query(&expr)
+            .unwrap_or_else(|e| panic!("variable {}: {expr}: {e}", v["name"]));
+        assert!(
+            result.iter().any(|r| r["metric"][label.trim()].is_string()),
+            "variable {}: no values for {expr}: {result:?}",
+            v["name"]
+        );
+        queries += 1;
+    }
+    assert!(queries >= 20, "{queries} queries");
+    stop.send(true).unwrap();
 }

@@ -2,7 +2,9 @@
 //! loses no field doing so, and the deployment has the properties its comments and
 //! deploy/README.md promise. The agent is least privilege (the exact capability set, read-only
 //! mounts). RBAC grants only reading pods. The collector has no privilege. The flags parse
-//! (phase 3's clap definitions) and agree with the Service and the ConfigMap. Mutual TLS is the
+//! (phase 3's clap definitions) and agree with the Service and the ConfigMap. Agent and collector
+//! serve their metrics, are probed at /healthz (liveness) and /readyz (readiness) and carry
+//! Prometheus's scrape annotations (the agent's on its pods). Mutual TLS is the
 //! default, each agent presenting its node's own certificate, and a NetworkPolicy admits only
 //! the agents to the collector's gRPC port and only the scraper to its metrics. The overlays
 //! apply: cert-manager issues the collector's certificate and adds nothing else, sys-admin adds

@@ -1,13 +1,15 @@
 use super::*;
+use phase_2_straddle::matcher::MatchCounters;
 
 fn hop(source: &str, destination: &str, kind: &'static str) -> HopLabels {
-    HopLabels {
-        source_node: "node-a".into(),
-        source: source.into(),
-        destination_node: "node-b".into(),
-        destination: destination.into(),
-        kind,
+    let peer = |name: &str| Peer {
+        name: name.into(),
         ..Default::default()
+    };
+    HopLabels {
+        src: peer(source),
+        dst: peer(destination),
+        kind,
     }
 }
 
@@ -29,7 +31,7 @@ fn histograms_are_cumulative_and_sum_in_seconds() {
         m.observe_hop(&h, ns, 200_000);
     }
     let text = m.render();
-    let labels = r#"source_node="node-a",source="src",destination_node="node-b",destination="relay",kind="transit""#;
+    let labels = r#"src_name="src",dst_name="relay",kind="transit""#;
     let bucket = |le: &str| {
         sample(
             &text,
@@ -37,7 +39,7 @@ fn histograms_are_cumulative_and_sum_in_seconds() {
         )
     };
     // An observation equal to a bound is in that bucket (le is ≤).
-    assert_eq!(bucket("0.00001"), 2.0);
+    assert_eq!(bucket("1e-05"), 2.0);
     assert_eq!(bucket("0.001"), 2.0);
     assert_eq!(bucket("0.0025"), 4.0);
     assert_eq!(bucket("1"), 4.0);
@@ -74,11 +76,11 @@ fn negative_latency_counts_in_the_lowest_bucket_as_zero() {
     m.observe_hop(&h, -40_000, 100_000);
     m.observe_hop(&h, 2_000_000, 100_000);
     let text = m.render();
-    let labels = r#"source_node="node-a",source="src",destination_node="node-b",destination="relay",kind="transit""#;
+    let labels = r#"src_name="src",dst_name="relay",kind="transit""#;
     assert_eq!(
         sample(
             &text,
-            &format!("audio_hop_latency_seconds_bucket{{{labels},le=\"0.00001\"}}")
+            &format!("audio_hop_latency_seconds_bucket{{{labels},le=\"1e-05\"}}")
         ),
         1.0
     );
@@ -102,7 +104,7 @@ fn quiet_hops_leave_the_scrape_and_memory() {
     m.observe_hop_at(&live, 1_000, 0, t0 + 500 * S);
     let count = |text: &str, source: &str| {
         let series = format!(
-            r#"audio_hop_latency_seconds_count{{source_node="node-a",source="{source}",destination_node="node-b",destination="relay",kind="transit"}}"#
+            r#"audio_hop_latency_seconds_count{{src_name="{source}",dst_name="relay",kind="transit"}}"#
         );
         text.lines()
             .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<u64>().ok())
@@ -163,7 +165,7 @@ fn format_headers_escaping_and_node_series() {
     m.set_restarts("node-a", 2, 30);
     let text = m.render();
     assert!(text.contains(
-        r#"audio_hop_latency_seconds_count{source_node="node-a",source="a\\b",destination_node="node-b",destination="say \"hi\"\nnow",kind="residence"} 1"#
+        r#"audio_hop_latency_seconds_count{src_name="a\\b",dst_name="say \"hi\"\nnow",kind="residence"} 1"#
     ), "{text}");
     for (name, kind) in [
         ("audio_hop_latency_seconds", "histogram"),
@@ -229,11 +231,84 @@ fn format_headers_escaping_and_node_series() {
         ),
         3.0
     );
-    // Every sample line: a name, labels in braces, one space, a number.
+    // Every sample line: a name, labels in braces if any, one space, a number.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').unwrap();
-        assert!(series.ends_with('}') && series.contains('{'), "{line}");
+        assert_eq!(series.contains('{'), series.ends_with('}'), "{line}");
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
     assert!(text.ends_with('\n'));
+}
+
+#[test]
+fn the_matchers_counts_are_series() {
+    let m = Metrics::default();
+    m.set_quality(MatchCounters {
+        unmatched: 4,
+        refused_repeats: 3,
+        refused_ambiguous: 2,
+        unpaired: 1,
+    });
+    let text = m.render();
+    for (series, value) in [
+        ("audio_collector_unmatched_moments_total", 4.0),
+        (
+            r#"audio_collector_refused_sightings_total{reason="repeat"}"#,
+            3.0,
+        ),
+        (
+            r#"audio_collector_refused_sightings_total{reason="ambiguous"}"#,
+            2.0,
+        ),
+        ("audio_collector_unpaired_sightings_total", 1.0),
+    ] {
+        assert_eq!(sample(&text, series), value, "{series}");
+    }
+}
+
+#[test]
+fn workloads_are_named_as_beyla_names_them_and_nodes_only_when_given() {
+    let m = Metrics::default();
+    let workload = |name: &str, node: &str| Peer {
+        name: name.into(),
+        namespace: "voice".into(),
+        node: node.into(),
+    };
+    m.observe_hop(
+        &HopLabels {
+            src: workload("gateway", ""),
+            dst: workload("mixer", ""),
+            kind: "transit",
+        },
+        1_000,
+        0,
+    );
+    m.observe_hop(
+        &HopLabels {
+            src: workload("mixer", "node-a"),
+            dst: Peer {
+                name: "recorder".into(),
+                node: "node-b".into(),
+                ..Default::default()
+            },
+            kind: "write_to_write",
+        },
+        1_000,
+        0,
+    );
+    let text = m.render();
+    assert_eq!(
+        sample(
+            &text,
+            r#"audio_hop_latency_seconds_count{k8s_src_owner_name="gateway",k8s_src_namespace="voice",k8s_dst_owner_name="mixer",k8s_dst_namespace="voice",kind="transit"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"audio_hop_latency_seconds_count{k8s_src_owner_name="mixer",k8s_src_namespace="voice",k8s_src_node_name="node-a",dst_name="recorder",dst_node="node-b",kind="write_to_write"}"#
+        ),
+        1.0
+    );
 }

@@ -1,48 +1,92 @@
-//! What phase 3's collector exposes, read off its own rendering: every series name with its
-//! family's type, and every label name. The dashboard may ask for these and nothing else.
+//! What phase 3's collector and agents expose, read off their own renderings: every series name
+//! with its family's type, and every label name. The dashboard may ask for these and nothing
+//! else.
 
-use phase_3_multi_node::metrics::{HopLabels, Metrics};
+use phase_2_straddle::matcher::MatchCounters;
+use phase_3_multi_node::agent_metrics::{AgentMetrics, Snapshot};
+use phase_3_multi_node::endpoints::Registry;
+use phase_3_multi_node::metrics::{HopLabels, Metrics, Peer};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The labels phase 4 adds to the hop metrics (deploy/README.md).
-pub const PHASE_4_LABELS: [&str; 2] = ["source_namespace", "destination_namespace"];
-/// The labels a hop has (phase 3's and phase 4's); per-hop quantiles must keep them all apart.
+/// The labels a hop has (a Kubernetes workload's or a process's, per side); per-hop quantiles
+/// must keep them all apart. The node labels are optional (--metrics-node-labels).
 pub const HOP_LABELS: [&str; 7] = [
-    "source_namespace",
-    "source",
-    "source_node",
-    "destination_namespace",
-    "destination",
-    "destination_node",
+    "k8s_src_namespace",
+    "k8s_src_owner_name",
+    "src_name",
+    "k8s_dst_namespace",
+    "k8s_dst_owner_name",
+    "dst_name",
     "kind",
 ];
 
-/// What phase 3's collector exposes: series names with their family's type, and label names.
+/// What phase 3 exposes: series names with their family's type, and label names.
 pub struct Exposed {
     /// Series name → type of its family ("histogram", "counter", "gauge").
     pub series: BTreeMap<String, String>,
     pub labels: BTreeSet<String>,
 }
 
-/// Renders phase 3's metrics with one hop and one node, every family present.
-pub fn exposed() -> Exposed {
+/// The collector's metrics with two hops (between workloads with their nodes, between
+/// processes without) and one node: every family present.
+pub fn collector_metrics() -> Metrics {
     let m = Metrics::default();
+    let workload = |name: &str, node: &str| Peer {
+        name: name.into(),
+        namespace: "voice".into(),
+        node: node.into(),
+    };
     m.observe_hop(
         &HopLabels {
-            source_node: "node-a".into(),
-            source: "src".into(),
-            destination_node: "node-b".into(),
-            destination: "relay".into(),
+            src: workload("src", "node-a"),
+            dst: workload("relay", "node-b"),
             kind: "transit",
-            // Phase 4's workload namespaces, rendered when known.
-            source_namespace: "voice".into(),
-            destination_namespace: "voice".into(),
         },
         1_500_000,
         200_000,
     );
+    let process = |name: &str| Peer {
+        name: name.into(),
+        ..Default::default()
+    };
+    m.observe_hop(
+        &HopLabels {
+            src: process("src"),
+            dst: process("relay"),
+            kind: "residence",
+        },
+        1_500_000,
+        0,
+    );
     m.set_node("node-a", 10, 1, 2, Some(-3_000_000), Some(40_000));
-    let text = m.render();
+    m.set_restarts("node-a", 1, 5);
+    m.set_refused("node_limit", 1);
+    m.set_quality(MatchCounters::default());
+    m
+}
+
+/// An agent's registry as it serves it on node-a, with a snapshot: every family present.
+pub fn agent_registry() -> Registry {
+    let agent = AgentMetrics::default();
+    agent.update(Snapshot {
+        kernel: vec![("drops", 0), ("read_errors", 0)],
+        tls_probes: Some((1, 0)),
+        verified_instructions: vec![("sys_exit".into(), 17_000)],
+        targets: 1,
+        ..Default::default()
+    });
+    let mut registry = phase_3_multi_node::endpoints::registry();
+    registry
+        .sub_registry_with_label(("node".into(), "node-a".into()))
+        .register_collector(Box::new(agent));
+    registry
+}
+
+/// The collector's page and an agent's.
+pub fn exposed() -> Exposed {
+    let registry = agent_registry();
+    let m = collector_metrics();
+    let text = m.render() + &phase_3_multi_node::endpoints::render(&registry);
     let mut types = BTreeMap::new();
     let mut series = BTreeMap::new();
     let mut labels = BTreeSet::new();
@@ -76,7 +120,14 @@ pub fn exposed() -> Exposed {
             );
         }
     }
-    assert_eq!(series.len(), 6 + 3 + 2, "{series:?}");
+    for f in [
+        "audio_agent_kernel_events_total",
+        "audio_agent_program_verified_instructions",
+        "audio_collector_unmatched_moments_total",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(series.contains_key(f), "{f} rendered");
+    }
     Exposed { series, labels }
 }
 

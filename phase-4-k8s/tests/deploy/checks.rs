@@ -381,6 +381,16 @@ pub fn check_agent(
         "pods, not pids"
     );
 
+    // Its own endpoints, probed, and scraped through the pod's annotations (no Service).
+    let metrics = args.metrics.expect("--metrics");
+    check_endpoints(c, metrics);
+    let pod_annotations = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone());
+    check_scrape_annotations(&pod_annotations.unwrap_or_default(), metrics);
+
     // The collector the agent dials is the Service's gRPC port.
     let url = args.collector.as_str();
     let (scheme, authority) = url.split_once("://").expect("a URL");
@@ -491,7 +501,7 @@ pub fn check_collector(objects: &Objects, expected: &ExpectedCollector) {
         "listens on every address"
     );
     let metrics = args.metrics.expect("--metrics");
-    assert!(metrics.ip().is_unspecified());
+    check_endpoints(c, metrics);
     assert!(args.json.is_none(), "no file to write on a read-only root");
     let tls = [&args.tls_client_ca, &args.tls_cert, &args.tls_key];
     if let Some(files) = &expected.tls {
@@ -528,7 +538,39 @@ pub fn check_collector(objects: &Objects, expected: &ExpectedCollector) {
         .unwrap_or_else(|| panic!("Service port {name}: no such container port"));
         assert_eq!(container_port.container_port, i32::from(listen.port()));
     }
-    let annotations = svc.metadata.annotations.clone().unwrap_or_default();
+    check_scrape_annotations(
+        &svc.metadata.annotations.clone().unwrap_or_default(),
+        metrics,
+    );
+}
+
+/// The container serves its metrics, /healthz and /readyz on every address at `metrics`, a
+/// port named "metrics", and its liveness and readiness probes ask /healthz and /readyz there.
+fn check_endpoints(c: &Container, metrics: std::net::SocketAddr) {
+    assert!(metrics.ip().is_unspecified(), "--metrics on every address");
+    let port = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("a metrics port");
+    assert_eq!(port.container_port, i32::from(metrics.port()));
+    for (probe, path) in [
+        (&c.liveness_probe, "/healthz"),
+        (&c.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{path}: an HTTP probe"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.port, IntOrString::String("metrics".into()), "{path}");
+    }
+}
+
+/// The common "kubernetes-service-endpoints" and "kubernetes-pods" scrape jobs find
+/// `metrics` through these annotations.
+fn check_scrape_annotations(annotations: &BTreeMap<String, String>, metrics: std::net::SocketAddr) {
     assert_eq!(
         annotations.get("prometheus.io/scrape").map(String::as_str),
         Some("true")
