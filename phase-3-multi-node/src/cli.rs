@@ -2,12 +2,12 @@
 
 use crate::admission::Admission;
 use crate::agent::{NodeAgent, DRAIN_EVERY};
-use crate::collector::{serve, Service};
+use crate::collector::{serve_on, Service};
 use crate::metrics::Metrics;
 use crate::mtls::{ClientTls, ServerTls};
 use crate::outputs::Outputs;
 use crate::uplink::{Skew, UplinkConfig};
-use agent::cli::{parse_duration, parse_interval, report_period, FOREVER};
+use agent::cli::{listen, listen_address, parse_duration, parse_interval, report_period, FOREVER};
 use agent::clock::monotonic_ns;
 use agent::stats::{HopStats, Retention};
 use anyhow::{bail, Context, Result};
@@ -66,20 +66,20 @@ pub struct AgentArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct CollectorArgs {
-    /// Where agents connect (gRPC).
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    /// Where agents connect (gRPC): `IP:PORT`, `HOST:PORT`, or `:PORT` for every interface.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051", value_parser = listen_address)]
     pub listen: SocketAddr,
-    /// Serve Prometheus metrics on http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics on http://ADDR/metrics (`:9090`: every interface).
+    #[arg(long, value_name = "ADDR", value_parser = listen_address)]
     pub metrics: Option<SocketAddr>,
     /// Also write every matched hop as JSON lines (docs/results-schema.md) to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Print the live hop table this often: `2` (seconds), `500ms` (0: only at the end).
-    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval)]
+    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval, allow_hyphen_values = true)]
     pub report_every: Duration,
     /// Stop after this long: `30` (seconds), `500ms`, `2m` (default: on Ctrl-C or SIGTERM).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Drop a hop from the table and the metrics, and a node from the metrics, after this long
     /// without news of it: `10m`, `600` (seconds).
@@ -298,6 +298,9 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )));
     }
+    // Both sockets before anything is said to listen: a busy port is one line naming it.
+    let grpc_socket = listen(args.listen)?;
+    let metrics_socket = args.metrics.map(listen).transpose()?;
     let rt = runtime()?;
     let service = Service {
         ack_delay: Duration::from_millis(args.ack_delay_ms),
@@ -309,19 +312,16 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             rx.wait_for(|&s| s).await.ok();
         };
-        let mut grpc = tokio::spawn(serve(
+        let mut grpc = tokio::spawn(serve_on(
             service.clone(),
-            args.listen,
+            grpc_socket,
             tls,
             wait(stop_rx.clone()),
         ));
-        if let Some(addr) = args.metrics {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("serving metrics on {addr}"))?;
+        if let Some(socket) = metrics_socket {
             tokio::spawn(crate::metrics::serve_metrics_on(
                 outputs.metrics.clone(),
-                listener,
+                tokio::net::TcpListener::from_std(socket)?,
                 wait(stop_rx.clone()),
             ));
         }
