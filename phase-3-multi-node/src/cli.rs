@@ -50,11 +50,11 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 4096)]
     pub queue_batches: usize,
     /// Mutual TLS: the CA that signed the collector's certificate, and this agent's own.
-    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long)]
     pub tls_ca: Option<PathBuf>,
-    #[arg(long, requires = "tls_ca")]
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
-    #[arg(long, requires = "tls_ca")]
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
     /// The name the collector's certificate must carry.
     #[arg(long, default_value = "localhost")]
@@ -87,11 +87,11 @@ pub struct CollectorArgs {
     pub forget_after: Duration,
     /// Mutual TLS: the collector's certificate and key, and the CA agents' certificates must
     /// be signed by.
-    #[arg(long, requires_all = ["tls_key", "tls_client_ca"])]
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_client_ca: Option<PathBuf>,
     /// Admit at most this many distinct node names; requests from more are refused (counted,
     /// no new series). Over mutual TLS a node is also only who its certificate names.
@@ -146,6 +146,20 @@ fn collector_url(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// Files that go together (mutual TLS): all of them, or none. Checked here rather than by clap,
+/// which would not count a value from the config file.
+fn all_or_none<'a>(files: [(&str, &'a Option<PathBuf>); 3]) -> Result<Option<[&'a PathBuf; 3]>> {
+    let given: Vec<&str> = files.iter().filter(|(_, f)| f.is_some()).map(|(flag, _)| *flag).collect();
+    match given.len() {
+        0 => Ok(None),
+        3 => Ok(Some(files.map(|(_, f)| f.as_ref().expect("given")))),
+        _ => {
+            let all: Vec<&str> = files.iter().map(|(flag, _)| *flag).collect();
+            bail!("{} go together; given only {}", all.join(", "), given.join(", "))
+        }
+    }
+}
+
 /// A count of at least one.
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -177,11 +191,13 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         bail!("an agent needs targets: --pid or --comm");
     }
     t.check_targets()?;
-    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            Some(ClientTls::from_files(ca, cert, key, &args.tls_server_name)?)
-        }
-        _ => None,
+    let tls = match all_or_none([
+        ("--tls-ca", &args.tls_ca),
+        ("--tls-cert", &args.tls_cert),
+        ("--tls-key", &args.tls_key),
+    ])? {
+        Some([ca, cert, key]) => Some(ClientTls::from_files(ca, cert, key, &args.tls_server_name)?),
+        None => None,
     };
     // tonic speaks TLS only to an https:// address and plaintext to any other: a mismatch
     // would fail every connect after the programs were loaded.
@@ -281,9 +297,13 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
 
 /// Collects, matches and reports until stopped.
 pub fn run_collector(args: &CollectorArgs) -> Result<()> {
-    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
-        (Some(cert), Some(key), Some(ca)) => Some(ServerTls::from_files(cert, key, ca)?),
-        _ => None,
+    let tls = match all_or_none([
+        ("--tls-cert", &args.tls_cert),
+        ("--tls-key", &args.tls_key),
+        ("--tls-client-ca", &args.tls_client_ca),
+    ])? {
+        Some([cert, key, ca]) => Some(ServerTls::from_files(cert, key, ca)?),
+        None => None,
     };
     let mut outputs = Outputs {
         stats: HopStats::new(Retention {

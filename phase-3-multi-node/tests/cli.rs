@@ -201,3 +201,33 @@ fn a_busy_port_is_one_line_naming_the_address() {
         );
     }
 }
+
+/// The mutual-TLS files go together, wherever each comes from: the config file and the flags
+/// add up, and a partial set is one line naming what is missing.
+#[test]
+fn tls_files_go_together_from_flags_or_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.yaml");
+    std::fs::write(
+        &file,
+        "collector: https://collector:50051\ntls-ca: /no-such-dir/ca.crt\n",
+    )
+    .unwrap();
+    let agent = |flags: &[&str]| {
+        let o = Command::new(EXE)
+            .args(["agent", "--node", "n1", "-p", "1", "--config"])
+            .arg(&file)
+            .args(flags)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert_eq!(
+        agent(&["--tls-cert", "/no-such-dir/n1.crt"]),
+        "phase-3-multi-node: --tls-ca, --tls-cert, --tls-key go together; given only --tls-ca, --tls-cert\n"
+    );
+    // All three: the first file is read (and is not there).
+    let err = agent(&["--tls-cert", "/no-such-dir/n1.crt", "--tls-key", "/no-such-dir/n1.key"]);
+    assert!(err.starts_with("phase-3-multi-node: /no-such-dir/ca.crt"), "{err}");
+}
