@@ -83,7 +83,10 @@ impl ReportArgs {
 }
 
 /// Writes to two writers: the --json file and stdout.
-struct Both(Box<dyn std::io::Write + Send>, Box<dyn std::io::Write + Send>);
+struct Both(
+    Box<dyn std::io::Write + Send>,
+    Box<dyn std::io::Write + Send>,
+);
 
 impl std::io::Write for Both {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -396,12 +399,27 @@ mod tests {
 
     #[test]
     fn listen_addresses_take_host_names_and_bare_ports() {
-        assert_eq!(listen_address(":9090"), Ok(SocketAddr::from(([0, 0, 0, 0], 9090))));
-        assert_eq!(listen_address("localhost:50051"), Ok(SocketAddr::from(([127, 0, 0, 1], 50051))));
+        assert_eq!(
+            listen_address(":9090"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 9090)))
+        );
+        assert_eq!(
+            listen_address("localhost:50051"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 50051)))
+        );
         assert_eq!(listen_address("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
-        for bad in [":", ":http", "localhost", "no-such-host.invalid:1", "1.2.3.4:99999"] {
+        for bad in [
+            ":",
+            ":http",
+            "localhost",
+            "no-such-host.invalid:1",
+            "1.2.3.4:99999",
+        ] {
             let e = listen_address(bad).unwrap_err();
-            assert!(e.starts_with(&format!("{bad:?}")) && e.lines().count() == 1, "{e}");
+            assert!(
+                e.starts_with(&format!("{bad:?}")) && e.lines().count() == 1,
+                "{e}"
+            );
         }
     }
 }

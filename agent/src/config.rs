@@ -92,7 +92,10 @@ pub fn parse_from<T: FromArgMatches>(
 /// Whether an argument is a setting (not --help, --version or --config itself).
 fn is_setting(arg: &Arg) -> bool {
     arg.get_long().is_some()
-        && !matches!(arg.get_action(), ArgAction::Help | ArgAction::HelpLong | ArgAction::Version)
+        && !matches!(
+            arg.get_action(),
+            ArgAction::Help | ArgAction::HelpLong | ArgAction::Version
+        )
         && arg.get_id() != CONFIG_FLAG
 }
 
@@ -106,7 +109,10 @@ fn with_env(mut cmd: Command, aliases: &[(&str, &str)]) -> Command {
         if !is_setting(&arg) {
             return arg;
         }
-        let long = arg.get_long().expect("a setting has a long name").to_string();
+        let long = arg
+            .get_long()
+            .expect("a setting has a long name")
+            .to_string();
         let own = env_name(&long);
         let alias = aliases
             .iter()
@@ -124,7 +130,10 @@ fn with_env(mut cmd: Command, aliases: &[(&str, &str)]) -> Command {
             arg
         }
     });
-    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
     for name in names {
         cmd = cmd.mut_subcommand(name, |sub| with_env(sub, aliases));
     }
@@ -151,8 +160,9 @@ fn subcommand_path(cmd: &Command, argv: &[OsString]) -> Vec<String> {
 }
 
 fn find<'a>(cmd: &'a Command, path: &[String]) -> &'a Command {
-    path.iter()
-        .fold(cmd, |c, name| c.find_subcommand(name).expect("found before"))
+    path.iter().fold(cmd, |c, name| {
+        c.find_subcommand(name).expect("found before")
+    })
 }
 
 /// `--config FILE`, `--config=FILE`, or else `AUDIO_TRACER_CONFIG` (clap parses them again).
@@ -185,7 +195,11 @@ fn read_file(
         BTreeMap::new()
     } else {
         serde_saphyr::from_str(&text).map_err(|e| {
-            let why = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            let why = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             Problem::Config(format!(
                 "config file {shown}: not a mapping of settings to values: {why}"
             ))
@@ -279,7 +293,11 @@ fn check_value(arg: &Arg, value: &str) -> Result<(), String> {
 }
 
 /// Makes the file's settings the defaults of the subcommand at `path`.
-fn set_defaults(cmd: Command, path: &[String], settings: &BTreeMap<String, Vec<String>>) -> Command {
+fn set_defaults(
+    cmd: Command,
+    path: &[String],
+    settings: &BTreeMap<String, Vec<String>>,
+) -> Command {
     match path.split_first() {
         Some((name, rest)) => cmd.mut_subcommand(name, |sub| set_defaults(sub, rest, settings)),
         None => settings.iter().fold(cmd, |cmd, (id, values)| {
@@ -331,7 +349,10 @@ mod tests {
     }
 
     fn file(name: &str, text: &str) -> String {
-        let path = std::env::temp_dir().join(format!("audio-tracer-config-{}-{name}.yaml", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "audio-tracer-config-{}-{name}.yaml",
+            std::process::id()
+        ));
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     }
@@ -346,11 +367,23 @@ mod tests {
     // The environment variables these tests use are their own (the FILE_ ones only).
     #[test]
     fn the_file_gives_defaults_that_flags_override() {
-        let f = file("ok", "node: n1\nwindow: 32\nnamespace: [voice, asr]\nquiet: true\n");
+        let f = file(
+            "ok",
+            "node: n1\nwindow: 32\nnamespace: [voice, asr]\nquiet: true\n",
+        );
         let a = agent(&["agent", "--config", &f]).unwrap();
         assert_eq!((a.node.as_str(), a.window, a.quiet), ("n1", 32, true));
         assert_eq!(a.namespace, ["voice", "asr"]);
-        let a = agent(&["agent", "--config", &f, "--window", "64", "--namespace", "x"]).unwrap();
+        let a = agent(&[
+            "agent",
+            "--config",
+            &f,
+            "--window",
+            "64",
+            "--namespace",
+            "x",
+        ])
+        .unwrap();
         assert_eq!((a.window, a.namespace), (64, vec!["x".to_string()]));
     }
 
@@ -358,11 +391,31 @@ mod tests {
     fn bad_keys_and_values_are_one_line_naming_file_and_key() {
         for (name, text, want) in [
             ("unknown", "node: n\nwindw: 3\n", "windw: unknown key"),
-            ("type", "node: n\nwindow: big\n", "window: \"big\" is refused: invalid digit"),
-            ("list", "node: [a, b]\n", "node: takes one value, not a list"),
-            ("nested", "node: n\nnamespace: [[a]]\n", "namespace: a list of values"),
-            ("flag", "node: n\nquiet: sometimes\n", "quiet: \"sometimes\" is refused"),
-            ("mapping", "- a\n- b\n", "not a mapping of settings to values"),
+            (
+                "type",
+                "node: n\nwindow: big\n",
+                "window: \"big\" is refused: invalid digit",
+            ),
+            (
+                "list",
+                "node: [a, b]\n",
+                "node: takes one value, not a list",
+            ),
+            (
+                "nested",
+                "node: n\nnamespace: [[a]]\n",
+                "namespace: a list of values",
+            ),
+            (
+                "flag",
+                "node: n\nquiet: sometimes\n",
+                "quiet: \"sometimes\" is refused",
+            ),
+            (
+                "mapping",
+                "- a\n- b\n",
+                "not a mapping of settings to values",
+            ),
         ] {
             let f = file(name, text);
             let line = config_line(agent(&["agent", "--config", &f]));
@@ -371,6 +424,9 @@ mod tests {
             assert_eq!(line.lines().count(), 1, "{line}");
         }
         let line = config_line(agent(&["agent", "--config", "/no/such.yaml"]));
-        assert!(line.starts_with("cannot read config file /no/such.yaml: "), "{line}");
+        assert!(
+            line.starts_with("cannot read config file /no/such.yaml: "),
+            "{line}"
+        );
     }
 }

@@ -75,7 +75,10 @@ fn a_comm_with_no_process_yet_traces_those_started_later() {
     let stderr = agent.stderr.take().unwrap();
     let log = std::thread::spawn(move || {
         let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.starts_with("tracing ") {
                 started.send(()).ok();
             }
@@ -84,7 +87,10 @@ fn a_comm_with_no_process_yet_traces_those_started_later() {
         }
         all
     });
-    if wait_start.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
+    if wait_start
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .is_err()
+    {
         agent.kill().ok();
         panic!("agent did not start: {}", log.join().unwrap());
     }
@@ -123,7 +129,11 @@ fn a_comm_with_no_process_yet_traces_those_started_later() {
 fn settings_come_from_flag_then_environment_then_config_file() {
     let dir = harness::run::workdir("config-precedence").unwrap();
     let file = dir.join("agent.yaml");
-    std::fs::write(&file, "pid: [1]\njson: /no-such-dir/from-file.jsonl\nwindow: 64\n").unwrap();
+    std::fs::write(
+        &file,
+        "pid: [1]\njson: /no-such-dir/from-file.jsonl\nwindow: 64\n",
+    )
+    .unwrap();
     let run = |env: &[(&str, &str)], flags: &[&str]| {
         let o = Command::new(EXE)
             .env("AUDIO_TRACER_CONFIG", &file)
@@ -140,12 +150,18 @@ fn settings_come_from_flag_then_environment_then_config_file() {
     assert_eq!(run(&[], &[]), refused("from-file"));
     let env = [("AUDIO_TRACER_JSON", "/no-such-dir/from-env.jsonl")];
     assert_eq!(run(&env, &[]), refused("from-env"));
-    assert_eq!(run(&env, &["--json", "/no-such-dir/from-flag.jsonl"]), refused("from-flag"));
+    assert_eq!(
+        run(&env, &["--json", "/no-such-dir/from-flag.jsonl"]),
+        refused("from-flag")
+    );
     // --config beats AUDIO_TRACER_CONFIG; a repeatable setting's variable is a list.
     let other = dir.join("other.yaml");
     std::fs::write(&other, "json: /no-such-dir/other.jsonl\n").unwrap();
     let pids = [("AUDIO_TRACER_PID", "1,1")];
-    assert_eq!(run(&pids, &["--config", other.to_str().unwrap()]), refused("other"));
+    assert_eq!(
+        run(&pids, &["--config", other.to_str().unwrap()]),
+        refused("other")
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -187,7 +203,9 @@ fn short_flags_are_the_long_ones() {
     let o = agent(&["-p", "1", "-d", "-1"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).starts_with("error: invalid value '-1' for '--duration <DURATION>': \"-1\" is not a duration"),
+        stderr(&o).starts_with(
+            "error: invalid value '-1' for '--duration <DURATION>': \"-1\" is not a duration"
+        ),
         "{}",
         stderr(&o)
     );

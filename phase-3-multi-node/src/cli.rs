@@ -149,13 +149,21 @@ fn collector_url(text: &str) -> Result<String, String> {
 /// Files that go together (mutual TLS): all of them, or none. Checked here rather than by clap,
 /// which would not count a value from the config file.
 fn all_or_none<'a>(files: [(&str, &'a Option<PathBuf>); 3]) -> Result<Option<[&'a PathBuf; 3]>> {
-    let given: Vec<&str> = files.iter().filter(|(_, f)| f.is_some()).map(|(flag, _)| *flag).collect();
+    let given: Vec<&str> = files
+        .iter()
+        .filter(|(_, f)| f.is_some())
+        .map(|(flag, _)| *flag)
+        .collect();
     match given.len() {
         0 => Ok(None),
         3 => Ok(Some(files.map(|(_, f)| f.as_ref().expect("given")))),
         _ => {
             let all: Vec<&str> = files.iter().map(|(flag, _)| *flag).collect();
-            bail!("{} go together; given only {}", all.join(", "), given.join(", "))
+            bail!(
+                "{} go together; given only {}",
+                all.join(", "),
+                given.join(", ")
+            )
         }
     }
 }

@@ -172,7 +172,10 @@ fn listen_addresses_take_host_names_and_bare_ports() {
     http.read_to_string(&mut reply).unwrap();
     collector.kill().ok();
     collector.wait().ok();
-    assert!(reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+        "{reply}"
+    );
 }
 
 /// A busy port is one line naming the address, before the collector says it listens.
@@ -228,6 +231,14 @@ fn tls_files_go_together_from_flags_or_the_config_file() {
         "phase-3-multi-node: --tls-ca, --tls-cert, --tls-key go together; given only --tls-ca, --tls-cert\n"
     );
     // All three: the first file is read (and is not there).
-    let err = agent(&["--tls-cert", "/no-such-dir/n1.crt", "--tls-key", "/no-such-dir/n1.key"]);
-    assert!(err.starts_with("phase-3-multi-node: /no-such-dir/ca.crt"), "{err}");
+    let err = agent(&[
+        "--tls-cert",
+        "/no-such-dir/n1.crt",
+        "--tls-key",
+        "/no-such-dir/n1.key",
+    ]);
+    assert!(
+        err.starts_with("phase-3-multi-node: /no-such-dir/ca.crt"),
+        "{err}"
+    );
 }

@@ -61,7 +61,12 @@ pub fn run_agent(args: &PodAgentArgs) -> anyhow::Result<()> {
     let index = k8s.block_on(async {
         let index = pods::start(client, node).await?;
         if !index.wait_synced(std::time::Duration::from_secs(30)).await {
-            anyhow::bail!("the pods of node {node} were not listed within 30 s");
+            let late = format!("the pods of node {node} were not listed within 30 s");
+            // Targets by pid or name do not wait for the pods: only their names do.
+            match args.selects_pods() {
+                true => anyhow::bail!("{late}"),
+                false => eprintln!("{late}: tracing, naming pods once they are"),
+            }
         }
         anyhow::Ok(index)
     })?;

@@ -473,18 +473,16 @@ mod tests {
         assert!(Selector::new(&["voice"], Some("app=asr"), &["asr"])
             .unwrap()
             .matches(&m));
-        assert!(Selector::new(&["default", "voice"], None, &["envoy", "asr"])
-            .unwrap()
-            .matches(&m));
-        assert!(!Selector::new(&["default"], None, &[])
-            .unwrap()
-            .matches(&m));
+        assert!(
+            Selector::new(&["default", "voice"], None, &["envoy", "asr"])
+                .unwrap()
+                .matches(&m)
+        );
+        assert!(!Selector::new(&["default"], None, &[]).unwrap().matches(&m));
         assert!(!Selector::new(&[], Some("app=tts"), &[])
             .unwrap()
             .matches(&m));
-        assert!(!Selector::new(&[], None, &["envoy"])
-            .unwrap()
-            .matches(&m));
+        assert!(!Selector::new(&[], None, &["envoy"]).unwrap().matches(&m));
         assert!(Selector::new(&[], Some("app=asr,("), &[]).is_err());
         let malformed = Selector {
             labels: Some("app in".into()),

@@ -145,11 +145,13 @@ fn the_config_map_holds_the_fingerprint_defaults() {
         serde_saphyr::from_str(&data["agent.yaml"]).expect("agent.yaml: a mapping");
     let defaults = FingerprintConfig::default();
     assert_eq!(
-        agent["window"],
-        defaults.window,
+        agent["window"], defaults.window,
         "shared::FingerprintConfig::default().window"
     );
-    assert_eq!(agent["keep-per-256"], defaults.keep_per_256, "…keep_per_256");
+    assert_eq!(
+        agent["keep-per-256"], defaults.keep_per_256,
+        "…keep_per_256"
+    );
     // And the agent reads them from its file.
     let args = check_agent(&objects, &Expected::load("base.yaml").agent);
     assert_eq!(args.targets.window, defaults.window);

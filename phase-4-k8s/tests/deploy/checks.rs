@@ -5,7 +5,7 @@
 
 use super::expected::{ExpectedAgent, ExpectedCollector, Scraper, SecretFiles};
 use super::objects::Objects;
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -174,7 +174,10 @@ fn parse<T: Parser>(subcommand: &str, line: &[String]) -> T {
 /// Phase 3's agent flags, and the Kubernetes target selection given.
 fn parse_agent(
     line: &[String],
-) -> (phase_3_multi_node::cli::AgentArgs, BTreeMap<String, Vec<String>>) {
+) -> (
+    phase_3_multi_node::cli::AgentArgs,
+    BTreeMap<String, Vec<String>>,
+) {
     assert_eq!(line[..2], ["phase-4-k8s", "agent"], "{line:?}");
     let cli: AgentCli = parse("agent", line);
     let targets = [
@@ -398,10 +401,16 @@ pub fn check_agent(
     let vars = env_values(c, objects);
     let (mut line, _config) = with_config_file(&command_line(c, &vars), pod, c, objects);
     let raw_args = c.args.as_ref().unwrap();
-    assert!(!raw_args.contains(&"--node".to_string()), "the node from NODE_NAME alone");
+    assert!(
+        !raw_args.contains(&"--node".to_string()),
+        "the node from NODE_NAME alone"
+    );
     line.extend(["--node".to_string(), vars["NODE_NAME"].clone()]);
     let (args, targets) = parse_agent(&line);
-    args.targets.fingerprint().validate().expect("valid fingerprint settings");
+    args.targets
+        .fingerprint()
+        .validate()
+        .expect("valid fingerprint settings");
     assert!(targets.contains_key("--namespace") && targets.contains_key("--selector"));
     assert!(
         args.targets.pid.is_empty() && args.targets.comm.is_none(),
