@@ -2,10 +2,11 @@
 //! loop; each phase brings its own [`Tracing`].
 
 use crate::pipeline::{Agent, Tracing, DRAIN_EVERY};
-use crate::targets::{pids_with_comm_prefix, process_exists};
+use crate::targets::{pids_with_comm_prefix, process_exists, COMM_LEN};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use shared::FingerprintConfig;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,14 +14,14 @@ use std::time::Duration;
 #[derive(Args, Debug, Clone)]
 pub struct TargetArgs {
     /// Trace this process (repeatable).
-    #[arg(long, value_name = "PID")]
+    #[arg(short, long, value_name = "PID")]
     pub pid: Vec<u32>,
     /// Trace every process whose command name starts with this, including ones started later.
-    #[arg(long, value_name = "PREFIX")]
+    #[arg(short, long, value_name = "PREFIX", value_parser = comm_prefix)]
     pub comm: Option<String>,
     /// Stop after this long: `30` (seconds), `500ms`, `2m` (default: on Ctrl-C, or when every
     /// --pid has exited).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Fingerprint window in bytes (cluster-wide: every node must use the same value).
     #[arg(long, default_value_t = FingerprintConfig::default().window)]
@@ -30,10 +31,24 @@ pub struct TargetArgs {
     pub keep_per_256: u16,
 }
 
+/// What an agent that matches on its own node prints on stdout.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    // The hop table (live on stderr, at the end on stdout).
+    Table,
+    // Every matched hop as a JSON line (docs/results-schema.md) as it is matched; the tables
+    // go to stderr.
+    Json,
+}
+
 /// How an agent that matches on its own node reports (phases 1 and 2; from phase 3 on, the
 /// collector matches and reports, and the agents have none of these flags).
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
+    /// What stdout gets: the hop table, or every matched hop as a JSON line as it is matched
+    /// (the tables then go to stderr).
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
     /// Also write every matched hop as JSON lines (docs/results-schema.md) to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -41,7 +56,7 @@ pub struct ReportArgs {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub match_window_ms: u64,
     /// Print the live hop table this often: `2` (seconds), `500ms` (0: only at the end).
-    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval)]
+    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval, allow_hyphen_values = true)]
     pub report_every: Duration,
 }
 
@@ -50,14 +65,39 @@ impl ReportArgs {
         Duration::from_millis(self.match_window_ms)
     }
 
-    /// The --json file, created now: before anything is loaded, so that a bad path costs
-    /// nothing.
+    /// Where the JSON lines go: the --json file, created now (before anything is loaded, so
+    /// that a bad path costs nothing), and stdout with `--output json`.
     pub fn open_json(&self) -> Result<Option<Box<dyn std::io::Write + Send>>> {
+        let stdout = (self.output == Output::Json)
+            .then(|| -> Box<dyn std::io::Write + Send> { Box::new(std::io::stdout()) });
         let Some(p) = &self.json else {
-            return Ok(None);
+            return Ok(stdout);
         };
         let file = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(Some(Box::new(std::io::BufWriter::new(file))))
+        let file: Box<dyn std::io::Write + Send> = Box::new(std::io::BufWriter::new(file));
+        Ok(Some(match stdout {
+            Some(stdout) => Box::new(Both(file, stdout)),
+            None => file,
+        }))
+    }
+}
+
+/// Writes to two writers: the --json file and stdout.
+struct Both(
+    Box<dyn std::io::Write + Send>,
+    Box<dyn std::io::Write + Send>,
+);
+
+impl std::io::Write for Both {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
     }
 }
 
@@ -84,7 +124,8 @@ impl TargetArgs {
         self.pid.is_empty() && self.comm.is_none()
     }
 
-    /// Fails with one line when a target does not exist.
+    /// Fails with one line when a --pid does not exist; says so, once, when no process of
+    /// --comm runs yet (the kernel side picks them up when they start).
     pub fn check_targets(&self) -> Result<()> {
         for &pid in &self.pid {
             if !process_exists(pid) {
@@ -92,8 +133,10 @@ impl TargetArgs {
             }
         }
         if let Some(prefix) = &self.comm {
-            if !any_comm_with_prefix(prefix)? {
-                bail!("no running process has a command name starting with {prefix:?}");
+            if pids_with_comm_prefix(prefix)?.is_empty() {
+                eprintln!(
+                    "no process with a command name starting with {prefix:?} runs yet: tracing those that start"
+                );
             }
         }
         Ok(())
@@ -169,6 +212,50 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// A `--comm` prefix: no longer than the kernel keeps of a command name.
+pub fn comm_prefix(text: &str) -> Result<String, String> {
+    if text.len() >= COMM_LEN {
+        return Err(format!(
+            "{text:?} is longer than a command name ({} bytes)",
+            COMM_LEN - 1
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// An address to listen on: `IP:PORT`, `HOST:PORT` (resolved now, an IPv4 address
+/// preferred) or `:PORT` (every interface).
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    let example = "examples: 127.0.0.1:9090, localhost:9090, :9090";
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{text:?}: {port:?} is not a port; {example}"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not an address to listen on ({e}); {example}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+/// Binds a server's socket, failing with one line that names the address.
+pub fn listen(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
 /// The period of a report flag: 0 means only at the end.
 pub fn report_period(every: Duration) -> Duration {
     if every.is_zero() {
@@ -184,10 +271,6 @@ pub fn exit_on_error(program: &str, run: impl FnOnce() -> Result<()>) {
         eprintln!("{program}: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn any_comm_with_prefix(prefix: &str) -> Result<bool> {
-    Ok(!pids_with_comm_prefix(prefix)?.is_empty())
 }
 
 /// Traces live until Ctrl-C, --duration, or every --pid has exited; prints the table live and
@@ -214,7 +297,9 @@ fn run_live<T: Tracing>(
             let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let mut liveness = tokio::time::interval(Duration::from_millis(200));
             let stop = tokio::time::sleep(targets.duration.unwrap_or(FOREVER));
-            tokio::pin!(stop);
+            // Made once: a Ctrl-C future made anew each turn misses a signal that came between.
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(stop, ctrl_c);
             loop {
                 tokio::select! {
                     _ = drain.tick() => agent.tick()?,
@@ -226,14 +311,19 @@ fn run_live<T: Tracing>(
                         }
                         agent.tracing.refresh()?;
                     }
-                    _ = tokio::signal::ctrl_c() => break,
+                    _ = &mut ctrl_c => break,
                     _ = &mut stop => break,
                 }
             }
             anyhow::Ok(())
         })?;
     agent.finish()?;
-    println!("{}{}", agent.stats.table(), agent.health()?);
+    let summary = format!("{}{}", agent.stats.table(), agent.health()?);
+    match report.output {
+        Output::Table => println!("{summary}"),
+        // stdout holds only JSON lines.
+        Output::Json => eprintln!("{summary}"),
+    }
     Ok(())
 }
 
@@ -305,5 +395,31 @@ mod tests {
         assert!(parse_interval("1e-12")
             .unwrap_err()
             .contains("shorter than 1 ms"));
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names_and_bare_ports() {
+        assert_eq!(
+            listen_address(":9090"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 9090)))
+        );
+        assert_eq!(
+            listen_address("localhost:50051"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 50051)))
+        );
+        assert_eq!(listen_address("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
+        for bad in [
+            ":",
+            ":http",
+            "localhost",
+            "no-such-host.invalid:1",
+            "1.2.3.4:99999",
+        ] {
+            let e = listen_address(bad).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{bad:?}")) && e.lines().count() == 1,
+                "{e}"
+            );
+        }
     }
 }

@@ -30,7 +30,7 @@ fn main() {
     // The demo's pipeline components run from this binary.
     #[cfg(feature = "demo")]
     harness::component::run_if_component();
-    let cli = Cli::parse();
+    let cli: Cli = agent::config::parse();
     exit_on_error(PHASE.name, || {
         #[cfg(feature = "demo")]
         return harness::demo::run_phase(

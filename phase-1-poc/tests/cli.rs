@@ -53,13 +53,168 @@ fn a_duration_that_is_not_one_is_refused_before_anything_runs() {
     }
 }
 
+/// `--comm` names processes that may start later: none running yet is said once, and those
+/// that start are traced; `-o json` puts their hops on stdout as JSON lines.
 #[test]
-fn an_unknown_comm_is_one_clear_line() {
-    let o = agent(&["--comm", "no-such-cmd-xyz"]);
-    assert_eq!(o.status.code(), Some(1));
+fn a_comm_with_no_process_yet_traces_those_started_later() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    // S1 with component names (so command names) no other test's processes have.
+    let mut sc = scenario::s1();
+    for c in &mut sc.topology.comps {
+        c.name = format!("late{}", c.name);
+    }
+    let dir = harness::run::workdir("late-comm").unwrap();
+    let mut agent = Command::new(EXE)
+        .args(["-c", "hx-late", "-o", "json", "--report-every", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (started, wait_start) = std::sync::mpsc::channel();
+    let stderr = agent.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("tracing ") {
+                started.send(()).ok();
+            }
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    if wait_start
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .is_err()
+    {
+        agent.kill().ok();
+        panic!("agent did not start: {}", log.join().unwrap());
+    }
+    // Read as it comes: a full pipe would stall the agent.
+    let mut stdout = agent.stdout.take().unwrap();
+    let hops = std::thread::spawn(move || {
+        let mut all = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut all).ok();
+        all
+    });
+    harness::run::run(&sc, Path::new(EXE), &dir, |_| Ok(())).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGINT) };
+    let status = agent.wait().unwrap();
+    let err = log.join().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        err.lines().next(),
+        Some("no process with a command name starting with \"hx-late\" runs yet: tracing those that start"),
+        "{err}"
+    );
+    // The table went to stderr; stdout is only hops, from the processes that started later.
+    assert!(err.contains("drops="), "{err}");
+    let stdout = hops.join().unwrap();
+    let hops: Vec<agent::schema::HopRecord> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(hops.len() > 10, "{stdout}\n{err}");
+}
+
+/// Every setting from a flag, else its AUDIO_TRACER_ variable, else the config file: which one
+/// won shows in the error about the --json file it names (before anything is loaded).
+#[test]
+fn settings_come_from_flag_then_environment_then_config_file() {
+    let dir = harness::run::workdir("config-precedence").unwrap();
+    let file = dir.join("agent.yaml");
+    std::fs::write(
+        &file,
+        "pid: [1]\njson: /no-such-dir/from-file.jsonl\nwindow: 64\n",
+    )
+    .unwrap();
+    let run = |env: &[(&str, &str)], flags: &[&str]| {
+        let o = Command::new(EXE)
+            .env("AUDIO_TRACER_CONFIG", &file)
+            .envs(env.iter().copied())
+            .args(flags)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let refused = |name: &str| {
+        format!("phase-1-poc: creating /no-such-dir/{name}.jsonl: No such file or directory (os error 2)\n")
+    };
+    assert_eq!(run(&[], &[]), refused("from-file"));
+    let env = [("AUDIO_TRACER_JSON", "/no-such-dir/from-env.jsonl")];
+    assert_eq!(run(&env, &[]), refused("from-env"));
+    assert_eq!(
+        run(&env, &["--json", "/no-such-dir/from-flag.jsonl"]),
+        refused("from-flag")
+    );
+    // --config beats AUDIO_TRACER_CONFIG; a repeatable setting's variable is a list.
+    let other = dir.join("other.yaml");
+    std::fs::write(&other, "json: /no-such-dir/other.jsonl\n").unwrap();
+    let pids = [("AUDIO_TRACER_PID", "1,1")];
+    assert_eq!(
+        run(&pids, &["--config", other.to_str().unwrap()]),
+        refused("other")
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_bad_config_file_or_variable_is_one_line_naming_it_and_the_key() {
+    let dir = harness::run::workdir("config-bad").unwrap();
+    let file = dir.join("agent.yaml");
+    let shown = file.display();
+    for (text, want) in [
+        ("pid: [1]\nwindw: 64\n", format!("config file {shown}: windw: unknown key (the keys are the long flags `phase-1-poc --help` lists, without --)")),
+        ("pid: [1]\nwindow: wide\n", format!("config file {shown}: window: \"wide\" is refused: invalid digit found in string")),
+        ("pid: [1]\nduration: [1, 2]\n", format!("config file {shown}: duration: takes one value, not a list")),
+        ("pid: [1]\noutput: xml\n", format!("config file {shown}: output: \"xml\" is refused: use one of table, json")),
+        ("pid: [1]\nduration: -1\n", format!("config file {shown}: duration: \"-1\" is refused: \"-1\" is not a duration: it must be finite and not negative")),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let o = Command::new(EXE).arg("--config").arg(&file).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{text}: {}", stderr(&o));
+        assert_eq!(stderr(&o), format!("phase-1-poc: {want}\n"), "{text}");
+    }
+    let o = Command::new(EXE)
+        .args(["-p", "1"])
+        .env("AUDIO_TRACER_KEEP_PER_256", "many")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
     assert_eq!(
         stderr(&o),
-        "phase-1-poc: no running process has a command name starting with \"no-such-cmd-xyz\"\n"
+        "phase-1-poc: environment AUDIO_TRACER_KEEP_PER_256: \"many\" is refused: invalid digit found in string\n"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// libbpf-tools' short flags, checked as their long forms are, before anything is loaded.
+#[test]
+fn short_flags_are_the_long_ones() {
+    let o = agent(&["-p", "2147483646"]);
+    assert_eq!(stderr(&o), "phase-1-poc: no process with pid 2147483646\n");
+    let o = agent(&["-p", "1", "-d", "-1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).starts_with(
+            "error: invalid value '-1' for '--duration <DURATION>': \"-1\" is not a duration"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let o = agent(&["-c", "a-command-name-too-long"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("is longer than a command name (15 bytes)"),
+        "{}",
+        stderr(&o)
     );
 }
 

@@ -29,7 +29,7 @@ fn main() {
     // The demo's pipeline components run from this binary.
     #[cfg(feature = "demo")]
     harness::component::run_if_component();
-    let cli = Cli::parse();
+    let cli: Cli = agent::config::parse();
     let phase: Phase<Phase2> = Phase {
         name: "phase-2-straddle",
         hooks: "reads and writes",

@@ -37,10 +37,6 @@ fn live_agent_probes_openssl_in_targets_started_after_it() {
     use std::process::{Command, Stdio};
     let exe = Path::new(env!("CARGO_BIN_EXE_phase-2-straddle"));
     let dir = harness::run::workdir("late-tls").unwrap();
-    // --comm needs one matching process at start: a `sleep` whose comm is "hx-holder".
-    let holder_exe = dir.join("hx-holder");
-    std::fs::copy("/bin/sleep", &holder_exe).unwrap();
-    let mut holder = Command::new(&holder_exe).arg("60").spawn().unwrap();
     let mut agent = Command::new(exe)
         .args(["--comm", "hx-", "--report-every", "0"])
         .stdout(Stdio::piped())
@@ -78,8 +74,6 @@ fn live_agent_probes_openssl_in_targets_started_after_it() {
     let out = agent.wait_with_output().unwrap();
     let err = log.join().unwrap();
     assert!(out.status.success(), "{err}");
-    holder.kill().ok();
-    holder.wait().ok();
     std::fs::remove_dir_all(&dir).ok();
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> u64 {

@@ -3,13 +3,13 @@
 use crate::admission::Admission;
 use crate::agent::{NodeAgent, DRAIN_EVERY};
 use crate::agent_metrics::AgentMetrics;
-use crate::collector::{serve, Service};
+use crate::collector::{serve_on, Service};
 use crate::endpoints::Health;
 use crate::metrics::Metrics;
 use crate::mtls::{ClientTls, ServerTls};
 use crate::outputs::Outputs;
 use crate::uplink::{Skew, UplinkConfig};
-use agent::cli::{parse_duration, parse_interval, report_period, FOREVER};
+use agent::cli::{listen, listen_address, parse_duration, parse_interval, report_period, FOREVER};
 use agent::clock::monotonic_ns;
 use agent::stats::{HopStats, Retention};
 use anyhow::{bail, Context, Result};
@@ -52,11 +52,11 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 4096)]
     pub queue_batches: usize,
     /// Mutual TLS: the CA that signed the collector's certificate, and this agent's own.
-    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long)]
     pub tls_ca: Option<PathBuf>,
-    #[arg(long, requires = "tls_ca")]
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
-    #[arg(long, requires = "tls_ca")]
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
     /// The name the collector's certificate must carry.
     #[arg(long, default_value = "localhost")]
@@ -65,18 +65,20 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
     /// Serve this agent's Prometheus metrics on http://ADDR/metrics, and /healthz and /readyz
-    /// (ready once tracing is attached and the collector has taken a first batch).
-    #[arg(long, value_name = "ADDR")]
+    /// (ready once tracing is attached and the collector has taken a first batch; `:9090`:
+    /// every interface).
+    #[arg(long, value_name = "ADDR", value_parser = listen_address)]
     pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct CollectorArgs {
-    /// Where agents connect (gRPC).
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    /// Where agents connect (gRPC): `IP:PORT`, `HOST:PORT`, or `:PORT` for every interface.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051", value_parser = listen_address)]
     pub listen: SocketAddr,
-    /// Serve Prometheus metrics on http://ADDR/metrics, and /healthz and /readyz.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics on http://ADDR/metrics, and /healthz and /readyz (`:9090`:
+    /// every interface).
+    #[arg(long, value_name = "ADDR", value_parser = listen_address)]
     pub metrics: Option<SocketAddr>,
     /// Label hop series with the nodes of their two sides too (a series per pair of nodes a
     /// workload's hops cross).
@@ -86,10 +88,10 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Print the live hop table this often: `2` (seconds), `500ms` (0: only at the end).
-    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval)]
+    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_interval, allow_hyphen_values = true)]
     pub report_every: Duration,
     /// Stop after this long: `30` (seconds), `500ms`, `2m` (default: on Ctrl-C or SIGTERM).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// Drop a hop from the table and the metrics, and a node from the metrics, after this long
     /// without news of it: `10m`, `600` (seconds).
@@ -97,11 +99,11 @@ pub struct CollectorArgs {
     pub forget_after: Duration,
     /// Mutual TLS: the collector's certificate and key, and the CA agents' certificates must
     /// be signed by.
-    #[arg(long, requires_all = ["tls_key", "tls_client_ca"])]
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_client_ca: Option<PathBuf>,
     /// Admit at most this many distinct node names; requests from more are refused (counted,
     /// no new series). Over mutual TLS a node is also only who its certificate names.
@@ -156,6 +158,28 @@ fn collector_url(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// Files that go together (mutual TLS): all of them, or none. Checked here rather than by clap,
+/// which would not count a value from the config file.
+fn all_or_none<'a>(files: [(&str, &'a Option<PathBuf>); 3]) -> Result<Option<[&'a PathBuf; 3]>> {
+    let given: Vec<&str> = files
+        .iter()
+        .filter(|(_, f)| f.is_some())
+        .map(|(flag, _)| *flag)
+        .collect();
+    match given.len() {
+        0 => Ok(None),
+        3 => Ok(Some(files.map(|(_, f)| f.as_ref().expect("given")))),
+        _ => {
+            let all: Vec<&str> = files.iter().map(|(flag, _)| *flag).collect();
+            bail!(
+                "{} go together; given only {}",
+                all.join(", "),
+                given.join(", ")
+            )
+        }
+    }
+}
+
 /// A count of at least one.
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -187,11 +211,13 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         bail!("an agent needs targets: --pid or --comm");
     }
     t.check_targets()?;
-    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            Some(ClientTls::from_files(ca, cert, key, &args.tls_server_name)?)
-        }
-        _ => None,
+    let tls = match all_or_none([
+        ("--tls-ca", &args.tls_ca),
+        ("--tls-cert", &args.tls_cert),
+        ("--tls-key", &args.tls_key),
+    ])? {
+        Some([ca, cert, key]) => Some(ClientTls::from_files(ca, cert, key, &args.tls_server_name)?),
+        None => None,
     };
     // tonic speaks TLS only to an https:// address and plaintext to any other: a mismatch
     // would fail every connect after the programs were loaded.
@@ -212,9 +238,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     let metrics = AgentMetrics::default();
     // Before the seconds the eBPF load takes: a liveness probe gets its answer meanwhile.
     if let Some(addr) = args.metrics {
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+        let listener = tokio::net::TcpListener::from_std(listen(addr)?)?;
         let mut registry = crate::endpoints::registry();
         // The node, as the collector's per-node series name it: dashboards join on it.
         registry
@@ -335,9 +359,13 @@ fn traced(
 
 /// Collects, matches and reports until stopped.
 pub fn run_collector(args: &CollectorArgs) -> Result<()> {
-    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
-        (Some(cert), Some(key), Some(ca)) => Some(ServerTls::from_files(cert, key, ca)?),
-        _ => None,
+    let tls = match all_or_none([
+        ("--tls-cert", &args.tls_cert),
+        ("--tls-key", &args.tls_key),
+        ("--tls-client-ca", &args.tls_client_ca),
+    ])? {
+        Some([cert, key, ca]) => Some(ServerTls::from_files(cert, key, ca)?),
+        None => None,
     };
     let mut outputs = Outputs {
         stats: HopStats::new(Retention {
@@ -353,6 +381,9 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )));
     }
+    // Both sockets before anything is said to listen: a busy port is one line naming it.
+    let grpc_socket = listen(args.listen)?;
+    let metrics_socket = args.metrics.map(listen).transpose()?;
     let rt = runtime()?;
     let service = Service {
         ack_delay: Duration::from_millis(args.ack_delay_ms),
@@ -364,20 +395,17 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             rx.wait_for(|&s| s).await.ok();
         };
-        let mut grpc = tokio::spawn(serve(
+        let mut grpc = tokio::spawn(serve_on(
             service.clone(),
-            args.listen,
+            grpc_socket,
             tls,
             wait(stop_rx.clone()),
         ));
         let health = Health::waiting_for("the gRPC server to listen");
         let mut ticked = false;
-        if let Some(addr) = args.metrics {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+        if let Some(socket) = metrics_socket {
             tokio::spawn(crate::endpoints::serve(
-                listener,
+                tokio::net::TcpListener::from_std(socket)?,
                 outputs.metrics.registry(),
                 health.clone(),
                 wait(stop_rx.clone()),

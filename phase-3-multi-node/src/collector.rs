@@ -447,13 +447,30 @@ pub async fn serve(
     tls: Option<crate::mtls::ServerTls>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_on(service, agent::cli::listen(addr)?, tls, shutdown).await
+}
+
+/// As [`serve`], on a socket bound before (so that a busy address fails before anything else
+/// starts).
+pub async fn serve_on(
+    service: Service,
+    listener: std::net::TcpListener,
+    tls: Option<crate::mtls::ServerTls>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls.into())?;
     }
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(
+        tokio::net::TcpListener::from_std(listener)?,
+        true,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     server
         .add_service(CollectorServer::new(service))
-        .serve_with_shutdown(addr, shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

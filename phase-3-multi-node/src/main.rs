@@ -53,7 +53,7 @@ fn main() {
         harness::component::run_if_component();
         phase_3_multi_node::run::run_if_agent();
     }
-    let cli = Cli::parse();
+    let cli: Cli = agent::config::parse();
     exit_on_error("phase-3-multi-node", || match &cli.command {
         Some(Command::Agent(a)) => run_agent(a),
         Some(Command::Collector(c)) => run_collector(c),

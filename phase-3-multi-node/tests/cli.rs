@@ -141,3 +141,104 @@ fn the_agent_has_no_local_report_flags() {
         );
     }
 }
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Listen addresses as operators write them: a host name resolved, `:PORT` on every interface.
+#[test]
+fn listen_addresses_take_host_names_and_bare_ports() {
+    use std::io::{BufRead, Read, Write};
+    let (grpc, metrics) = (free_port(), free_port());
+    let mut collector = Command::new(EXE)
+        .args(["collector", "--listen", &format!("localhost:{grpc}")])
+        .args(["--metrics", &format!(":{metrics}"), "-d", "20"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(collector.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(
+        first,
+        format!("collector listening on 127.0.0.1:{grpc}; Ctrl-C to stop")
+    );
+    std::net::TcpStream::connect(("127.0.0.1", grpc)).unwrap();
+    // Every interface: 127.0.0.2 reaches a socket on 0.0.0.0, not one on 127.0.0.1.
+    let mut http = std::net::TcpStream::connect(("127.0.0.2", metrics)).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    http.read_to_string(&mut reply).unwrap();
+    collector.kill().ok();
+    collector.wait().ok();
+    assert!(
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+        "{reply}"
+    );
+}
+
+/// A busy port is one line naming the address, before the collector says it listens.
+#[test]
+fn a_busy_port_is_one_line_naming_the_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let free = format!("127.0.0.1:{}", free_port());
+    for flags in [
+        ["--listen", &addr.to_string(), "--metrics", &free],
+        ["--listen", &free, "--metrics", &addr.to_string()],
+    ] {
+        let o = Command::new(EXE)
+            .arg("collector")
+            .args(flags)
+            .args(["-d", "5"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{flags:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stderr),
+            format!(
+                "phase-3-multi-node: cannot listen on {addr}: Address already in use (os error 98)\n"
+            ),
+            "{flags:?}"
+        );
+    }
+}
+
+/// The mutual-TLS files go together, wherever each comes from: the config file and the flags
+/// add up, and a partial set is one line naming what is missing.
+#[test]
+fn tls_files_go_together_from_flags_or_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.yaml");
+    std::fs::write(
+        &file,
+        "collector: https://collector:50051\ntls-ca: /no-such-dir/ca.crt\n",
+    )
+    .unwrap();
+    let agent = |flags: &[&str]| {
+        let o = Command::new(EXE)
+            .args(["agent", "--node", "n1", "-p", "1", "--config"])
+            .arg(&file)
+            .args(flags)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    assert_eq!(
+        agent(&["--tls-cert", "/no-such-dir/n1.crt"]),
+        "phase-3-multi-node: --tls-ca, --tls-cert, --tls-key go together; given only --tls-ca, --tls-cert\n"
+    );
+    // All three: the first file is read (and is not there).
+    let err = agent(&[
+        "--tls-cert",
+        "/no-such-dir/n1.crt",
+        "--tls-key",
+        "/no-such-dir/n1.key",
+    ]);
+    assert!(
+        err.starts_with("phase-3-multi-node: /no-such-dir/ca.crt"),
+        "{err}"
+    );
+}

@@ -299,7 +299,7 @@ fn a_busy_metrics_address_is_one_line_naming_it() {
         assert!(!out.status.success(), "{args:?}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(
-            stderr.contains(&format!("--metrics {addr}: cannot listen there")),
+            stderr.contains(&format!("cannot listen on {addr}: Address already in use")),
             "{args:?}: {stderr}"
         );
     }

@@ -11,27 +11,36 @@ use phase_3_multi_node::cli::{run_agent_with, AgentHooks};
 pub struct PodAgentArgs {
     #[command(flatten)]
     pub agent: phase_3_multi_node::cli::AgentArgs,
-    /// Trace the pods of this namespace.
+    /// Trace the pods of this namespace (repeatable: any of them).
     #[arg(long, value_name = "NAMESPACE")]
-    pub namespace: Option<String>,
+    pub namespace: Vec<String>,
     /// Trace the pods matching this label selector (`app=asr,tier!=debug`).
     #[arg(long, value_name = "LABELS")]
     pub selector: Option<String>,
-    /// Trace only this container of the selected pods.
+    /// Trace only this container of the selected pods (repeatable: any of them).
     #[arg(long, value_name = "NAME")]
-    pub container: Option<String>,
+    pub container: Vec<String>,
+}
+
+impl PodAgentArgs {
+    fn selects_pods(&self) -> bool {
+        !self.namespace.is_empty() || self.selector.is_some() || !self.container.is_empty()
+    }
 }
 
 /// The agent: phase 3's, with every event named by its pod and, given a selection, the
-/// selected pods' processes as targets (looked up every second).
+/// selected pods' processes as targets (looked up every second). With --pid or --comm alone it
+/// runs without a cluster too: its sightings are then not named by pod.
 pub fn run_agent(args: &PodAgentArgs) -> anyhow::Result<()> {
+    fn strs(names: &[String]) -> Vec<&str> {
+        names.iter().map(String::as_str).collect()
+    }
     let selector = Selector::new(
-        args.namespace.as_deref(),
+        &strs(&args.namespace),
         args.selector.as_deref(),
-        args.container.as_deref(),
+        &strs(&args.container),
     )?;
-    let by_pods = args.namespace.is_some() || args.selector.is_some() || args.container.is_some();
-    let node = pods::node_name()?;
+    let node = &args.agent.node;
     let cgroup2 = cgroup2_root().ok_or_else(|| {
         anyhow::anyhow!("no cgroup v2 hierarchy mounted: pods cannot be told apart")
     })?;
@@ -40,19 +49,35 @@ pub fn run_agent(args: &PodAgentArgs) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let client = match k8s.block_on(pods::client()) {
+        Ok(client) => client,
+        Err(e) if !args.selects_pods() => {
+            eprintln!("{e:#}: tracing without pod names");
+            k8s.shutdown_background();
+            return run_agent_with(&args.agent, AgentHooks::default());
+        }
+        Err(e) => return Err(e),
+    };
     let index = k8s.block_on(async {
-        let index = pods::start(pods::client().await?, &node).await?;
+        let index = pods::start(client, node).await?;
         if !index.wait_synced(std::time::Duration::from_secs(30)).await {
-            anyhow::bail!("the pods of node {node} were not listed within 30 s");
+            let late = format!("the pods of node {node} were not listed within 30 s");
+            // Targets by pid or name do not wait for the pods: only their names do.
+            match args.selects_pods() {
+                true => anyhow::bail!("{late}"),
+                false => eprintln!("{late}: tracing, naming pods once they are"),
+            }
         }
         anyhow::Ok(index)
     })?;
     let mut attribution = Attribution::new(&cgroup2, index.clone());
     let hooks = AgentHooks {
         annotate: Some(Box::new(move |e| attribution.pod_of(e.call.cgroup_id))),
-        targets: by_pods.then(|| -> Box<dyn FnMut() -> anyhow::Result<Vec<u32>>> {
-            Box::new(move || Ok(selected_pids(&index, &selector)))
-        }),
+        targets: args
+            .selects_pods()
+            .then(|| -> Box<dyn FnMut() -> anyhow::Result<Vec<u32>>> {
+                Box::new(move || Ok(selected_pids(&index, &selector)))
+            }),
     };
     let result = run_agent_with(&args.agent, hooks);
     k8s.shutdown_background();

@@ -40,7 +40,8 @@ fn main() {
         harness::component::run_if_component();
         phase_4_k8s::run::run_if_agent();
     }
-    let cli = Cli::parse();
+    // The DaemonSet gives the node's name as NODE_NAME (downward API).
+    let cli: Cli = agent::config::parse_with_aliases(&[("node", phase_4_k8s::pods::NODE_NAME_ENV)]);
     exit_on_error("phase-4-k8s", || match &cli.command {
         Command::Agent(a) => run_agent(a),
         Command::Collector(c) => run_collector(c),

@@ -22,7 +22,8 @@ use kube::{Api, Client, ResourceExt};
 // Selection is its own module; its types are this one's API, as `PodIndex::select` takes them.
 pub use crate::selector::{LabelSelector, Requirement, Selector};
 
-/// The environment variable the DaemonSet sets from `fieldRef: spec.nodeName`.
+/// The environment variable the DaemonSet sets from `fieldRef: spec.nodeName`: the agent's
+/// --node when that is not given otherwise.
 pub const NODE_NAME_ENV: &str = "NODE_NAME";
 
 /// How long the id of a container that left every pod status stays resolvable.
@@ -31,24 +32,18 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(120);
 /// The label the Deployment controller puts on a ReplicaSet's pods (and appends to its name).
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
-/// This node's name, from the downward API.
-pub fn node_name() -> anyhow::Result<String> {
-    match std::env::var(NODE_NAME_ENV) {
-        Ok(name) if !name.trim().is_empty() => Ok(name.trim().to_string()),
-        _ => bail!(
-            "{NODE_NAME_ENV} is not set: give the agent env {NODE_NAME_ENV} from the downward API (fieldRef spec.nodeName)"
-        ),
-    }
-}
-
 /// A client for the agent: in the cluster, the service account's token and CA; elsewhere the
 /// kubeconfig. Installs ring as rustls's crypto provider first (the only one built), so that
 /// building the TLS config can never panic on an ambiguous provider.
 pub async fn client() -> anyhow::Result<Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default()
-        .await
-        .context("no Kubernetes client configuration (in-cluster service account or kubeconfig)")
+    let config = kube::Config::infer().await.map_err(|e| {
+        // kube's message repeats its cause several times; the kubeconfig's is the one to fix
+        // outside a cluster.
+        let kubeconfig = std::error::Error::source(&e).map_or(e.to_string(), |c| c.to_string());
+        anyhow::anyhow!("no Kubernetes configuration: not in a cluster, and {kubeconfig}")
+    })?;
+    Client::try_from(config).context("building the Kubernetes client")
 }
 
 /// Who a container belongs to.
@@ -183,6 +178,7 @@ pub async fn start_with_retention(
     let node = node.to_string();
     let task = tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
+        let mut failures = Failures::default();
         while let Some(event) = events.next().await {
             match event {
                 // The store swaps in a fresh list atomically at InitDone.
@@ -190,10 +186,11 @@ pub async fn start_with_retention(
                 Ok(
                     watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
                 ) => {
+                    failures.recovered(&node);
                     task_shared.rebuild(&reader.state());
                 }
                 // The watcher re-lists or re-watches by itself (with backoff); 410 Gone included.
-                Err(e) => eprintln!("pods: watching the pods of node {node}: {e}"),
+                Err(e) => failures.failed(&node, &e),
             }
         }
     });
@@ -201,6 +198,41 @@ pub async fn start_with_retention(
         shared,
         _task: Arc::new(TaskGuard(task)),
     })
+}
+
+/// The watch's errors, said without flooding: the first at once, then at most one line a
+/// minute with how many there were, and one when the watch works again.
+#[derive(Default)]
+struct Failures {
+    /// Errors since the last line, and when that line was.
+    unsaid: u64,
+    said_at: Option<Instant>,
+}
+
+impl Failures {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, node: &str, e: &dyn fmt::Display) {
+        self.unsaid += 1;
+        match self.said_at {
+            None => eprintln!("pods: watching the pods of node {node}: {e} (retrying)"),
+            Some(at) if at.elapsed() >= Self::EVERY => eprintln!(
+                "pods: watching the pods of node {node}: still failing, {} errors in the last {} s: {e}",
+                self.unsaid,
+                at.elapsed().as_secs()
+            ),
+            Some(_) => return,
+        }
+        self.unsaid = 0;
+        self.said_at = Some(Instant::now());
+    }
+
+    fn recovered(&mut self, node: &str) {
+        if self.said_at.take().is_some() {
+            eprintln!("pods: watching the pods of node {node} again");
+            self.unsaid = 0;
+        }
+    }
 }
 
 impl Shared {
@@ -459,19 +491,5 @@ mod tests {
             normalize_uid("8f6a0c4e_3b1d_4e8a_9c2f_5d7b1a0e6c3f"),
             "8f6a0c4e-3b1d-4e8a-9c2f-5d7b1a0e6c3f"
         );
-    }
-
-    #[test]
-    fn node_name_comes_from_the_downward_api() {
-        // The only test touching NODE_NAME.
-        std::env::remove_var(NODE_NAME_ENV);
-        let err = node_name().unwrap_err().to_string();
-        assert!(
-            err.contains("NODE_NAME is not set") && !err.contains('\n'),
-            "{err}"
-        );
-        std::env::set_var(NODE_NAME_ENV, "node-a");
-        assert_eq!(node_name().unwrap(), "node-a");
-        std::env::remove_var(NODE_NAME_ENV);
     }
 }

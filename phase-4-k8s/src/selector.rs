@@ -1,4 +1,4 @@
-//! Which pods' containers the agent traces, in Kubernetes terms: a namespace, a container name
+//! Which pods' containers the agent traces, in Kubernetes terms: namespaces, container names
 //! and a label selector string as `kubectl -l` takes it (`app=asr,tier!=debug,env in
 //! (prod,staging)`), parsed here by hand with the API server's semantics (`!=` and `notin` also
 //! hold when the label is absent).
@@ -11,27 +11,30 @@ use anyhow::{bail, Context};
 
 use crate::pods::PodMeta;
 
-/// Which pods' containers to trace, in Kubernetes terms. Every field left `None` matches all.
+/// Which pods' containers to trace, in Kubernetes terms. Every field left empty matches all.
 #[derive(Clone, Debug, Default)]
 pub struct Selector {
-    pub namespace: Option<String>,
+    /// Any of these namespaces.
+    pub namespaces: Vec<String>,
     /// A label selector as `kubectl -l` takes it: `app=asr,tier!=debug,env in (prod,staging)`.
     pub labels: Option<String>,
-    pub container: Option<String>,
+    /// Any of these container names.
+    pub containers: Vec<String>,
 }
 
 impl Selector {
     /// A selector whose label selector is checked now, so that [`matches`](Self::matches) never
     /// meets a malformed one.
     pub fn new(
-        namespace: Option<&str>,
+        namespaces: &[&str],
         labels: Option<&str>,
-        container: Option<&str>,
+        containers: &[&str],
     ) -> anyhow::Result<Self> {
+        let owned = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
         let selector = Selector {
-            namespace: namespace.map(str::to_string),
+            namespaces: owned(namespaces),
             labels: labels.map(str::to_string),
-            container: container.map(str::to_string),
+            containers: owned(containers),
         };
         selector.validate()?;
         Ok(selector)
@@ -60,10 +63,8 @@ impl Selector {
     }
 
     pub(crate) fn matches_with(&self, labels: &LabelSelector, meta: &PodMeta) -> bool {
-        self.namespace
-            .as_ref()
-            .is_none_or(|ns| *ns == meta.namespace)
-            && self.container.as_ref().is_none_or(|c| *c == meta.container)
+        (self.namespaces.is_empty() || self.namespaces.contains(&meta.namespace))
+            && (self.containers.is_empty() || self.containers.contains(&meta.container))
             && labels.matches(&meta.labels)
     }
 }
@@ -469,19 +470,20 @@ mod tests {
     fn selector_combines_namespace_labels_and_container() {
         let m = meta();
         assert!(Selector::default().matches(&m));
-        assert!(Selector::new(Some("voice"), Some("app=asr"), Some("asr"))
+        assert!(Selector::new(&["voice"], Some("app=asr"), &["asr"])
             .unwrap()
             .matches(&m));
-        assert!(!Selector::new(Some("default"), None, None)
+        assert!(
+            Selector::new(&["default", "voice"], None, &["envoy", "asr"])
+                .unwrap()
+                .matches(&m)
+        );
+        assert!(!Selector::new(&["default"], None, &[]).unwrap().matches(&m));
+        assert!(!Selector::new(&[], Some("app=tts"), &[])
             .unwrap()
             .matches(&m));
-        assert!(!Selector::new(None, Some("app=tts"), None)
-            .unwrap()
-            .matches(&m));
-        assert!(!Selector::new(None, None, Some("envoy"))
-            .unwrap()
-            .matches(&m));
-        assert!(Selector::new(None, Some("app=asr,("), None).is_err());
+        assert!(!Selector::new(&[], None, &["envoy"]).unwrap().matches(&m));
+        assert!(Selector::new(&[], Some("app=asr,("), &[]).is_err());
         let malformed = Selector {
             labels: Some("app in".into()),
             ..Default::default()

@@ -1,10 +1,11 @@
 //! The Kubernetes manifests under deploy/: every document parses as its k8s-openapi type and
 //! loses no field doing so, and the deployment has the properties its comments and
 //! deploy/README.md promise. The agent is least privilege (the exact capability set, read-only
-//! mounts). RBAC grants only reading pods. The collector has no privilege. The flags parse
-//! (phase 3's clap definitions) and agree with the Service and the ConfigMap. Agent and collector
-//! serve their metrics, are probed at /healthz (liveness) and /readyz (readiness) and carry
-//! Prometheus's scrape annotations (the agent's on its pods). Mutual TLS is the
+//! mounts). RBAC grants only reading pods. The collector has no privilege. The settings (the
+//! args and the ConfigMap's config files) parse as the binaries parse them and agree with the
+//! Service. Agent and collector serve their metrics, are probed at /healthz (liveness) and
+//! /readyz (readiness) and carry Prometheus's scrape annotations (the agent's on its pods).
+//! Mutual TLS is the
 //! default, each agent presenting its node's own certificate, and a NetworkPolicy admits only
 //! the agents to the collector's gRPC port and only the scraper to its metrics. The overlays
 //! apply: cert-manager issues the collector's certificate and adds nothing else, sys-admin adds
@@ -133,32 +134,30 @@ fn base_objects_parse_exactly_and_live_in_one_namespace() {
 }
 
 #[test]
-fn fingerprint_config_map_holds_the_defaults() {
+fn the_config_map_holds_the_fingerprint_defaults() {
     let objects = Objects::parse(&base_docs());
     let cm = objects.config_map();
-    assert_eq!(
-        cm.metadata.name.as_deref(),
-        Some("audio-tracer-fingerprint")
-    );
+    assert_eq!(cm.metadata.name.as_deref(), Some("audio-tracer-config"));
     let data = cm.data.as_ref().expect("data");
     assert_eq!(
         data.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["keep_per_256", "window"]
+        ["agent.yaml", "collector.yaml"]
     );
-    let window: usize = data["window"].parse().expect("window: a number");
-    let keep: u16 = data["keep_per_256"]
-        .parse()
-        .expect("keep_per_256: a number");
+    let agent: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_saphyr::from_str(&data["agent.yaml"]).expect("agent.yaml: a mapping");
     let defaults = FingerprintConfig::default();
     assert_eq!(
-        window, defaults.window,
+        agent["window"], defaults.window,
         "shared::FingerprintConfig::default().window"
     );
-    assert_eq!(keep, defaults.keep_per_256, "…keep_per_256");
-    // And the agent passes both on.
+    assert_eq!(
+        agent["keep-per-256"], defaults.keep_per_256,
+        "…keep_per_256"
+    );
+    // And the agent reads them from its file.
     let args = check_agent(&objects, &Expected::load("base.yaml").agent);
-    assert_eq!(args.targets.window, window);
-    assert_eq!(args.targets.keep_per_256, keep);
+    assert_eq!(args.targets.window, defaults.window);
+    assert_eq!(args.targets.keep_per_256, defaults.keep_per_256);
 }
 
 #[test]

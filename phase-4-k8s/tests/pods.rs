@@ -238,9 +238,9 @@ async fn initial_list_names_every_container_and_its_workload() {
 
     // Target selection in Kubernetes terms.
     let voice = Selector::new(
-        Some("voice"),
+        &["voice"],
         Some("app in (asr, media-gateway),tier!=debug"),
-        None,
+        &[],
     )
     .unwrap();
     let picked: Vec<_> = index
@@ -257,7 +257,7 @@ async fn initial_list_names_every_container_and_its_workload() {
             "media-gateway-0/gateway"
         ]
     );
-    let asr_only = Selector::new(None, Some("app=asr"), Some("asr")).unwrap();
+    let asr_only = Selector::new(&[], Some("app=asr"), &["asr"]).unwrap();
     assert_eq!(index.select(&asr_only).len(), 1);
     assert!(
         index
@@ -267,7 +267,7 @@ async fn initial_list_names_every_container_and_its_workload() {
             .count()
             == 1
     );
-    let not_pipeline = Selector::new(None, Some("!app.kubernetes.io/part-of,tier"), None).unwrap();
+    let not_pipeline = Selector::new(&[], Some("!app.kubernetes.io/part-of,tier"), &[]).unwrap();
     let mut pods: Vec<_> = index
         .select(&not_pipeline)
         .into_iter()

@@ -1,7 +1,7 @@
 //! The properties every variant of the deployment must have, whatever overlay is applied:
 //! the agent least privilege and wired to the collector, RBAC reading pods only, the collector
 //! without privilege and reachable through its Service by the agents and the scraper alone.
-//! Flags are parsed with the agents' own clap definitions.
+//! Flags and config files are parsed with the binaries' own definitions (agent::config).
 
 use super::expected::{ExpectedAgent, ExpectedCollector, Scraper, SecretFiles};
 use super::objects::Objects;
@@ -126,30 +126,75 @@ struct CollectorCli {
     args: phase_3_multi_node::cli::CollectorArgs,
 }
 
-/// Phase 3's agent flags, and the Kubernetes target selection flags given.
-fn parse_agent(line: &[String]) -> (phase_3_multi_node::cli::AgentArgs, BTreeMap<String, String>) {
+/// The command line with its `--config` file taken from the ConfigMap mounted there: the
+/// file's text written to a temporary file the line then names (kept as long as the guard).
+fn with_config_file(
+    line: &[String],
+    spec: &PodSpec,
+    c: &Container,
+    objects: &Objects,
+) -> (Vec<String>, tempfile::TempDir) {
+    let at = line.iter().position(|w| w == "--config").expect("--config");
+    let file = Path::new(&line[at + 1]);
+    let dir = file.parent().unwrap().to_str().unwrap();
+    let (volume, read_only) =
+        mounted_at(spec, c, dir).unwrap_or_else(|| panic!("{dir}: nothing mounted"));
+    assert!(read_only, "{dir}: read-only");
+    let source = volume.config_map.as_ref().expect("a ConfigMap volume");
+    let name = file.file_name().unwrap().to_str().unwrap();
+    // The key the volume shows under that name.
+    let key = source
+        .items
+        .iter()
+        .flatten()
+        .find(|i| i.path == name)
+        .map_or(name, |i| i.key.as_str());
+    let text = objects
+        .config_maps
+        .iter()
+        .find(|cm| cm.metadata.name.as_deref() == Some(source.name.as_str()))
+        .and_then(|cm| cm.data.as_ref()?.get(key))
+        .unwrap_or_else(|| panic!("ConfigMap {} has no {key}", source.name));
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join(name);
+    std::fs::write(&copy, text).unwrap();
+    let mut line = line.to_vec();
+    line[at + 1] = copy.display().to_string();
+    (line, tmp)
+}
+
+/// Parses `line` (after the program and subcommand) as the binary does, config file included.
+fn parse<T: Parser>(subcommand: &str, line: &[String]) -> T {
+    let mut argv: Vec<std::ffi::OsString> = vec![subcommand.into()];
+    argv.extend(line[2..].iter().map(Into::into));
+    agent::config::parse_from::<T>(T::command(), &argv, &[])
+        .unwrap_or_else(|e| panic!("{line:?}:\n{e:?}"))
+}
+
+/// Phase 3's agent flags, and the Kubernetes target selection given.
+fn parse_agent(
+    line: &[String],
+) -> (
+    phase_3_multi_node::cli::AgentArgs,
+    BTreeMap<String, Vec<String>>,
+) {
     assert_eq!(line[..2], ["phase-4-k8s", "agent"], "{line:?}");
-    let mut rest = vec!["agent".to_string()];
-    rest.extend(line[2..].iter().cloned());
-    let cli = AgentCli::try_parse_from(&rest).unwrap_or_else(|e| panic!("{line:?}:\n{e}"));
+    let cli: AgentCli = parse("agent", line);
     let targets = [
         ("--namespace", cli.args.namespace),
-        ("--selector", cli.args.selector),
+        ("--selector", cli.args.selector.into_iter().collect()),
         ("--container", cli.args.container),
     ]
     .into_iter()
-    .filter_map(|(flag, v)| Some((flag.to_string(), v?)))
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(flag, v)| (flag.to_string(), v))
     .collect();
     (cli.args.agent, targets)
 }
 
 fn parse_collector(line: &[String]) -> phase_3_multi_node::cli::CollectorArgs {
     assert_eq!(line[..2], ["phase-4-k8s", "collector"], "{line:?}");
-    let mut rest = vec!["collector".to_string()];
-    rest.extend(line[2..].iter().cloned());
-    CollectorCli::try_parse_from(&rest)
-        .unwrap_or_else(|e| panic!("{line:?}:\n{e}"))
-        .args
+    parse::<CollectorCli>("collector", line).args
 }
 
 /// The volume a mount of `c` at exactly `path` comes from, and whether the mount is read-only.
@@ -351,30 +396,21 @@ pub fn check_agent(
         binding.role_ref.name
     );
 
-    // Flags: phase 3's definitions parse them; fingerprint settings from the ConfigMap.
+    // Settings: the ConfigMap's agent.yaml, parsed as the agent does; the args only what is
+    // the node's own. The agent takes --node from NODE_NAME (checked above), as given here.
     let vars = env_values(c, objects);
-    let line = command_line(c, &vars);
-    let (args, targets) = parse_agent(&line);
-    assert_eq!(args.node, "node-0", "--node $(NODE_NAME)");
+    let (mut line, _config) = with_config_file(&command_line(c, &vars), pod, c, objects);
     let raw_args = c.args.as_ref().unwrap();
-    for (flag, var) in [
-        ("--node", "$(NODE_NAME)"),
-        ("--window", "$(FP_WINDOW)"),
-        ("--keep-per-256", "$(FP_KEEP_PER_256)"),
-    ] {
-        let at = raw_args
-            .iter()
-            .position(|a| a == flag)
-            .unwrap_or_else(|| panic!("{flag}"));
-        assert_eq!(raw_args[at + 1], var, "{flag} from env");
-    }
-    let fingerprint = objects.config_map();
-    let fp = args.targets.fingerprint();
-    assert_eq!(
-        fp.window.to_string(),
-        fingerprint.data.as_ref().unwrap()["window"]
+    assert!(
+        !raw_args.contains(&"--node".to_string()),
+        "the node from NODE_NAME alone"
     );
-    fp.validate().expect("valid fingerprint settings");
+    line.extend(["--node".to_string(), vars["NODE_NAME"].clone()]);
+    let (args, targets) = parse_agent(&line);
+    args.targets
+        .fingerprint()
+        .validate()
+        .expect("valid fingerprint settings");
     assert!(targets.contains_key("--namespace") && targets.contains_key("--selector"));
     assert!(
         args.targets.pid.is_empty() && args.targets.comm.is_none(),
@@ -495,6 +531,7 @@ pub fn check_collector(objects: &Objects, expected: &ExpectedCollector) {
     assert_eq!(seccomp.map(|s| s.type_.as_str()), Some("RuntimeDefault"));
 
     let line = command_line(c, &env_values(c, objects));
+    let (line, _config) = with_config_file(&line, pod, c, objects);
     let args = parse_collector(&line);
     assert!(
         args.listen.ip().is_unspecified(),
