@@ -298,7 +298,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
                     if agent.uplink.counters().batches_sent > 0 {
                         health.set_ready();
                     }
-                    let alive = t.pid.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                    let alive = t.pid.iter().any(|&p| agent::targets::process_exists(p));
                     if t.comm.is_none() && hooks.targets.is_none() && !alive {
                         break;
                     }
