@@ -117,11 +117,13 @@ pub fn follow_scenario_live(
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        // Attached once it says so.
-        let mut line = String::new();
-        BufReader::new(c.stderr.as_mut().context("agent stderr")?).read_line(&mut line)?;
-        if !line.starts_with("tracing ") {
-            bail!("agent did not start: {line}");
+        // Attached once it logs so; it fails with a line and exits otherwise.
+        let mut err = BufReader::new(c.stderr.as_mut().context("agent stderr")?);
+        let mut logged = String::new();
+        while !logged.contains("; Ctrl-C to stop") {
+            if err.read_line(&mut logged)? == 0 {
+                bail!("agent did not start: {logged}");
+            }
         }
         child = Some(c);
         Ok(())

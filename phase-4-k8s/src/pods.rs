@@ -193,7 +193,7 @@ pub async fn start_with_retention(
                     task_shared.rebuild(&reader.state());
                 }
                 // The watcher re-lists or re-watches by itself (with backoff); 410 Gone included.
-                Err(e) => eprintln!("pods: watching the pods of node {node}: {e}"),
+                Err(e) => tracing::warn!("pods: watching the pods of node {node}: {e}"),
             }
         }
     });
