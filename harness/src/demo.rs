@@ -86,6 +86,8 @@ pub fn print_demo(run: &TracedRun, json: Option<&Path>, hops: &str) -> Result<()
 /// and how its JSON lines score.
 pub struct LiveRun {
     pub output: std::process::Output,
+    /// Its JSON lines, read back.
+    pub records: Vec<HopRecord>,
     pub score: crate::score::Score,
 }
 
@@ -153,7 +155,11 @@ pub fn follow_scenario_live(
         &format!("{name} --pid"),
     )?;
     std::fs::remove_dir_all(&dir).ok();
-    Ok(LiveRun { output, score })
+    Ok(LiveRun {
+        output,
+        records,
+        score,
+    })
 }
 
 /// A scenario traced by a phase and scored against its ground truth.
