@@ -101,7 +101,8 @@ impl HopKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HopRecord {
-    /// The schema version of the record ([`SCHEMA`] for records made here, 1 when absent).
+    /// The schema version of the line a record was read from (1 when absent); records are
+    /// made and written in [`SCHEMA`].
     #[serde(default = "version_1")]
     pub schema: u32,
     /// The moment's 64-bit signature as 16 hex digits (JSON numbers lose bits past 2^53).
@@ -189,11 +190,16 @@ fn rfc3339_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::
         .map_err(serde::de::Error::custom)
 }
 
-/// Writes `records` as JSON lines, each dated on the wall clock as it is now.
+/// Writes `records` as JSON lines of version [`SCHEMA`], each dated on the wall clock as it is
+/// now unless it has a date.
 pub fn write_jsonl(out: &mut impl Write, records: &[HopRecord]) -> Result<()> {
     let clock = WallClock::sample();
     for r in records {
-        serde_json::to_writer(&mut *out, &r.clone().dated(&clock))?;
+        let line = HopRecord {
+            schema: SCHEMA,
+            ..r.clone().dated(&clock)
+        };
+        serde_json::to_writer(&mut *out, &line)?;
         out.write_all(b"\n")?;
     }
     Ok(())
@@ -292,6 +298,13 @@ mod tests {
         let v1 = r#"{"signature":"00000000000000ff","kind":"writetowrite","from":{"pid":1,"comm":"c","fd":3,"dir":"write","t_ns":1},"to":{"pid":2,"comm":"d","fd":3,"dir":"write","t_ns":5},"latency_ns":4}"#;
         let r = &read_jsonl(v1.as_bytes()).unwrap()[0];
         assert_eq!((r.schema, r.kind, r.timestamp), (1, HopKind::WriteToWrite, None));
+        // Written again, it is a version 2 line.
+        let mut again = Vec::new();
+        write_jsonl(&mut again, std::slice::from_ref(r)).unwrap();
+        let text = String::from_utf8(again).unwrap();
+        assert!(text.starts_with(r#"{"schema":2,"#), "{text}");
+        assert!(text.contains(r#""kind":"write_to_write""#), "{text}");
+        assert!(text.contains(r#""timestamp":""#), "{text}");
         let newer = v1.replacen('{', r#"{"schema":3,"#, 1);
         let e = read_jsonl(newer.as_bytes()).unwrap_err().to_string();
         assert_eq!(
