@@ -82,6 +82,12 @@ pub fn stop_collector(p: Supervised) -> String {
     p.terminate();
     let e = p.wait(Duration::from_secs(10));
     assert!(e.status.success(), "collector: {}\n{}", e.status, e.stderr);
+    // Its report on stdout: the dated hop table in µs, then the health line.
+    assert!(
+        e.stdout.starts_with("hops at ") && e.stdout.contains(" p50 µs "),
+        "{}",
+        e.stdout
+    );
     // Its stderr is log lines only, each a JSON object (--log-format json).
     let logs: Vec<serde_json::Value> = e
         .stderr
