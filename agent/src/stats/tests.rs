@@ -177,3 +177,33 @@ fn the_table_fits_long_names_and_says_when_and_in_which_unit() {
     assert_eq!(row(&table, long).unwrap()[2..4], ["1", "12.0"], "{table}");
     assert_eq!(lines.len(), 4, "{table}");
 }
+
+/// From phase 4 on, a row is a hop between workloads, as the metrics have it: two pods of one
+/// Deployment on two nodes are one row.
+#[test]
+fn rows_are_workloads_where_known() {
+    let in_pod = |pod: &str, node: &str, dir| Sighting {
+        pid: 1,
+        comm: "main".into(),
+        fd: 3,
+        dir,
+        t_ns: 0,
+        pos: None,
+        node: Some(node.into()),
+        pod: Some(crate::schema::PodRef {
+            namespace: "audio".into(),
+            pod: pod.into(),
+            container: "main".into(),
+            workload: pod.split('-').next().unwrap().into(),
+        }),
+    };
+    let mut stats = HopStats::default();
+    for (src, node) in [("gw-5c9f-abcde", "node-a"), ("gw-5c9f-fghij", "node-b")] {
+        let to = in_pod("asr-7d-xyz12", "node-c", Dir::Read);
+        let r = HopRecord::new(1, in_pod(src, node, Dir::Write), to);
+        stats.add_at(&r, S);
+    }
+    let table = table_at(&stats, S);
+    assert_eq!(row(&table, "audio/gw").unwrap()[0..2], ["audio/asr", "2"], "{table}");
+    assert!(!table.contains("abcde") && !table.contains("node-"), "{table}");
+}
