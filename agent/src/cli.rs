@@ -134,7 +134,7 @@ impl TargetArgs {
         }
         if let Some(prefix) = &self.comm {
             if pids_with_comm_prefix(prefix)?.is_empty() {
-                eprintln!(
+                tracing::warn!(
                     "no process with a command name starting with {prefix:?} runs yet: tracing those that start"
                 );
             }
@@ -265,10 +265,11 @@ pub fn report_period(every: Duration) -> Duration {
     }
 }
 
-/// Runs the binary's main: `run`'s error becomes one line on stderr and exit status 1.
+/// Runs the binary's main: `run`'s error becomes one line on stderr (see [`crate::log`]) and
+/// exit status 1.
 pub fn exit_on_error(program: &str, run: impl FnOnce() -> Result<()>) {
     if let Err(e) = run() {
-        eprintln!("{program}: {e:#}");
+        crate::log::fatal(program, &e);
         std::process::exit(1);
     }
 }
@@ -284,7 +285,7 @@ fn run_live<T: Tracing>(
     let (targets, report) = (&args.targets, &args.report);
     tracing.add_targets(&targets.pid)?;
     let mut agent = Agent::new(tracing, json, false);
-    eprintln!(
+    tracing::info!(
         "tracing {what} of {}; Ctrl-C to stop",
         targets.describe_targets()
     );
@@ -306,7 +307,7 @@ fn run_live<T: Tracing>(
                     _ = report.tick() => eprintln!("{}{}", agent.stats.table(), agent.health()?),
                     _ = liveness.tick() => {
                         if targets.comm.is_none() && !targets.pid.iter().any(|&p| process_exists(p)) {
-                            eprintln!("every target process has exited; stopping");
+                            tracing::info!("every target process has exited; stopping");
                             break;
                         }
                         agent.tracing.refresh()?;

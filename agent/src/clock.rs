@@ -1,12 +1,88 @@
-//! The clock every stamp is on.
+//! The clocks every stamp is on: `CLOCK_MONOTONIC`, which the kernel side stamps with, and the
+//! wall clock records are also dated by so that they can be joined with logs and traces.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads on the same node.
 pub fn monotonic_ns() -> u64 {
+    read(libc::CLOCK_MONOTONIC) as u64
+}
+
+/// `clock` in nanoseconds since its epoch.
+fn read(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // SAFETY: ts is a valid out-pointer; both clocks read here always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// How `CLOCK_MONOTONIC` maps onto the wall clock (`CLOCK_REALTIME`, UTC) now, and how well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    /// `CLOCK_REALTIME − CLOCK_MONOTONIC`, ns.
+    offset_ns: i128,
+    /// How far a mapped time can be from UTC: half the bracket the wall clock was read in,
+    /// plus the kernel's estimate of the wall clock's own error.
+    pub error_ns: u64,
+}
+
+/// Brackets tried: a preemption between the reads widens one, rarely all.
+const BRACKETS: usize = 5;
+
+impl WallClock {
+    /// Reads the wall clock between two reads of `CLOCK_MONOTONIC`, keeping the tightest of a
+    /// few brackets. The mapping holds until the wall clock is stepped: sample it again for
+    /// each batch of stamps.
+    pub fn sample() -> Self {
+        let (before, wall, after) = (0..BRACKETS)
+            .map(|_| {
+                let before = read(libc::CLOCK_MONOTONIC);
+                let wall = read(libc::CLOCK_REALTIME);
+                (before, wall, read(libc::CLOCK_MONOTONIC))
+            })
+            .min_by_key(|(before, _, after)| after - before)
+            .expect("at least one bracket");
+        let width = u64::try_from(after - before).unwrap_or(u64::MAX);
+        Self {
+            offset_ns: wall - (before + after) / 2,
+            error_ns: width.div_ceil(2).saturating_add(estimated_error_ns()),
+        }
+    }
+
+    /// `t_ns` (`CLOCK_MONOTONIC`) on the wall clock.
+    pub fn wall(&self, t_ns: u64) -> SystemTime {
+        let ns = (i128::from(t_ns) + self.offset_ns).max(0);
+        UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+}
+
+/// The kernel's estimate of the wall clock's error (`adjtimex`'s `esterror`), which whatever
+/// synchronises the clock (NTP, PTP) keeps; 16 s, its initial value, when nothing does.
+fn estimated_error_ns() -> u64 {
+    // SAFETY: an all-zero timex is valid; modes 0 only reads, which needs no privilege.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    if unsafe { libc::adjtimex(&mut tx) } < 0 {
+        // Unknown: as unsynchronised.
+        return 16_000_000_000;
+    }
+    u64::try_from(tx.esterror).unwrap_or(0).saturating_mul(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_stamps_map_onto_the_wall_clock_within_the_bracket() {
+        let clock = WallClock::sample();
+        let (before, t, after) = (SystemTime::now(), monotonic_ns(), SystemTime::now());
+        let wall = clock.wall(t);
+        // Read in between, up to the mapping's bracket (the kernel's estimate aside).
+        let slack = Duration::from_millis(1);
+        assert!(wall + slack >= before && wall <= after + slack, "{wall:?}");
+        assert!(clock.error_ns >= estimated_error_ns(), "{clock:?}");
+    }
 }

@@ -3,7 +3,8 @@
 //! into the phase's matcher through the matching window (`pipeline`, `window`); the hop records
 //! that come out (`schema`) feed per-hop statistics (`stats`) and the outputs. `counters` reads
 //! the kernel side's counters, `cli` is the command line every phase's binary has,
-//! `config` where its settings come from besides flags (environment, a YAML file).
+//! `config` where its settings come from besides flags (environment, a YAML file), `log` its
+//! log lines.
 //!
 //! A phase crate brings only its story: its `.bpf.c` and `.h`, its event, its kernel side (a
 //! [`pipeline::Kernel`]) and its matcher (a [`pipeline::Matching`]). Nothing here knows a
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod loader;
+pub mod log;
 pub mod pipeline;
 pub mod schema;
 pub mod stats;

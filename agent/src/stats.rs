@@ -8,10 +8,10 @@ mod recent;
 
 use crate::clock::monotonic_ns;
 use crate::schema::HopRecord;
+use comfy_table::{presets, CellAlignment, Table};
 use recent::Recent;
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Slots of the recent window: it spans between 5/6 of its length and its length.
 const SLOTS: usize = 6;
@@ -102,23 +102,16 @@ impl HopStats {
         hop.recent.record(now_ns, r.latency_ns, r.bound_ns);
     }
 
-    /// The table, latencies in µs.
+    /// The table, latencies in µs, dated on the wall clock.
     pub fn table(&self) -> String {
-        self.table_at(monotonic_ns())
+        self.table_at(monotonic_ns(), SystemTime::now())
     }
 
-    fn table_at(&self, now_ns: u64) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "count: since start; n, percentiles, max and ±: the last {} s",
-            self.retention.window.as_secs_f64()
-        );
-        let _ = writeln!(
-            out,
-            "{:>24} → {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "from", "to", "count", "n", "p50 µs", "p90 µs", "p99 µs", "max µs", "± µs"
-        );
+    fn table_at(&self, now_ns: u64, now: SystemTime) -> String {
+        let mut table = Table::new();
+        table.load_style(presets::NOTHING).set_header([
+            "from", "", "to", "count", "n", "p50 µs", "p90 µs", "p99 µs", "max µs", "± µs",
+        ]);
         let forget_ns = ns(self.retention.forget_after);
         for ((from, to), hop) in &self.hops {
             if now_ns.saturating_sub(hop.last_ns) >= forget_ns {
@@ -131,11 +124,12 @@ impl HopStats {
                     .quantile(q)
                     .map_or("-".into(), |ns| format!("{:.1}", ns as f64 / 1e3))
             };
-            let _ = writeln!(
-                out,
-                "{from:>24} → {to:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                hop.count,
-                recent.latencies.count(),
+            table.add_row([
+                from.clone(),
+                "→".into(),
+                to.clone(),
+                hop.count.to_string(),
+                recent.latencies.count().to_string(),
                 us(0.5),
                 us(0.9),
                 us(0.99),
@@ -143,10 +137,18 @@ impl HopStats {
                 // One clock on one node: no alignment error to add.
                 recent
                     .bound_ns
-                    .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e3))
-            );
+                    .map_or("-".into(), |b| format!("{:.1}", b as f64 / 1e3)),
+            ]);
         }
-        out
+        for column in table.column_iter_mut().skip(3) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+        format!(
+            "hops at {}: count since start; n, percentiles, max and ± over the last {} s\n{}\n",
+            humantime::format_rfc3339_millis(now),
+            self.retention.window.as_secs_f64(),
+            table.trim_fmt()
+        )
     }
 }
 

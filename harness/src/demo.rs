@@ -86,6 +86,8 @@ pub fn print_demo(run: &TracedRun, json: Option<&Path>, hops: &str) -> Result<()
 /// and how its JSON lines score.
 pub struct LiveRun {
     pub output: std::process::Output,
+    /// Its JSON lines, read back.
+    pub records: Vec<HopRecord>,
     pub score: crate::score::Score,
 }
 
@@ -117,11 +119,13 @@ pub fn follow_scenario_live(
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        // Attached once it says so.
-        let mut line = String::new();
-        BufReader::new(c.stderr.as_mut().context("agent stderr")?).read_line(&mut line)?;
-        if !line.starts_with("tracing ") {
-            bail!("agent did not start: {line}");
+        // Attached once it logs so; it fails with a line and exits otherwise.
+        let mut err = BufReader::new(c.stderr.as_mut().context("agent stderr")?);
+        let mut logged = String::new();
+        while !logged.contains("; Ctrl-C to stop") {
+            if err.read_line(&mut logged)? == 0 {
+                bail!("agent did not start: {logged}");
+            }
         }
         child = Some(c);
         Ok(())
@@ -151,7 +155,11 @@ pub fn follow_scenario_live(
         &format!("{name} --pid"),
     )?;
     std::fs::remove_dir_all(&dir).ok();
-    Ok(LiveRun { output, score })
+    Ok(LiveRun {
+        output,
+        records,
+        score,
+    })
 }
 
 /// A scenario traced by a phase and scored against its ground truth.

@@ -1,3 +1,4 @@
+use agent::log::LogArgs;
 use agent::schema;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -13,6 +14,8 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -35,7 +38,9 @@ enum Command {
 
 fn main() -> Result<()> {
     harness::component::run_if_component();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    cli.log.init()?;
+    match cli.command {
         Command::List => {
             for s in scenario::catalogue() {
                 println!("{:4} {}", s.id, s.title);
@@ -46,7 +51,7 @@ fn main() -> Result<()> {
                 bail!("unknown scenario {id:?}; `harness list` shows the catalogue")
             };
             let dir = run::workdir(sc.id)?;
-            eprintln!("running {} ({}) in {}", sc.id, sc.title, dir.display());
+            tracing::info!("running {} ({}) in {}", sc.id, sc.title, dir.display());
             let gt = run::run(&sc, &std::env::current_exe()?, &dir, |_| Ok(()))?;
             let cfg = FingerprintConfig::default();
             let calls = CallTruthIndex::build(&gt, cfg)?;

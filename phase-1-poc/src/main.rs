@@ -1,4 +1,5 @@
 use agent::cli::{exit_on_error, Phase, TraceArgs};
+use agent::log::LogArgs;
 use clap::Parser;
 use phase_1_poc::Phase1;
 
@@ -14,6 +15,8 @@ use phase_1_poc::Phase1;
 struct Cli {
     #[command(flatten)]
     agent: TraceArgs,
+    #[command(flatten)]
+    log: LogArgs,
     #[cfg(feature = "demo")]
     #[command(flatten)]
     demo: harness::demo::DemoArgs,
@@ -31,6 +34,7 @@ fn main() {
     #[cfg(feature = "demo")]
     harness::component::run_if_component();
     let cli: Cli = agent::config::parse();
+    exit_on_error(PHASE.name, || cli.log.init());
     exit_on_error(PHASE.name, || {
         #[cfg(feature = "demo")]
         return harness::demo::run_phase(

@@ -7,6 +7,7 @@ use harness::score::TEST_BAR;
 use phase_1_poc::demo::OBSERVES;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const EXE: &str = env!("CARGO_BIN_EXE_phase-1-poc");
 
@@ -108,9 +109,10 @@ fn a_comm_with_no_process_yet_traces_those_started_later() {
     let err = log.join().unwrap();
     std::fs::remove_dir_all(&dir).ok();
     assert!(status.success(), "{err}");
-    assert_eq!(
-        err.lines().next(),
-        Some("no process with a command name starting with \"hx-late\" runs yet: tracing those that start"),
+    assert!(
+        err.lines().next().is_some_and(|l| l.ends_with(
+            " WARN no process with a command name starting with \"hx-late\" runs yet: tracing those that start"
+        )),
         "{err}"
     );
     // The table went to stderr; stdout is only hops, from the processes that started later.
@@ -275,7 +277,9 @@ fn an_unwritable_json_path_is_one_line_before_anything_is_loaded() {
 /// stops by itself and its JSON lines score as well as the in-process tracer does.
 #[test]
 fn live_agent_follows_a_pipeline_until_its_processes_exit() {
+    let before = SystemTime::now();
     let run = follow_scenario_live(&scenario::s1(), Path::new(EXE), OBSERVES).unwrap();
+    let after = SystemTime::now();
     let err = stderr(&run.output);
     assert!(run.output.status.success(), "{err}");
     assert!(
@@ -287,11 +291,121 @@ fn live_agent_follows_a_pipeline_until_its_processes_exit() {
         table.contains("hx-c0-src") && table.contains("drops=0"),
         "{table}"
     );
+    assert!(table.starts_with("hops at "), "{table}");
     eprintln!("{}", run.score);
     assert!(
         run.score.misses(&TEST_BAR).is_empty(),
         "{:?}",
         run.score.misses(&TEST_BAR)
+    );
+    // Every line is version 2, dated on the wall clock while the run lasted, and every date
+    // comes from one mapping of the monotonic clock (the agent ran in one bracket's error).
+    assert!(!run.records.is_empty());
+    let mut offsets = Vec::new();
+    for r in &run.records {
+        assert_eq!(r.schema, agent::schema::SCHEMA);
+        let at = r.timestamp.expect("a wall-clock timestamp");
+        assert!(before <= at && at <= after, "{r:?}");
+        let error = r.timestamp_error_ns.expect("its error");
+        let wall_ns = at.duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128;
+        offsets.push((wall_ns - i128::from(r.to.t_ns), error));
+    }
+    let (lo, hi) = (
+        offsets.iter().map(|o| o.0).min().unwrap(),
+        offsets.iter().map(|o| o.0).max().unwrap(),
+    );
+    let mapping_error = offsets.iter().map(|o| o.1).max().unwrap() as i128;
+    // The kernel's estimate of the wall clock's error aside, a bracket is microseconds.
+    assert!(hi - lo <= 2 * mapping_error.min(100_000), "{lo}..{hi} ± {mapping_error}");
+}
+
+/// Traces a `sleep` for a second with `args`: the agent's output.
+fn trace_a_sleep(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut target = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = target.id().to_string();
+    let out = Command::new(EXE)
+        .args(["--pid", &pid, "--duration", "1"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    target.kill().ok();
+    target.wait().ok();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    out
+}
+
+/// Log lines go to stderr, leveled and dated, as text or JSON; reports (the table, the health
+/// line) stay on stdout as they were.
+#[test]
+fn logs_are_dated_leveled_lines_as_text_or_json() {
+    let text = trace_a_sleep(&[], &[]);
+    let err = stderr(&text);
+    let line = err.lines().next().unwrap();
+    let mut words = line.split_whitespace();
+    let at = humantime::parse_rfc3339(words.next().unwrap()).expect(line);
+    assert!(at <= SystemTime::now(), "{line}");
+    assert_eq!(words.next(), Some("INFO"), "{line}");
+    assert!(
+        words.collect::<Vec<_>>().join(" ").starts_with("tracing write() of pid "),
+        "{line}"
+    );
+    let report = String::from_utf8_lossy(&text.stdout);
+    assert!(report.starts_with("hops at ") && report.contains("p50 µs"), "{report}");
+    assert!(report.contains("drops=0"), "{report}");
+
+    let json = trace_a_sleep(&["--log-format", "json"], &[]);
+    let err = stderr(&json);
+    assert!(!err.is_empty());
+    for line in err.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        humantime::parse_rfc3339(v["timestamp"].as_str().expect(line)).expect(line);
+        assert_eq!(v["level"], "INFO", "{line}");
+        assert!(v["message"].as_str().is_some(), "{line}");
+    }
+    assert!(String::from_utf8_lossy(&json.stdout).contains("drops=0"));
+
+    // Filtered by flag or by RUST_LOG: no info lines, the report all the same.
+    for quiet in [
+        trace_a_sleep(&["--log-level", "warn"], &[]),
+        trace_a_sleep(&[], &[("RUST_LOG", "warn")]),
+    ] {
+        assert_eq!(stderr(&quiet), "");
+        assert!(String::from_utf8_lossy(&quiet.stdout).contains("drops=0"));
+    }
+}
+
+#[test]
+fn with_json_logs_a_failure_is_one_json_line() {
+    let o = agent(&["--log-format", "json", "--pid", "2147483646"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&err).expect(&err);
+    assert_eq!(v["level"], "ERROR", "{err}");
+    assert_eq!(v["message"], "phase-1-poc: no process with pid 2147483646");
+}
+
+#[test]
+fn a_log_filter_that_is_not_one_is_refused_in_one_line() {
+    let o = agent(&["--log-level", "debug,=[", "--pid", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    let first = stderr(&o).lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.starts_with("error: invalid value 'debug,=[' for '--log-level <FILTER>': not a log filter"),
+        "{first}"
+    );
+    let o = Command::new(EXE)
+        .args(["--pid", "1"])
+        .env("RUST_LOG", "info,=[")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("phase-1-poc: RUST_LOG=\"info,=[\" is not a log filter") && err.lines().count() == 1,
+        "{err}"
     );
 }
 

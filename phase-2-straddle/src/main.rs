@@ -1,4 +1,5 @@
 use agent::cli::{exit_on_error, Phase, TraceArgs};
+use agent::log::LogArgs;
 use clap::Parser;
 use phase_2_straddle::{start_without_tls, Phase2};
 
@@ -17,6 +18,8 @@ use phase_2_straddle::{start_without_tls, Phase2};
 struct Cli {
     #[command(flatten)]
     agent: TraceArgs,
+    #[command(flatten)]
+    log: LogArgs,
     #[cfg(feature = "demo")]
     #[command(flatten)]
     demo: harness::demo::DemoArgs,
@@ -40,6 +43,7 @@ fn main() {
             Phase2::start
         },
     };
+    exit_on_error(phase.name, || cli.log.init());
     exit_on_error(phase.name, || {
         #[cfg(feature = "demo")]
         return harness::demo::run_phase(

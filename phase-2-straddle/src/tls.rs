@@ -96,7 +96,7 @@ impl TlsProbes {
                         Err(e) => {
                             if self.first_failure.is_none() {
                                 let why = format!("probing {} of pid {pid}: {e:#}", lib.display());
-                                eprintln!("TLS links of some targets are not seen: {why}");
+                                tracing::warn!("TLS links of some targets are not seen: {why}");
                                 self.first_failure = Some(why);
                             }
                             self.failed.insert(pid);

@@ -53,7 +53,7 @@ fn live_agent_probes_openssl_in_targets_started_after_it() {
             .lines()
             .map_while(Result::ok)
         {
-            if line.starts_with("tracing ") {
+            if line.contains("INFO tracing ") {
                 started.send(()).ok();
             }
             all += &line;

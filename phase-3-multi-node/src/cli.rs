@@ -281,7 +281,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     if let Some(f) = &args.ready_file {
         std::fs::write(f, b"").with_context(|| format!("writing {}", f.display()))?;
     }
-    eprintln!("agent {} tracing; Ctrl-C to stop", args.node);
+    tracing::info!("agent {} tracing; Ctrl-C to stop", args.node);
     rt.block_on(async {
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
@@ -411,7 +411,7 @@ pub fn run_collector(args: &CollectorArgs) -> Result<()> {
                 wait(stop_rx.clone()),
             ));
         }
-        eprintln!("collector listening on {}; Ctrl-C to stop", args.listen);
+        tracing::info!("collector listening on {}; Ctrl-C to stop", args.listen);
         let every = report_period(args.report_every);
         let mut report = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut close = tokio::time::interval(Duration::from_millis(200));

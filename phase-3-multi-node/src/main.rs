@@ -1,4 +1,5 @@
 use agent::cli::exit_on_error;
+use agent::log::LogArgs;
 use clap::{Parser, Subcommand};
 use phase_3_multi_node::cli::{run_agent, run_collector, AgentArgs, CollectorArgs};
 
@@ -16,6 +17,8 @@ use phase_3_multi_node::cli::{run_agent, run_collector, AgentArgs, CollectorArgs
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +57,7 @@ fn main() {
         phase_3_multi_node::run::run_if_agent();
     }
     let cli: Cli = agent::config::parse();
+    exit_on_error("phase-3-multi-node", || cli.log.init());
     exit_on_error("phase-3-multi-node", || match &cli.command {
         Some(Command::Agent(a)) => run_agent(a),
         Some(Command::Collector(c)) => run_collector(c),

@@ -3,7 +3,7 @@
 
 use crate::collector::Service;
 use crate::metrics::{HopLabels, Metrics, Peer};
-use agent::schema::{self, HopKind, HopRecord, Sighting};
+use agent::schema::{self, HopRecord, Sighting};
 use agent::stats::HopStats;
 use anyhow::Result;
 use std::io::Write;
@@ -39,12 +39,7 @@ fn labels(r: &HopRecord, nodes: bool) -> HopLabels {
     HopLabels {
         src: peer(&r.from),
         dst: peer(&r.to),
-        kind: match r.kind {
-            HopKind::Transit => "transit",
-            HopKind::Residence => "residence",
-            HopKind::WriteToWrite => "write_to_write",
-            HopKind::ReadToRead => "read_to_read",
-        },
+        kind: r.kind.as_str(),
     }
 }
 

@@ -98,9 +98,14 @@ pub fn run_agent_if<A: clap::Args>(env: &str, agent: impl FnOnce(&A) -> Result<(
     struct Agent<A: clap::Args> {
         #[command(flatten)]
         args: A,
+        #[command(flatten)]
+        log: agent::log::LogArgs,
     }
     let parsed = <Agent<A> as clap::Parser>::parse();
-    agent::cli::exit_on_error("agent", || agent(&parsed.args));
+    agent::cli::exit_on_error("agent", || {
+        parsed.log.init()?;
+        agent(&parsed.args)
+    });
     std::process::exit(0);
 }
 

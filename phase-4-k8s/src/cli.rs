@@ -52,7 +52,7 @@ pub fn run_agent(args: &PodAgentArgs) -> anyhow::Result<()> {
     let client = match k8s.block_on(pods::client()) {
         Ok(client) => client,
         Err(e) if !args.selects_pods() => {
-            eprintln!("{e:#}: tracing without pod names");
+            tracing::warn!("{e:#}: tracing without pod names");
             k8s.shutdown_background();
             return run_agent_with(&args.agent, AgentHooks::default());
         }
@@ -65,7 +65,7 @@ pub fn run_agent(args: &PodAgentArgs) -> anyhow::Result<()> {
             // Targets by pid or name do not wait for the pods: only their names do.
             match args.selects_pods() {
                 true => anyhow::bail!("{late}"),
-                false => eprintln!("{late}: tracing, naming pods once they are"),
+                false => tracing::warn!("{late}: tracing, naming pods once they are"),
             }
         }
         anyhow::Ok(index)

@@ -1,4 +1,5 @@
 use agent::cli::exit_on_error;
+use agent::log::LogArgs;
 use clap::{Parser, Subcommand};
 use phase_3_multi_node::cli::{run_collector, CollectorArgs};
 use phase_4_k8s::cli::{run_agent, PodAgentArgs};
@@ -14,6 +15,8 @@ use phase_4_k8s::cli::{run_agent, PodAgentArgs};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +45,7 @@ fn main() {
     }
     // The DaemonSet gives the node's name as NODE_NAME (downward API).
     let cli: Cli = agent::config::parse_with_aliases(&[("node", phase_4_k8s::pods::NODE_NAME_ENV)]);
+    exit_on_error("phase-4-k8s", || cli.log.init());
     exit_on_error("phase-4-k8s", || match &cli.command {
         Command::Agent(a) => run_agent(a),
         Command::Collector(c) => run_collector(c),

@@ -215,8 +215,8 @@ impl Failures {
     fn failed(&mut self, node: &str, e: &dyn fmt::Display) {
         self.unsaid += 1;
         match self.said_at {
-            None => eprintln!("pods: watching the pods of node {node}: {e} (retrying)"),
-            Some(at) if at.elapsed() >= Self::EVERY => eprintln!(
+            None => tracing::warn!("pods: watching the pods of node {node}: {e} (retrying)"),
+            Some(at) if at.elapsed() >= Self::EVERY => tracing::warn!(
                 "pods: watching the pods of node {node}: still failing, {} errors in the last {} s: {e}",
                 self.unsaid,
                 at.elapsed().as_secs()
@@ -229,7 +229,7 @@ impl Failures {
 
     fn recovered(&mut self, node: &str) {
         if self.said_at.take().is_some() {
-            eprintln!("pods: watching the pods of node {node} again");
+            tracing::info!("pods: watching the pods of node {node} again");
             self.unsaid = 0;
         }
     }

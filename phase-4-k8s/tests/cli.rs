@@ -119,7 +119,7 @@ fn an_unreachable_api_server_is_said_once() {
     assert!(started.elapsed() >= Duration::from_secs(30), "{lines:?}");
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
-        lines[0].starts_with("pods: watching the pods of node n1: ")
+        lines[0].contains(" WARN pods: watching the pods of node n1: ")
             && lines[0].ends_with("(retrying)"),
         "{lines:?}"
     );

@@ -1,6 +1,7 @@
 use super::latencies::Latencies;
 use super::*;
 use crate::schema::{Dir, Sighting};
+use std::time::SystemTime;
 
 const S: u64 = 1_000_000_000;
 
@@ -86,6 +87,10 @@ fn record(from: &str, to: &str, latency_ns: i64, bound_ns: Option<u64>) -> HopRe
     r
 }
 
+fn table_at(stats: &HopStats, now_ns: u64) -> String {
+    stats.table_at(now_ns, SystemTime::UNIX_EPOCH)
+}
+
 /// The table's row for the hop from `from`, split into columns after the arrow's sides.
 fn row(table: &str, from: &str) -> Option<Vec<String>> {
     let line = table.lines().find(|l| l.trim_start().starts_with(from))?;
@@ -107,12 +112,12 @@ fn percentiles_cover_the_recent_window_and_count_since_start() {
         );
     }
     // Still inside the window: the old records weigh in.
-    let within = row(&stats.table_at(t0 + 59 * S), "src").unwrap();
+    let within = row(&table_at(&stats, t0 + 59 * S), "src").unwrap();
     assert_eq!(within[1..3], ["110", "110"]);
     let p50: f64 = within[3].parse().unwrap();
     assert!((5000.0..=5005.0).contains(&p50), "{within:?}");
     // A minute on, their slot has rotated out; the count since start keeps them.
-    let table = stats.table_at(t0 + 61 * S);
+    let table = table_at(&stats, t0 + 61 * S);
     assert!(table.contains("the last 60 s"), "{table}");
     let after = row(&table, "src").unwrap();
     assert_eq!(
@@ -121,7 +126,7 @@ fn percentiles_cover_the_recent_window_and_count_since_start() {
         "{table}"
     );
     // Nothing in the window: no figures rather than stale ones.
-    let quiet = row(&stats.table_at(t0 + 200 * S), "src").unwrap();
+    let quiet = row(&table_at(&stats, t0 + 200 * S), "src").unwrap();
     assert_eq!(quiet[1..], ["110", "0", "-", "-", "-", "-", "-"]);
 }
 
@@ -135,7 +140,7 @@ fn quiet_hops_are_forgotten() {
     stats.add_at(&record("gone", "relay", 1_000, None), t0);
     stats.add_at(&record("live", "relay", 1_000, None), t0 + 500 * S);
     // Ten minutes without a record: out of the table at once…
-    let table = stats.table_at(t0 + 600 * S);
+    let table = table_at(&stats, t0 + 600 * S);
     assert!(row(&table, "gone").is_none(), "{table}");
     assert!(row(&table, "live").is_some(), "{table}");
     assert_eq!(stats.hops.len(), 2);
@@ -144,5 +149,61 @@ fn quiet_hops_are_forgotten() {
     assert_eq!(stats.hops.len(), 1);
     // Seen again, it starts afresh.
     stats.add_at(&record("gone", "relay", 1_000, None), t0 + 601 * S);
-    assert_eq!(row(&stats.table_at(t0 + 601 * S), "gone").unwrap()[1], "1");
+    assert_eq!(row(&table_at(&stats, t0 + 601 * S), "gone").unwrap()[1], "1");
+}
+
+#[test]
+fn the_table_fits_long_names_and_says_when_and_in_which_unit() {
+    let mut stats = HopStats::default();
+    let long = "voice-gateway-7f9c8d6b5c-x2x4z-with-a-long-name";
+    stats.add_at(&record(long, "relay", 12_000, None), S);
+    stats.add_at(&record("src", "relay", 5_000, None), S);
+    let table = stats.table_at(S, SystemTime::UNIX_EPOCH + Duration::from_millis(1_500));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("hops at 1970-01-01T00:00:01.500Z:"),
+        "{table}"
+    );
+    let header: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["from", "to", "count", "n", "p50", "µs", "p90", "µs", "p99", "µs", "max", "µs", "±", "µs"]
+    );
+    // Every row's arrow and figures line up under the header, however long a name.
+    let arrow = |l: &str| l.find('→').unwrap();
+    assert_eq!(arrow(lines[2]), arrow(lines[3]), "{table}");
+    let end = |l: &str| l.chars().count();
+    assert_eq!(end(lines[1]), end(lines[2]), "{table}");
+    assert_eq!(row(&table, long).unwrap()[2..4], ["1", "12.0"], "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+}
+
+/// From phase 4 on, a row is a hop between workloads, as the metrics have it: two pods of one
+/// Deployment on two nodes are one row.
+#[test]
+fn rows_are_workloads_where_known() {
+    let in_pod = |pod: &str, node: &str, dir| Sighting {
+        pid: 1,
+        comm: "main".into(),
+        fd: 3,
+        dir,
+        t_ns: 0,
+        pos: None,
+        node: Some(node.into()),
+        pod: Some(crate::schema::PodRef {
+            namespace: "audio".into(),
+            pod: pod.into(),
+            container: "main".into(),
+            workload: pod.split('-').next().unwrap().into(),
+        }),
+    };
+    let mut stats = HopStats::default();
+    for (src, node) in [("gw-5c9f-abcde", "node-a"), ("gw-5c9f-fghij", "node-b")] {
+        let to = in_pod("asr-7d-xyz12", "node-c", Dir::Read);
+        let r = HopRecord::new(1, in_pod(src, node, Dir::Write), to);
+        stats.add_at(&r, S);
+    }
+    let table = table_at(&stats, S);
+    assert_eq!(row(&table, "audio/gw").unwrap()[0..2], ["audio/asr", "2"], "{table}");
+    assert!(!table.contains("abcde") && !table.contains("node-"), "{table}");
 }

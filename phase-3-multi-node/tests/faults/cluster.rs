@@ -61,6 +61,7 @@ pub fn collector(addr: SocketAddr, json: &Path, ack_delay_ms: u64) -> Supervised
         "0",
     ])
     .args(["--ack-delay-ms", &ack_delay_ms.to_string()])
+    .args(["--log-format", "json"])
     .arg("--json")
     .arg(json);
     let mut p = Supervised::spawn(&format!("the collector on {addr}"), &mut cmd);
@@ -81,6 +82,26 @@ pub fn stop_collector(p: Supervised) -> String {
     p.terminate();
     let e = p.wait(Duration::from_secs(10));
     assert!(e.status.success(), "collector: {}\n{}", e.status, e.stderr);
+    // Its report on stdout: the dated hop table in µs, then the health line.
+    assert!(
+        e.stdout.starts_with("hops at ") && e.stdout.contains(" p50 µs "),
+        "{}",
+        e.stdout
+    );
+    // Its stderr is log lines only, each a JSON object (--log-format json).
+    let logs: Vec<serde_json::Value> = e
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}")))
+        .collect();
+    assert!(
+        logs.iter().any(|l| l["level"] == "INFO"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("collector listening on "))),
+        "{}",
+        e.stderr
+    );
     e.last_line().to_string()
 }
 
@@ -195,9 +216,27 @@ pub fn sleep_until(t_ns: u64) {
     }
 }
 
+/// The collector's JSON lines: version 2, each dated on the collector's wall clock by one
+/// mapping of the collector's monotonic clock, which their `t_ns` are on.
 pub fn read_records(path: &Path) -> Vec<HopRecord> {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    agent::schema::read_jsonl(std::io::BufReader::new(f)).unwrap()
+    let records = agent::schema::read_jsonl(std::io::BufReader::new(f)).unwrap();
+    let now = std::time::SystemTime::now();
+    let offsets: Vec<i128> = records
+        .iter()
+        .map(|r| {
+            assert_eq!(r.schema, agent::schema::SCHEMA);
+            let at = r.timestamp.expect("a wall-clock timestamp");
+            assert!(r.timestamp_error_ns.is_some(), "{r:?}");
+            assert!(at <= now && now.duration_since(at).unwrap() < Duration::from_secs(600));
+            let wall_ns = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            wall_ns as i128 - i128::from(r.to.t_ns)
+        })
+        .collect();
+    if let (Some(lo), Some(hi)) = (offsets.iter().min(), offsets.iter().max()) {
+        assert!(hi - lo < 1_000_000, "monotonic → wall offsets {lo}..{hi}");
+    }
+    records
 }
 
 pub fn score(gt: &GroundTruth, records: &[HopRecord]) -> Score {
