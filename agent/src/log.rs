@@ -23,10 +23,16 @@ pub struct LogArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// Which log lines: `error`, `warn`, `info`, `debug`, `trace`, or directives per module as
-    /// in RUST_LOG (`info,phase_3_multi_node=debug`). Default: RUST_LOG, else `info`.
+    /// in RUST_LOG (`info,phase_3_multi_node=debug`). Default: RUST_LOG, else `info` (without
+    /// kube's per-request errors).
     #[arg(long, value_name = "FILTER", global = true, value_parser = parse_filter)]
     pub log_level: Option<String>,
 }
+
+/// Without --log-level or RUST_LOG: `info`, except kube's HTTP layer, which logs every failed
+/// request to the API server at ERROR (a line a second while it is unreachable); phase 4's pod
+/// watch says such failures itself, once and then at most once a minute.
+const DEFAULT_FILTER: &str = "info,kube_client::client::builder=off";
 
 /// The format logging was set up with: the exit line of a failed run follows it.
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
@@ -46,7 +52,7 @@ impl LogArgs {
             None => match std::env::var("RUST_LOG") {
                 Ok(text) if !text.trim().is_empty() => EnvFilter::try_new(&text)
                     .with_context(|| format!("RUST_LOG={text:?} is not a log filter"))?,
-                _ => EnvFilter::new("info"),
+                _ => EnvFilter::new(DEFAULT_FILTER),
             },
         };
         let fmt = tracing_subscriber::fmt()

@@ -80,7 +80,7 @@ fn a_comm_with_no_process_yet_traces_those_started_later() {
             .lines()
             .map_while(Result::ok)
         {
-            if line.starts_with("tracing ") {
+            if line.contains(" INFO tracing ") {
                 started.send(()).ok();
             }
             all += &line;

@@ -73,14 +73,18 @@ fn a_pid_needs_no_cluster_and_node_name_is_enough() {
     target.0.kill().ok();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    let lines: Vec<&str> = err.lines().collect();
+    // Log lines: their message after the timestamp.
+    let lines: Vec<&str> = err
+        .lines()
+        .map(|l| l.split_once("Z  ").map_or(l, |(_, message)| message))
+        .collect();
     assert_eq!(
         lines[..2],
         [
-            "no Kubernetes configuration: not in a cluster, and failed to read kubeconfig from \
+            "WARN no Kubernetes configuration: not in a cluster, and failed to read kubeconfig from \
              '\"/no-such-dir/kubeconfig\"': No such file or directory (os error 2): tracing \
              without pod names",
-            "agent node-from-downward-api tracing; Ctrl-C to stop"
+            "INFO agent node-from-downward-api tracing; Ctrl-C to stop"
         ],
         "{err}"
     );
