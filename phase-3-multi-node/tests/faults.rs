@@ -240,7 +240,14 @@ fn a_killed_agent_stops_nothing_else() {
     let addr = free_addr();
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("c.jsonl");
-    let c = collector(addr, &json, 0);
+    // Its hop series also name both sides' nodes (opt-in), scraped before it stops.
+    let metrics = free_addr();
+    let c = collector_with(
+        addr,
+        &json,
+        0,
+        &["--metrics", &metrics.to_string(), "--metrics-node-labels"],
+    );
     let comms = std::sync::Arc::new(Mutex::new(HashMap::<u32, String>::new()));
     let comms2 = comms.clone();
     let mut run = trace(
@@ -301,6 +308,18 @@ fn a_killed_agent_stops_nothing_else() {
     // The collector stayed up through it all, and stops cleanly.
     let mut c = c;
     assert!(c.running(), "the collector died with the agent");
+    let page = ureq::get(format!("http://{metrics}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let cross_node = page.lines().find(|l| {
+        l.starts_with("audio_hop_latency_seconds_count{")
+            && l.contains(r#"src_node="n1""#)
+            && l.contains(r#"dst_node="n2""#)
+    });
+    assert!(cross_node.is_some(), "no n1 → n2 hop series:\n{page}");
     let health = stop_collector(c);
     assert!(
         counter(node_part(&health, "n1"), "sightings") > 0,

@@ -52,6 +52,16 @@ pub fn free_addr() -> SocketAddr {
 
 /// A collector process on `addr`, once it listens.
 pub fn collector(addr: SocketAddr, json: &Path, ack_delay_ms: u64) -> Supervised {
+    collector_with(addr, json, ack_delay_ms, &[])
+}
+
+/// As [`collector`], with more flags.
+pub fn collector_with(
+    addr: SocketAddr,
+    json: &Path,
+    ack_delay_ms: u64,
+    more: &[&str],
+) -> Supervised {
     let mut cmd = Command::new(EXE);
     cmd.args([
         "collector",
@@ -62,6 +72,7 @@ pub fn collector(addr: SocketAddr, json: &Path, ack_delay_ms: u64) -> Supervised
     ])
     .args(["--ack-delay-ms", &ack_delay_ms.to_string()])
     .args(["--log-format", "json"])
+    .args(more)
     .arg("--json")
     .arg(json);
     let mut p = Supervised::spawn(&format!("the collector on {addr}"), &mut cmd);
