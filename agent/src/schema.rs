@@ -308,18 +308,18 @@ mod tests {
             (r.schema, r.kind, r.timestamp),
             (1, HopKind::WriteToWrite, None)
         );
-        // Written again, it is a version 2 line.
+        // Written again, it is a line of the current version.
         let mut again = Vec::new();
         write_jsonl(&mut again, std::slice::from_ref(r)).unwrap();
         let text = String::from_utf8(again).unwrap();
         assert!(text.starts_with(r#"{"schema":3,"#), "{text}");
         assert!(text.contains(r#""kind":"write_to_write""#), "{text}");
         assert!(text.contains(r#""timestamp":""#), "{text}");
-        let newer = v1.replacen('{', r#"{"schema":3,"#, 1);
+        let newer = v1.replacen('{', r#"{"schema":4,"#, 1);
         let e = read_jsonl(newer.as_bytes()).unwrap_err().to_string();
         assert_eq!(
             e,
-            "result line 1: schema version 3 is newer than this reader's (2)"
+            "result line 1: schema version 4 is newer than this reader's (3)"
         );
     }
 }
