@@ -189,7 +189,14 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
             Duration::from_secs_f64(seconds)
         }
         Err(_) => humantime::parse_duration(t).map_err(|e| {
-            format!("{text:?} is not a duration ({e}); examples: 30, 500ms, 2m, 1h30m")
+            // humantime lists every unit it knows after an unknown one: too long for one line.
+            let why = match e {
+                humantime::DurationError::UnknownUnit { unit, .. } => {
+                    format!("unknown unit {unit:?}")
+                }
+                other => other.to_string(),
+            };
+            format!("{text:?} is not a duration ({why}); examples: 30, 500ms, 2m, 1h30m")
         })?,
     };
     if d > FOREVER {
