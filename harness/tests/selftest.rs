@@ -21,13 +21,14 @@ fn run_once(id: &str) -> Run {
     let sc = scenario::by_id(id).unwrap();
     for c in &sc.topology.comps {
         if let Kind::External(kind) = c.kind {
-            let program = kind.program();
-            let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .any(|d| d.join(program).is_file());
-            assert!(
-                found,
-                "{id} needs {program}, not found in PATH: run `bash scripts/setup.sh`"
-            );
+            for program in kind.programs() {
+                let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                    .any(|d| d.join(program).is_file());
+                assert!(
+                    found,
+                    "{id} needs {program}, not found in PATH: run `bash scripts/setup.sh`"
+                );
+            }
         }
     }
     let dir = run::workdir(&format!("selftest-{id}")).unwrap();

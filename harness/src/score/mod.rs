@@ -32,7 +32,7 @@ pub use tally::{
     measurable_seconds, nonsilent_seconds, CrossNodeErrors, HopScore, Score, NONSILENT_SHARE,
 };
 
-use crate::truth::GroundTruth;
+use crate::truth::{GroundTruth, Point, TlsStack};
 use agent::schema::Dir;
 use agent::schema::HopRecord;
 use anyhow::Result;
@@ -42,28 +42,44 @@ use serde::Serialize;
 use shared::FingerprintConfig;
 use tally::Tally;
 
-/// Which syscall directions a tracer observes; its hops join consecutive observable points.
+/// Which points a tracer observes: the syscall directions it sees, and the TLS stacks other
+/// than OpenSSL whose plaintext it sees from inside (OpenSSL's plaintext counts as its syscalls'
+/// directions: whoever sees those sees it, or finds nothing there). Its hops join consecutive
+/// observable points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Observes {
     pub reads: bool,
     pub writes: bool,
+    pub tls_stacks: &'static [TlsStack],
 }
 
 impl Observes {
+    /// Every point: what the ground truth, and the oracle, see.
     pub const ALL: Self = Self {
         reads: true,
         writes: true,
+        tls_stacks: &[TlsStack::Go, TlsStack::Java, TlsStack::Rustls],
+    };
+    /// Every read and write, no other TLS stack's plaintext.
+    pub const READS_AND_WRITES: Self = Self {
+        reads: true,
+        writes: true,
+        tls_stacks: &[],
     };
     pub const WRITES: Self = Self {
         reads: false,
         writes: true,
+        tls_stacks: &[],
     };
 
-    fn sees(&self, dir: Dir) -> bool {
-        match dir {
+    fn sees(&self, point: &Point) -> bool {
+        let dir = match point.dir {
             Dir::Read => self.reads,
             Dir::Write => self.writes,
-        }
+        };
+        dir && point
+            .tls_stack
+            .is_none_or(|stack| self.tls_stacks.contains(&stack))
     }
 }
 
