@@ -35,7 +35,12 @@ pub(super) fn command(stack: TlsStack, exe: &Path) -> Result<Command> {
                 c
             })?;
             let mut c = Command::new("java");
-            c.arg("-cp").arg(classes).arg("Relay");
+            // IPv4 sockets: a dual-stack one listens in /proc/net/tcp6, where the runner does
+            // not look.
+            c.arg("-Djava.net.preferIPv4Stack=true")
+                .arg("-cp")
+                .arg(classes)
+                .arg("Relay");
             c
         }
         TlsStack::Rustls => {
