@@ -12,7 +12,8 @@ use agent::schema::HopRecord;
 use agent::stats::HopStats;
 use anyhow::{bail, Context, Result};
 use harness::scenario::Scenario;
-use harness::score::{CallTruthIndex, Observes, Score};
+use harness::score::{CallTruthIndex, Score};
+use phase_2_straddle::demo::OBSERVES;
 use harness::truth::GroundTruth;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -62,12 +63,12 @@ impl ClusterRun {
             &gt,
             &calls,
             &collected.records,
-            Observes::ALL,
+            OBSERVES,
             cfg,
             tracer,
         );
         let mut truth = HopStats::default();
-        for r in harness::oracle::records(&gt, &calls, Observes::ALL) {
+        for r in harness::oracle::records(&gt, &calls, OBSERVES) {
             truth.add(&r);
         }
         Ok(ClusterRun {
