@@ -111,6 +111,11 @@ impl Score {
     /// The ways this score misses the bar; empty when it passes.
     pub fn misses(&self, bar: &Bar) -> Vec<String> {
         let mut out = Vec::new();
+        if self.hops_exist == 0 {
+            // Nothing it observes is a hop (a tracer that sees writes only, on a path with one
+            // observable write): nothing measured is no pass.
+            out.push("no hop it can observe".to_string());
+        }
         if self.hops_found < self.hops_exist {
             out.push(format!(
                 "{} of {} hops found",
