@@ -8,8 +8,9 @@ use std::io::{BufRead, Write};
 use std::time::SystemTime;
 
 /// The schema version records are written in. Version 1 (records without `schema`) had no wall
-/// time and spelled `kind` `writetowrite` and `readtoread`; it is still read.
-pub const SCHEMA: u32 = 2;
+/// time and spelled `kind` `writetowrite` and `readtoread`; version 2 had no `opaque` kind. Both
+/// are still read.
+pub const SCHEMA: u32 = 3;
 
 /// Which way bytes moved through a process's fd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -77,6 +78,9 @@ pub enum HopKind {
     /// Read → read: a tracer that sees only reads.
     #[serde(alias = "readtoread")]
     ReadToRead,
+    /// A stretch no probe sees (TLS of a stack without uprobes): from where the moment was
+    /// last seen before it to where it was first seen after it, whatever their directions.
+    Opaque,
 }
 
 impl HopKind {
@@ -86,6 +90,7 @@ impl HopKind {
             Self::Residence => "residence",
             Self::WriteToWrite => "write_to_write",
             Self::ReadToRead => "read_to_read",
+            Self::Opaque => "opaque",
         }
     }
 
@@ -212,8 +217,8 @@ pub fn read_jsonl(input: impl BufRead) -> Result<Vec<HopRecord>> {
         .enumerate()
         .filter(|(_, l)| !matches!(l, Ok(l) if l.trim().is_empty()))
         .map(|(i, l)| {
-            let r: HopRecord = serde_json::from_str(&l?)
-                .with_context(|| format!("result line {}", i + 1))?;
+            let r: HopRecord =
+                serde_json::from_str(&l?).with_context(|| format!("result line {}", i + 1))?;
             if r.schema > SCHEMA {
                 bail!(
                     "result line {}: schema version {} is newer than this reader's ({SCHEMA})",
@@ -246,7 +251,7 @@ mod tests {
         let mut buf = Vec::new();
         write_jsonl(&mut buf, std::slice::from_ref(&r)).unwrap();
         let text = String::from_utf8(buf.clone()).unwrap();
-        assert!(text.starts_with(r#"{"schema":2,"#), "{text}");
+        assert!(text.starts_with(r#"{"schema":3,"#), "{text}");
         assert!(text.contains(r#""signature":"fffffffffffffff1""#), "{text}");
         assert!(text.contains(r#""kind":"transit""#), "{text}");
         let back = read_jsonl(&buf[..]).unwrap();
@@ -274,7 +279,9 @@ mod tests {
         write_jsonl(&mut buf, std::slice::from_ref(&r)).unwrap();
         let text = String::from_utf8(buf.clone()).unwrap();
         assert!(
-            text.contains(r#""timestamp":"2026-05-28T20:26:40.000000005Z","timestamp_error_ns":1234"#),
+            text.contains(
+                r#""timestamp":"2026-05-28T20:26:40.000000005Z","timestamp_error_ns":1234"#
+            ),
             "{text}"
         );
         assert_eq!(read_jsonl(&buf[..]).unwrap(), vec![r]);
@@ -297,19 +304,22 @@ mod tests {
     fn version_1_lines_are_still_read() {
         let v1 = r#"{"signature":"00000000000000ff","kind":"writetowrite","from":{"pid":1,"comm":"c","fd":3,"dir":"write","t_ns":1},"to":{"pid":2,"comm":"d","fd":3,"dir":"write","t_ns":5},"latency_ns":4}"#;
         let r = &read_jsonl(v1.as_bytes()).unwrap()[0];
-        assert_eq!((r.schema, r.kind, r.timestamp), (1, HopKind::WriteToWrite, None));
-        // Written again, it is a version 2 line.
+        assert_eq!(
+            (r.schema, r.kind, r.timestamp),
+            (1, HopKind::WriteToWrite, None)
+        );
+        // Written again, it is a line of the current version.
         let mut again = Vec::new();
         write_jsonl(&mut again, std::slice::from_ref(r)).unwrap();
         let text = String::from_utf8(again).unwrap();
-        assert!(text.starts_with(r#"{"schema":2,"#), "{text}");
+        assert!(text.starts_with(r#"{"schema":3,"#), "{text}");
         assert!(text.contains(r#""kind":"write_to_write""#), "{text}");
         assert!(text.contains(r#""timestamp":""#), "{text}");
-        let newer = v1.replacen('{', r#"{"schema":3,"#, 1);
+        let newer = v1.replacen('{', r#"{"schema":4,"#, 1);
         let e = read_jsonl(newer.as_bytes()).unwrap_err().to_string();
         assert_eq!(
             e,
-            "result line 1: schema version 3 is newer than this reader's (2)"
+            "result line 1: schema version 4 is newer than this reader's (3)"
         );
     }
 }

@@ -316,7 +316,10 @@ fn live_agent_follows_a_pipeline_until_its_processes_exit() {
     );
     let mapping_error = offsets.iter().map(|o| o.1).max().unwrap() as i128;
     // The kernel's estimate of the wall clock's error aside, a bracket is microseconds.
-    assert!(hi - lo <= 2 * mapping_error.min(100_000), "{lo}..{hi} ± {mapping_error}");
+    assert!(
+        hi - lo <= 2 * mapping_error.min(100_000),
+        "{lo}..{hi} ± {mapping_error}"
+    );
 }
 
 /// Traces a `sleep` for a second with `args`: the agent's output.
@@ -348,11 +351,17 @@ fn logs_are_dated_leveled_lines_as_text_or_json() {
     assert!(at <= SystemTime::now(), "{line}");
     assert_eq!(words.next(), Some("INFO"), "{line}");
     assert!(
-        words.collect::<Vec<_>>().join(" ").starts_with("tracing write() of pid "),
+        words
+            .collect::<Vec<_>>()
+            .join(" ")
+            .starts_with("tracing write() of pid "),
         "{line}"
     );
     let report = String::from_utf8_lossy(&text.stdout);
-    assert!(report.starts_with("hops at ") && report.contains("p50 µs"), "{report}");
+    assert!(
+        report.starts_with("hops at ") && report.contains("p50 µs"),
+        "{report}"
+    );
     assert!(report.contains("drops=0"), "{report}");
 
     let json = trace_a_sleep(&["--log-format", "json"], &[]);
@@ -393,7 +402,9 @@ fn a_log_filter_that_is_not_one_is_refused_in_one_line() {
     assert_eq!(o.status.code(), Some(2));
     let first = stderr(&o).lines().next().unwrap_or_default().to_string();
     assert!(
-        first.starts_with("error: invalid value 'debug,=[' for '--log-level <FILTER>': not a log filter"),
+        first.starts_with(
+            "error: invalid value 'debug,=[' for '--log-level <FILTER>': not a log filter"
+        ),
         "{first}"
     );
     let o = Command::new(EXE)
@@ -404,7 +415,8 @@ fn a_log_filter_that_is_not_one_is_refused_in_one_line() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert!(
-        err.starts_with("phase-1-poc: RUST_LOG=\"info,=[\" is not a log filter") && err.lines().count() == 1,
+        err.starts_with("phase-1-poc: RUST_LOG=\"info,=[\" is not a log filter")
+            && err.lines().count() == 1,
         "{err}"
     );
 }

@@ -4,16 +4,19 @@
 //! - the same moment twice on one flow (a loop, a tone) drops that flow's sightings;
 //! - a process that read the moment on several links and wrote it on several (shared hold music
 //!   through one relay) pairs each write with the read whose link fed that write's link in
-//!   unambiguous moments before (learned edges), or refuses.
+//!   unambiguous moments before (learned edges), or refuses;
+//! - a moment that vanishes (into TLS no probe sees) and reappears further on is one opaque hop
+//!   between its last and its next sighting, when the two flows were learned to join in
+//!   moments where nothing else could have, or refused.
 //!
 //! The rules ([`Hops`]) see sightings through [`Sight`], whoever made them: here, kernel events
 //! whose links the tracer resolved as it drained them ([`Seen`]). The matcher reads nothing but
 //! its sightings.
 
 use crate::links::{Link, Seen};
-use agent::schema::{Dir, HopRecord, Sighting};
+use agent::schema::{Dir, HopKind, HopRecord, Sighting};
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash, RandomState};
 
 /// What the hop rules need to know of one sighting of a moment.
 pub trait Sight {
@@ -73,6 +76,12 @@ pub struct MatchCounters {
     pub refused_ambiguous: u64,
     /// Sightings on fds with no known peer (files, closed fds).
     pub unpaired: u64,
+    /// Moments that reappeared after an unseen stretch, on a flow that does not start moments.
+    pub opaque_emerged: u64,
+    /// Of those, the ones reported as one opaque hop from where they were last seen.
+    pub opaque_matched: u64,
+    /// Of those, the ones refused: several learned entries could have fed them.
+    pub refused_opaque: u64,
 }
 
 /// A way through a process: (process, input link, output link).
@@ -82,10 +91,28 @@ type Edge<S> = (
     <S as Sight>::Link,
 );
 
+/// What one end of a flow, (process, link, direction), was in the moments it saw: a root after
+/// the moment's first (where it came from), an entry (nothing visible after it).
+#[derive(Default)]
+struct EndRoles {
+    sightings: u64,
+    later_roots: u64,
+    entries: u64,
+}
+
+/// Moments through an unseen stretch between two flow ends before it is reported.
+const STRETCH_SUPPORT: u64 = 3;
+
 /// The hop rules, with what they learn across moments.
 pub struct Hops<S: Sight> {
     /// Unambiguous moments that took each way.
     edges: HashMap<Edge<S>, u64>,
+    /// Flow ends by hash: a sighting costs no clone of its link.
+    hasher: RandomState,
+    ends: HashMap<u64, EndRoles>,
+    /// Moments whose only possible entry into an unseen stretch was the first flow end and
+    /// which came out at the second.
+    stretches: HashMap<(u64, u64), u64>,
     pub counters: MatchCounters,
 }
 
@@ -93,6 +120,9 @@ impl<S: Sight> Default for Hops<S> {
     fn default() -> Self {
         Self {
             edges: HashMap::new(),
+            hasher: RandomState::new(),
+            ends: HashMap::new(),
+            stretches: HashMap::new(),
             counters: MatchCounters::default(),
         }
     }
@@ -119,72 +149,188 @@ impl<S: Sight> Hops<S> {
         }
         let before = seen.len();
         seen.retain(|s| per_flow[&flow(s)] == 1);
-        self.counters.refused_repeats += (before - seen.len()) as u64;
+        let repeats = (before - seen.len()) as u64;
+        self.counters.refused_repeats += repeats;
         seen.sort_by_key(|s| s.t_ns());
         self.counters.unpaired += seen.iter().filter(|s| !s.paired()).count() as u64;
 
-        let (reads, writes): (Vec<&S>, Vec<&S>) = seen.iter().partition(|s| s.dir() == Dir::Read);
+        let (reads, writes): (Vec<usize>, Vec<usize>) =
+            (0..seen.len()).partition(|&i| seen[i].dir() == Dir::Read);
+        let mut hops = Vec::new();
         // Transit: the write of the same link, in another process, before the read.
-        for r in &reads {
-            let mut from = writes
-                .iter()
-                .filter(|w| w.link() == r.link() && r.paired() && w.process() != r.process());
+        for &r in &reads {
+            let read = &seen[r];
+            let mut from = writes.iter().copied().filter(|&w| {
+                let w = &seen[w];
+                w.link() == read.link() && read.paired() && w.process() != read.process()
+            });
             if let (Some(w), None) = (from.next(), from.next()) {
-                if w.may_precede(r) {
-                    out.push(S::hop(w, r));
+                if seen[w].may_precede(read) {
+                    hops.push((w, r));
                 }
             }
         }
-        // Residence: the read in the same process that fed each write.
-        for w in &writes {
-            let fed_by: Vec<&&S> = reads
-                .iter()
-                .filter(|r| r.process() == w.process() && r.t_ns() <= w.t_ns())
-                .collect();
-            let read = match fed_by.as_slice() {
-                [] => continue,
-                [r] => {
-                    *self
-                        .edges
-                        .entry((w.process(), r.link().clone(), w.link().clone()))
-                        .or_default() += 1;
-                    *r
-                }
-                several => {
-                    let learned: Vec<&&&S> = several
-                        .iter()
-                        .filter(|r| {
-                            self.edges.contains_key(&(
-                                w.process(),
-                                r.link().clone(),
-                                w.link().clone(),
-                            ))
-                        })
-                        .collect();
-                    // Else the one read since this process last wrote the moment: a proxy
-                    // that passes it through twice (stunnel: TLS in, plain out, plain in, TLS
-                    // out) reads it again before each write.
-                    let previous_write = writes
-                        .iter()
-                        .filter(|o| o.process() == w.process() && o.t_ns() < w.t_ns())
-                        .map(|o| o.t_ns())
-                        .max();
-                    let since: Vec<&&S> = several
-                        .iter()
-                        .copied()
-                        .filter(|r| previous_write.is_some_and(|t| r.t_ns() > t))
-                        .collect();
-                    match (learned.as_slice(), since.as_slice()) {
-                        ([r], _) => **r,
-                        ([], [r]) => *r,
-                        _ => {
-                            self.counters.refused_ambiguous += 1;
-                            continue;
-                        }
+        let ambiguous = self.counters.refused_ambiguous;
+        for &w in &writes {
+            if let Some(r) = self.feeding_read(&seen, &reads, &writes, w) {
+                hops.push((r, w));
+            }
+        }
+        out.extend(hops.iter().map(|&(a, b)| S::hop(&seen[a], &seen[b])));
+        // A hole left by a refusal is not an unseen stretch.
+        if repeats == 0 && self.counters.refused_ambiguous == ambiguous {
+            self.opaque(&seen, &hops, out);
+        }
+    }
+
+    /// Residence: the read in the same process that fed write `w`, if it can be told.
+    fn feeding_read(
+        &mut self,
+        seen: &[S],
+        reads: &[usize],
+        writes: &[usize],
+        w: usize,
+    ) -> Option<usize> {
+        let write = &seen[w];
+        let fed_by: Vec<usize> = reads
+            .iter()
+            .copied()
+            .filter(|&r| seen[r].process() == write.process() && seen[r].t_ns() <= write.t_ns())
+            .collect();
+        match fed_by.as_slice() {
+            [] => None,
+            &[r] => {
+                *self
+                    .edges
+                    .entry((
+                        write.process(),
+                        seen[r].link().clone(),
+                        write.link().clone(),
+                    ))
+                    .or_default() += 1;
+                Some(r)
+            }
+            several => {
+                let learned: Vec<usize> = several
+                    .iter()
+                    .copied()
+                    .filter(|&r| {
+                        self.edges.contains_key(&(
+                            write.process(),
+                            seen[r].link().clone(),
+                            write.link().clone(),
+                        ))
+                    })
+                    .collect();
+                // Else the one read since this process last wrote the moment: a proxy that
+                // passes it through twice (stunnel: TLS in, plain out, plain in, TLS out) reads
+                // it again before each write.
+                let previous_write = writes
+                    .iter()
+                    .map(|&o| &seen[o])
+                    .filter(|o| o.process() == write.process() && o.t_ns() < write.t_ns())
+                    .map(|o| o.t_ns())
+                    .max();
+                let since: Vec<usize> = several
+                    .iter()
+                    .copied()
+                    .filter(|&r| previous_write.is_some_and(|t| seen[r].t_ns() > t))
+                    .collect();
+                match (learned.as_slice(), since.as_slice()) {
+                    (&[r], _) | (&[], &[r]) => Some(r),
+                    _ => {
+                        self.counters.refused_ambiguous += 1;
+                        None
                     }
                 }
+            }
+        }
+    }
+
+    /// Opaque stretches: a moment that reappears (a root: a write nothing read fed, a read of a
+    /// write nobody saw) after it was last seen somewhere (an entry: a write nobody read, a read
+    /// nothing was written from) crossed something no probe sees, typically TLS of a stack
+    /// without uprobes. Only flow ends that are nearly always roots (or entries) count: a
+    /// moment hidden now and then by a header inside its window leaves holes too. The stretch
+    /// is reported as one hop from its entry to its root when the two flow ends are joined by
+    /// an edge learned from moments whose entry was the only one since the root before, and by
+    /// no other: shared content (hold music on many calls) has many entries and roots at once,
+    /// and a wrong pair there would join two calls.
+    fn opaque(&mut self, seen: &[S], hops: &[(usize, usize)], out: &mut Vec<HopRecord>) {
+        let (mut reached, mut left) = (vec![false; seen.len()], vec![false; seen.len()]);
+        for &(from, to) in hops {
+            left[from] = true;
+            reached[to] = true;
+        }
+        let end: Vec<u64> = seen
+            .iter()
+            .map(|s| self.hasher.hash_one((s.process(), s.link(), s.dir())))
+            .collect();
+        let mut roots = Vec::new();
+        for i in (0..seen.len()).filter(|&i| seen[i].paired()) {
+            let roles = self.ends.entry(end[i]).or_default();
+            roles.sightings += 1;
+            if !reached[i] {
+                // The first root is where the moment came from.
+                if !roots.is_empty() {
+                    roles.later_roots += 1;
+                }
+                roots.push(i);
+            }
+            if !left[i] {
+                roles.entries += 1;
+            }
+        }
+        // Nearly always, over enough moments to tell.
+        let mostly = |n: u64, of: u64| of >= STRETCH_SUPPORT && n * 10 >= of * 9;
+        let roles = |i: usize| &self.ends[&end[i]];
+        let entries: Vec<usize> = (0..seen.len())
+            .filter(|&i| {
+                seen[i].paired() && !left[i] && mostly(roles(i).entries, roles(i).sightings)
+            })
+            .collect();
+        // A later root that is not a stretch's far end (a source starting shared content, a
+        // moment hidden upstream) makes the moment teach nothing.
+        let (far_ends, others): (Vec<usize>, Vec<usize>) = (1..roots.len())
+            .partition(|&k| mostly(roles(roots[k]).later_roots, roles(roots[k]).sightings));
+        let teaches = others.is_empty();
+        for k in far_ends {
+            let root = roots[k];
+            self.counters.opaque_emerged += 1;
+            let before = |e: usize, since: u64| {
+                let (e, r) = (&seen[e], &seen[root]);
+                e.t_ns() >= since && e.t_ns() < r.t_ns() && e.process() != r.process()
             };
-            out.push(S::hop(read, w));
+            let since_last_root = seen[roots[k - 1]].t_ns();
+            let recent: Vec<usize> = entries
+                .iter()
+                .copied()
+                .filter(|&e| before(e, since_last_root))
+                .collect();
+            if let (true, &[only]) = (teaches, recent.as_slice()) {
+                *self.stretches.entry((end[only], end[root])).or_default() += 1;
+            }
+            let learned: Vec<usize> = entries
+                .iter()
+                .copied()
+                .filter(|&e| before(e, 0))
+                .filter(|&e| {
+                    self.stretches
+                        .get(&(end[e], end[root]))
+                        .is_some_and(|&n| n >= STRETCH_SUPPORT)
+                })
+                .collect();
+            match learned[..] {
+                [entry] => {
+                    self.counters.opaque_matched += 1;
+                    out.push(HopRecord {
+                        kind: HopKind::Opaque,
+                        ..S::hop(&seen[entry], &seen[root])
+                    });
+                }
+                [] => {}
+                _ => self.counters.refused_opaque += 1,
+            }
         }
     }
 }
@@ -224,8 +370,15 @@ impl std::fmt::Display for MatchCounters {
         let c = self;
         write!(
             f,
-            "unmatched={} refused_repeats={} refused_ambiguous={} unpaired={}",
-            c.unmatched, c.refused_repeats, c.refused_ambiguous, c.unpaired
+            "unmatched={} refused_repeats={} refused_ambiguous={} unpaired={} \
+             opaque_emerged={} opaque_matched={} refused_opaque={}",
+            c.unmatched,
+            c.refused_repeats,
+            c.refused_ambiguous,
+            c.unpaired,
+            c.opaque_emerged,
+            c.opaque_matched,
+            c.refused_opaque
         )
     }
 }
@@ -401,5 +554,181 @@ mod tests {
         let pairs: Vec<(i32, i32)> = hops.iter().map(|h| (h.from.fd, h.to.fd)).collect();
         assert_eq!(pairs, vec![(r0, w1), (r2, w3)]);
         assert_eq!(c.refused_ambiguous, 0);
+    }
+
+    /// Moments closed one by one through one matcher, as a run closes them.
+    fn run_moments(moments: Vec<Vec<Phase2Event>>) -> (Vec<HopRecord>, MatchCounters) {
+        let mut links = Links::default();
+        let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000));
+        let mut out = Vec::new();
+        for events in moments {
+            for e in events {
+                m.push(seen(&mut links, e));
+            }
+            m.close_due(None, &mut out);
+        }
+        (out, m.matcher.hops.counters)
+    }
+
+    fn opaque(hops: &[HopRecord]) -> Vec<(u32, i32, u32, i32)> {
+        hops.iter()
+            .filter(|h| h.kind == HopKind::Opaque)
+            .map(|h| (h.from.pid, h.from.fd, h.to.pid, h.to.fd))
+            .collect()
+    }
+
+    /// One call: a source writes on pipe a, a process decrypts what it read through TLS no
+    /// probe sees (so its read is never sighted) and writes pipe b, which a sink reads.
+    struct DarkCall {
+        source: std::process::Child,
+        sink: std::process::Child,
+        out: std::io::PipeWriter,
+        _keep: std::io::PipeReader,
+    }
+
+    impl DarkCall {
+        fn new() -> Self {
+            let (a_r, a_w) = std::io::pipe().unwrap();
+            let (b_r, b_w) = std::io::pipe().unwrap();
+            Self {
+                source: holder(a_w.into(), false),
+                sink: holder(b_r.into(), true),
+                out: b_w,
+                _keep: a_r,
+            }
+        }
+
+        /// Moment `sig` sent at `t`: the source's write, this process's write `dark_ns` later,
+        /// the sink's read.
+        fn moment(&self, sig: u64, t: u64, dark_ns: u64) -> Vec<Phase2Event> {
+            vec![
+                ev(sig, 1, true, t, self.source.id()),
+                ev(sig, self.out.as_raw_fd(), true, t + dark_ns, 0),
+                ev(sig, 0, false, t + dark_ns + 50, self.sink.id()),
+            ]
+        }
+    }
+
+    impl Drop for DarkCall {
+        fn drop(&mut self) {
+            for p in [&mut self.source, &mut self.sink] {
+                p.kill().ok();
+                p.wait().ok();
+            }
+        }
+    }
+
+    #[test]
+    fn a_moment_through_an_unseen_stretch_is_one_opaque_hop_once_its_flows_are_learned() {
+        let call = DarkCall::new();
+        let moments = (0..7)
+            .map(|i| call.moment(100 + i, 10_000 * i, 300))
+            .collect();
+        let (hops, c) = run_moments(moments);
+        let dark = (
+            call.source.id(),
+            1,
+            std::process::id(),
+            call.out.as_raw_fd(),
+        );
+        // Its flow ends are told from the third moment on, which teaches the stretch; from the
+        // fifth on it is reported.
+        assert_eq!(opaque(&hops), vec![dark; 3], "{hops:?}");
+        assert!(hops
+            .iter()
+            .filter(|h| h.kind == HopKind::Opaque)
+            .all(|h| h.latency_ns == 300));
+        // The visible transit after it, every time.
+        assert_eq!(
+            hops.iter().filter(|h| h.kind == HopKind::Transit).count(),
+            7
+        );
+        assert_eq!(
+            (c.opaque_emerged, c.opaque_matched, c.refused_opaque),
+            (5, 3, 0)
+        );
+    }
+
+    #[test]
+    fn shared_content_on_calls_through_unseen_stretches_stays_in_its_call() {
+        let calls = [DarkCall::new(), DarkCall::new()];
+        // Each call's own speech first: each source starts its moments, each stretch is learned.
+        let mut moments: Vec<Vec<Phase2Event>> = Vec::new();
+        for i in 0..6 {
+            for (c, call) in calls.iter().enumerate() {
+                moments.push(call.moment(200 + 10 * i + c as u64, 100_000 * i, 300));
+            }
+        }
+        // Then hold music: one moment on both calls, the second call 200 ns behind, so the
+        // first call's sink has read it before the second call's stretch ends.
+        let shared: Vec<Phase2Event> = calls
+            .iter()
+            .enumerate()
+            .flat_map(|(c, call)| call.moment(999, 1_000_000 + 200 * c as u64, 300))
+            .collect();
+        moments.push(shared);
+        let (hops, c) = run_moments(moments);
+        let shared: Vec<_> = opaque(
+            &hops
+                .iter()
+                .filter(|h| h.signature == 999)
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let own = |call: &DarkCall| {
+            (
+                call.source.id(),
+                1,
+                std::process::id(),
+                call.out.as_raw_fd(),
+            )
+        };
+        assert_eq!(shared, vec![own(&calls[0]), own(&calls[1])], "{hops:?}");
+        assert_eq!(c.refused_opaque, 0);
+    }
+
+    #[test]
+    fn a_moment_hidden_now_and_then_on_one_link_is_no_opaque_stretch() {
+        let [(a_r, a_w), (b_r, b_w), (c_r, c_w)] = [(); 3].map(|_| std::io::pipe().unwrap());
+        let spawn = |stdin: Option<std::io::PipeReader>, stdout: Option<std::io::PipeWriter>| {
+            let mut c = std::process::Command::new("sleep");
+            c.arg("30");
+            if let Some(r) = stdin {
+                c.stdin(std::os::fd::OwnedFd::from(r));
+            }
+            if let Some(w) = stdout {
+                c.stdout(std::os::fd::OwnedFd::from(w));
+            }
+            c.spawn().unwrap()
+        };
+        // source → r1 → r2 → sink over pipes a, b, c.
+        let mut procs = [
+            spawn(None, Some(a_w)),
+            spawn(Some(a_r), Some(b_w)),
+            spawn(Some(b_r), Some(c_w)),
+            spawn(Some(c_r), None),
+        ];
+        let [src, r1, r2, sink] = [0, 1, 2, 3].map(|i| procs[i].id());
+        // Every third moment has a header inside its window on pipe b: neither end sees it.
+        let moments = (0..30u64)
+            .map(|i| {
+                let t = 10_000 * i;
+                let mut m = vec![ev(i, 1, true, t, src), ev(i, 0, false, t + 10, r1)];
+                if i % 3 != 0 {
+                    m.extend([ev(i, 1, true, t + 20, r1), ev(i, 0, false, t + 30, r2)]);
+                }
+                m.extend([ev(i, 1, true, t + 40, r2), ev(i, 0, false, t + 50, sink)]);
+                m
+            })
+            .collect();
+        let (hops, c) = run_moments(moments);
+        for p in &mut procs {
+            p.kill().ok();
+            p.wait().ok();
+        }
+        assert!(opaque(&hops).is_empty(), "{hops:?}");
+        assert_eq!((c.opaque_emerged, c.refused_opaque), (0, 0));
+        // The visible hops are all there: 5 per whole moment, the 2 transits of a hidden one.
+        assert_eq!(hops.len(), 20 * 5 + 10 * 2);
     }
 }

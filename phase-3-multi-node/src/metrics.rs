@@ -432,13 +432,14 @@ impl Collector for Exposition {
         )?;
         let mut family = encoder.encode_descriptor(
             "audio_collector_refused_sightings",
-            "Sightings the matcher left out: repeat (the moment seen twice on one flow within the window), ambiguous (a write whose feeding read could not be told apart)",
+            "Sightings the matcher left out: repeat (the moment seen twice on one flow within the window), ambiguous (a write whose feeding read could not be told apart), opaque (a moment out of an unseen stretch that several learned entries could have fed)",
             None,
             MetricType::Counter,
         )?;
         for (reason, n) in [
             ("repeat", q.refused_repeats),
             ("ambiguous", q.refused_ambiguous),
+            ("opaque", q.refused_opaque),
         ] {
             ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
@@ -447,6 +448,18 @@ impl Collector for Exposition {
             "audio_collector_unpaired_sightings",
             "Sightings on file descriptors with no known other end (files, closed descriptors)",
             ConstCounter::new(q.unpaired),
+        )?;
+        encode_one(
+            &mut encoder,
+            "audio_collector_opaque_emerged_moments",
+            "Moments that reappeared after a stretch no probe sees (TLS of a stack without uprobes)",
+            ConstCounter::new(q.opaque_emerged),
+        )?;
+        encode_one(
+            &mut encoder,
+            "audio_collector_opaque_matched_moments",
+            "Of those, the moments reported as one opaque hop from where they were last seen",
+            ConstCounter::new(q.opaque_matched),
         )
     }
 }

@@ -16,8 +16,8 @@
 //! Paths are relative to the hierarchy's root, without a leading `/` (the root cgroup is the
 //! empty path), so `root.join(path)` is the directory.
 
-use procfs::ProcessCGroups;
 use procfs::FromRead;
+use procfs::ProcessCGroups;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};

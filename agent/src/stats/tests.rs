@@ -149,7 +149,10 @@ fn quiet_hops_are_forgotten() {
     assert_eq!(stats.hops.len(), 1);
     // Seen again, it starts afresh.
     stats.add_at(&record("gone", "relay", 1_000, None), t0 + 601 * S);
-    assert_eq!(row(&table_at(&stats, t0 + 601 * S), "gone").unwrap()[1], "1");
+    assert_eq!(
+        row(&table_at(&stats, t0 + 601 * S), "gone").unwrap()[1],
+        "1"
+    );
 }
 
 #[test]
@@ -167,7 +170,10 @@ fn the_table_fits_long_names_and_says_when_and_in_which_unit() {
     let header: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
         header,
-        ["from", "to", "count", "n", "p50", "µs", "p90", "µs", "p99", "µs", "max", "µs", "±", "µs"]
+        [
+            "from", "to", "count", "n", "p50", "µs", "p90", "µs", "p99", "µs", "max", "µs", "±",
+            "µs"
+        ]
     );
     // Every row's arrow and figures line up under the header, however long a name.
     let arrow = |l: &str| l.find('→').unwrap();
@@ -204,6 +210,13 @@ fn rows_are_workloads_where_known() {
         stats.add_at(&r, S);
     }
     let table = table_at(&stats, S);
-    assert_eq!(row(&table, "audio/gw").unwrap()[0..2], ["audio/asr", "2"], "{table}");
-    assert!(!table.contains("abcde") && !table.contains("node-"), "{table}");
+    assert_eq!(
+        row(&table, "audio/gw").unwrap()[0..2],
+        ["audio/asr", "2"],
+        "{table}"
+    );
+    assert!(
+        !table.contains("abcde") && !table.contains("node-"),
+        "{table}"
+    );
 }

@@ -248,6 +248,9 @@ fn the_matchers_counts_are_series() {
         refused_repeats: 3,
         refused_ambiguous: 2,
         unpaired: 1,
+        opaque_emerged: 7,
+        opaque_matched: 6,
+        refused_opaque: 1,
     });
     let text = m.render();
     for (series, value) in [
@@ -261,6 +264,12 @@ fn the_matchers_counts_are_series() {
             2.0,
         ),
         ("audio_collector_unpaired_sightings_total", 1.0),
+        (
+            r#"audio_collector_refused_sightings_total{reason="opaque"}"#,
+            1.0,
+        ),
+        ("audio_collector_opaque_emerged_moments_total", 7.0),
+        ("audio_collector_opaque_matched_moments_total", 6.0),
     ] {
         assert_eq!(sample(&text, series), value, "{series}");
     }
