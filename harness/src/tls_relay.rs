@@ -18,7 +18,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, SignatureScheme,
+};
 use rustls::{ServerConnection, StreamOwned};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -112,7 +114,8 @@ fn run(args: &[String]) -> Result<()> {
         }));
     }
     for t in threads {
-        t.join().map_err(|_| anyhow!("a service's thread panicked"))??;
+        t.join()
+            .map_err(|_| anyhow!("a service's thread panicked"))??;
     }
     Ok(())
 }

@@ -13,8 +13,8 @@ use agent::stats::HopStats;
 use anyhow::{bail, Context, Result};
 use harness::scenario::Scenario;
 use harness::score::{CallTruthIndex, Score};
-use phase_2_straddle::demo::OBSERVES;
 use harness::truth::GroundTruth;
+use phase_2_straddle::demo::OBSERVES;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,14 +59,8 @@ impl ClusterRun {
     ) -> Result<Self> {
         let cfg = shared::FingerprintConfig::default();
         let calls = CallTruthIndex::build(&gt, cfg)?;
-        let score = harness::score::score_indexed(
-            &gt,
-            &calls,
-            &collected.records,
-            OBSERVES,
-            cfg,
-            tracer,
-        );
+        let score =
+            harness::score::score_indexed(&gt, &calls, &collected.records, OBSERVES, cfg, tracer);
         let mut truth = HopStats::default();
         for r in harness::oracle::records(&gt, &calls, OBSERVES) {
             truth.add(&r);

@@ -333,10 +333,7 @@ pub fn s15() -> Scenario {
     tls_stack_scenario(
         "S15",
         "sidecars: app → rustls proxy → TLS → rustls proxy → app",
-        &[
-            ("proxy-a", TlsStack::Rustls),
-            ("proxy-b", TlsStack::Rustls),
-        ],
+        &[("proxy-a", TlsStack::Rustls), ("proxy-b", TlsStack::Rustls)],
         |t, _, src, relays, sink| {
             t.link(src, relays[0], TCP_STREAM);
             t.link(relays[0], relays[1], TLS_STREAM);

@@ -5,11 +5,11 @@
 mod entries;
 mod topology;
 
+pub use crate::truth::TlsStack;
 pub use entries::{
     s1, s11, s12, s13, s14, s15, s2, s3, s4, s5, s6, s7, s8, s9, scale, SCALE_CONNECTIONS,
 };
 pub use topology::{Comp, External, Kind, Link, LinkKind, LinkSpec, Topology};
-pub use crate::truth::TlsStack;
 
 use serde::Serialize;
 
