@@ -38,7 +38,8 @@ public class Relay {
     record End(boolean tls, int port) {
         static End parse(String s) {
             String[] p = s.split(":", 2);
-            if (p.length != 2 || !(p[0].equals("tls") || p[0].equals("tcp"))) {
+            if (p.length != 2 || !(p[0].equals("tls") || p[0].equals("tcp"))
+                    || !p[1].matches("[0-9]{1,5}")) {
                 fail("bad end \"" + s + "\": want tls:PORT or tcp:PORT");
             }
             return new End(p[0].equals("tls"), Integer.parseInt(p[1]));
@@ -84,7 +85,15 @@ public class Relay {
         return ctx;
     }
 
-    public static void main(String[] args) throws Exception {
+    public static void main(String[] args) {
+        try {
+            start(args);
+        } catch (Exception e) {
+            fail(e.toString());
+        }
+    }
+
+    static void start(String[] args) throws Exception {
         if (args.length < 2) {
             fail("usage: Relay PEM IN>OUT...");
         }
