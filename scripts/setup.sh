@@ -22,6 +22,9 @@ packages=(
   # ends link to (the openssl crate builds against libssl-dev with pkg-config): the tracer
   # uprobes SSL_write/SSL_read there
   nats-server stunnel4 libssl-dev pkg-config
+  # TLS stacks other than OpenSSL (S12, S13): the harness builds its Go crypto/tls relay and
+  # compiles its JDK TLS relay (harness/relays) at run time
+  golang-go openjdk-17-jdk-headless
   # phase 3's metrics test has a real Prometheus server scrape the collector
   prometheus
   # phase 4's cgroup attribution test runs busybox containers with crun (no docker, no systemd)

@@ -14,4 +14,5 @@ pub mod scenario;
 pub mod score;
 pub mod service;
 pub mod supervised;
+pub mod tls_relay;
 pub mod truth;

@@ -82,12 +82,26 @@ impl ComponentLog {
     }
 }
 
+/// A TLS implementation other than OpenSSL. Its plaintext passes no syscall and no OpenSSL
+/// function: a tracer sees it only with probes inside that stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsStack {
+    /// Go's crypto/tls.
+    Go,
+    /// The JDK's (JSSE).
+    Java,
+    Rustls,
+}
+
 /// One point of a call's path where its audio is observable: a component reading or writing a link.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Point {
     pub component: String,
     pub dir: Dir,
     pub link: String,
+    /// The stack whose plaintext this is, on a TLS link whose end here is not OpenSSL's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_stack: Option<TlsStack>,
 }
 
 /// Where one call's audio goes: a tree of points (a chain, unless a component fans it out).

@@ -1,7 +1,7 @@
 //! The harness proves its own scoring: on real runs of S1 and S2, the oracle tracer scores
-//! perfectly and deliberately broken tracers score as badly as they should; on S5 and S6 (a real
-//! nats-server and stunnel4 in the path) the ground truth holds up and chains through those
-//! black boxes are scored.
+//! perfectly and deliberately broken tracers score as badly as they should; on S5, S6 and
+//! S12–S15 (a real nats-server, stunnel4, relays on Go's, the JDK's and rustls's TLS in the path)
+//! the ground truth holds up and chains through those black boxes are scored.
 
 use agent::schema::{self, Dir, HopRecord, Sighting};
 use harness::scenario::{External, Kind};
@@ -21,13 +21,14 @@ fn run_once(id: &str) -> Run {
     let sc = scenario::by_id(id).unwrap();
     for c in &sc.topology.comps {
         if let Kind::External(kind) = c.kind {
-            let program = kind.program();
-            let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .any(|d| d.join(program).is_file());
-            assert!(
-                found,
-                "{id} needs {program}, not found in PATH: run `bash scripts/setup.sh`"
-            );
+            for program in kind.programs() {
+                let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                    .any(|d| d.join(program).is_file());
+                assert!(
+                    found,
+                    "{id} needs {program}, not found in PATH: run `bash scripts/setup.sh`"
+                );
+            }
         }
     }
     let dir = run::workdir(&format!("selftest-{id}")).unwrap();
@@ -550,4 +551,35 @@ fn errors_on_preempted_truth_are_set_aside() {
     let full = score(&marked, &oracle_records(&marked), Observes::ALL, "oracle");
     assert_eq!(s.coverage_min, full.coverage_min);
     assert_eq!(full.error_max_all_ns, 0);
+}
+
+/// The relays on other TLS stacks (S12 Go, S13 Java, S14 rustls, S15 two rustls sidecars) pass
+/// every byte through, and the oracle scores perfectly both as the truth has it (every point)
+/// and as a tracer that does not see those stacks does (one hop across each).
+#[test]
+fn tls_stack_relays_deliver_every_byte_and_the_oracle_scores_perfectly() {
+    for (id, comm, hops_all, hops_unseen) in [
+        ("S12", "go-tls-relay", 6, 4),
+        ("S13", "java", 6, 4),
+        ("S14", "rustls-relay", 14, 10),
+        ("S15", "rustls-relay", 10, 6),
+    ] {
+        let r = &run_once(id);
+        for ext in r.gt.components.iter().filter(|c| c.external) {
+            assert_eq!(ext.comm, comm, "{id}");
+        }
+        assert_every_byte_arrives(r);
+        let all = score(r, &oracle_records(r), Observes::ALL, "oracle");
+        assert_perfect(&all);
+        assert_eq!(all.hops_exist, hops_all, "{id}");
+        let unseen = oracle::records(&r.gt, &r.calls, Observes::READS_AND_WRITES);
+        let s = score(
+            r,
+            &unseen,
+            Observes::READS_AND_WRITES,
+            "oracle, no other TLS stack",
+        );
+        assert_perfect(&s);
+        assert_eq!(s.hops_exist, hops_unseen, "{id}");
+    }
 }

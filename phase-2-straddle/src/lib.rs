@@ -46,8 +46,10 @@ pub mod demo {
     use shared::FingerprintConfig;
     use std::path::Path;
 
-    /// Phase 2 sees reads and writes: its hops are transit and residence.
-    pub const OBSERVES: Observes = Observes::ALL;
+    /// Phase 2 sees reads and writes (OpenSSL's plaintext through its uprobes): its hops are
+    /// transit and residence. No other TLS stack's plaintext: across one, a hop runs from the
+    /// last sighting before it to the first after it. Phases 3 and 4 see what it sees.
+    pub const OBSERVES: Observes = Observes::READS_AND_WRITES;
 
     /// Runs a scenario under phase 2 with the default matching window.
     pub fn trace_scenario_phase2(

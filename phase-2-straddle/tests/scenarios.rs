@@ -17,11 +17,18 @@ fn run(sc: scenario::Scenario) -> TracedRun {
     let misses = run.score.misses(&TEST_BAR);
     assert!(misses.is_empty(), "{}: {misses:?}", sc.id);
     assert!(run.health.contains(" drops=0 "), "{}", run.health);
-    // Our components move nothing before the tracer is attached. An external one may: stunnel
-    // reads its TLS peer's session tickets whenever they come, at attach time too.
-    let external = run.gt.components.iter().filter(|c| c.external).count() as u64;
+    // Our components move nothing before the tracer is attached. An external one may, on any
+    // of its connections: stunnel reads its TLS peer's session tickets whenever they come, the
+    // Java and rustls relays block in a read of each connection, at attach time too.
+    let t = &sc.topology;
+    let external = |c: usize| matches!(t.comps[c].kind, scenario::Kind::External(_));
+    let external_links = t
+        .links
+        .iter()
+        .filter(|l| external(l.from) || external(l.to))
+        .count() as u64;
     let unseen = counter(&run.health, "unseen_calls");
-    assert!(unseen <= 2 * external, "{}", run.health);
+    assert!(unseen <= 2 * external_links, "{}", run.health);
     run
 }
 
@@ -183,4 +190,70 @@ fn s6_without_the_uprobes_the_encrypted_hops_are_not_matched() {
     // The encrypted flows show in the counters: application-data records outside SSL calls.
     let unprobed = counter(&r.health, "tls_unprobed");
     assert!(unprobed > 500, "{}", r.health);
+}
+
+/// The hops across a TLS stack phase 2 does not see from inside: each from the last sighting
+/// of a moment's plaintext before the encrypted stretch (a component's write or read) to the
+/// first after it, with `components[i].0`'s sighting on one side and `components[i].1`'s on
+/// the other. Every one must be reported, and as opaque.
+fn assert_opaque(r: &TracedRun, components: &[(&str, &str)]) {
+    let pid = |name: &str| {
+        r.gt.component(name)
+            .unwrap_or_else(|| panic!("no component {name}"))
+            .pid
+    };
+    for &(from, to) in components {
+        let across: Vec<&str> = r
+            .records
+            .iter()
+            .filter(|h| h.from.pid == pid(from) && h.to.pid == pid(to))
+            .map(|h| h.kind.as_str())
+            .collect();
+        assert!(!across.is_empty(), "no hop {from} → {to}");
+        assert!(
+            across.iter().all(|&k| k == "opaque"),
+            "{from} → {to}: {across:?}"
+        );
+    }
+}
+
+#[test]
+fn s12_go_tls_a_relay_decrypting_inside_go_is_one_opaque_hop() {
+    let r = run(scenario::s12());
+    // Per call: source → relay's write (opaque), relay → sink.
+    assert_eq!(r.score.hops_exist, 4, "{:?}", r.score.hops);
+    assert_opaque(&r, &[("c0-src", "go-relay"), ("c1-src", "go-relay")]);
+}
+
+#[test]
+fn s13_jdk_tls_a_relay_encrypting_inside_the_jdk_is_one_opaque_hop() {
+    let r = run(scenario::s13());
+    // Per call: source → relay, relay's read → sink (opaque).
+    assert_eq!(r.score.hops_exist, 4, "{:?}", r.score.hops);
+    assert_opaque(&r, &[("java-relay", "c0-sink"), ("java-relay", "c1-sink")]);
+}
+
+#[test]
+fn s14_rustls_around_our_relay_is_an_opaque_hop_each_way() {
+    let r = run(scenario::s14());
+    // Per call: source → rustls's write (opaque), → relay, relay residence, → rustls's read,
+    // rustls's read → sink (opaque).
+    assert_eq!(r.score.hops_exist, 10, "{:?}", r.score.hops);
+    assert_opaque(
+        &r,
+        &[
+            ("c0-src", "rustls-relay"),
+            ("c1-src", "rustls-relay"),
+            ("rustls-relay", "c0-sink"),
+            ("rustls-relay", "c1-sink"),
+        ],
+    );
+}
+
+#[test]
+fn s15_sidecars_tls_between_two_proxies_is_one_opaque_hop() {
+    let r = run(scenario::s15());
+    // Per call: source → proxy A, A's read → B's write (opaque), B → sink.
+    assert_eq!(r.score.hops_exist, 6, "{:?}", r.score.hops);
+    assert_opaque(&r, &[("proxy-a", "proxy-b")]);
 }

@@ -12,8 +12,9 @@ use agent::schema::HopRecord;
 use agent::stats::HopStats;
 use anyhow::{bail, Context, Result};
 use harness::scenario::Scenario;
-use harness::score::{CallTruthIndex, Observes, Score};
+use harness::score::{CallTruthIndex, Score};
 use harness::truth::GroundTruth;
+use phase_2_straddle::demo::OBSERVES;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,16 +59,10 @@ impl ClusterRun {
     ) -> Result<Self> {
         let cfg = shared::FingerprintConfig::default();
         let calls = CallTruthIndex::build(&gt, cfg)?;
-        let score = harness::score::score_indexed(
-            &gt,
-            &calls,
-            &collected.records,
-            Observes::ALL,
-            cfg,
-            tracer,
-        );
+        let score =
+            harness::score::score_indexed(&gt, &calls, &collected.records, OBSERVES, cfg, tracer);
         let mut truth = HopStats::default();
-        for r in harness::oracle::records(&gt, &calls, Observes::ALL) {
+        for r in harness::oracle::records(&gt, &calls, OBSERVES) {
             truth.add(&r);
         }
         Ok(ClusterRun {

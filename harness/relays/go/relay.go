@@ -95,6 +95,17 @@ func copyChunks(in, out net.Conn) {
 			}
 		}
 		if err != nil {
+			break
+		}
+	}
+	// Say goodbye (close_notify on TLS, then FIN) and read until the peer closes: closing
+	// with unread bytes (TLS 1.3 session tickets) would reset the connection under the peer's
+	// last reads.
+	if c, ok := out.(interface{ CloseWrite() error }); ok {
+		c.CloseWrite()
+	}
+	for {
+		if _, err := out.Read(buf); err != nil {
 			return
 		}
 	}

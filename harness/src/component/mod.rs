@@ -44,9 +44,11 @@ const READ_BUF: usize = 64 * 1024;
 /// Audio a source sends per call per tick.
 const TICK: Duration = Duration::from_millis(20);
 
-/// Runs the component whose spec [`COMPONENT_ENV`] names and exits; returns when it is unset.
-/// Call it first thing in `main` of any binary that launches scenarios.
+/// Runs the component whose spec [`COMPONENT_ENV`] names (or the rustls relay,
+/// [`crate::tls_relay`]) and exits; returns when it is unset. Call it first thing in `main` of
+/// any binary that launches scenarios.
 pub fn run_if_component() {
+    crate::tls_relay::run_if_rustls_relay();
     let Some(spec) = std::env::var_os(COMPONENT_ENV) else {
         return;
     };

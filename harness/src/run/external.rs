@@ -1,6 +1,7 @@
-//! External components (a real nats-server, stunnel4): the ports they listen on, picked by the
-//! runner up front, and their command lines and configuration.
+//! External components (a real nats-server, stunnel4, relays on other TLS stacks): the ports
+//! they listen on, picked by the runner up front, and their command lines and configuration.
 
+use super::tls_relays;
 use crate::component::{End, Transport};
 use crate::scenario::{External, LinkKind, Scenario};
 use anyhow::{bail, Context, Result};
@@ -85,7 +86,7 @@ impl ExternalPlan {
                     connects: Vec::new(),
                 }
             }
-            External::Stunnel => Self {
+            External::Stunnel | External::TlsRelay(_) => Self {
                 comp,
                 kind,
                 listens: files(&c.inputs)?,
@@ -94,16 +95,21 @@ impl ExternalPlan {
         })
     }
 
-    /// The command line, with its configuration written to `dir` first.
+    /// The command line, with its configuration written to `dir` first; `exe` is the binary our
+    /// components run (the rustls relay's too).
     pub(super) fn command(
         &self,
         sc: &Scenario,
         dir: &Path,
         pem: &Path,
+        exe: &Path,
     ) -> Result<std::process::Command> {
         let t = &sc.topology;
         let c = &t.comps[self.comp];
-        let mut cmd = std::process::Command::new(self.kind.program());
+        let mut cmd = match self.kind {
+            External::TlsRelay(stack) => tls_relays::command(stack, exe)?,
+            _ => std::process::Command::new(self.kind.programs()[0]),
+        };
         match self.kind {
             External::Nats => {
                 let port = read_port(&self.listens[0])?;
@@ -136,7 +142,42 @@ impl ExternalPlan {
                 std::fs::write(&conf, text)?;
                 cmd.arg(conf);
             }
+            External::TlsRelay(_) => {
+                cmd.arg(pem);
+                for (i, (&input, &output)) in c.inputs.iter().zip(&c.outputs).enumerate() {
+                    let end = |link: usize, port_file: &Path| -> Result<String> {
+                        let mode = match t.links[link].spec.kind {
+                            LinkKind::Tls => "tls",
+                            _ => "tcp",
+                        };
+                        Ok(format!("{mode}:{}", read_port(port_file)?))
+                    };
+                    cmd.arg(format!(
+                        "{}>{}",
+                        end(input, &self.listens[i])?,
+                        end(output, &self.connects[i])?
+                    ));
+                }
+            }
         }
         Ok(cmd)
     }
+}
+
+/// `plans` in an order to start them: one that connects to where another listens after it
+/// (a relay dials its next hop as soon as a connection comes in).
+pub(super) fn in_start_order(mut plans: Vec<ExternalPlan>) -> Result<Vec<ExternalPlan>> {
+    let mut ordered: Vec<ExternalPlan> = Vec::new();
+    while !plans.is_empty() {
+        let waits_on_another = |p: &ExternalPlan, others: &[ExternalPlan]| {
+            p.connects
+                .iter()
+                .any(|f| others.iter().any(|o| o.listens.contains(f)))
+        };
+        let Some(i) = (0..plans.len()).find(|&i| !waits_on_another(&plans[i], &plans)) else {
+            bail!("external components connect to each other in a cycle");
+        };
+        ordered.push(plans.remove(i));
+    }
+    Ok(ordered)
 }

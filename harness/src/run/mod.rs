@@ -5,9 +5,10 @@
 //! Components placed on nodes run inside them ([`crate::nodes`], created for the run); a TCP
 //! link between two nodes listens on the reader's node address, any other link is local.
 //!
-//! External components (a real nats-server, stunnel4) start after ours: the runner picks the
-//! ports they listen on up front, waits until our components listen where they connect, writes
-//! their configuration, and stops them once our components are done.
+//! External components (a real nats-server, stunnel4, relays on other TLS stacks) start after
+//! ours: the runner picks the ports they listen on up front, waits until whatever they connect
+//! to listens (our components, or an external component started before), writes their
+//! configuration, and stops them once our components are done.
 //!
 //! [`run`] goes in steps: the links' ends, the plan of what starts (audio, specs, external
 //! components' ports), starting it (`processes`; `external` for the external components),
@@ -16,6 +17,7 @@
 mod external;
 mod processes;
 mod services;
+mod tls_relays;
 
 pub use external::{free_port, listening};
 
@@ -26,7 +28,7 @@ use crate::scenario::{AudioPlan, External, Kind, LinkKind, Scenario};
 use crate::truth::{CallTruth, ComponentLog, GroundTruth, Point};
 use agent::schema::Dir;
 use anyhow::{bail, Context, Result};
-use external::{read_port, ExternalPlan};
+use external::{in_start_order, read_port, ExternalPlan};
 use processes::{comm, stop, wait_all, wait_until, Running};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -96,26 +98,27 @@ fn call_tree(sc: &Scenario, call: u32, src: usize, output: usize, wav: PathBuf) 
         points: Vec::new(),
         parent: Vec::new(),
     };
+    let point = |comp: usize, dir: Dir, l: usize| {
+        let link = &t.links[l];
+        let c = &t.comps[comp];
+        Point {
+            component: c.name.clone(),
+            dir,
+            link: link.name.clone(),
+            tls_stack: match c.kind {
+                Kind::External(External::TlsRelay(stack)) if link.spec.kind == LinkKind::Tls => {
+                    Some(stack)
+                }
+                _ => None,
+            },
+        }
+    };
     let mut todo = vec![(t.comps[src].outputs[output], None)];
     while let Some((l, parent)) = todo.pop() {
         let link = &t.links[l];
-        let w = tree.add(
-            Point {
-                component: t.comps[link.from].name.clone(),
-                dir: Dir::Write,
-                link: link.name.clone(),
-            },
-            parent,
-        );
+        let w = tree.add(point(link.from, Dir::Write, l), parent);
         let reader = &t.comps[link.to];
-        let r = tree.add(
-            Point {
-                component: reader.name.clone(),
-                dir: Dir::Read,
-                link: link.name.clone(),
-            },
-            Some(w),
-        );
+        let r = tree.add(point(link.to, Dir::Read, l), Some(w));
         if let Some(route) = reader.kind.route() {
             let input = reader
                 .inputs
@@ -341,7 +344,7 @@ fn plan_components(sc: &Scenario, dir: &Path, ends: &[(End, End)]) -> Result<Pla
     Ok(Plan {
         calls,
         ours,
-        externals,
+        externals: in_start_order(externals)?,
         go,
     })
 }
@@ -384,7 +387,7 @@ fn start(
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         let child = ext
-            .command(sc, dir, pem)?
+            .command(sc, dir, pem, exe)?
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -392,7 +395,7 @@ fn start(
             .with_context(|| {
                 format!(
                     "starting {} (not installed? `bash scripts/setup.sh` installs it)",
-                    ext.kind.program()
+                    ext.kind.name()
                 )
             })?;
         running.push(Running {

@@ -26,7 +26,7 @@ impl Running {
                 let tail: Vec<&str> = text.lines().rev().take(5).collect();
                 format!(
                     "{} ({}; last lines of {}: {})",
-                    kind.program(),
+                    kind.name(),
                     self.name,
                     log.display(),
                     tail.into_iter().rev().collect::<Vec<_>>().join(" | ")

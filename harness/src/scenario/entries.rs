@@ -1,7 +1,8 @@
-//! Each scenario's definition: S1 to S8 (the catalogue every phase runs), S9 and S11 (across
-//! nodes; S10 is phase 4's, on its fake cluster) and SCALE (many calls at once), the last two found by id only.
+//! Each scenario's definition: S1 to S8 and S12 to S15 (the catalogue every phase runs), S9 and
+//! S11 (across nodes; S10 is phase 4's, on its fake cluster) and SCALE (many calls at once), the
+//! last three found by id only.
 
-use super::{AudioPlan, External, Kind, LinkKind, LinkSpec, Scenario, Topology};
+use super::{AudioPlan, External, Kind, LinkKind, LinkSpec, Scenario, TlsStack, Topology};
 use crate::component::{Framing, IoCall, Route};
 
 /// S1 pipe chain: source → relay → relay → sink over pipes, 2048-byte writes, holds 2 and 5 ms.
@@ -220,6 +221,124 @@ pub fn s6() -> Scenario {
         15.0,
         3.0,
         t,
+    )
+}
+
+/// A TLS link's spec in the TLS scenarios: our ends write and read it through OpenSSL.
+const TLS_STREAM: LinkSpec = LinkSpec {
+    kind: LinkKind::Tls,
+    framing: Framing::Stream { header_len: 64 },
+    write: IoCall::Plain,
+    read: IoCall::Plain,
+    chunk: 2048,
+};
+
+/// A plain TCP link's spec in the TLS scenarios.
+const TCP_STREAM: LinkSpec = LinkSpec {
+    kind: LinkKind::Tcp4,
+    framing: Framing::Stream { header_len: 40 },
+    write: IoCall::Message,
+    read: IoCall::Socket,
+    chunk: 1500,
+};
+
+/// A TLS-stack scenario: two calls, each a source and a sink, and the relay processes
+/// `relays` (name, stack) that serve both; `chain(topology, call, source, relays, sink)` links
+/// one call's path.
+fn tls_stack_scenario(
+    id: &'static str,
+    title: &'static str,
+    relays: &[(&str, TlsStack)],
+    chain: impl Fn(&mut Topology, u32, usize, &[usize], usize),
+) -> Scenario {
+    let calls = 2;
+    let mut t = Topology::default();
+    let relays: Vec<usize> = relays
+        .iter()
+        .map(|&(name, stack)| t.comp(name, Kind::External(External::TlsRelay(stack))))
+        .collect();
+    for c in 0..calls {
+        let src = t.comp(
+            format!("c{c}-src"),
+            Kind::Source {
+                calls: vec![(c, 0)],
+            },
+        );
+        let sink = t.comp(format!("c{c}-sink"), Kind::Sink);
+        chain(&mut t, c, src, &relays, sink);
+    }
+    Scenario::speech(id, title, calls, 15.0, 3.0, t)
+}
+
+/// S12 Go crypto/tls: per call, source --TLS--> Go relay --TCP--> sink, one relay process
+/// (harness/relays/go) for both calls. The source writes through OpenSSL; the relay decrypts
+/// inside Go, where only probes on crypto/tls see the plaintext: without them, the hop runs
+/// from the source's SSL_write to the relay's write of the TCP link.
+pub fn s12() -> Scenario {
+    tls_stack_scenario(
+        "S12",
+        "TLS into Go's crypto/tls: OpenSSL source → Go relay → TCP sink",
+        &[("go-relay", TlsStack::Go)],
+        |t, _, src, relays, sink| {
+            t.link(src, relays[0], TLS_STREAM);
+            t.link(relays[0], sink, TCP_STREAM);
+        },
+    )
+}
+
+/// S13 JDK TLS: per call, source --TCP--> Java relay --TLS--> sink, one relay process
+/// (harness/relays/java) for both calls; the sink reads through OpenSSL. The relay encrypts
+/// inside the JDK: the hop runs from its read of the TCP link to the sink's SSL_read.
+pub fn s13() -> Scenario {
+    tls_stack_scenario(
+        "S13",
+        "TLS out of the JDK: TCP source → Java relay → OpenSSL sink",
+        &[("java-relay", TlsStack::Java)],
+        |t, _, src, relays, sink| {
+            t.link(src, relays[0], TCP_STREAM);
+            t.link(relays[0], sink, TLS_STREAM);
+        },
+    )
+}
+
+/// S14 rustls: per call, source --TLS--> rustls relay --TCP--> relay (ours, holds 1 ms)
+/// --TCP--> the same rustls relay process (a second service) --TLS--> sink: S6 with rustls in
+/// stunnel's place. The hops into and out of rustls are each one opaque stretch.
+pub fn s14() -> Scenario {
+    tls_stack_scenario(
+        "S14",
+        "rustls decrypts and re-encrypts around our relay (S6 with rustls for stunnel)",
+        &[("rustls-relay", TlsStack::Rustls)],
+        |t, c, src, relays, sink| {
+            let relay = t.comp(
+                format!("c{c}-relay"),
+                Kind::Relay {
+                    hold_us: 1_000,
+                    route: Route::Same,
+                },
+            );
+            t.link(src, relays[0], TLS_STREAM);
+            t.link(relays[0], relay, TCP_STREAM);
+            t.link(relay, relays[0], TCP_STREAM);
+            t.link(relays[0], sink, TLS_STREAM);
+        },
+    )
+}
+
+/// S15 sidecars: per call, source --TCP--> proxy A (rustls: plain in, TLS out) --TLS--> proxy
+/// B (rustls: TLS in, plain out) --TCP--> sink, as an app talks through its local proxy to
+/// another proxy that hands on to the next app. The proxies' TLS between them is never
+/// plaintext to a syscall: one hop from A's read to B's write.
+pub fn s15() -> Scenario {
+    tls_stack_scenario(
+        "S15",
+        "sidecars: app → rustls proxy → TLS → rustls proxy → app",
+        &[("proxy-a", TlsStack::Rustls), ("proxy-b", TlsStack::Rustls)],
+        |t, _, src, relays, sink| {
+            t.link(src, relays[0], TCP_STREAM);
+            t.link(relays[0], relays[1], TLS_STREAM);
+            t.link(relays[1], sink, TCP_STREAM);
+        },
     )
 }
 

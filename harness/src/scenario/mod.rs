@@ -5,7 +5,10 @@
 mod entries;
 mod topology;
 
-pub use entries::{s1, s11, s2, s3, s4, s5, s6, s7, s8, s9, scale, SCALE_CONNECTIONS};
+pub use crate::truth::TlsStack;
+pub use entries::{
+    s1, s11, s12, s13, s14, s15, s2, s3, s4, s5, s6, s7, s8, s9, scale, SCALE_CONNECTIONS,
+};
 pub use topology::{Comp, External, Kind, Link, LinkKind, LinkSpec, Topology};
 
 use serde::Serialize;
@@ -59,10 +62,23 @@ impl Scenario {
     }
 }
 
-/// The scenarios every phase runs: S1 to S8. S9 and S11 need nodes and SCALE is a benchmark,
-/// so none is here.
+/// The scenarios every phase runs: S1 to S8, and S12 to S15 (TLS stacks other than OpenSSL).
+/// S9 and S11 need nodes and SCALE is a benchmark, so none is here.
 pub fn catalogue() -> Vec<Scenario> {
-    vec![s1(), s2(), s3(), s4(), s5(), s6(), s7(), s8()]
+    vec![
+        s1(),
+        s2(),
+        s3(),
+        s4(),
+        s5(),
+        s6(),
+        s7(),
+        s8(),
+        s12(),
+        s13(),
+        s14(),
+        s15(),
+    ]
 }
 
 /// A catalogue scenario by id, [`s9`], [`s11`], or "SCALE": [`scale`] at the size the tracer is held

@@ -3,6 +3,7 @@
 //! them into a [`Topology`].
 
 use crate::component::{Framing, IoCall, Route};
+use crate::truth::TlsStack;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -11,7 +12,8 @@ pub enum LinkKind {
     Tcp4,
     Tcp6,
     Unix,
-    /// TCP over IPv4 with TLS (OpenSSL on both ends).
+    /// TCP over IPv4 with TLS: OpenSSL at our components' ends and stunnel's, an external TLS
+    /// relay's own stack at its end (both ends may be relays).
     Tls,
     /// A TCP connection to or from a NATS broker (one end is `External::Nats`).
     Nats,
@@ -66,14 +68,32 @@ pub enum External {
     Nats,
     /// One stunnel4 process; service i takes input i to output i, exactly one side TLS.
     Stunnel,
+    /// One relay process on a TLS stack other than OpenSSL (harness/relays, the rustls one in
+    /// `crate::tls_relay`); service i takes input i to output i, either side TLS or plain.
+    TlsRelay(TlsStack),
 }
 
 impl External {
-    /// The program, as Debian installs it (scripts/setup.sh).
-    pub fn program(self) -> &'static str {
+    /// What it is, in messages.
+    pub fn name(self) -> &'static str {
         match self {
             External::Nats => "nats-server",
             External::Stunnel => "stunnel4",
+            External::TlsRelay(TlsStack::Go) => "the Go crypto/tls relay",
+            External::TlsRelay(TlsStack::Java) => "the JDK TLS relay",
+            External::TlsRelay(TlsStack::Rustls) => "the rustls relay",
+        }
+    }
+
+    /// The programs it needs, as Debian installs them (scripts/setup.sh): the Go and Java
+    /// relays are built from source at run time; the rustls one is the component binary.
+    pub fn programs(self) -> &'static [&'static str] {
+        match self {
+            External::Nats => &["nats-server"],
+            External::Stunnel => &["stunnel4"],
+            External::TlsRelay(TlsStack::Go) => &["go"],
+            External::TlsRelay(TlsStack::Java) => &["javac", "java"],
+            External::TlsRelay(TlsStack::Rustls) => &[],
         }
     }
 }
@@ -84,7 +104,7 @@ impl Kind {
         match self {
             Kind::Relay { route, .. } => Some(*route),
             Kind::External(External::Nats) => Some(Route::All),
-            Kind::External(External::Stunnel) => Some(Route::Same),
+            Kind::External(External::Stunnel | External::TlsRelay(_)) => Some(Route::Same),
             Kind::Source { .. } | Kind::Sink => None,
         }
     }

@@ -183,6 +183,7 @@ impl Fixture {
                 component: component.into(),
                 dir,
                 link: link.into(),
+                tls_stack: None,
             };
             parent = Some(call.add(point, parent));
         }

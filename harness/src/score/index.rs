@@ -259,7 +259,7 @@ impl CallTruthIndex {
     /// The hops a tracer that observes `obs` can measure: each observable point and its
     /// nearest observable upstream point (indices into `points`).
     pub fn hops(&self, obs: Observes) -> Vec<(usize, usize)> {
-        let sees = |i: usize| obs.sees(self.points[i].dir);
+        let sees = |i: usize| obs.sees(&self.points[i]);
         (0..self.points.len())
             .filter(|&i| sees(i))
             .filter_map(|to| {
@@ -379,6 +379,7 @@ impl FlowOwners {
 mod tests {
     use super::super::fixtures::*;
     use super::super::Observes;
+    use crate::truth::TlsStack;
 
     #[test]
     fn each_point_carried_each_moment_in_the_syscall_that_moved_its_anchor() {
@@ -434,6 +435,45 @@ mod tests {
             ]
         );
         assert_eq!(c.hops(Observes::WRITES), vec![(SRC_WRITE, RELAY_WRITE)]);
+    }
+
+    #[test]
+    fn hops_skip_points_inside_a_tls_stack_the_tracer_does_not_see() {
+        // The relay is a Go crypto/tls relay with TLS on link a: its read there is plaintext
+        // only inside Go, and the hop goes from the source's write to its write of link b.
+        let mut f = Fixture::new(true);
+        f.calls[0].points[RELAY_READ].tls_stack = Some(TlsStack::Go);
+        let c = f.call();
+        let all = vec![
+            (SRC_WRITE, RELAY_READ),
+            (RELAY_READ, RELAY_WRITE),
+            (RELAY_WRITE, SINK_READ),
+        ];
+        assert_eq!(
+            c.hops(Observes::READS_AND_WRITES),
+            vec![(SRC_WRITE, RELAY_WRITE), (RELAY_WRITE, SINK_READ)]
+        );
+        assert_eq!(c.hops(Observes::WRITES), vec![(SRC_WRITE, RELAY_WRITE)]);
+        assert_eq!(c.hops(Observes::ALL), all);
+        // TLS on both of its links: one hop from the source to the sink, unless the tracer
+        // sees Go's plaintext.
+        f.calls[0].points[RELAY_WRITE].tls_stack = Some(TlsStack::Go);
+        let c = f.call();
+        assert_eq!(
+            c.hops(Observes::READS_AND_WRITES),
+            vec![(SRC_WRITE, SINK_READ)]
+        );
+        assert!(c.hops(Observes::WRITES).is_empty());
+        let sees_go = Observes {
+            tls_stacks: &[TlsStack::Go],
+            ..Observes::READS_AND_WRITES
+        };
+        assert_eq!(c.hops(sees_go), all);
+        let sees_java = Observes {
+            tls_stacks: &[TlsStack::Java],
+            ..Observes::READS_AND_WRITES
+        };
+        assert_eq!(c.hops(sees_java), vec![(SRC_WRITE, SINK_READ)]);
     }
 
     #[test]

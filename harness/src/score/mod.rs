@@ -32,7 +32,7 @@ pub use tally::{
     measurable_seconds, nonsilent_seconds, CrossNodeErrors, HopScore, Score, NONSILENT_SHARE,
 };
 
-use crate::truth::GroundTruth;
+use crate::truth::{GroundTruth, Point, TlsStack};
 use agent::schema::Dir;
 use agent::schema::HopRecord;
 use anyhow::Result;
@@ -42,28 +42,44 @@ use serde::Serialize;
 use shared::FingerprintConfig;
 use tally::Tally;
 
-/// Which syscall directions a tracer observes; its hops join consecutive observable points.
+/// Which points a tracer observes: the syscall directions it sees, and the TLS stacks other
+/// than OpenSSL whose plaintext it sees from inside (OpenSSL's plaintext counts as its syscalls'
+/// directions: whoever sees those sees it, or finds nothing there). Its hops join consecutive
+/// observable points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Observes {
     pub reads: bool,
     pub writes: bool,
+    pub tls_stacks: &'static [TlsStack],
 }
 
 impl Observes {
+    /// Every point: what the ground truth, and the oracle, see.
     pub const ALL: Self = Self {
         reads: true,
         writes: true,
+        tls_stacks: &[TlsStack::Go, TlsStack::Java, TlsStack::Rustls],
+    };
+    /// Every read and write, no other TLS stack's plaintext.
+    pub const READS_AND_WRITES: Self = Self {
+        reads: true,
+        writes: true,
+        tls_stacks: &[],
     };
     pub const WRITES: Self = Self {
         reads: false,
         writes: true,
+        tls_stacks: &[],
     };
 
-    fn sees(&self, dir: Dir) -> bool {
-        match dir {
+    fn sees(&self, point: &Point) -> bool {
+        let dir = match point.dir {
             Dir::Read => self.reads,
             Dir::Write => self.writes,
-        }
+        };
+        dir && point
+            .tls_stack
+            .is_none_or(|stack| self.tls_stacks.contains(&stack))
     }
 }
 
@@ -95,6 +111,11 @@ impl Score {
     /// The ways this score misses the bar; empty when it passes.
     pub fn misses(&self, bar: &Bar) -> Vec<String> {
         let mut out = Vec::new();
+        if self.hops_exist == 0 {
+            // Nothing it observes is a hop (a tracer that sees writes only, on a path with one
+            // observable write): nothing measured is no pass.
+            out.push("no hop it can observe".to_string());
+        }
         if self.hops_found < self.hops_exist {
             out.push(format!(
                 "{} of {} hops found",
