@@ -24,6 +24,10 @@ fn main() {
                 name: "phase2_moment",
                 fields: &["signature", "end"],
             },
+            Mirrored {
+                name: "go_tls_layout",
+                fields: &["conn_data", "conn_fd", "sysfd"],
+            },
         ],
         &[
             ("PHASE2_COMM_LEN", "usize"),

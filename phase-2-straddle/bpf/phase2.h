@@ -38,6 +38,16 @@ _Static_assert(sizeof(struct phase2_call) % 8 == 0 && sizeof(struct phase2_momen
  * built in a per-CPU value, 32 KiB at most. */
 #define PHASE2_MAX_MOMENTS 2040
 
+/* Where a Go executable keeps a crypto/tls.Conn's socket, per target process (src/go_tls.rs
+ * places it from the binary's Go version): tls.Conn.conn is a net.Conn interface whose data word
+ * points to a *net.TCPConn (or UnixConn: the same embedded net.conn), whose fd is a *netFD, whose
+ * pfd.Sysfd is the descriptor. */
+struct go_tls_layout {
+	__u64 conn_data; /* offset in tls.Conn of conn's data word */
+	__u64 conn_fd;   /* offset in net.TCPConn of conn.fd */
+	__u64 sysfd;     /* offset in net.netFD of pfd.Sysfd */
+};
+
 /* Per-CPU counters of the data path, beside the scan's (enum fp_counter). */
 enum phase2_counter {
 	P2_C_FLOWS_CREATED,  /* per-flow scan states created */
@@ -58,6 +68,8 @@ enum phase2_counter {
 	                      * plaintext this tracer does not see (TLS library not probed: static,
 	                      * Go, JDK, rustls); a probed TLS 1.3 link's session tickets and
 	                      * close_notify count too */
+	P2_C_GO_TLS_CALLS,   /* Go crypto/tls (*Conn).Read/Write calls whose plaintext was scanned */
+	P2_C_GO_TLS_UNATTRIBUTED, /* ... whose socket could not be read from the Conn: not scanned */
 	P2_C_NR,
 };
 

@@ -58,7 +58,28 @@ const _: () = {
     assert!(size_of::<Phase2Moment>() == moment::SIZE);
     assert!(offset_of!(Phase2Moment, signature) == moment::SIGNATURE);
     assert!(offset_of!(Phase2Moment, end) == moment::END);
+    use layout::go_tls_layout as go;
+    assert!(size_of::<GoTlsLayout>() == go::SIZE);
+    assert!(offset_of!(GoTlsLayout, conn_data) == go::CONN_DATA);
+    assert!(offset_of!(GoTlsLayout, conn_fd) == go::CONN_FD);
+    assert!(offset_of!(GoTlsLayout, sysfd) == go::SYSFD);
 };
+
+/// `struct go_tls_layout`: where a Go executable keeps a `crypto/tls.Conn`'s socket (offsets,
+/// bytes), written per target process into the `go_tls_layouts` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoTlsLayout {
+    /// In `tls.Conn`: the data word of its `conn net.Conn`.
+    pub conn_data: u64,
+    /// In `net.TCPConn`: `conn.fd`.
+    pub conn_fd: u64,
+    /// In `net.netFD`: `pfd.Sysfd`.
+    pub sysfd: u64,
+}
+
+// SAFETY: plain old data without padding (checked against the C layout below).
+unsafe impl aya::Pod for GoTlsLayout {}
 
 /// One moment as the agent handles it: the call's header and the moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +136,8 @@ pub const PHASE2_COUNTERS: [&str; layout::P2_C_NR] = [
     "ciphertext_skipped",
     "tls_unattributed",
     "tls_unprobed",
+    "go_tls_calls",
+    "go_tls_unattributed",
 ];
 
 impl Phase2Event {
