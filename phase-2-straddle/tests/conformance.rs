@@ -668,8 +668,13 @@ fn go_tls_relay_plaintext_equals_the_reference_and_makes_hops() {
     let reader = std::thread::spawn(move || {
         let (mut tcp, _) = sink.accept().unwrap();
         let fd = tcp.as_raw_fd();
-        let mut got = vec![0u8; total];
-        tcp.read_exact(&mut got).unwrap();
+        // Reads of at most the 64 KiB a call is scanned for.
+        let (mut got, mut buf) = (Vec::new(), vec![0u8; 16384]);
+        while got.len() < total {
+            let k = tcp.read(&mut buf).unwrap();
+            assert!(k > 0, "the relay closed early");
+            got.extend_from_slice(&buf[..k]);
+        }
         (fd, got, tcp)
     });
     let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
@@ -798,7 +803,7 @@ fn go_tls_relay_plaintext_equals_the_reference_and_makes_hops() {
     for hop in expected {
         let n = per_hop.get(&hop).copied().unwrap_or(0);
         assert!(
-            n * 10 >= want.len() * 9,
+            if skipped { n * 10 >= want.len() * 9 } else { n == want.len() },
             "{hop:?}: {n} hops, {} reference moments; {health}",
             want.len()
         );
