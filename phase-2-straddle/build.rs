@@ -26,7 +26,13 @@ fn main() {
             },
             Mirrored {
                 name: "go_tls_layout",
-                fields: &["conn_data", "conn_fd", "sysfd"],
+                fields: &[
+                    "tcp_conn_itab",
+                    "unix_conn_itab",
+                    "conn",
+                    "conn_fd",
+                    "sysfd",
+                ],
             },
         ],
         &[

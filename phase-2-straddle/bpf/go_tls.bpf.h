@@ -7,7 +7,8 @@
  * Go ≥ 1.17 on amd64 passes arguments in registers: the receiver (*Conn) in RAX, the []byte in
  * RBX (pointer) and RCX (length); results: n in RAX. R14 holds the goroutine (g), which may move
  * to another thread while Read blocks: a call is kept by (tgid, g) from its entry to its return.
- * Its socket is read from the Conn at entry (struct go_tls_layout, per process) and marked TLS:
+ * Its socket is read from the Conn at entry (struct go_tls_layout, per process: only a Conn over
+ * a *net.TCPConn or *net.UnixConn, told by its interface's itab) and marked TLS:
  * its syscalls move ciphertext. Both directions are scanned at the return, with the bytes the
  * call moved (a write stamped at its entry, a read when its scan is done): a function whose stack
  * must grow is entered twice, so scanning a write at entry would scan it twice. */
@@ -55,14 +56,25 @@ struct {
 	__type(value, struct go_tls_call);
 } go_tls_calls SEC(".maps");
 
-/* The descriptor behind a *tls.Conn: Conn.conn's data word → net.conn.fd → netFD.pfd.Sysfd;
- * -1 when a pointer cannot be read or the number is no descriptor. */
+/* A Go interface value: its type's itab, and the data word. */
+struct go_iface {
+	__u64 itab;
+	__u64 data;
+};
+
+/* The descriptor behind a *tls.Conn over a TCP or unix socket: Conn.conn's data word →
+ * net.conn.fd → netFD.pfd.Sysfd; -1 for any other net.Conn (a wrapper: its data is not laid out
+ * so), when a pointer cannot be read, or when the number is no descriptor. */
 static __always_inline __s32 go_conn_fd(const struct go_tls_layout *l, __u64 conn)
 {
-	__u64 tcp_conn, net_fd;
+	struct go_iface c;
+	__u64 net_fd;
 	__s64 sysfd;
-	if (bpf_probe_read_user(&tcp_conn, sizeof(tcp_conn), (const void *)(conn + l->conn_data)) ||
-	    bpf_probe_read_user(&net_fd, sizeof(net_fd), (const void *)(tcp_conn + l->conn_fd)) ||
+	if (bpf_probe_read_user(&c, sizeof(c), (const void *)(conn + l->conn)))
+		return -1;
+	if (c.itab == 0 || (c.itab != l->tcp_conn_itab && c.itab != l->unix_conn_itab))
+		return -1;
+	if (bpf_probe_read_user(&net_fd, sizeof(net_fd), (const void *)(c.data + l->conn_fd)) ||
 	    bpf_probe_read_user(&sysfd, sizeof(sysfd), (const void *)(net_fd + l->sysfd)))
 		return -1;
 	if (sysfd < 0 || sysfd > 0x7fffffff)

@@ -60,21 +60,27 @@ const _: () = {
     assert!(offset_of!(Phase2Moment, end) == moment::END);
     use layout::go_tls_layout as go;
     assert!(size_of::<GoTlsLayout>() == go::SIZE);
-    assert!(offset_of!(GoTlsLayout, conn_data) == go::CONN_DATA);
+    assert!(offset_of!(GoTlsLayout, tcp_conn_itab) == go::TCP_CONN_ITAB);
+    assert!(offset_of!(GoTlsLayout, unix_conn_itab) == go::UNIX_CONN_ITAB);
+    assert!(offset_of!(GoTlsLayout, conn) == go::CONN);
     assert!(offset_of!(GoTlsLayout, conn_fd) == go::CONN_FD);
     assert!(offset_of!(GoTlsLayout, sysfd) == go::SYSFD);
 };
 
-/// `struct go_tls_layout`: where a Go executable keeps a `crypto/tls.Conn`'s socket (offsets,
-/// bytes), written per target process into the `go_tls_layouts` map.
+/// `struct go_tls_layout`: where a Go process keeps a `crypto/tls.Conn`'s socket, written per
+/// target process into the `go_tls_layouts` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GoTlsLayout {
-    /// In `tls.Conn`: the data word of its `conn net.Conn`.
-    pub conn_data: u64,
-    /// In `net.TCPConn`: `conn.fd`.
+    /// Where the process has the itab of `*net.TCPConn` as a `net.Conn` (0: none).
+    pub tcp_conn_itab: u64,
+    /// ... of `*net.UnixConn`.
+    pub unix_conn_itab: u64,
+    /// Offset in `tls.Conn` of its `conn net.Conn` (itab word, data word).
+    pub conn: u64,
+    /// Offset in `net.TCPConn` (and `UnixConn`) of `conn.fd`.
     pub conn_fd: u64,
-    /// In `net.netFD`: `pfd.Sysfd`.
+    /// Offset in `net.netFD` of `pfd.Sysfd`.
     pub sysfd: u64,
 }
 

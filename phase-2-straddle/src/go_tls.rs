@@ -15,7 +15,7 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use aya::Ebpf;
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::os::unix::fs::MetadataExt;
@@ -34,13 +34,28 @@ const LAYOUTS: &str = "go_tls_layouts";
 /// with the register ABI the programs read, to 1.25. Over these, `tls.Conn.conn` (a `net.Conn`
 /// interface: its data word at 8) is the first field, `net.TCPConn`'s embedded `conn.fd` the
 /// first, `netFD.pfd` the first and `poll.FD.Sysfd` follows its 16-byte `fdMutex` (checked in
-/// the sources; tested on the installed Go).
+/// the sources; tested on the installed Go). The itabs are the executable's own.
 const PLACED_MINORS: std::ops::RangeInclusive<u32> = 17..=25;
 const LAYOUT: GoTlsLayout = GoTlsLayout {
-    conn_data: 8,
+    tcp_conn_itab: 0,
+    unix_conn_itab: 0,
+    conn: 0,
     conn_fd: 0,
     sysfd: 16,
 };
+
+/// The itabs of the two `net.Conn`s whose data is laid out as `LAYOUT` says (`go.itab.` until
+/// Go 1.19, `go:itab.` since 1.20).
+const ITABS: [[&str; 2]; 2] = [
+    [
+        "go.itab.*net.TCPConn,net.Conn",
+        "go:itab.*net.TCPConn,net.Conn",
+    ],
+    [
+        "go.itab.*net.UnixConn,net.Conn",
+        "go:itab.*net.UnixConn,net.Conn",
+    ],
+];
 
 /// A probed function: where it starts and where it returns, as file offsets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,8 +69,12 @@ pub struct Function {
 pub struct GoTls {
     /// `runtime.buildVersion`, e.g. `go1.19.8`.
     pub version: String,
-    /// `None`: a version (or architecture) whose layout is not placed here.
+    /// `None`: a version (or architecture) whose layout is not placed here. Its itabs are
+    /// link-time addresses (`attach` moves them where the process has them).
     pub layout: Option<GoTlsLayout>,
+    /// A position-independent executable's link-time address of its first byte (its addresses
+    /// move at load); `None` for a fixed one.
+    pub pie_base: Option<u64>,
     /// (*Conn).Write and (*Conn).Read, in `FUNCTIONS`' order.
     pub functions: Vec<Function>,
 }
@@ -65,7 +84,9 @@ pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = object::File::parse(&*bytes).context("parsing the ELF")?;
     let wanted = |name: &str| {
-        name == "runtime.buildVersion" || FUNCTIONS.iter().any(|(function, _)| *function == name)
+        name == "runtime.buildVersion"
+            || FUNCTIONS.iter().any(|(function, _)| *function == name)
+            || ITABS.iter().flatten().any(|itab| *itab == name)
     };
     let symbols: HashMap<&str, object::Symbol> = file
         .symbols()
@@ -88,8 +109,26 @@ pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
         })
         .collect::<Result<_>>()?;
     let amd64 = file.architecture() == object::Architecture::X86_64;
+    let itab = |names: &[&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| symbols.get(n))
+            .map_or(0, |s| s.address())
+    };
+    let layout = layout_of(&version).filter(|_| amd64).map(|l| GoTlsLayout {
+        tcp_conn_itab: itab(&ITABS[0]),
+        unix_conn_itab: itab(&ITABS[1]),
+        ..l
+    });
     Ok(Some(GoTls {
-        layout: layout_of(&version).filter(|_| amd64),
+        layout,
+        pie_base: (file.kind() == object::ObjectKind::Dynamic)
+            .then(|| {
+                file.segments()
+                    .find(|s| s.file_range().0 == 0)
+                    .map(|s| s.address() & !0xfff)
+            })
+            .flatten(),
         version,
         functions,
     }))
@@ -331,6 +370,16 @@ fn attach(
     go: &GoTls,
     layout: GoTlsLayout,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+    let bias = match go.pie_base {
+        Some(base) => load_address(pid)? - base,
+        None => 0,
+    };
+    let moved = |itab: u64| if itab == 0 { 0 } else { itab + bias };
+    let layout = GoTlsLayout {
+        tcp_conn_itab: moved(layout.tcp_conn_itab),
+        unix_conn_itab: moved(layout.unix_conn_itab),
+        ..layout
+    };
     let mut layouts: BpfHashMap<_, u32, GoTlsLayout> = BpfHashMap::try_from(
         ebpf.map_mut(LAYOUTS)
             .context("map go_tls_layouts missing")?,
@@ -367,6 +416,17 @@ fn attach(
         }
     }
     Ok(links)
+}
+
+/// Where a position-independent executable's first byte was loaded: the start of its mapping at
+/// file offset 0.
+fn load_address(pid: u32) -> Result<u64> {
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe"))?;
+    let maps = procfs::process::Process::new(i32::try_from(pid)?)?.maps()?;
+    maps.into_iter()
+        .find(|m| m.inode == exe.ino() && m.offset == 0)
+        .map(|m| m.address.0)
+        .context("the executable's mapping is not in /proc/<pid>/maps")
 }
 
 #[cfg(test)]

@@ -499,15 +499,21 @@ fn a_lone_call_reaches_the_agent_at_the_next_drain() {
     drop(r);
 }
 
-/// The Go TLS relay (`harness/relays/go/relay.go`), built once per test binary.
-fn go_relay() -> std::path::PathBuf {
-    static RELAY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    RELAY
+/// The Go TLS relay (`harness/relays/go/relay.go`), built once per test binary, as a fixed
+/// executable (Go's default) or a position-independent one.
+fn go_relay(pie: bool) -> std::path::PathBuf {
+    static RELAYS: [std::sync::OnceLock<std::path::PathBuf>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    RELAYS[usize::from(pie)]
         .get_or_init(|| {
-            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-tls-relay");
+            let (name, mode) = match pie {
+                false => ("go-tls-relay", "exe"),
+                true => ("go-tls-relay-pie", "pie"),
+            };
+            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
             let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
             let status = std::process::Command::new("go")
-                .args(["build", "-o"])
+                .args(["build", "-buildmode", mode, "-o"])
                 .arg(&out)
                 .arg(source)
                 .status()
@@ -533,7 +539,7 @@ fn go_version() -> String {
 fn go_tls_returns_are_the_rets_go_objdump_lists() {
     use object::{Object, ObjectSection};
     use phase_2_straddle::go_tls::{inspect, FUNCTIONS};
-    let relay = go_relay();
+    let relay = go_relay(false);
     let go = inspect(&relay).unwrap().expect("the relay has crypto/tls");
     assert_eq!(go.version, go_version());
     assert!(go.layout.is_some(), "{} is placed", go.version);
@@ -621,13 +627,23 @@ fn free_port() -> u16 {
 /// matcher reports every hop: transit client → relay 1 → relay 2 → sink, residence in each relay.
 #[test]
 fn go_tls_relay_plaintext_equals_the_reference_and_makes_hops() {
+    go_tls_relays(go_relay(false));
+}
+
+/// The same through position-independent relays: the Conn's itabs are where the process loaded
+/// them.
+#[test]
+fn go_tls_pie_relay_plaintext_equals_the_reference_and_makes_hops() {
+    go_tls_relays(go_relay(true));
+}
+
+fn go_tls_relays(relay: std::path::PathBuf) {
     use agent::pipeline::{Kernel, Matched, MATCH_WINDOW};
     use agent::schema::HopKind;
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
     use phase_2_straddle::links::Seen;
     use phase_2_straddle::matcher::Matcher;
     use std::io::Read;
-    let relay = go_relay();
     let dir = harness::run::workdir("go-tls-conformance").unwrap();
     let pem = dir.join("test.pem");
     harness::pki::write_test_certificate(&pem).unwrap();
@@ -803,7 +819,11 @@ fn go_tls_relay_plaintext_equals_the_reference_and_makes_hops() {
     for hop in expected {
         let n = per_hop.get(&hop).copied().unwrap_or(0);
         assert!(
-            if skipped { n * 10 >= want.len() * 9 } else { n == want.len() },
+            if skipped {
+                n * 10 >= want.len() * 9
+            } else {
+                n == want.len()
+            },
             "{hop:?}: {n} hops, {} reference moments; {health}",
             want.len()
         );
