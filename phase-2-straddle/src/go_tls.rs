@@ -18,6 +18,7 @@ use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -81,8 +82,8 @@ pub struct GoTls {
 
 /// Reads an executable: `None` when it has no Go crypto/tls (not Go, or Go without TLS).
 pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = object::File::parse(&*bytes).context("parsing the ELF")?;
+    let mapped = Mapped::open(path).with_context(|| format!("mapping {}", path.display()))?;
+    let file = object::File::parse(mapped.bytes()).context("parsing the ELF")?;
     let wanted = |name: &str| {
         name == "runtime.buildVersion"
             || FUNCTIONS.iter().any(|(function, _)| *function == name)
@@ -132,6 +133,52 @@ pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
         version,
         functions,
     }))
+}
+
+/// A file mapped read-only. An executable is read through a mapping, not read(): the tracer scans
+/// the read()s of its targets, and the agent may be one (its tests are): tens of MB of its own
+/// executable would pass through its scan. A running executable cannot be written (ETXTBSY), so
+/// the mapping does not shrink under the parser.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len())?;
+        if len == 0 {
+            bail!("empty file");
+        }
+        // SAFETY: a new private read-only mapping of an open file, unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes, alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 /// The layout of a Go version, if placed (`PLACED_MINORS`).
