@@ -33,9 +33,9 @@ const LAYOUTS: &str = "go_tls_layouts";
 
 /// Go minor versions (1.x) whose `crypto/tls.Conn` → socket layout is placed: from 1.17, the first
 /// with the register ABI the programs read, to 1.25. Over these, `tls.Conn.conn` (a `net.Conn`
-/// interface: its data word at 8) is the first field, `net.TCPConn`'s embedded `conn.fd` the
+/// interface: itab word, data word) is the first field, `net.TCPConn`'s embedded `conn.fd` the
 /// first, `netFD.pfd` the first and `poll.FD.Sysfd` follows its 16-byte `fdMutex` (checked in
-/// the sources; tested on the installed Go). The itabs are the executable's own.
+/// the sources; tested on go1.19). The itabs are the executable's own (`inspect`).
 const PLACED_MINORS: std::ops::RangeInclusive<u32> = 17..=25;
 const LAYOUT: GoTlsLayout = GoTlsLayout {
     tcp_conn_itab: 0,
