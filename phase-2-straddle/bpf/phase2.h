@@ -68,7 +68,7 @@ enum phase2_counter {
 	P2_C_TLS_UNPROBED,   /* syscalls outside any SSL call whose bytes begin with a TLS
 	                      * application-data record: one per record on an encrypted link whose
 	                      * plaintext this tracer does not see (TLS library not probed: static,
-	                      * Go, JDK, rustls); a probed TLS 1.3 link's session tickets and
+	                      * Go of a version not placed, JDK, rustls); a probed TLS 1.3 link's session tickets and
 	                      * close_notify count too */
 	P2_C_GO_TLS_CALLS,   /* Go crypto/tls (*Conn).Read/Write calls whose plaintext was scanned */
 	P2_C_GO_TLS_UNATTRIBUTED, /* ... whose Conn is not over a TCP or unix socket (a wrapper)
