@@ -73,9 +73,9 @@ pub struct GoTls {
     /// `None`: a version (or architecture) whose layout is not placed here. Its itabs are
     /// link-time addresses (`attach` moves them where the process has them).
     pub layout: Option<GoTlsLayout>,
-    /// A position-independent executable's link-time address of its first byte (its addresses
-    /// move at load); `None` for a fixed one.
-    pub pie_base: Option<u64>,
+    /// A position-independent executable's link-time address of its program headers (its
+    /// addresses move at load: `load_bias`); `None` for a fixed one.
+    pub pie_headers: Option<u64>,
     /// (*Conn).Write and (*Conn).Read, in `FUNCTIONS`' order.
     pub functions: Vec<Function>,
 }
@@ -123,12 +123,8 @@ pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
     });
     Ok(Some(GoTls {
         layout,
-        pie_base: (file.kind() == object::ObjectKind::Dynamic)
-            .then(|| {
-                file.segments()
-                    .find(|s| s.file_range().0 == 0)
-                    .map(|s| s.address() & !0xfff)
-            })
+        pie_headers: (file.kind() == object::ObjectKind::Dynamic)
+            .then(|| program_headers(&file, mapped.bytes()))
             .flatten(),
         version,
         functions,
@@ -417,8 +413,8 @@ fn attach(
     go: &GoTls,
     layout: GoTlsLayout,
 ) -> Result<Vec<(&'static str, UProbeLinkId)>> {
-    let bias = match go.pie_base {
-        Some(base) => load_address(pid)? - base,
+    let bias = match go.pie_headers {
+        Some(headers) => load_bias(pid, headers)?,
         None => 0,
     };
     let moved = |itab: u64| if itab == 0 { 0 } else { itab + bias };
@@ -465,15 +461,25 @@ fn attach(
     Ok(links)
 }
 
-/// Where a position-independent executable's first byte was loaded: the start of its mapping at
-/// file offset 0.
-fn load_address(pid: u32) -> Result<u64> {
-    let exe = std::fs::metadata(format!("/proc/{pid}/exe"))?;
-    let maps = procfs::process::Process::new(i32::try_from(pid)?)?.maps()?;
-    maps.into_iter()
-        .find(|m| m.inode == exe.ino() && m.offset == 0)
-        .map(|m| m.address.0)
-        .context("the executable's mapping is not in /proc/<pid>/maps")
+/// The link-time address of an ELF's program headers: they sit `e_phoff` bytes into the segment
+/// loaded from the file's first byte.
+fn program_headers(file: &object::File, bytes: &[u8]) -> Option<u64> {
+    let e_phoff = u64::from_le_bytes(bytes.get(32..40)?.try_into().ok()?);
+    let first = file.segments().find(|s| s.file_range().0 == 0)?;
+    Some(first.address() + e_phoff)
+}
+
+/// How far a position-independent executable was moved at load: where the kernel says its
+/// program headers are (AT_PHDR in /proc/<pid>/auxv) less where it was linked to have them. Not
+/// from /proc/<pid>/maps: on overlayfs (containers) its inodes are not the executable's.
+fn load_bias(pid: u32, headers: u64) -> Result<u64> {
+    const AT_PHDR: u64 = 3;
+    let auxv = procfs::process::Process::new(i32::try_from(pid)?)?.auxv()?;
+    let at = *auxv
+        .get(&AT_PHDR)
+        .context("no AT_PHDR in /proc/<pid>/auxv")?;
+    at.checked_sub(headers)
+        .context("program headers below their link-time address")
 }
 
 #[cfg(test)]
