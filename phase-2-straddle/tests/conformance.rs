@@ -824,9 +824,11 @@ fn go_tls_relays(relay: std::path::PathBuf, seed: u64) {
     );
     for hop in expected {
         let n = per_hop.get(&hop).copied().unwrap_or(0);
+        // With skipped runs a hop needs both its ends seen, and this process's own calls (the
+        // client and the sink, hundreds of them) are skipped too: most hops, not nearly all.
         assert!(
             if skipped {
-                n * 10 >= want.len() * 9
+                n * 2 >= want.len()
             } else {
                 n == want.len()
             },
