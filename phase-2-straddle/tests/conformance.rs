@@ -775,9 +775,12 @@ fn go_tls_relays(relay: std::path::PathBuf, seed: u64) {
             assert_signatures_hold(&got, &want, what);
             continue;
         }
+        let missing: Vec<_> = want.iter().filter(|m| !got.contains(m)).take(5).collect();
+        let extra: Vec<_> = got.iter().filter(|m| !want.contains(m)).take(5).collect();
         assert!(
             got == want,
-            "{what} (pid {pid} fd {fd}): {} moments, reference {}; {health}",
+            "{what} (pid {pid} fd {fd}): {} moments, reference {}; first missing {missing:?}, \
+             first extra {extra:?}; {health}",
             got.len(),
             want.len()
         );
