@@ -24,6 +24,16 @@ fn main() {
                 name: "phase2_moment",
                 fields: &["signature", "end"],
             },
+            Mirrored {
+                name: "go_tls_layout",
+                fields: &[
+                    "tcp_conn_itab",
+                    "unix_conn_itab",
+                    "conn",
+                    "conn_fd",
+                    "sysfd",
+                ],
+            },
         ],
         &[
             ("PHASE2_COMM_LEN", "usize"),

@@ -17,7 +17,8 @@
 
 enum call_kind { CALL_BUF, CALL_IOV, CALL_MSG };
 
-/* A syscall on a TLS socket moves ciphertext: never scanned (its plaintext is, at the library). */
+/* A syscall on a TLS socket moves ciphertext: never scanned (its plaintext is, at the library).
+ * "In an SSL call": made inside a probed TLS call (OpenSSL's, or on a socket Go's is probed on). */
 enum cipher { CIPHER_NONE, CIPHER_IN_SSL_CALL, CIPHER_OUTSIDE_SSL_CALL };
 
 struct pending {

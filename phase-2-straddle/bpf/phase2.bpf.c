@@ -2,7 +2,8 @@
 /* Phase 2: moments in every byte target processes read or write through write/writev/sendto/
  * sendmsg and read/readv/recvfrom/recvmsg, with scan state carried per flow (tgid, fd,
  * direction) so that a moment split over calls is found as if it had arrived whole; on TLS
- * links, in the plaintext OpenSSL's SSL_write/SSL_read(_ex) move, attributed to their socket.
+ * links, in the plaintext OpenSSL's SSL_write/SSL_read(_ex) or Go's crypto/tls (*Conn).Write/Read
+ * move, attributed to their socket.
  *
  * This file is the hooks and how a call goes through them: entry saves the call's arguments and
  * time; exit scans exactly the bytes the call moved (a partial write is not scanned twice), as
@@ -12,6 +13,7 @@
  *   flows.bpf.h    per-flow state: position, carry, who made the calls;
  *   records.bpf.h  what a call sends: its record, in per-CPU batches;
  *   tls.bpf.h      the OpenSSL uprobes and which sockets carry TLS;
+ *   go_tls.bpf.h   the uprobes on Go's crypto/tls;
  *   counters.bpf.h the data path's counters. */
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
@@ -26,6 +28,7 @@
 #include "flows.bpf.h"
 #include "records.bpf.h"
 #include "tls.bpf.h"
+#include "go_tls.bpf.h"
 
 #define MSG_PEEK 2
 

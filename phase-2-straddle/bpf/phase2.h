@@ -38,6 +38,18 @@ _Static_assert(sizeof(struct phase2_call) % 8 == 0 && sizeof(struct phase2_momen
  * built in a per-CPU value, 32 KiB at most. */
 #define PHASE2_MAX_MOMENTS 2040
 
+/* Where a Go executable keeps a crypto/tls.Conn's socket, per target process (src/go_tls.rs
+ * places it from the binary's Go version and symbols): tls.Conn.conn is a net.Conn interface
+ * (itab word, data word); when its itab is that of *net.TCPConn or *net.UnixConn, the data word
+ * points to one, whose embedded net.conn.fd is a *netFD, whose pfd.Sysfd is the descriptor. */
+struct go_tls_layout {
+	__u64 tcp_conn_itab;  /* where the process has the itab of *net.TCPConn as a net.Conn */
+	__u64 unix_conn_itab; /* ... of *net.UnixConn; 0: none */
+	__u64 conn;           /* offset in tls.Conn of conn */
+	__u64 conn_fd;        /* offset in net.TCPConn (and UnixConn) of conn.fd */
+	__u64 sysfd;          /* offset in net.netFD of pfd.Sysfd */
+};
+
 /* Per-CPU counters of the data path, beside the scan's (enum fp_counter). */
 enum phase2_counter {
 	P2_C_FLOWS_CREATED,  /* per-flow scan states created */
@@ -56,8 +68,11 @@ enum phase2_counter {
 	P2_C_TLS_UNPROBED,   /* syscalls outside any SSL call whose bytes begin with a TLS
 	                      * application-data record: one per record on an encrypted link whose
 	                      * plaintext this tracer does not see (TLS library not probed: static,
-	                      * Go, JDK, rustls); a probed TLS 1.3 link's session tickets and
+	                      * Go of a version not placed, JDK, rustls); a probed TLS 1.3 link's session tickets and
 	                      * close_notify count too */
+	P2_C_GO_TLS_CALLS,   /* Go crypto/tls (*Conn).Read/Write calls whose plaintext was scanned */
+	P2_C_GO_TLS_UNATTRIBUTED, /* ... whose Conn is not over a TCP or unix socket (a wrapper)
+	                           * or could not be read: not scanned */
 	P2_C_NR,
 };
 

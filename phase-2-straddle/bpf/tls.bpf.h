@@ -57,7 +57,13 @@ struct {
 	__type(value, __s32);
 } tls_sessions SEC(".maps");
 
-/* Sockets that carry TLS, (tgid << 32 | fd): their syscalls move ciphertext, never scanned. */
+/* How a socket in tls_sockets is known to carry TLS. */
+#define TLS_SOCKET_SEEN 1 /* a handshake, or a syscall inside an SSL call */
+#define TLS_SOCKET_GO 2   /* Go's crypto/tls is probed on it: its plaintext is read there, so
+			   * none of its syscalls is a sign of an unprobed stack (go_tls.bpf.h) */
+
+/* Sockets that carry TLS, (tgid << 32 | fd) → TLS_SOCKET_*: their syscalls move ciphertext,
+ * never scanned. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -70,14 +76,18 @@ static __always_inline __u64 socket_key(__u32 tgid, __s32 fd)
 	return (__u64)tgid << 32 | (__u32)fd;
 }
 
-/* A socket just seen inside an SSL call: from now on its flows are plaintext, from 0. */
-static __always_inline void mark_tls_socket(__u32 tgid, __s32 fd)
+/* A socket just seen to carry TLS (`how`: TLS_SOCKET_*): from now on its flows are plaintext,
+ * from 0. A socket already known keeps its flows; Go's probes upgrade its mark. */
+static __always_inline void mark_tls_socket(__u32 tgid, __s32 fd, __u8 how)
 {
 	__u64 key = socket_key(tgid, fd);
-	if (bpf_map_lookup_elem(&tls_sockets, &key))
+	__u8 *known = bpf_map_lookup_elem(&tls_sockets, &key);
+	if (known) {
+		if (*known < how)
+			*known = how;
 		return;
-	__u8 one = 1;
-	bpf_map_update_elem(&tls_sockets, &key, &one, BPF_ANY);
+	}
+	bpf_map_update_elem(&tls_sockets, &key, &how, BPF_ANY);
 	p2_count(P2_C_TLS_SOCKETS);
 	/* Handshake bytes seen before are not part of the plaintext flow. */
 	forget_flows(tgid, fd);
@@ -90,7 +100,8 @@ static __always_inline void forget_tls_socket(__u32 tgid, __s32 fd)
 }
 
 /* Whether a syscall entering now moves ciphertext: inside an SSL call its bytes are TLS records,
- * and the first such syscall names the call's socket; outside one, a socket marked TLS. */
+ * and the first such syscall names the call's socket; outside one, a socket marked TLS (one Go
+ * is probed on counts as inside: Go's calls are keyed by goroutine, not by thread). */
 static __always_inline __u32 cipher_of(__u64 id, __u32 tgid, __s32 fd)
 {
 	struct tls_call *tls = bpf_map_lookup_elem(&tls_calls, &id);
@@ -98,12 +109,13 @@ static __always_inline __u32 cipher_of(__u64 id, __u32 tgid, __s32 fd)
 	if (tls) {
 		if (tls->fd < 0) {
 			tls->fd = fd;
-			mark_tls_socket(tgid, fd);
+			mark_tls_socket(tgid, fd, TLS_SOCKET_SEEN);
 		}
 		return CIPHER_IN_SSL_CALL;
 	}
-	if (bpf_map_lookup_elem(&tls_sockets, &sk))
-		return CIPHER_OUTSIDE_SSL_CALL;
+	__u8 *marked = bpf_map_lookup_elem(&tls_sockets, &sk);
+	if (marked)
+		return *marked == TLS_SOCKET_GO ? CIPHER_IN_SSL_CALL : CIPHER_OUTSIDE_SSL_CALL;
 	return CIPHER_NONE;
 }
 
@@ -139,7 +151,7 @@ static __always_inline void skip_ciphertext(const struct pending *call, long ret
  * call ever will). */
 static __always_inline void skip_handshake(__u32 tgid, __s32 fd)
 {
-	mark_tls_socket(tgid, fd);
+	mark_tls_socket(tgid, fd, TLS_SOCKET_SEEN);
 	p2_count(P2_C_TLS_HANDSHAKES);
 	p2_count(P2_C_CIPHERTEXT_SKIPPED);
 }

@@ -58,7 +58,34 @@ const _: () = {
     assert!(size_of::<Phase2Moment>() == moment::SIZE);
     assert!(offset_of!(Phase2Moment, signature) == moment::SIGNATURE);
     assert!(offset_of!(Phase2Moment, end) == moment::END);
+    use layout::go_tls_layout as go;
+    assert!(size_of::<GoTlsLayout>() == go::SIZE);
+    assert!(offset_of!(GoTlsLayout, tcp_conn_itab) == go::TCP_CONN_ITAB);
+    assert!(offset_of!(GoTlsLayout, unix_conn_itab) == go::UNIX_CONN_ITAB);
+    assert!(offset_of!(GoTlsLayout, conn) == go::CONN);
+    assert!(offset_of!(GoTlsLayout, conn_fd) == go::CONN_FD);
+    assert!(offset_of!(GoTlsLayout, sysfd) == go::SYSFD);
 };
+
+/// `struct go_tls_layout`: where a Go process keeps a `crypto/tls.Conn`'s socket, written per
+/// target process into the `go_tls_layouts` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoTlsLayout {
+    /// Where the process has the itab of `*net.TCPConn` as a `net.Conn` (0: none).
+    pub tcp_conn_itab: u64,
+    /// ... of `*net.UnixConn`.
+    pub unix_conn_itab: u64,
+    /// Offset in `tls.Conn` of its `conn net.Conn` (itab word, data word).
+    pub conn: u64,
+    /// Offset in `net.TCPConn` (and `UnixConn`) of `conn.fd`.
+    pub conn_fd: u64,
+    /// Offset in `net.netFD` of `pfd.Sysfd`.
+    pub sysfd: u64,
+}
+
+// SAFETY: plain old data without padding (checked against the C layout below).
+unsafe impl aya::Pod for GoTlsLayout {}
 
 /// One moment as the agent handles it: the call's header and the moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +142,8 @@ pub const PHASE2_COUNTERS: [&str; layout::P2_C_NR] = [
     "ciphertext_skipped",
     "tls_unattributed",
     "tls_unprobed",
+    "go_tls_calls",
+    "go_tls_unattributed",
 ];
 
 impl Phase2Event {

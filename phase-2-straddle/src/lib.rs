@@ -1,12 +1,14 @@
 //! Phase 2: every read and write path (write/writev/sendto/sendmsg, read/readv/recvfrom/recvmsg
 //! on pipes, unix and TCP sockets), scan state carried per flow so that moments straddling calls
-//! are found (on TLS links: the plaintext, at OpenSSL's SSL_read/SSL_write: `tls`). The tracer
+//! are found (on TLS links: the plaintext, at OpenSSL's SSL_read/SSL_write: `tls`, or at Go's
+//! crypto/tls: `go_tls`). The tracer
 //! (`tracer`, `event`) resolves each sighting's link as it drains it (`links`); the matcher
 //! builds each moment's tree of transit and residence hops (`matcher`). The agent around them is
 //! the `agent` crate's.
 
 pub mod conntrack;
 pub mod event;
+pub mod go_tls;
 pub mod links;
 pub mod matcher;
 pub mod tls;

@@ -1,8 +1,9 @@
 //! Loads and attaches phase 2's eBPF programs (the sys_enter/sys_exit raw tracepoints, which
-//! dispatch every read and write syscall and close/dup2/dup3, and OpenSSL's read and write
-//! functions in target processes) and drains their events.
+//! dispatch every read and write syscall and close/dup2/dup3, and the read and write functions
+//! of OpenSSL and Go's crypto/tls in target processes) and drains their events.
 
 use crate::event::{Phase2Call, Phase2Event, PHASE2_COUNTERS};
+use crate::go_tls::GoTlsProbes;
 use crate::links::{Links, Seen};
 use crate::tls::TlsProbes;
 use agent::counters::{Counters, SCAN_COUNTERS};
@@ -30,18 +31,20 @@ pub struct Tracer {
     /// Runs of `flush_batch` the kernel refused.
     flush_failures: u64,
     tls: TlsProbes,
+    go_tls: GoTlsProbes,
     comm_prefix: Option<String>,
     /// Each event's link, resolved as it is drained (while its fd is most likely still open).
     links: Links,
 }
 
 impl Tracer {
-    /// Starts scanning, with the OpenSSL probes.
+    /// Starts scanning, with the OpenSSL and Go TLS probes.
     pub fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>) -> Result<Self> {
         Self::start_with(cfg, comm_prefix, ScanMode::Scan, true)
     }
 
-    /// With `tls` false, TLS links are seen only as the ciphertext their syscalls carry.
+    /// With `tls` false (no OpenSSL or Go probes), TLS links are seen only as the ciphertext
+    /// their syscalls carry.
     pub fn start_with(
         cfg: &FingerprintConfig,
         comm_prefix: Option<&str>,
@@ -66,6 +69,7 @@ impl Tracer {
         flush.load().map_err(|e| verifier_error(FLUSH, e))?;
         let cpus = aya::util::online_cpus()
             .map_err(|(what, e)| anyhow::anyhow!("listing the online CPUs ({what}): {e}"))?;
+        let go_tls = GoTlsProbes::load(&mut ebpf, tls)?;
         let tls = TlsProbes::load(&mut ebpf, tls)?;
         let events = RingBuf::try_from(ebpf.take_map("events").context("map events missing")?)?;
         let mut tracer = Self {
@@ -74,6 +78,7 @@ impl Tracer {
             cpus,
             flush_failures: 0,
             tls,
+            go_tls,
             comm_prefix: comm_prefix.map(str::to_string),
             links: Links::default(),
         };
@@ -83,6 +88,7 @@ impl Tracer {
 
     pub fn add_targets(&mut self, pids: &[u32]) -> Result<()> {
         add_targets(&mut self.ebpf, pids)?;
+        self.go_tls.add(&mut self.ebpf, pids)?;
         self.tls.add(&mut self.ebpf, pids)
     }
 
@@ -90,8 +96,10 @@ impl Tracer {
     pub fn refresh(&mut self) -> Result<()> {
         if let Some(prefix) = &self.comm_prefix {
             let pids = pids_with_comm_prefix(prefix)?;
+            self.go_tls.add(&mut self.ebpf, &pids)?;
             self.tls.add(&mut self.ebpf, &pids)?;
         }
+        self.go_tls.refresh(&mut self.ebpf)?;
         self.tls.refresh(&mut self.ebpf)
     }
 
@@ -187,6 +195,18 @@ impl Tracer {
             .then(|| (self.tls.probed(), self.tls.failures()))
     }
 
+    /// Go processes probed, those with crypto/tls of a version not placed, and those whose
+    /// probes could not be attached; `None` with the TLS probes off.
+    pub fn go_tls_probes(&self) -> Option<(usize, usize, usize)> {
+        self.go_tls.enabled().then(|| {
+            (
+                self.go_tls.probed(),
+                self.go_tls.unplaced(),
+                self.go_tls.failures(),
+            )
+        })
+    }
+
     /// TCP links named by their own socket's tuple (`Links::untracked`).
     pub fn tcp_links_untracked(&self) -> u64 {
         self.links.untracked()
@@ -233,8 +253,14 @@ impl agent::pipeline::Kernel for Tracer {
             Some((probed, failures)) => format!("{probed} tls_probe_failures={failures}"),
             None => "off".into(),
         };
+        let go_tls = match self.go_tls_probes() {
+            Some((probed, unplaced, failures)) => {
+                format!("{probed} go_tls_unplaced={unplaced} go_tls_probe_failures={failures}")
+            }
+            None => "off".into(),
+        };
         Ok(format!(
-            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls} tcp_links_untracked={}",
+            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls} go_tls_probed_processes={go_tls} tcp_links_untracked={}",
             self.flush_failures,
             self.recursion_misses(),
             self.tcp_links_untracked()

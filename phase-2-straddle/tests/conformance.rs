@@ -181,8 +181,14 @@ fn stream(
 }
 
 fn audio_bytes(seconds: f64) -> Vec<u8> {
-    let mut b = audio::speech_call(&audio::speech_corpus().unwrap(), seconds, 9).to_bytes();
-    b.extend(audio::alaw_roundtrip(&audio::speech_like(8000, 10.0, 2)).to_bytes());
+    audio_bytes_seeded(seconds, 9, 2)
+}
+
+/// Audio of its own: tests that run at once in this process, each tracing it, must not send the
+/// same moments (one test's read and another's write of a moment in one process is a residence).
+fn audio_bytes_seeded(seconds: f64, call_seed: u64, tail_seed: u64) -> Vec<u8> {
+    let mut b = audio::speech_call(&audio::speech_corpus().unwrap(), seconds, call_seed).to_bytes();
+    b.extend(audio::alaw_roundtrip(&audio::speech_like(8000, 10.0, tail_seed)).to_bytes());
     b
 }
 
@@ -497,4 +503,350 @@ fn a_lone_call_reaches_the_agent_at_the_next_drain() {
         assert_eq!(scan.get("moments"), want.len() as u64);
     }
     drop(r);
+}
+
+/// The Go TLS relay (`harness/relays/go/relay.go`), built once per test binary, as a fixed
+/// executable (Go's default) or a position-independent one.
+fn go_relay(pie: bool) -> std::path::PathBuf {
+    static RELAYS: [std::sync::OnceLock<std::path::PathBuf>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    RELAYS[usize::from(pie)]
+        .get_or_init(|| {
+            let (name, mode) = match pie {
+                false => ("go-tls-relay", "exe"),
+                true => ("go-tls-relay-pie", "pie"),
+            };
+            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+            let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
+            let status = std::process::Command::new("go")
+                .args(["build", "-buildmode", mode, "-o"])
+                .arg(&out)
+                .arg(source)
+                .status()
+                .expect("running `go build` (Go ≥ 1.17 must be installed: golang-go)");
+            assert!(status.success(), "go build {source}: {status}");
+            out
+        })
+        .clone()
+}
+
+/// The Go version `go` builds with, as `runtime.buildVersion` says it (`go1.19.8`).
+fn go_version() -> String {
+    let out = std::process::Command::new("go")
+        .args(["env", "GOVERSION"])
+        .output()
+        .expect("running go env");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The RETs found by decoding the relay's (*Conn).Read and Write are those Go's own
+/// disassembler lists, and the version is the toolchain's.
+#[test]
+fn go_tls_returns_are_the_rets_go_objdump_lists() {
+    use object::{Object, ObjectSection};
+    use phase_2_straddle::go_tls::{inspect, FUNCTIONS};
+    let relay = go_relay(false);
+    let go = inspect(&relay).unwrap().expect("the relay has crypto/tls");
+    assert_eq!(go.version, go_version());
+    assert!(go.layout.is_some(), "{} is placed", go.version);
+    let bytes = std::fs::read(&relay).unwrap();
+    let elf = object::File::parse(&*bytes).unwrap();
+    let text = elf.section_by_name(".text").unwrap();
+    let (text_offset, _) = text.file_range().unwrap();
+    for ((name, _), f) in FUNCTIONS.iter().zip(&go.functions) {
+        let pattern = format!(
+            "^{}$",
+            name.replace('(', "\\(")
+                .replace(')', "\\)")
+                .replace('*', "\\*")
+        );
+        let out = std::process::Command::new("go")
+            .args(["tool", "objdump", "-s", &pattern])
+            .arg(&relay)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "go tool objdump: {out:?}");
+        // "  conn.go:1190  0x4f6a3d  c3  RET": the address is the second column.
+        let listed: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().last() == Some("RET"))
+            .map(|l| {
+                let address = l.split_whitespace().nth(1).unwrap();
+                let address = u64::from_str_radix(address.trim_start_matches("0x"), 16).unwrap();
+                address - text.address() + text_offset
+            })
+            .collect();
+        assert!(!listed.is_empty(), "{name}: objdump lists no RET");
+        assert_eq!(f.returns, listed, "{name}");
+        for &ret in &f.returns {
+            assert_eq!(bytes[ret as usize], 0xc3, "{name}: RET at {ret:#x}");
+        }
+        assert!(f.entry < f.returns[0], "{name}");
+    }
+}
+
+/// The fd of `pid`'s TCP socket whose (local port, remote port) fit `which`.
+fn tcp_fd(pid: u32, which: impl Fn(u16, u16) -> bool) -> i32 {
+    use procfs::net::TcpNetEntries;
+    use procfs::FromReadSI;
+    use std::os::unix::fs::MetadataExt;
+    let TcpNetEntries(table) = TcpNetEntries::from_file(
+        format!("/proc/{pid}/net/tcp"),
+        procfs::current_system_info(),
+    )
+    .unwrap();
+    let inode = table
+        .iter()
+        .find(|e| which(e.local_address.port(), e.remote_address.port()))
+        .expect("the socket")
+        .inode;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .find(|d| std::fs::metadata(d.path()).is_ok_and(|m| m.ino() == inode))
+        .and_then(|d| d.file_name().to_str()?.parse().ok())
+        .expect("the socket's fd")
+}
+
+fn connect_when_listening(port: u16) -> std::net::TcpStream {
+    for _ in 0..200 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Go's crypto/tls seen from inside, on the real Go relay: an OpenSSL client sends audio over
+/// TLS to a first relay (TLS in, TLS out: Go's Read and Write), which passes it over TLS to a
+/// second (TLS in, TCP out), which passes it in the clear to this test. Each relay's plaintext
+/// read and write is the reference's moments on the right socket (no ciphertext scanned), and the
+/// matcher reports every hop: transit client → relay 1 → relay 2 → sink, residence in each relay.
+#[test]
+fn go_tls_relay_plaintext_equals_the_reference_and_makes_hops() {
+    go_tls_relays(go_relay(false), 31);
+}
+
+/// The same through position-independent relays: the Conn's itabs are where the process loaded
+/// them.
+#[test]
+fn go_tls_pie_relay_plaintext_equals_the_reference_and_makes_hops() {
+    go_tls_relays(go_relay(true), 41);
+}
+
+fn go_tls_relays(relay: std::path::PathBuf, seed: u64) {
+    use agent::pipeline::{Kernel, Matched, MATCH_WINDOW};
+    use agent::schema::HopKind;
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use phase_2_straddle::links::Seen;
+    use phase_2_straddle::matcher::Matcher;
+    use std::io::Read;
+    let dir = harness::run::workdir("go-tls-conformance").unwrap();
+    let pem = dir.join("test.pem");
+    harness::pki::write_test_certificate(&pem).unwrap();
+    let cfg = FingerprintConfig::default();
+    let bytes = audio_bytes_seeded(20.0, seed, seed + 1);
+    let total = bytes.len();
+    let me = std::process::id();
+
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (p1, p2, p3) = (free_port(), free_port(), sink.local_addr().unwrap().port());
+    let spawn = |service: String| {
+        let child = std::process::Command::new(&relay)
+            .arg(&pem)
+            .arg(service)
+            .spawn()
+            .unwrap();
+        // Killed when the test ends, passed or not.
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        Kill(child)
+    };
+    let relay1 = spawn(format!("tls:{p1}>tls:{p2}"));
+    let relay2 = spawn(format!("tls:{p2}>tcp:{p3}"));
+    let (r1, r2) = (relay1.0.id(), relay2.0.id());
+    let mut tracer = Tracer::start(&cfg, None).expect("loading phase 2 (run as root)");
+    tracer.add_targets(&[me, r1, r2]).unwrap();
+    assert_eq!(
+        tracer.go_tls_probes(),
+        Some((2, 0, 0)),
+        "both relays probed"
+    );
+
+    let reader = std::thread::spawn(move || {
+        let (mut tcp, _) = sink.accept().unwrap();
+        let fd = tcp.as_raw_fd();
+        // Reads of at most the 64 KiB a call is scanned for.
+        let (mut got, mut buf) = (Vec::new(), vec![0u8; 16384]);
+        while got.len() < total {
+            let k = tcp.read(&mut buf).unwrap();
+            assert!(k > 0, "the relay closed early");
+            got.extend_from_slice(&buf[..k]);
+        }
+        (fd, got, tcp)
+    });
+    let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    connector.set_verify(SslVerifyMode::NONE);
+    let tcp = connect_when_listening(p1);
+    let (client_fd, client_port) = (tcp.as_raw_fd(), tcp.local_addr().unwrap().port());
+    let mut tls = connector
+        .build()
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect("localhost", tcp)
+        .unwrap();
+    let mut rng = StdRng::seed_from_u64(22);
+    let mut sent = 0;
+    while sent < total {
+        let n = rng.gen_range(40..=16384).min(total - sent);
+        sent += tls.ssl_write(&bytes[sent..sent + n]).unwrap();
+        // Paced, as audio is (faster than real time still): a chunk crosses the chain before the
+        // next, so five busy processes do not contend for two CPUs. On a preemptible kernel under
+        // emulation that contention made the kernel skip a third of the relays' calls.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (sink_fd, got, _sink_tcp) = reader.join().unwrap();
+    assert!(got == bytes, "the relays delivered other bytes");
+    // Every socket is still open: the links are resolved as the events are drained.
+    let fds = [
+        (
+            r1,
+            tcp_fd(r1, |l, r| l == p1 && r == client_port),
+            0,
+            1,
+            "relay 1 Go Read",
+        ),
+        (r1, tcp_fd(r1, |_, r| r == p2), 1, 1, "relay 1 Go Write"),
+        (
+            r2,
+            tcp_fd(r2, |l, r| l == p2 && r != 0),
+            0,
+            1,
+            "relay 2 Go Read",
+        ),
+        (
+            r2,
+            tcp_fd(r2, |_, r| r == p3),
+            1,
+            0,
+            "relay 2 write syscall",
+        ),
+    ];
+    let mut seen: Vec<Seen> = Vec::new();
+    Kernel::drain(&mut tracer, &mut |s| seen.push(s));
+    let health = Kernel::health(&tracer).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+
+    let want: Vec<(u64, u64)> = Scanner::new(cfg)
+        .feed_collect(&bytes)
+        .iter()
+        .map(|m| (m.end, m.signature))
+        .collect();
+    let skipped = skipped_runs(&tracer, "Go TLS relays");
+    for (pid, fd, dir, tls, what) in fds {
+        let mine: Vec<&Phase2Event> = seen
+            .iter()
+            .map(|s| &s.e)
+            .filter(|e| e.call.tgid == pid && e.call.fd == fd && e.call.dir == dir)
+            .collect();
+        let wrong: Vec<_> = mine.iter().filter(|e| e.call.tls != tls).take(3).collect();
+        assert!(
+            wrong.is_empty(),
+            "{what}: moments taken elsewhere: {wrong:?}"
+        );
+        let mut got: Vec<(u64, u64)> = mine.iter().map(|e| (e.end, e.signature)).collect();
+        got.sort_unstable();
+        if skipped {
+            assert_signatures_hold(&got, &want, what);
+            continue;
+        }
+        let missing: Vec<_> = want.iter().filter(|m| !got.contains(m)).take(5).collect();
+        let extra: Vec<_> = got.iter().filter(|m| !want.contains(m)).take(5).collect();
+        assert!(
+            got == want,
+            "{what} (pid {pid} fd {fd}): {} moments, reference {}; first missing {missing:?}, \
+             first extra {extra:?}; {health}",
+            got.len(),
+            want.len()
+        );
+    }
+    // No relay moment on any other fd: the ciphertext syscalls are not scanned.
+    let elsewhere = seen
+        .iter()
+        .filter(|s| [r1, r2].contains(&s.e.call.tgid))
+        .filter(|s| {
+            !fds.iter()
+                .any(|f| (f.0, f.1, f.2) == (s.e.call.tgid, s.e.call.fd, s.e.call.dir))
+        })
+        .count();
+    assert_eq!(elsewhere, 0, "relay moments on other fds; {health}");
+
+    let mut matched: Matched<Matcher> = Matched::new(MATCH_WINDOW);
+    for s in seen {
+        matched.push(s);
+    }
+    let mut hops = Vec::new();
+    matched.close_due(None, &mut hops);
+    // (transit, from pid, from fd, to pid, to fd) → hops.
+    let mut per_hop: std::collections::HashMap<(bool, u32, i32, u32, i32), usize> =
+        std::collections::HashMap::new();
+    for h in &hops {
+        assert!(h.latency_ns >= 0, "{h:?}");
+        *per_hop
+            .entry((
+                h.kind == HopKind::Transit,
+                h.from.pid,
+                h.from.fd,
+                h.to.pid,
+                h.to.fd,
+            ))
+            .or_default() += 1;
+    }
+    let [(_, r1_in, ..), (_, r1_out, ..), (_, r2_in, ..), (_, r2_out, ..)] = fds;
+    let expected = [
+        (true, me, client_fd, r1, r1_in),
+        (false, r1, r1_in, r1, r1_out),
+        (true, r1, r1_out, r2, r2_in),
+        (false, r2, r2_in, r2, r2_out),
+        (true, r2, r2_out, me, sink_fd),
+    ];
+    eprintln!(
+        "hops per (transit, from pid, fd, to pid, fd): {per_hop:?}; reference moments {}",
+        want.len()
+    );
+    for hop in expected {
+        let n = per_hop.get(&hop).copied().unwrap_or(0);
+        // With skipped runs a hop needs both its ends seen, and this process's own calls (the
+        // client and the sink, hundreds of them) are skipped too: most hops, not nearly all.
+        assert!(
+            if skipped {
+                n * 2 >= want.len()
+            } else {
+                n == want.len()
+            },
+            "{hop:?}: {n} hops, {} reference moments; {health}",
+            want.len()
+        );
+    }
+    let unexpected: Vec<_> = per_hop.keys().filter(|k| !expected.contains(k)).collect();
+    assert!(unexpected.is_empty(), "hops nobody made: {unexpected:?}");
+    let (_, path) = tracer.counters().unwrap();
+    assert!(path.get("go_tls_calls") > 0, "{path}");
+    assert_eq!(path.get("go_tls_unattributed"), 0, "{path}");
+    drop(tls);
 }
