@@ -43,15 +43,19 @@ pub mod demo {
     use agent::pipeline::MATCH_WINDOW;
     use anyhow::Result;
     use harness::demo::{trace_scenario, TracedRun};
-    use harness::scenario::Scenario;
+    use harness::scenario::{Scenario, TlsStack};
     use harness::score::Observes;
     use shared::FingerprintConfig;
     use std::path::Path;
 
-    /// Phase 2 sees reads and writes (OpenSSL's plaintext through its uprobes): its hops are
-    /// transit and residence. No other TLS stack's plaintext: across one, a hop runs from the
-    /// last sighting before it to the first after it. Phases 3 and 4 see what it sees.
-    pub const OBSERVES: Observes = Observes::READS_AND_WRITES;
+    /// Phase 2 sees reads and writes, OpenSSL's and Go crypto/tls's plaintext through their
+    /// uprobes: its hops are transit and residence. No other TLS stack's plaintext (the JDK,
+    /// rustls): across one, a hop runs from the last sighting before it to the first after it.
+    /// Phases 3 and 4 see what it sees.
+    pub const OBSERVES: Observes = Observes {
+        tls_stacks: &[TlsStack::Go],
+        ..Observes::READS_AND_WRITES
+    };
 
     /// Runs a scenario under phase 2 with the default matching window.
     pub fn trace_scenario_phase2(
