@@ -109,6 +109,10 @@ impl NodeAgent {
                 .tracer
                 .tls_probes()
                 .map(|(probed, failed)| (probed as u64, failed as u64)),
+            go_tls_probes: self
+                .tracer
+                .go_tls_probes()
+                .map(|(probed, unplaced, failed)| (probed as u64, unplaced as u64, failed as u64)),
             verified_instructions: self
                 .tracer
                 .verified_instructions()

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub tcp_links_untracked: u64,
     /// Processes probed and probes failed, while the TLS probes are on.
     pub tls_probes: Option<(u64, u64)>,
+    /// Go processes probed, refused for their Go version, and probes failed, while they are on.
+    pub go_tls_probes: Option<(u64, u64, u64)>,
     /// Per program, the instructions the verifier processed (when the kernel says).
     pub verified_instructions: Vec<(String, u32)>,
     /// Processes traced now.
@@ -147,6 +149,27 @@ impl Collector for AgentMetrics {
                 "Traced processes whose libssl could not be probed: their TLS traffic is seen only as ciphertext",
                 ConstGauge::new(failures),
             )?;
+        }
+        if let Some((probed, unplaced, failures)) = s.go_tls_probes {
+            for (name, help, value) in [
+                (
+                    "audio_agent_go_tls_probed_processes",
+                    "Traced Go processes whose crypto/tls the agent probed",
+                    probed,
+                ),
+                (
+                    "audio_agent_go_tls_unplaced_processes",
+                    "Traced Go processes with crypto/tls of a Go version the agent cannot place: their TLS traffic is seen only as ciphertext",
+                    unplaced,
+                ),
+                (
+                    "audio_agent_go_tls_probe_failures",
+                    "Traced Go processes whose crypto/tls could not be probed",
+                    failures,
+                ),
+            ] {
+                encode_one(&mut encoder, name, help, ConstGauge::new(value))?;
+            }
         }
         let mut family = encoder.encode_descriptor(
             "audio_agent_program_verified_instructions",

@@ -237,10 +237,13 @@ fn agent_and_collector_serve_health_readiness_and_metrics_promtool_accepts() {
         ),
         0.0
     );
-    assert_eq!(
-        value(&page, r#"audio_agent_tls_probe_failures{node="node-a"}"#),
-        0.0
-    );
+    for probe in [
+        "audio_agent_tls_probe_failures",
+        "audio_agent_go_tls_unplaced_processes",
+        "audio_agent_go_tls_probe_failures",
+    ] {
+        assert_eq!(value(&page, &format!(r#"{probe}{{node="node-a"}}"#)), 0.0);
+    }
     assert!(
         value(
             &page,

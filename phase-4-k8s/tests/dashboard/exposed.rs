@@ -71,6 +71,7 @@ pub fn agent_registry() -> Registry {
     agent.update(Snapshot {
         kernel: vec![("drops", 0), ("read_errors", 0)],
         tls_probes: Some((1, 0)),
+        go_tls_probes: Some((1, 0, 0)),
         verified_instructions: vec![("sys_exit".into(), 17_000)],
         targets: 1,
         ..Default::default()
