@@ -66,6 +66,8 @@ pub struct UplinkConfig {
 struct Queue {
     outbox: Outbox,
     last_error: Option<String>,
+    /// Since when no collector has answered (from the start until the first connect).
+    down_since: Option<std::time::Instant>,
 }
 
 pub struct Uplink {
@@ -82,6 +84,7 @@ impl Uplink {
         let queue = Arc::new(Mutex::new(Queue {
             outbox: Outbox::new(&config.node, epoch, config.capacity),
             last_error: None,
+            down_since: Some(std::time::Instant::now()),
         }));
         let wake = Arc::new(Notify::new());
         let task = tokio::spawn(send_loop(config.clone(), queue.clone(), wake.clone()));
@@ -100,6 +103,22 @@ impl Uplink {
         }
         self.queue.lock().unwrap().outbox.push(sightings);
         self.wake.notify_one();
+    }
+
+    /// Queues sightings already on the node's clock (taken over from another uplink).
+    pub fn hand_over(&self, sightings: Vec<NodeSighting>) {
+        self.queue.lock().unwrap().outbox.push(sightings);
+        self.wake.notify_one();
+    }
+
+    /// Empties the queue of every sighting the collector has not matched, for another to take.
+    pub fn take_unmatched(&self) -> Vec<NodeSighting> {
+        self.queue.lock().unwrap().outbox.take_unmatched()
+    }
+
+    /// How long no collector has answered; `None` while one does.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.queue.lock().unwrap().down_since.map(|t| t.elapsed())
     }
 
     pub fn counters(&self) -> UplinkCounters {
@@ -222,6 +241,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                             let mut q = queue.lock().unwrap();
                             q.outbox.counters.reconnects += 1;
                             q.last_error = None;
+                            q.down_since = None;
                         }
                         answered_by(instance, &mut burst, &mut next_sync);
                         delays = reconnect_delays();
@@ -231,6 +251,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                         {
                             let mut q = queue.lock().unwrap();
                             q.outbox.counters.connect_failures += 1;
+                            q.down_since.get_or_insert_with(std::time::Instant::now);
                             q.last_error =
                                 Some(format!("connecting to {}: {e:#}", config.collector));
                         }
