@@ -213,6 +213,11 @@ async fn connect(config: &UplinkConfig) -> anyhow::Result<(Client, u64)> {
     Ok((client, reply.into_inner().instance))
 }
 
+/// The collector stopped answering: down from now, unless it already was.
+fn down(queue: &Mutex<Queue>) {
+    (queue.lock().unwrap().down_since).get_or_insert_with(std::time::Instant::now);
+}
+
 async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
     let mut client: Option<Client> = None;
     let mut delays = reconnect_delays();
@@ -251,10 +256,10 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                         {
                             let mut q = queue.lock().unwrap();
                             q.outbox.counters.connect_failures += 1;
-                            q.down_since.get_or_insert_with(std::time::Instant::now);
                             q.last_error =
                                 Some(format!("connecting to {}: {e:#}", config.collector));
                         }
+                        down(&queue);
                         // Never ends: built without a limit on tries.
                         tokio::time::sleep(delays.next().unwrap_or_default()).await;
                         break;
@@ -276,6 +281,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                     }
                     None => {
                         client = None;
+                        down(&queue);
                         continue;
                     }
                 }
@@ -290,6 +296,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                 // Sent again once reconnected; the collector drops what it already holds, and a
                 // new collector instance refuses batches addressed to the one before.
                 client = None;
+                down(&queue);
             }
         }
     }
