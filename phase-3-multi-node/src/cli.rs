@@ -290,7 +290,10 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     let mut agent = NodeAgent::new(tracer, &args.node, shards);
     agent.annotate = hooks.annotate.take();
     let collectors = args.collector.join(", ");
-    let first_exchange = format!("a first batch taken by a collector at {collectors}");
+    let first_exchange = match args.collector.len() {
+        1 => format!("a first batch taken by the collector at {collectors}"),
+        _ => format!("a first batch taken by one of the collector replicas at {collectors}"),
+    };
     health.set_waiting_for(&first_exchange);
     if let Some(f) = &args.ready_file {
         std::fs::write(f, b"").with_context(|| format!("writing {}", f.display()))?;
