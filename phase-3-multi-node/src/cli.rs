@@ -240,7 +240,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
             );
         }
     }
-    // A replica named twice would be two owners of one share.
+    // A replica listed twice would get a second uplink that never owns a signature: a typo.
     let mut names = args.collector.clone();
     names.sort();
     if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
