@@ -90,7 +90,7 @@ impl Shards {
                 }),
                 live: true,
                 // The first heartbeat goes out at once.
-                last_push: now - HEARTBEAT,
+                last_push: now.checked_sub(HEARTBEAT).unwrap_or(now),
             })
             .collect();
         Self {
