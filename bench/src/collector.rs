@@ -14,6 +14,11 @@
 //!
 //! With `--vec-baseline`, every latency is also kept per hop in a vector and a sorted copy made
 //! at each report, as the hop statistics did before they were histograms: the "before".
+//!
+//! With `--replicas N` ([`sharded`]), the same traffic is sharded by signature over N collector
+//! services as agents shard it (`phase_3_multi_node::shards`), each fed its share in turn on
+//! this one thread and timed apart: the busiest replica's time is what N replicas on a core
+//! each would take.
 
 use crate::scale::status_kib;
 use agent::schema::HopRecord;
@@ -223,5 +228,75 @@ pub fn run(records: u64, checkpoint: u64, vec_baseline: bool) -> Result<()> {
         );
     }
     println!("\n{}", outputs.stats.table());
+    Ok(())
+}
+
+/// `records` hop records sharded over `replicas` collectors: per replica its records and the
+/// time it spent (sends, closes, statistics), and what the busiest allows on a core each.
+pub fn sharded(records: u64, replicas: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let names: Vec<String> = (0..replicas)
+        .map(|i| format!("http://collector-{i}:50051"))
+        .collect();
+    let ring = phase_3_multi_node::shards::Rendezvous::new(&names);
+    let live = vec![true; replicas];
+    let services: Vec<Service> = (0..replicas).map(|_| Service::default()).collect();
+    let mut outputs: Vec<Outputs> = (0..replicas).map(|_| Outputs::default()).collect();
+    let mut busy = vec![std::time::Duration::ZERO; replicas];
+    let mut taken = vec![0u64; replicas];
+    let start = Instant::now();
+    let mut tick = 0;
+    while taken.iter().sum::<u64>() < records {
+        let t_ns = T0_NS + tick * TICK_NS;
+        for (i, service) in services.iter().enumerate() {
+            // Each node's batch to this replica: the sightings it owns (every tick has some).
+            let mut mine = batches(tick, t_ns, service.instance);
+            for b in &mut mine {
+                b.sightings.retain(|s| ring.owner(s.signature, &live) == i);
+            }
+            let at = Instant::now();
+            for batch in mine {
+                rt.block_on(service.send(tonic::Request::new(batch)))?;
+            }
+            let closed = service.close_due(Some(t_ns + TICK_NS));
+            taken[i] += closed.len() as u64;
+            outputs[i].take(closed)?;
+            outputs[i].update_nodes(service);
+            if tick % REPORT_EVERY == 0 {
+                std::hint::black_box(
+                    outputs[i].stats.table().len() + outputs[i].metrics.render().len(),
+                );
+            }
+            busy[i] += at.elapsed();
+        }
+        tick += 1;
+    }
+    let total: u64 = taken.iter().sum();
+    let busiest = busy.iter().max().copied().unwrap_or_default().as_secs_f64();
+    println!(
+        "{total} hop records over {replicas} replicas in {:.1} s on one thread; RSS {:.1} MiB",
+        start.elapsed().as_secs_f64(),
+        mib(status_kib("VmRSS:"))
+    );
+    println!("| replica | hop records | busy s | records/s while busy |");
+    println!("| --- | --- | --- | --- |");
+    for i in 0..replicas {
+        println!(
+            "| {i} | {} | {:.2} | {:.0} |",
+            taken[i],
+            busy[i].as_secs_f64(),
+            taken[i] as f64 / busy[i].as_secs_f64()
+        );
+    }
+    println!(
+        "\na core per replica: {:.0} hop records/s (the busiest replica's {busiest:.2} s for all {total})",
+        total as f64 / busiest
+    );
+    for (i, o) in outputs.iter().enumerate() {
+        let hops = o.stats.table().lines().count() - 2;
+        if hops != HOPS_PER_MOMENT as usize {
+            bail!("replica {i}: {hops} hops in the table, expected {HOPS_PER_MOMENT}");
+        }
+    }
     Ok(())
 }

@@ -49,6 +49,10 @@ enum What {
         /// hop statistics did before they were histograms.
         #[arg(long)]
         vec_baseline: bool,
+        /// Shard the traffic by signature over this many collectors, as agents do, and time
+        /// each (no checkpoints, no baseline).
+        #[arg(long)]
+        replicas: Option<usize>,
     },
     /// Every phase on the whole scenario catalogue and S9: which scenarios each passes, its
     /// figures, and its overhead; writes the comparison page.
@@ -93,7 +97,11 @@ fn main() {
             records,
             checkpoint,
             vec_baseline,
-        } => collector::run(records, checkpoint.max(1), vec_baseline),
+            replicas,
+        } => match replicas {
+            Some(n) => collector::sharded(records, n.max(1)),
+            None => collector::run(records, checkpoint.max(1), vec_baseline),
+        },
         What::Compare { out, scenarios } => compare::write_page(&out, &scenarios),
         What::Scale {
             calls,

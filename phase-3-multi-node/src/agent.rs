@@ -1,22 +1,20 @@
 //! The node agent: phase 2's kernel side on this node, each event's link resolved here (only
-//! this node can read its /proc), and the sightings shipped to the collector through the
-//! uplink. It matches nothing itself: a moment's other sightings may be on other nodes.
+//! this node can read its /proc), and the sightings shipped to the collector (each to the
+//! replica owning its signature, `shards`) through the uplinks. It matches nothing itself: a moment's other sightings may be on other nodes.
 
 use crate::agent_metrics::Snapshot;
 use crate::proto::{NodeSighting, PodRef};
-use crate::uplink::{Uplink, UplinkConfig};
+use crate::shards::Shards;
 use agent::pipeline::Kernel;
 use agent::schema::Dir;
 use anyhow::Result;
 use phase_2_straddle::event::Phase2Event;
 use phase_2_straddle::links::{Link, Seen};
 use phase_2_straddle::tracer::Tracer;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often the ring buffer is drained into a batch.
 pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
-/// A batch goes out at least this often, empty or not: the clock exchanges ride with it.
-const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// The name both ends of a link give it. A TCP connection between two addresses that are not
 /// loopback names itself the same on every node; anything else (pipes, unix sockets, loopback
@@ -39,23 +37,19 @@ pub type Annotate = Box<dyn FnMut(&Phase2Event) -> Option<PodRef> + Send>;
 pub struct NodeAgent {
     pub tracer: Tracer,
     pub annotate: Option<Annotate>,
-    pub uplink: Uplink,
+    pub shards: Shards,
     node: String,
-    batch: Vec<NodeSighting>,
-    last_push: Instant,
     pub sightings: u64,
 }
 
 impl NodeAgent {
-    /// Needs a tokio runtime for the uplink's task.
-    pub fn new(tracer: Tracer, uplink: UplinkConfig) -> Self {
+    /// `shards`: the uplinks, started on a tokio runtime.
+    pub fn new(tracer: Tracer, node: &str, shards: Shards) -> Self {
         Self {
             tracer,
             annotate: None,
-            node: uplink.node.clone(),
-            uplink: Uplink::start(uplink),
-            batch: Vec::new(),
-            last_push: Instant::now(),
+            node: node.to_string(),
+            shards,
             sightings: 0,
         }
     }
@@ -76,19 +70,13 @@ impl NodeAgent {
         }
     }
 
-    /// Drains the kernel's events into the uplink's queue; never waits for the collector.
+    /// Drains the kernel's events into the uplinks' queues; never waits for a collector.
     pub fn tick(&mut self) {
         let mut seen = Vec::new();
         Kernel::drain(&mut self.tracer, &mut |s| seen.push(s));
-        for s in seen {
-            let s = self.sighting(s);
-            self.batch.push(s);
-        }
-        if !self.batch.is_empty() || self.last_push.elapsed() >= HEARTBEAT {
-            self.sightings += self.batch.len() as u64;
-            self.uplink.push(std::mem::take(&mut self.batch));
-            self.last_push = Instant::now();
-        }
+        let batch: Vec<NodeSighting> = seen.into_iter().map(|s| self.sighting(s)).collect();
+        self.sightings += batch.len() as u64;
+        self.shards.push(batch);
     }
 
     /// The kernel's counters and the uplink's, as the metrics endpoint serves them; `targets`:
@@ -121,18 +109,22 @@ impl NodeAgent {
                 .collect(),
             targets,
             sightings: self.sightings,
-            uplink: self.uplink.counters(),
-            pending_batches: self.uplink.pending() as u64,
+            uplink: self.shards.uplink_counters(),
+            shards: self.shards.counters,
+            replicas_live: self.shards.members().0 as u64,
+            pending_batches: self.shards.pending() as u64,
         })
     }
 
-    /// The kernel's counters and the uplink's, one line; then why the collector could not be
-    /// reached or refused this agent, while that lasts.
+    /// The kernel's counters and the uplinks' (summed), one line; then why a collector could
+    /// not be reached or refused this agent, while that lasts.
     pub fn health(&self) -> Result<String> {
-        let c = self.uplink.counters();
+        let c = self.shards.uplink_counters();
+        let (live, replicas) = self.shards.members();
         let mut line = format!(
             "{} | uplink: sightings={} batches_sent={} resends={} reconnects={} \
-             collector_changes={} lost={} released={} pending={} kept={}",
+             collector_changes={} lost={} released={} pending={} kept={} replicas={live}/{replicas} \
+             replicas_lost={} rerouted={}",
             self.tracer.health()?,
             self.sightings,
             c.batches_sent,
@@ -141,10 +133,12 @@ impl NodeAgent {
             c.collector_changes,
             c.lost,
             c.released,
-            self.uplink.pending(),
-            self.uplink.kept()
+            self.shards.pending(),
+            self.shards.kept(),
+            self.shards.counters.replicas_lost,
+            self.shards.counters.rerouted,
         );
-        if let Some(error) = self.uplink.last_error() {
+        if let Some(error) = self.shards.last_error() {
             line += &format!(" | last_error: {error}");
         }
         Ok(line)

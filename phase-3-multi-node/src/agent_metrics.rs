@@ -5,6 +5,7 @@
 
 use crate::endpoints::encode_one;
 use crate::outbox::UplinkCounters;
+use crate::shards::ShardCounters;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -31,7 +32,10 @@ pub struct Snapshot {
     pub targets: u64,
     /// Sightings put in the uplink's queue.
     pub sightings: u64,
+    /// Summed over the uplinks (one per collector replica).
     pub uplink: UplinkCounters,
+    pub shards: ShardCounters,
+    pub replicas_live: u64,
     /// Batches not acknowledged by the collector yet.
     pub pending_batches: u64,
 }
@@ -60,7 +64,7 @@ impl Collector for AgentMetrics {
         for (name, value) in &s.kernel {
             ConstCounter::new(*value).encode(family.encode_family(&[("event", *name)])?)?;
         }
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 13] = [
             (
                 "audio_agent_batch_flush_failures",
                 "Runs of the program that flushes a CPU's batch of call records the kernel refused",
@@ -116,11 +120,21 @@ impl Collector for AgentMetrics {
                 "Collector instances that answered after another (a collector restarted or replaced)",
                 s.uplink.collector_changes,
             ),
+            (
+                "audio_agent_uplink_replicas_lost",
+                "Times a collector replica was unreachable long enough that its share went to the others",
+                s.shards.replicas_lost,
+            ),
+            (
+                "audio_agent_uplink_rerouted_sightings",
+                "Sightings a lost collector replica had not matched, handed to the replicas owning them now",
+                s.shards.rerouted,
+            ),
         ];
         for (name, help, value) in counters {
             encode_one(&mut encoder, name, help, ConstCounter::new(value))?;
         }
-        let gauges: [(&str, &str, u64); 3] = [
+        let gauges: [(&str, &str, u64); 4] = [
             (
                 "audio_agent_flows_live",
                 "Flow states the kernel side holds now",
@@ -131,6 +145,11 @@ impl Collector for AgentMetrics {
                 "audio_agent_uplink_pending_batches",
                 "Batches the collector has not acknowledged yet",
                 s.pending_batches,
+            ),
+            (
+                "audio_agent_uplink_replicas_live",
+                "Collector replicas sightings are sharded over now",
+                s.replicas_live,
             ),
         ];
         for (name, help, value) in gauges {

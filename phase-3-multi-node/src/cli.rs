@@ -8,6 +8,7 @@ use crate::endpoints::Health;
 use crate::metrics::Metrics;
 use crate::mtls::{ClientTls, ServerTls};
 use crate::outputs::Outputs;
+use crate::shards::Shards;
 use crate::uplink::{Skew, UplinkConfig};
 use agent::cli::{listen, listen_address, parse_duration, parse_interval, report_period, FOREVER};
 use agent::clock::monotonic_ns;
@@ -25,9 +26,15 @@ pub struct AgentArgs {
     /// This node's name, as the collector reports it.
     #[arg(long)]
     pub node: String,
-    /// The collector, `http://host:port` (`https://` with the --tls-* files).
-    #[arg(long, value_name = "URL", value_parser = collector_url)]
-    pub collector: String,
+    /// The collector, `http://host:port` (`https://` with the --tls-* files). Repeated (or a
+    /// list): the collector's replicas, each sighting sent to the one owning its signature.
+    /// Every agent must list the same replicas, by the same names.
+    #[arg(long, value_name = "URL", value_parser = collector_url, required = true)]
+    pub collector: Vec<String>,
+    /// A collector replica unreachable this long is lost: its share of signatures goes to the
+    /// others (and what it had not matched with it) until it answers again: `5s`, `500ms`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub reroute_after: Duration,
     #[command(flatten)]
     pub targets: agent::cli::TargetArgs,
     /// Test only (S9): pretend this node's clock is ahead by this much …
@@ -221,16 +228,23 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
     };
     // tonic speaks TLS only to an https:// address and plaintext to any other: a mismatch
     // would fail every connect after the programs were loaded.
-    let https = args.collector.starts_with("https://");
-    if tls.is_some() != https {
-        bail!(
-            "--collector {}: {}",
-            args.collector,
-            match https {
-                true => "an https:// collector needs --tls-ca, --tls-cert and --tls-key",
-                false => "with the --tls-* files the collector's address must be https://",
-            }
-        );
+    for url in &args.collector {
+        let https = url.starts_with("https://");
+        if tls.is_some() != https {
+            bail!(
+                "--collector {url}: {}",
+                match https {
+                    true => "an https:// collector needs --tls-ca, --tls-cert and --tls-key",
+                    false => "with the --tls-* files the collector's address must be https://",
+                }
+            );
+        }
+    }
+    // A replica listed twice would get a second uplink that never owns a signature: a typo.
+    let mut names = args.collector.clone();
+    names.sort();
+    if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!("--collector {} is given twice", twice[0]);
     }
     let rt = runtime()?;
     let _guard = rt.enter();
@@ -260,23 +274,26 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         selected = more()?.into_iter().collect();
         tracer.add_targets(&selected.iter().copied().collect::<Vec<_>>())?;
     }
-    let mut agent = NodeAgent::new(
-        tracer,
-        UplinkConfig {
-            node: args.node.clone(),
-            collector: args.collector.clone(),
-            capacity: args.queue_batches.max(1),
-            sync_every: Duration::from_millis(100),
-            skew: Skew {
-                offset_ns: (args.skew_offset_ms * 1e6) as i64,
-                ppm: args.skew_ppm,
-                origin_ns: monotonic_ns(),
-            },
-            tls,
+    let uplink = UplinkConfig {
+        node: args.node.clone(),
+        collector: String::new(),
+        capacity: args.queue_batches.max(1),
+        sync_every: Duration::from_millis(100),
+        skew: Skew {
+            offset_ns: (args.skew_offset_ms * 1e6) as i64,
+            ppm: args.skew_ppm,
+            origin_ns: monotonic_ns(),
         },
-    );
+        tls,
+    };
+    let shards = Shards::start(&uplink, &args.collector, args.reroute_after);
+    let mut agent = NodeAgent::new(tracer, &args.node, shards);
     agent.annotate = hooks.annotate.take();
-    let first_exchange = format!("a first batch taken by the collector at {}", args.collector);
+    let collectors = args.collector.join(", ");
+    let first_exchange = match args.collector.len() {
+        1 => format!("a first batch taken by the collector at {collectors}"),
+        _ => format!("a first batch taken by one of the collector replicas at {collectors}"),
+    };
     health.set_waiting_for(&first_exchange);
     if let Some(f) = &args.ready_file {
         std::fs::write(f, b"").with_context(|| format!("writing {}", f.display()))?;
@@ -295,7 +312,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
                 _ = drain.tick() => agent.tick(),
                 _ = liveness.tick() => {
                     health.beat();
-                    if agent.uplink.counters().batches_sent > 0 {
+                    if agent.shards.uplink_counters().batches_sent > 0 {
                         health.set_ready();
                     }
                     let alive = t.pid.iter().any(|&p| agent::targets::process_exists(p));
@@ -327,18 +344,17 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         }
         agent.tick();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while agent.uplink.pending() > 0 && Instant::now() < deadline {
+        while agent.shards.pending() > 0 && Instant::now() < deadline {
+            // A replica lost meanwhile hands its batches to the others.
+            agent.shards.rebalance();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         anyhow::Ok(())
     })?;
-    let pending = agent.uplink.pending();
+    let pending = agent.shards.pending();
     println!("{}", agent.health()?);
     if pending > 0 {
-        bail!(
-            "{pending} batches not delivered: the collector at {} did not take them within 10 s",
-            args.collector
-        );
+        bail!("{pending} batches not delivered: the collectors at {collectors} did not take them within 10 s");
     }
     Ok(())
 }

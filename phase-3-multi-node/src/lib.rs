@@ -1,5 +1,6 @@
 //! Phase 3: an agent per node (`agent`: phase 2's kernel side, links resolved on the node,
-//! sightings shipped through `uplink`: batched, bounded, resent until acknowledged, losses
+//! sightings sharded by signature over the collector's replicas, `shards`, each shipped through
+//! an `uplink`: batched, bounded, resent until acknowledged, losses
 //! counted), and a collector (`collector`) that maps every node's clock onto its own with an
 //! error bound (`clock`) and matches moments across nodes (`matcher`: phase 2's hop rules),
 //! reporting through `outputs` (table, JSON lines, Prometheus `metrics`). Both serve their
@@ -24,6 +25,7 @@ pub mod outbox;
 pub mod outputs;
 #[cfg(feature = "demo")]
 pub mod run;
+pub mod shards;
 pub mod uplink;
 
 /// The agent ↔ collector protocol (proto/collector.proto).

@@ -24,6 +24,23 @@ pub struct UplinkCounters {
     pub collector_changes: u64,
 }
 
+impl std::ops::Add for UplinkCounters {
+    type Output = Self;
+
+    /// Several uplinks' counters (one per collector replica) as one.
+    fn add(self, o: Self) -> Self {
+        Self {
+            batches_sent: self.batches_sent + o.batches_sent,
+            resends: self.resends + o.resends,
+            reconnects: self.reconnects + o.reconnects,
+            connect_failures: self.connect_failures + o.connect_failures,
+            lost: self.lost + o.lost,
+            released: self.released + o.released,
+            collector_changes: self.collector_changes + o.collector_changes,
+        }
+    }
+}
+
 pub struct Outbox {
     node: String,
     epoch: u64,
@@ -151,6 +168,21 @@ impl Outbox {
         true
     }
 
+    /// Empties the queue for another collector to take over: the sightings of every batch kept
+    /// but those the collector matched already. The batch being sent goes too; its ack, if any
+    /// comes, finds nothing to let go.
+    pub fn take_unmatched(&mut self) -> Vec<NodeSighting> {
+        let mut out = Vec::new();
+        for b in self.kept.drain(..) {
+            out.extend(
+                (b.sightings.into_iter().enumerate())
+                    .filter(|(i, _)| !b.matched.contains(&(*i as u32)))
+                    .map(|(_, s)| s),
+            );
+        }
+        out
+    }
+
     /// Batches the collector does not hold yet.
     pub fn undelivered(&self) -> usize {
         let delivered = self.delivered_through;
@@ -270,6 +302,33 @@ mod tests {
             o.to_send().unwrap().lost,
             8,
             "the count travels with later batches"
+        );
+    }
+
+    #[test]
+    fn a_queue_taken_over_gives_every_sighting_not_matched_yet() {
+        let mut o = Outbox::new("n", 5, 100);
+        o.answered_by(1);
+        for n in [2, 3] {
+            o.push(sightings(n));
+        }
+        send_all(&mut o, |seq| {
+            let mut a = ack(seq, 1, 0);
+            a.partly = vec![Matched {
+                seq: 1,
+                index: vec![0],
+            }];
+            a
+        });
+        o.push(sightings(4));
+        assert_eq!(o.take_unmatched().len(), 1 + 3 + 4);
+        assert_eq!((o.kept(), o.undelivered()), (0, 0));
+        assert_eq!(o.to_send(), None);
+        o.push(sightings(1));
+        assert_eq!(
+            o.to_send().unwrap().seq,
+            4,
+            "later batches go on from there"
         );
     }
 }

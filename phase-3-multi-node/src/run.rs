@@ -129,6 +129,28 @@ pub struct Collected {
     pub health: String,
 }
 
+impl Collected {
+    /// What several replicas reported, as one: their records in turn, their health lines
+    /// joined by " | " (each replica's per-node parts start with the node's name).
+    pub fn together(replicas: Vec<Collected>) -> Self {
+        let mut all = Collected {
+            records: Vec::new(),
+            stats: HopStats::default(),
+            health: String::new(),
+        };
+        let mut lines = Vec::new();
+        for c in replicas {
+            for r in &c.records {
+                all.stats.add(r);
+            }
+            all.records.extend(c.records);
+            lines.push(c.health);
+        }
+        all.health = lines.join(" | ");
+        all
+    }
+}
+
 impl InProcessCollector {
     /// Listens on a free loopback port.
     pub fn start() -> Result<Self> {
@@ -292,10 +314,19 @@ impl Drop for AgentProcess {
     }
 }
 
-fn agent_command(exe: &Path, node: &str, pids: &[u32], collector: &str, skew: Skew) -> Command {
+fn agent_command(
+    exe: &Path,
+    node: &str,
+    pids: &[u32],
+    collectors: &[String],
+    skew: Skew,
+) -> Command {
     let mut c = Command::new(exe);
     c.env(AGENT_ENV, "1");
-    c.args(["--node", node, "--collector", collector]);
+    c.args(["--node", node]);
+    for url in collectors {
+        c.args(["--collector", url]);
+    }
     c.args(skew_args(skew));
     for p in pids {
         c.args(["--pid", &p.to_string()]);
@@ -319,13 +350,27 @@ pub fn trace_scenario_phase3(
     exe: &Path,
     skew: impl Fn(&str) -> Skew,
 ) -> Result<ClusterRun> {
-    let collector = InProcessCollector::start()?;
+    trace_scenario_sharded(sc, exe, skew, 1)
+}
+
+/// As [`trace_scenario_phase3`], the collector being `replicas` replicas the agents shard
+/// sightings over; scored on what they reported together.
+pub fn trace_scenario_sharded(
+    sc: &Scenario,
+    exe: &Path,
+    skew: impl Fn(&str) -> Skew,
+    replicas: usize,
+) -> Result<ClusterRun> {
+    let collectors: Vec<InProcessCollector> = (0..replicas)
+        .map(|_| InProcessCollector::start())
+        .collect::<Result<_>>()?;
+    let urls: Vec<String> = collectors.iter().map(InProcessCollector::url).collect();
     let dir = harness::run::workdir(&format!("phase-3-{}", sc.id))?;
     let mut agents: Vec<AgentProcess> = Vec::new();
     let gt = harness::run::run(sc, exe, &dir, |t| {
         for (node, pids) in &t.nodes {
             let ready = dir.join(format!("agent-{node}.ready"));
-            let mut cmd = agent_command(exe, node, pids, &collector.url(), skew(node));
+            let mut cmd = agent_command(exe, node, pids, &urls, skew(node));
             cmd.arg("--ready-file").arg(&ready);
             agents.push(AgentProcess::spawn(node, &mut cmd, ready)?);
         }
@@ -335,7 +380,12 @@ pub fn trace_scenario_phase3(
     let finished: Result<Vec<_>> = agents.into_iter().map(AgentProcess::finish).collect();
     let gt = gt?;
     let agent_lines = finished?;
-    let collected = collector.finish()?;
+    let collected = Collected::together(
+        collectors
+            .into_iter()
+            .map(InProcessCollector::finish)
+            .collect::<Result<_>>()?,
+    );
     // Scoring reads the calls' audio from the run's directory.
     let run = ClusterRun::score(gt, collected, agent_lines, "phase-3-multi-node");
     std::fs::remove_dir_all(&dir).ok();

@@ -66,6 +66,8 @@ pub struct UplinkConfig {
 struct Queue {
     outbox: Outbox,
     last_error: Option<String>,
+    /// Since when no collector has answered (from the start until the first connect).
+    down_since: Option<std::time::Instant>,
 }
 
 pub struct Uplink {
@@ -82,6 +84,7 @@ impl Uplink {
         let queue = Arc::new(Mutex::new(Queue {
             outbox: Outbox::new(&config.node, epoch, config.capacity),
             last_error: None,
+            down_since: Some(std::time::Instant::now()),
         }));
         let wake = Arc::new(Notify::new());
         let task = tokio::spawn(send_loop(config.clone(), queue.clone(), wake.clone()));
@@ -100,6 +103,22 @@ impl Uplink {
         }
         self.queue.lock().unwrap().outbox.push(sightings);
         self.wake.notify_one();
+    }
+
+    /// Queues sightings already on the node's clock (taken over from another uplink).
+    pub fn hand_over(&self, sightings: Vec<NodeSighting>) {
+        self.queue.lock().unwrap().outbox.push(sightings);
+        self.wake.notify_one();
+    }
+
+    /// Empties the queue of every sighting the collector has not matched, for another to take.
+    pub fn take_unmatched(&self) -> Vec<NodeSighting> {
+        self.queue.lock().unwrap().outbox.take_unmatched()
+    }
+
+    /// How long no collector has answered; `None` while one does.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.queue.lock().unwrap().down_since.map(|t| t.elapsed())
     }
 
     pub fn counters(&self) -> UplinkCounters {
@@ -194,6 +213,11 @@ async fn connect(config: &UplinkConfig) -> anyhow::Result<(Client, u64)> {
     Ok((client, reply.into_inner().instance))
 }
 
+/// The collector stopped answering: down from now, unless it already was.
+fn down(queue: &Mutex<Queue>) {
+    (queue.lock().unwrap().down_since).get_or_insert_with(std::time::Instant::now);
+}
+
 async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Notify>) {
     let mut client: Option<Client> = None;
     let mut delays = reconnect_delays();
@@ -222,6 +246,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                             let mut q = queue.lock().unwrap();
                             q.outbox.counters.reconnects += 1;
                             q.last_error = None;
+                            q.down_since = None;
                         }
                         answered_by(instance, &mut burst, &mut next_sync);
                         delays = reconnect_delays();
@@ -234,6 +259,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                             q.last_error =
                                 Some(format!("connecting to {}: {e:#}", config.collector));
                         }
+                        down(&queue);
                         // Never ends: built without a limit on tries.
                         tokio::time::sleep(delays.next().unwrap_or_default()).await;
                         break;
@@ -255,6 +281,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                     }
                     None => {
                         client = None;
+                        down(&queue);
                         continue;
                     }
                 }
@@ -269,6 +296,7 @@ async fn send_loop(config: UplinkConfig, queue: Arc<Mutex<Queue>>, wake: Arc<Not
                 // Sent again once reconnected; the collector drops what it already holds, and a
                 // new collector instance refuses batches addressed to the one before.
                 client = None;
+                down(&queue);
             }
         }
     }

@@ -119,6 +119,34 @@ fn a_collector_address_that_disagrees_with_tls_is_refused_before_tracing() {
     assert!(!out.contains("tracing"), "{out}");
 }
 
+/// A replica listed twice would own two shares; refused in one line before tracing.
+#[test]
+fn a_collector_replica_listed_twice_is_refused_before_tracing() {
+    let o = Command::new(EXE)
+        .args(["agent", "--node", "n1", "--pid", "1", "--duration", "1"])
+        .args(["--collector", "http://c-0:1", "--collector", "http://c-1:1"])
+        .args(["--collector", "http://c-0:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        "phase-3-multi-node: --collector http://c-0:1 is given twice"
+    );
+    // The replicas as a list in the environment (a config file takes a YAML list).
+    let o = Command::new(EXE)
+        .args(["agent", "--node", "n1", "--pid", "1", "--duration", "1"])
+        .env("AUDIO_TRACER_COLLECTOR", "http://c-1:1,http://c-1:1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.trim_end(),
+        "phase-3-multi-node: --collector http://c-1:1 is given twice"
+    );
+}
+
 /// The agent matches nothing itself (the collector does): the flags of phase 1 and 2's local
 /// report are not its flags, rather than flags it would take and ignore.
 #[test]

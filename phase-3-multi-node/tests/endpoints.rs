@@ -244,6 +244,17 @@ fn agent_and_collector_serve_health_readiness_and_metrics_promtool_accepts() {
     ] {
         assert_eq!(value(&page, &format!(r#"{probe}{{node="node-a"}}"#)), 0.0);
     }
+    assert_eq!(
+        value(&page, r#"audio_agent_uplink_replicas_live{node="node-a"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &page,
+            r#"audio_agent_uplink_rerouted_sightings_total{node="node-a"}"#
+        ),
+        0.0
+    );
     assert!(
         value(
             &page,

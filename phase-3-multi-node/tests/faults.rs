@@ -1,5 +1,5 @@
 //! Faults with real processes: the collector killed mid-run and restarted, an agent killed
-//! (and restarted), a slow collector. Nothing hangs, the traced pipeline is never slowed, losses are counted. Each test runs a host-only harness scenario (S1's pipe chain, paced to 10 s)
+//! (and restarted), a slow collector, one of three collector replicas killed for good. Nothing hangs, the traced pipeline is never slowed, losses are counted. Each test runs a host-only harness scenario (S1's pipe chain, paced to 10 s)
 //! whose components are real processes, traced by `agent` processes of this crate's binary
 //! that ship to a `collector` process of it; the faults are signals to those processes. The
 //! collector's JSON lines are scored against the pipeline's ground truth. Needs root (eBPF).
@@ -115,6 +115,111 @@ fn a_collector_killed_and_restarted_loses_nothing_matched() {
     assert_eq!(s.hops_found, s.hops_exist, "{s}");
     assert!(in_n > 0 && in_share >= 0.99, "{in_share} of {in_n}");
     assert!(all_share >= 0.99, "{all_share} of {all_n}");
+}
+
+/// S9 on its three network-namespace nodes, each agent sharding over three collector replicas
+/// (processes); replica 1 dies (SIGKILL) 4 s into the 6 s run and stays dead, having written
+/// the hops of its first second or so. Each agent finds it down, declares it lost after
+/// `--reroute-after` (1 s here), hands what its queue for it held (sightings the replica had
+/// not matched: its last ≈ 3 s) to the survivors now owning them, and shards over the two
+/// survivors. What the three reported together covers the run as one collector does; nothing
+/// false, nothing twice, every cross-node error within its bound.
+#[test]
+fn a_collector_replica_killed_for_good_hands_its_share_to_the_others() {
+    let _serial = serial();
+    let sc = harness::scenario::s9();
+    let addrs: Vec<std::net::SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let jsons: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| tmp.path().join(format!("replica-{i}.jsonl")))
+        .collect();
+    let mut replicas: Vec<Supervised> = (addrs.iter().zip(&jsons))
+        .map(|(&addr, json)| collector(addr, json, 0))
+        .collect();
+    let doomed = replicas.remove(1);
+    // The agents' first --collector is replica 0's (`trace`'s address), then the others.
+    let mut extra: Vec<String> = addrs[1..]
+        .iter()
+        .flat_map(|a| ["--collector".to_string(), format!("http://{a}")])
+        .collect();
+    extra.extend(["--reroute-after".to_string(), "1s".to_string()]);
+    let run = trace(
+        &sc,
+        "faults-replica",
+        addrs[0],
+        move |t| {
+            (t.nodes.iter())
+                .map(|(node, pids)| AgentPlan {
+                    node: node.clone(),
+                    pids: pids.clone(),
+                    extra: extra.clone(),
+                })
+                .collect()
+        },
+        move |go_ns, _| {
+            let mut doomed = doomed;
+            sleep_until(go_ns + 4_000_000_000);
+            let kill_ns = monotonic_ns();
+            doomed.kill();
+            (doomed.wait(Duration::from_secs(5)), kill_ns)
+        },
+    );
+    let gt = run.gt.expect("the pipeline ran through");
+    let (doomed, kill_ns) = run.fault.join().unwrap();
+    assert!(
+        !doomed.status.success(),
+        "replica 1 was killed: {}",
+        doomed.status
+    );
+    let mut rerouted = 0;
+    for (node, p) in run.agents {
+        let agent = agent_exit(p, Duration::from_secs(30), run.ended);
+        let line = agent.last_line().to_string();
+        eprintln!("agent {node}: {line}");
+        assert!(
+            agent.status.success(),
+            "{node}: {}\n{}",
+            agent.status,
+            agent.stderr
+        );
+        assert_kernel_kept_up(&line);
+        assert!(line.contains(" replicas=2/3 "), "{line}");
+        assert_eq!(counter(&line, "replicas_lost"), 1, "{line}");
+        assert_eq!(counter(&line, "pending"), 0, "{line}");
+        assert_eq!(counter(&line, "lost"), 0, "{line}");
+        rerouted += counter(&line, "rerouted");
+    }
+    let healths: Vec<String> = replicas.into_iter().map(stop_collector).collect();
+    let mut all: Vec<HopRecord> = Vec::new();
+    let mut by_replica = Vec::new();
+    for json in &jsons {
+        let records = read_records(json);
+        by_replica.push(records.len());
+        all.extend(records);
+    }
+    let s = score(&gt, &all);
+    let ms = measurable(&gt, &all);
+    let every: Vec<&Measurable> = ms.iter().collect();
+    let after: Vec<&Measurable> = ms.iter().filter(|m| m.t_ns >= kill_ns).collect();
+    let ((all_share, all_n), (after_share, after_n)) = (share(&every), share(&after));
+    eprintln!(
+        "pipeline {:?}; replica 1 killed at {:.2} s; records per replica {by_replica:?}; \
+         {rerouted} sightings rerouted\nsurvivors: {}\nmeasurable hop-moments {all_n}, \
+         {:.2} % measured; {after_n} from the kill on, {:.2} %\n{s}",
+        run.ran,
+        secs(kill_ns, run.go_ns),
+        healths.join("\n"),
+        all_share * 100.0,
+        after_share * 100.0,
+    );
+    assert!(by_replica.iter().all(|&n| n > 0), "{by_replica:?}");
+    assert!(rerouted > 0, "the killed replica held nothing unmatched?");
+    assert_eq!(s.false_matches, 0, "{s}");
+    assert_eq!(s.duplicates, 0, "{s}");
+    assert_eq!(s.cross_node.outside_bound, 0, "{s}");
+    assert_eq!(s.hops_found, s.hops_exist, "{s}");
+    assert!(s.coverage_min >= 0.95, "{s}");
+    assert!(all_share >= 0.95, "{all_share} of {all_n}");
 }
 
 /// The agent dies (SIGKILL) 3 s into the 10 s run and a new one starts on the same node at

@@ -1,11 +1,12 @@
 //! S9: three "nodes" (network namespaces joined by veth), an agent process per node
 //! whose clock is skewed on purpose, the collector matching across nodes. Every hop is found,
 //! the collector recovers each node's offset, and every cross-node latency lies within the
-//! bound its record carries.
+//! bound its record carries. Sharded over three collector replicas, the same holds of what
+//! they report together.
 
 use harness::scenario::s9;
 use harness::score::TEST_BAR;
-use phase_3_multi_node::run::trace_scenario_phase3;
+use phase_3_multi_node::run::{trace_scenario_phase3, trace_scenario_sharded, ClusterRun};
 use phase_3_multi_node::uplink::Skew;
 use std::path::Path;
 
@@ -28,6 +29,21 @@ fn skew(node: &str) -> Skew {
 #[test]
 fn s9_cross_node_hops_are_measured_within_their_bound() {
     let r = trace_scenario_phase3(&s9(), Path::new(EXE), skew).expect("S9 (run as root)");
+    check(&r, 1);
+}
+
+/// Each sighting goes to the replica owning its signature: every moment's sightings meet in
+/// one, so the three together find what one collector finds, and each maps every node's clock
+/// from that node's own exchanges with it.
+#[test]
+fn s9_sharded_over_three_collector_replicas_measures_as_one() {
+    let r = trace_scenario_sharded(&s9(), Path::new(EXE), skew, 3).expect("S9 (run as root)");
+    check(&r, 3);
+}
+
+/// Every hop found, coverage and error within the test bar, no false match; every node's
+/// clock recovered by each of the `replicas`.
+fn check(r: &ClusterRun, replicas: usize) {
     eprintln!(
         "{}\n{}\ncollector: {}",
         r.measured.table(),
@@ -69,23 +85,32 @@ fn s9_cross_node_hops_are_measured_within_their_bound() {
     // The collector recovered every node's clock: offset (collector − node) within its bound
     // of the skew put in, at the node's drift since the agent started.
     for node in ["a", "b", "c"] {
-        let part = r
+        let parts: Vec<&str> = r
             .collector
             .split(" | ")
-            .find(|p| p.starts_with(&format!("{node}: ")))
-            .unwrap_or_else(|| panic!("node {node} in {}", r.collector));
-        assert!(part.contains("lost=0"), "{part}");
-        let offset_ms: f64 = part
-            .split("offset=")
-            .nth(1)
-            .and_then(|v| v.split("ms").next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no offset in {part}"));
-        let want_ms = -(skew(node).offset_ns as f64) / 1e6;
-        // The skew's drift moves the offset by ppm × run time (≤ 50 ppm × 40 s = 2 ms).
+            .filter(|p| p.starts_with(&format!("{node}: ")))
+            .collect();
+        assert_eq!(parts.len(), replicas, "node {node} in {}", r.collector);
+        for part in parts {
+            assert!(part.contains("lost=0"), "{part}");
+            let offset_ms: f64 = part
+                .split("offset=")
+                .nth(1)
+                .and_then(|v| v.split("ms").next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no offset in {part}"));
+            let want_ms = -(skew(node).offset_ns as f64) / 1e6;
+            // The skew's drift moves the offset by ppm × run time (≤ 50 ppm × 40 s = 2 ms).
+            assert!(
+                (offset_ms - want_ms).abs() < 2.0,
+                "node {node}: offset {offset_ms} ms, skew {want_ms} ms"
+            );
+        }
+    }
+    for (node, line) in &r.agents {
         assert!(
-            (offset_ms - want_ms).abs() < 2.0,
-            "node {node}: offset {offset_ms} ms, skew {want_ms} ms"
+            line.contains(&format!("replicas={replicas}/{replicas} ")),
+            "{node}: {line}"
         );
     }
 }

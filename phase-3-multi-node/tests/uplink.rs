@@ -1,10 +1,12 @@
 //! An agent's uplink against a real collector over gRPC on loopback: a collector restart gets
 //! every batch the one before had not matched, once; a collector gone too long costs counted losses, never silent ones;
-//! a node clock offset by 50 ms and drifting 30 ppm is mapped back within its reported bound.
+//! a node clock offset by 50 ms and drifting 30 ppm is mapped back within its reported bound;
+//! sightings sharded over three replicas, one lost and back.
 
 use agent::clock::monotonic_ns;
 use phase_3_multi_node::collector::{serve, Service};
 use phase_3_multi_node::proto::NodeSighting;
+use phase_3_multi_node::shards::{Rendezvous, Shards};
 use phase_3_multi_node::uplink::{Skew, Uplink, UplinkConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -203,4 +205,106 @@ async fn a_skewed_node_clock_is_mapped_back_within_its_bound() {
     );
     assert!(checked > 400, "{checked}");
     assert!(worst_bound < 200_000, "{worst_bound}");
+}
+
+/// Waits until the agent's shards count `live` replicas live, pushing heartbeats meanwhile.
+async fn members(shards: &mut Shards, live: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shards.members().0 != live {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} replicas live",
+            shards.members()
+        );
+        shards.push(Vec::new());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn shards_drained(shards: &mut Shards) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shards.pending() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} batches pending",
+            shards.pending()
+        );
+        shards.push(Vec::new());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Three replicas: each takes exactly the signatures it owns. Replica 1 stops: once down for
+/// `reroute_after`, its share goes to the two others, with everything its queue held (nothing
+/// was matched: every sighting it took and the ones it never got), counted. Back on its
+/// address, it owns its share again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_send_each_signature_to_its_owner_and_reroute_a_lost_replicas_share() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut replicas: Vec<_> = addrs.iter().map(|&a| start_collector(a)).collect();
+    let ring = Rendezvous::new(&urls);
+    let mut shards = Shards::start(
+        &config(addrs[0], 10_000, Skew::default()),
+        &urls,
+        Duration::from_millis(300),
+    );
+    let owned_by = |services: &[&Service], batch: u64| -> Vec<Vec<u64>> {
+        let seen: Vec<HashMap<u64, usize>> = services.iter().map(|s| signatures(&[s])).collect();
+        seen.iter()
+            .map(|m| {
+                let mut sigs: Vec<u64> = m.keys().copied().filter(|s| s / 1000 == batch).collect();
+                sigs.sort_unstable();
+                sigs
+            })
+            .collect()
+    };
+    let want = |batch: u64, live: &[bool]| -> Vec<Vec<u64>> {
+        let mut out = vec![Vec::new(); 3];
+        for sig in batch * 1000..batch * 1000 + 300 {
+            out[ring.owner(sig, live)].push(sig);
+        }
+        out
+    };
+
+    shards.push(sightings(1, 300, monotonic_ns()));
+    shards_drained(&mut shards).await;
+    let all = [true; 3];
+    let services: Vec<Service> = replicas.iter().map(|(s, _, _)| s.clone()).collect();
+    let refs: Vec<&Service> = services.iter().collect();
+    assert_eq!(owned_by(&refs, 1), want(1, &all));
+    assert!(
+        want(1, &all).iter().all(|s| s.len() > 70),
+        "{:?}",
+        want(1, &all)
+    );
+
+    // Replica 1 goes; its share of batch 2 waits in its queue until it is declared lost.
+    let (_, stop, task) = replicas.remove(1);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    shards.push(sightings(2, 300, monotonic_ns()));
+    members(&mut shards, 2).await;
+    shards_drained(&mut shards).await;
+    let survivors = [true, false, true];
+    let (one, two) = (&services[0], &services[2]);
+    let by = owned_by(&[one, two], 2);
+    let want2 = want(2, &survivors);
+    assert_eq!((&by[0], &by[1]), (&want2[0], &want2[2]));
+    // What replica 1 held of batch 1 went to the survivors too.
+    let again = owned_by(&[one, two], 1);
+    assert_eq!(
+        again[0].len() + again[1].len(),
+        want(1, &all).iter().map(Vec::len).sum::<usize>()
+    );
+    let handed = (want(1, &all)[1].len() + want(2, &all)[1].len()) as u64;
+    assert_eq!(shards.counters.rerouted, handed);
+    assert_eq!(shards.counters.replicas_lost, 1);
+
+    // Back on its address: it owns its share again.
+    let (back, _stop, _task) = start_collector(addrs[1]);
+    members(&mut shards, 3).await;
+    shards.push(sightings(3, 300, monotonic_ns()));
+    shards_drained(&mut shards).await;
+    assert_eq!(owned_by(&[one, &back, two], 3), want(3, &all));
 }

@@ -428,7 +428,9 @@ pub fn check_agent(
     check_scrape_annotations(&pod_annotations.unwrap_or_default(), metrics);
 
     // The collector the agent dials is the Service's gRPC port.
-    let url = args.collector.as_str();
+    // One collector replica: the Service.
+    assert_eq!(args.collector.len(), 1, "{:?}", args.collector);
+    let url = args.collector[0].as_str();
     let (scheme, authority) = url.split_once("://").expect("a URL");
     assert!(scheme == "http" || scheme == "https", "{url}");
     let (host, port) = authority.rsplit_once(':').expect("host:port");
@@ -448,7 +450,7 @@ pub fn check_agent(
         .find(|p| p.name.as_deref() == Some("grpc"))
         .expect("a grpc port");
     assert_eq!(port, grpc.port.to_string(), "{url}");
-    assert_eq!(args.collector, expected.collector);
+    assert_eq!(url, expected.collector);
     let tls = [&args.tls_ca, &args.tls_cert, &args.tls_key];
     if let Some(files) = &expected.tls {
         assert_eq!(
