@@ -228,7 +228,7 @@ fn read_file(
             other => vec![scalar(other).ok_or_else(|| bad("expected a value".into()))?],
         };
         for v in &values {
-            check_value(arg, v).map_err(|why| bad(why))?;
+            check_value(arg, v).map_err(&bad)?;
         }
         settings.insert(arg.get_id().to_string(), values);
     }

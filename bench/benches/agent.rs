@@ -12,7 +12,7 @@ fn decode_match_close(c: &mut Criterion) {
         .flat_map(|call| chain.records(call, 600, 1_000_000_000))
         .collect();
     // One agent state across passes, as the agent runs: links are resolved once, then cached.
-    let mut state = AgentState::new();
+    let mut state = AgentState::default();
     let (events, hops) = run_agent(&records, &mut state);
     assert_eq!(events, records.len() * PER_CALL);
     assert!(hops > 0, "the chain's links did not resolve");

@@ -126,14 +126,16 @@ pub struct AgentState {
     pub matching: Matched<Matcher>,
 }
 
-impl AgentState {
-    pub fn new() -> Self {
+impl Default for AgentState {
+    fn default() -> Self {
         Self {
             links: Links::default(),
             matching: Matched::new(WINDOW),
         }
     }
+}
 
+impl AgentState {
     /// One decoded event, its link resolved as the tracer's drain does, into the window.
     fn push(&mut self, e: Phase2Event) {
         let link = self
@@ -174,7 +176,7 @@ fn rss_kib() -> u64 {
 /// criterion benchmark's records has come and gone (links resolved, as in a running agent).
 pub fn memory() -> Result<()> {
     let chain = Chain::new()?;
-    let mut state = AgentState::new();
+    let mut state = AgentState::default();
     let pass: Vec<Vec<u8>> = (0..20)
         .flat_map(|c| chain.records(c, 600, 1_000_000_000))
         .collect();

@@ -24,7 +24,7 @@ enum Command {
     /// Trace this node's selected pods (and --pid/--comm targets); stream to the collector.
     Agent(Box<PodAgentArgs>),
     /// Phase 3's collector: match across nodes, report per workload hop.
-    Collector(CollectorArgs),
+    Collector(Box<CollectorArgs>),
     /// A harness scenario on a cluster faked on this machine: each component in a crun
     /// container of its own pod, a fake API server, an agent per node selecting those pods
     /// (needs root, crun and busybox-static: scripts/setup.sh). Not in the shipped image.
