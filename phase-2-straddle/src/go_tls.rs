@@ -8,11 +8,11 @@
 //! and said once per executable: their TLS links are seen as ciphertext.
 
 use crate::event::GoTlsLayout;
+use crate::tls::{load_programs, program};
 use agent::targets::process_exists;
 use anyhow::{bail, Context, Result};
 use aya::maps::HashMap as BpfHashMap;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
-use aya::programs::UProbe;
 use aya::Ebpf;
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
@@ -267,15 +267,7 @@ impl GoTlsProbes {
     /// Loads the programs; with `enabled` false nothing is loaded or attached.
     pub fn load(ebpf: &mut Ebpf, enabled: bool) -> Result<Self> {
         if enabled {
-            for name in FUNCTIONS
-                .iter()
-                .map(|f| f.1)
-                .chain(std::iter::once(RETURN_PROGRAM))
-            {
-                program(ebpf, name)?
-                    .load()
-                    .map_err(|e| agent::loader::verifier_error(name, e))?;
-            }
+            load_programs(ebpf, &FUNCTIONS, RETURN_PROGRAM)?;
         }
         Ok(Self {
             enabled,
@@ -396,13 +388,6 @@ impl GoTlsProbes {
     pub fn enabled(&self) -> bool {
         self.enabled
     }
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
-    Ok(ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing"))?
-        .try_into()?)
 }
 
 /// The process's layout, then its probes: all of them or none (a lone entry keeps calls that

@@ -60,15 +60,7 @@ impl TlsProbes {
     /// links are then seen as ciphertext, as by a tracer without uprobes).
     pub fn load(ebpf: &mut Ebpf, enabled: bool) -> Result<Self> {
         if enabled {
-            for name in FUNCTIONS
-                .iter()
-                .map(|f| f.1)
-                .chain(std::iter::once(RETURN_PROGRAM))
-            {
-                program(ebpf, name)?
-                    .load()
-                    .map_err(|e| agent::loader::verifier_error(name, e))?;
-            }
+            load_programs(ebpf, &FUNCTIONS, RETURN_PROGRAM)?;
         }
         Ok(Self {
             enabled,
@@ -153,7 +145,17 @@ impl TlsProbes {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
+/// Loads the entry program of each of `functions` (function, program) and `ret`'s.
+pub(crate) fn load_programs(ebpf: &mut Ebpf, functions: &[(&str, &str)], ret: &str) -> Result<()> {
+    for name in functions.iter().map(|f| f.1).chain([ret]) {
+        program(ebpf, name)?
+            .load()
+            .map_err(|e| agent::loader::verifier_error(name, e))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
     Ok(ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing"))?
