@@ -221,7 +221,8 @@ boot() {  # INDEX LOG: boots kernel INDEX and runs the command, its output in LO
      ${KERNEL_MATRIX_APPEND:+--append "$KERNEL_MATRIX_APPEND"} --exec "bash $(printf %q "$cache/run/guest.sh")") \
     </dev/null >"$2" 2>&1 9>&- && vng_rc=0 || vng_rc=$?
   rc=$(tr -d '\r' < "$2" | grep -aoE '^KERNEL_MATRIX_RC=[0-9]+' | tail -1 | cut -d= -f2 || true)
-  timed_out=0; [ -z "$rc" ] && [ "$vng_rc" = 124 ] && timed_out=1
+  timed_out=0
+  if [ -z "$rc" ] && [ "$vng_rc" = 124 ]; then timed_out=1; fi
 }
 
 for i in "${!versions[@]}"; do
