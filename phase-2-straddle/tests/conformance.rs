@@ -346,7 +346,7 @@ fn calls_over_64_kib_are_counted_as_truncated() {
 /// about 3 % of runs, and matched across the socket as a false hop).
 #[test]
 fn tls_plaintext_at_openssl_equals_the_reference() {
-    use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
     let dir = harness::run::workdir("tls-conformance").unwrap();
     let pem = dir.join("test.pem");
     harness::pki::write_test_certificate(&pem).unwrap();
@@ -380,17 +380,9 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
         // process, until the events are read.
         (fd, got, tls)
     });
-    let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    connector.set_verify(SslVerifyMode::NONE);
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     let client_fd = tcp.as_raw_fd();
-    let mut tls = connector
-        .build()
-        .configure()
-        .unwrap()
-        .verify_hostname(false)
-        .connect("localhost", tcp)
-        .unwrap();
+    let mut tls = tls_client(tcp);
     let mut rng = StdRng::seed_from_u64(20);
     let mut sent = 0;
     while sent < total {
@@ -608,6 +600,20 @@ fn tcp_fd(pid: u32, which: impl Fn(u16, u16) -> bool) -> i32 {
         .expect("the socket's fd")
 }
 
+/// An OpenSSL client on `tcp` that accepts any certificate (the tests' servers are self-signed).
+fn tls_client(tcp: std::net::TcpStream) -> openssl::ssl::SslStream<std::net::TcpStream> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    connector.set_verify(SslVerifyMode::NONE);
+    connector
+        .build()
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect("localhost", tcp)
+        .unwrap()
+}
+
 fn connect_when_listening(port: u16) -> std::net::TcpStream {
     for _ in 0..200 {
         if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -646,7 +652,6 @@ fn go_tls_pie_relay_plaintext_equals_the_reference_and_makes_hops() {
 fn go_tls_relays(relay: std::path::PathBuf, seed: u64) {
     use agent::pipeline::{Kernel, Matched, MATCH_WINDOW};
     use agent::schema::HopKind;
-    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
     use phase_2_straddle::links::Seen;
     use phase_2_straddle::matcher::Matcher;
     use std::io::Read;
@@ -699,17 +704,9 @@ fn go_tls_relays(relay: std::path::PathBuf, seed: u64) {
         }
         (fd, got, tcp)
     });
-    let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    connector.set_verify(SslVerifyMode::NONE);
     let tcp = connect_when_listening(p1);
     let (client_fd, client_port) = (tcp.as_raw_fd(), tcp.local_addr().unwrap().port());
-    let mut tls = connector
-        .build()
-        .configure()
-        .unwrap()
-        .verify_hostname(false)
-        .connect("localhost", tcp)
-        .unwrap();
+    let mut tls = tls_client(tcp);
     let mut rng = StdRng::seed_from_u64(22);
     let mut sent = 0;
     while sent < total {
