@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The TLS Secrets deploy/base mounts, made with openssl and applied with kubectl:
-#   audio-tracer-collector-tls  tls.crt, tls.key: the collector's certificate (DNS names
-#                               audio-tracer-collector and its .NAMESPACE.svc forms); ca.crt
+#   audio-tracer-collector-tls  tls.crt, tls.key: the certificate every collector replica
+#                               presents (DNS names audio-tracer-collector, the name the agents
+#                               check, its .NAMESPACE.svc forms, and *.audio-tracer-collector.
+#                               NAMESPACE.svc[.cluster.local]: each replica's own name, however
+#                               many there are); ca.crt
 #   audio-tracer-agent-tls      ca.crt, and per node NODE.crt and NODE.key: a client
 #                               certificate whose DNS subjectAltName is the node's name, which
 #                               is the only name the collector takes that agent's batches for
@@ -77,7 +80,12 @@ leaf() {
 
 if [[ ! $ca_secret ]]; then
     svc=audio-tracer-collector
-    leaf collector $svc "subjectAltName=DNS:$svc,DNS:$svc.$namespace.svc,DNS:$svc.$namespace.svc.cluster.local
+    names=("$svc" "$svc.$namespace.svc" "$svc.$namespace.svc.cluster.local")
+    # Replica N of the StatefulSet is $svc-N.$svc.$namespace.svc: one wildcard for them all, so
+    # that scaling needs no new certificate.
+    names+=("*.$svc.$namespace.svc" "*.$svc.$namespace.svc.cluster.local")
+    san=$(IFS=,; echo "${names[*]/#/DNS:}")
+    leaf collector $svc "subjectAltName=$san
 extendedKeyUsage=serverAuth"
 fi
 agent_files=(--from-file=ca.crt=ca.crt)

@@ -124,7 +124,7 @@ fn image_runs_the_agent_and_collector_as_the_manifests_do() {
 
     let image = build_image();
     let built_after = began.elapsed();
-    for manifest in ["agent-daemonset.yaml", "collector-deployment.yaml"] {
+    for manifest in ["agent-daemonset.yaml", "collector-statefulset.yaml"] {
         let text = fs::read_to_string(Path::new(DEPLOY).join("base").join(manifest)).unwrap();
         assert!(
             text.contains(&format!("image: {image}\n")),

@@ -1,16 +1,17 @@
 //! The Kubernetes manifests under deploy/: every document parses as its k8s-openapi type and
 //! loses no field doing so, and the deployment has the properties its comments and
 //! deploy/README.md promise. The agent is least privilege (the exact capability set, read-only
-//! mounts). RBAC grants only reading pods. The collector has no privilege. The settings (the
-//! args and the ConfigMap's config files) parse as the binaries parse them and agree with the
-//! Service. Agent and collector serve their metrics, are probed at /healthz (liveness) and
-//! /readyz (readiness) and carry Prometheus's scrape annotations (the agent's on its pods).
-//! Mutual TLS is the
-//! default, each agent presenting its node's own certificate, and a NetworkPolicy admits only
-//! the agents to the collector's gRPC port and only the scraper to its metrics. The overlays
-//! apply: cert-manager issues the collector's certificate and adds nothing else, sys-admin adds
-//! CAP_SYS_ADMIN and nothing else. When `kubectl` is on PATH, its kustomize renders the same
-//! objects.
+//! mounts). RBAC grants only reading pods. The collector is a StatefulSet without privilege
+//! whose headless Service gives each replica a DNS name. The settings (the args and the
+//! ConfigMap's config files) parse as the binaries parse them, and the agents' collector list
+//! names exactly the StatefulSet's replicas by those names. Agent and collector serve their
+//! metrics, are probed at /healthz (liveness) and /readyz (readiness) and carry Prometheus's
+//! scrape annotations (the agent's on its pods). Mutual TLS is the default, each agent
+//! presenting its node's own certificate, and a NetworkPolicy admits only the agents to the
+//! collector's gRPC port and only the scraper to its metrics. The overlays apply: cert-manager
+//! issues the collector's certificate, valid for every replica's name, and adds nothing else;
+//! sys-admin adds CAP_SYS_ADMIN and nothing else. When `kubectl` is on PATH, its kustomize
+//! renders the same objects.
 //!
 //! Table-driven: [`CASES`] names each variant of the deployment (the base, each overlay) and
 //! its fixture under tests/fixtures/manifests/, which says what that variant must hold beyond
@@ -18,7 +19,10 @@
 
 mod deploy;
 
-use deploy::checks::{check_agent, check_collector, check_network_policy, check_rbac, NAMESPACE};
+use deploy::checks::{
+    check_agent, check_collector, check_network_policy, check_rbac, dns_name_covers, replica_hosts,
+    NAMESPACE,
+};
 use deploy::expected::{Added, Expected};
 use deploy::objects::Objects;
 use deploy::render::{base_docs, kubectl_kustomize, same_as_kustomize, Variant};
@@ -205,7 +209,7 @@ fn cluster_role_reads_pods_only() {
 }
 
 #[test]
-fn collector_has_no_privilege_and_the_service_its_ports() {
+fn collector_replicas_have_no_privilege_and_the_headless_service_their_ports() {
     for_each_case(|case| check_collector(&case.objects, &case.expected.collector));
 }
 
@@ -250,11 +254,9 @@ fn overlays_change_only_what_their_fixture_lists() {
 fn mutual_tls_is_the_default_in_every_variant() {
     for_each_case(|case| {
         let (agent, collector) = (&case.expected.agent, &case.expected.collector);
-        assert!(
-            agent.collector.starts_with("https://"),
-            "{}",
-            agent.collector
-        );
+        for url in &agent.collectors {
+            assert!(url.starts_with("https://"), "{url}");
+        }
         assert!(
             agent.tls.is_some() && collector.tls.is_some(),
             "both sides' certificates"
@@ -267,17 +269,24 @@ fn network_policy_admits_only_agents_and_the_scraper() {
     for_each_case(|case| check_network_policy(&case.objects, &case.expected.scraper));
 }
 
-/// cert-manager's CA signs the collector's certificate into the Secret the collector mounts,
-/// with the name the agents check; the agents' certificates come from certs.sh with that CA.
+/// cert-manager's CA signs the collector's certificate into the Secret every replica mounts,
+/// with the name the agents check and each replica's own; the agents' certificates come from
+/// certs.sh with that CA.
 #[test]
 fn cert_manager_issues_the_certificate_the_collector_mounts() {
     let objects = Objects::parse(&Variant::Overlay("cert-manager").docs());
-    let collector_args = check_agent(&objects, &Expected::load("cert-manager.yaml").agent);
+    let agent_args = check_agent(&objects, &Expected::load("cert-manager.yaml").agent);
     let cert = objects.cert_manager("Certificate", "audio-tracer-collector");
     let spec = &cert["spec"];
     assert_eq!(spec["secretName"], "audio-tracer-collector-tls");
     let names = strings(&spec["dnsNames"]);
-    assert!(names.contains(&collector_args.tls_server_name), "{names:?}");
+    assert!(names.contains(&agent_args.tls_server_name), "{names:?}");
+    for host in replica_hosts(&objects, &agent_args) {
+        assert!(
+            names.iter().any(|name| dns_name_covers(name, &host)),
+            "{host}: not covered by {names:?}"
+        );
+    }
     assert_eq!(strings(&spec["usages"]), ["server auth"]);
     let issuer = objects.cert_manager("Issuer", spec["issuerRef"]["name"].as_str().unwrap());
     let ca_secret = issuer["spec"]["ca"]["secretName"]

@@ -1,12 +1,13 @@
 //! The properties every variant of the deployment must have, whatever overlay is applied:
-//! the agent least privilege and wired to the collector, RBAC reading pods only, the collector
-//! without privilege and reachable through its Service by the agents and the scraper alone.
+//! the agent least privilege and wired to every collector replica, RBAC reading pods only, the
+//! collector's replicas without privilege, each named through the headless Service, and
+//! reachable by the agents and the scraper alone.
 //! Flags and config files are parsed with the binaries' own definitions (agent::config).
 
 use super::expected::{ExpectedAgent, ExpectedCollector, Scraper, SecretFiles};
 use super::objects::Objects;
 use clap::Parser;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,8 +23,8 @@ fn pod_spec_ds(ds: &DaemonSet) -> &PodSpec {
     ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
 }
 
-fn pod_spec_dep(d: &Deployment) -> &PodSpec {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+fn pod_spec_sts(s: &StatefulSet) -> &PodSpec {
+    s.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
 }
 
 /// Every label of `selector` is on the pods `template` makes.
@@ -427,34 +428,19 @@ pub fn check_agent(
         .and_then(|m| m.annotations.clone());
     check_scrape_annotations(&pod_annotations.unwrap_or_default(), metrics);
 
-    // The collector the agent dials is the Service's gRPC port.
-    // One collector replica: the Service.
-    assert_eq!(args.collector.len(), 1, "{:?}", args.collector);
-    let url = args.collector[0].as_str();
-    let (scheme, authority) = url.split_once("://").expect("a URL");
-    assert!(scheme == "http" || scheme == "https", "{url}");
-    let (host, port) = authority.rsplit_once(':').expect("host:port");
-    let svc = objects.service();
+    // The agent dials every collector replica, each by its stable name, on the gRPC port.
     assert_eq!(
-        Some(host),
-        svc.metadata.name.as_deref(),
-        "{url}: the collector's Service"
+        replica_hosts(objects, &args),
+        check_replica_names(objects),
+        "agent.yaml's `collector:` list and the StatefulSet's replicas"
     );
-    let grpc = svc
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| p.name.as_deref() == Some("grpc"))
-        .expect("a grpc port");
-    assert_eq!(port, grpc.port.to_string(), "{url}");
-    assert_eq!(url, expected.collector);
+    assert_eq!(args.collector, expected.collectors);
     let tls = [&args.tls_ca, &args.tls_cert, &args.tls_key];
     if let Some(files) = &expected.tls {
+        // Checked on every replica: they all present the one certificate naming the Service.
         assert_eq!(
-            args.tls_server_name, host,
+            Some(args.tls_server_name.as_str()),
+            objects.service().metadata.name.as_deref(),
             "the name the collector's certificate carries"
         );
         check_secret_files(pod, c, tls, files);
@@ -485,11 +471,24 @@ pub fn check_agent(
 /// The checks that hold for the collector in the base and in every overlay, and its TLS as
 /// `expected` says.
 pub fn check_collector(objects: &Objects, expected: &ExpectedCollector) {
-    let d = objects.deployment();
-    assert_eq!(d.metadata.name.as_deref(), Some("audio-tracer-collector"));
-    let spec = d.spec.as_ref().unwrap();
-    assert_eq!(spec.replicas, Some(1), "one collector matches all moments");
-    let pod = pod_spec_dep(d);
+    let sts = objects.stateful_set();
+    assert_eq!(sts.metadata.name.as_deref(), Some("audio-tracer-collector"));
+    let spec = sts.spec.as_ref().unwrap();
+    assert!(
+        spec.replicas.is_some_and(|n| n >= 1),
+        "replicas given, as many as the agents list"
+    );
+    assert_eq!(
+        spec.pod_management_policy.as_deref(),
+        Some("Parallel"),
+        "the replicas share nothing: started and stopped together"
+    );
+    selects_template(
+        spec.selector.match_labels.iter().flatten(),
+        &spec.template,
+        "selector",
+    );
+    let pod = pod_spec_sts(sts);
     assert_ne!(pod.host_pid, Some(true));
     assert_ne!(pod.host_network, Some(true));
     assert_ne!(pod.host_ipc, Some(true));
@@ -553,9 +552,16 @@ pub fn check_collector(objects: &Objects, expected: &ExpectedCollector) {
         assert!(tls.iter().all(|f| f.is_none()), "no TLS flag");
     }
 
-    // The Service exposes the ports the flags listen on, through named container ports.
+    // The headless Service names each replica, and exposes the ports the flags listen on,
+    // through named container ports.
+    check_replica_names(objects);
     let svc = objects.service();
     let svc_spec = svc.spec.as_ref().unwrap();
+    assert_eq!(
+        svc_spec.publish_not_ready_addresses,
+        Some(true),
+        "a replica's name resolves before it is ready: agents reconnect the moment it listens"
+    );
     let selector = svc_spec.selector.as_ref().expect("a selector");
     selects_template(selector, &spec.template, "Service selector");
     for (name, listen) in [("grpc", args.listen), ("metrics", metrics)] {
@@ -581,6 +587,77 @@ pub fn check_collector(objects: &Objects, expected: &ExpectedCollector) {
         &svc.metadata.annotations.clone().unwrap_or_default(),
         metrics,
     );
+}
+
+/// Each pod the collector's StatefulSet makes has a DNS name, `POD.SERVICE.NAMESPACE.svc`: its
+/// hostname (the pod's name, `STATEFULSET-ORDINAL`) under the StatefulSet's serviceName, a
+/// headless Service of its namespace that selects it. Those names, in ordinal order.
+pub fn check_replica_names(objects: &Objects) -> Vec<String> {
+    let sts = objects.stateful_set();
+    let spec = sts.spec.as_ref().unwrap();
+    let svc = objects.service();
+    let service = svc.metadata.name.as_deref().unwrap();
+    assert_eq!(
+        spec.service_name.as_deref(),
+        Some(service),
+        "the StatefulSet's serviceName is the collector's Service"
+    );
+    let svc_spec = svc.spec.as_ref().unwrap();
+    assert_eq!(
+        svc_spec.cluster_ip.as_deref(),
+        Some("None"),
+        "headless: a DNS name per replica, no address balancing over them"
+    );
+    selects_template(
+        svc_spec.selector.as_ref().expect("a selector"),
+        &spec.template,
+        "the Service's selector, on the replicas",
+    );
+    for namespace in [&sts.metadata.namespace, &svc.metadata.namespace] {
+        assert_eq!(namespace.as_deref(), Some(NAMESPACE));
+    }
+    let first = spec.ordinals.as_ref().and_then(|o| o.start).unwrap_or(0);
+    let replicas = spec.replicas.expect("replicas");
+    let name = sts.metadata.name.as_deref().unwrap();
+    (first..first + replicas)
+        .map(|ordinal| format!("{name}-{ordinal}.{service}.{NAMESPACE}.svc"))
+        .collect()
+}
+
+/// The host of each collector URL the agent dials, in its list's order; each URL must be
+/// `https://` or `http://`, and its port the Service's gRPC port.
+pub fn replica_hosts(objects: &Objects, args: &phase_3_multi_node::cli::AgentArgs) -> Vec<String> {
+    let grpc = objects
+        .service()
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .expect("a grpc port");
+    args.collector
+        .iter()
+        .map(|url| {
+            let (scheme, authority) = url.split_once("://").expect("a URL");
+            assert!(scheme == "http" || scheme == "https", "{url}");
+            let (host, port) = authority.rsplit_once(':').expect("host:port");
+            assert_eq!(port, grpc.port.to_string(), "{url}: the gRPC port");
+            host.to_string()
+        })
+        .collect()
+}
+
+/// Whether a certificate's DNS name covers `host`: the same name, or a wildcard standing for
+/// its first label (`*.b.c` covers `a.b.c`, not `b.c` nor `x.a.b.c`), as rustls checks it.
+pub fn dns_name_covers(name: &str, host: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(parent) => host
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && rest == parent),
+        None => name == host,
+    }
 }
 
 /// The container serves its metrics, /healthz and /readyz on every address at `metrics`, a
@@ -698,12 +775,17 @@ pub fn check_network_policy(objects: &Objects, scraper: &Scraper) {
         assert!(s.match_expressions.is_none(), "labels only");
         s.match_labels.clone().unwrap_or_default()
     };
-    let collector = objects.deployment().spec.as_ref().unwrap();
+    let collector = objects.stateful_set().spec.as_ref().unwrap();
     let agent = objects.daemon_set().spec.as_ref().unwrap();
     assert_eq!(
         labels(&spec.pod_selector),
         collector.selector.match_labels.clone().unwrap(),
         "selects the collector's pods"
+    );
+    selects_template(
+        &labels(&spec.pod_selector),
+        &collector.template,
+        "NetworkPolicy podSelector",
     );
     assert_eq!(
         spec.policy_types.as_deref(),
@@ -762,7 +844,7 @@ pub fn check_network_policy(objects: &Objects, scraper: &Scraper) {
         "metrics: the scraper's pods"
     );
     // The named ports are the collector container's.
-    let pod = pod_spec_dep(objects.deployment());
+    let pod = pod_spec_sts(objects.stateful_set());
     for port in ["grpc", "metrics"] {
         assert!(
             pod.containers[0]

@@ -40,8 +40,8 @@ pub struct Added {
 pub struct ExpectedAgent {
     /// Exactly the capabilities added after dropping ALL.
     pub capabilities: Vec<String>,
-    /// The `--collector` URL.
-    pub collector: String,
+    /// The `--collector` URLs: every collector replica, in the config's order.
+    pub collectors: Vec<String>,
     pub tls: Option<SecretFiles>,
 }
 

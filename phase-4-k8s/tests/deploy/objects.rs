@@ -1,7 +1,7 @@
 //! The objects of a set of manifests, each parsed into its k8s-openapi type, and failing on
 //! any field the type does not know.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -60,7 +60,7 @@ pub struct Objects {
     pub cluster_roles: Vec<ClusterRole>,
     pub cluster_role_bindings: Vec<ClusterRoleBinding>,
     pub daemon_sets: Vec<DaemonSet>,
-    pub deployments: Vec<Deployment>,
+    pub stateful_sets: Vec<StatefulSet>,
     pub services: Vec<Service>,
     pub network_policies: Vec<NetworkPolicy>,
     /// cert-manager's Issuers and Certificates (no k8s-openapi type: checked as JSON).
@@ -93,7 +93,7 @@ impl Objects {
                 self.cluster_role_bindings.push(exact(what, doc))
             }
             ("apps/v1", "DaemonSet") => self.daemon_sets.push(exact(what, doc)),
-            ("apps/v1", "Deployment") => self.deployments.push(exact(what, doc)),
+            ("apps/v1", "StatefulSet") => self.stateful_sets.push(exact(what, doc)),
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 self.network_policies.push(exact(what, doc))
             }
@@ -111,8 +111,8 @@ impl Objects {
         Self::one(&self.daemon_sets, "DaemonSet")
     }
 
-    pub fn deployment(&self) -> &Deployment {
-        Self::one(&self.deployments, "Deployment")
+    pub fn stateful_set(&self) -> &StatefulSet {
+        Self::one(&self.stateful_sets, "StatefulSet")
     }
 
     pub fn service(&self) -> &Service {
