@@ -1,14 +1,18 @@
 //! deploy/grafana/audio-tracer-dashboard.json asks only for what the collector and the agents
 //! expose. Every metric name in its PromQL is a series name that phase 3's metrics render (a
 //! histogram's `_bucket`, `_sum` and `_count`, the counters and gauges). Every label name it
-//! uses is a label of those renderings. Counters and buckets go through rate()/increase() and
-//! gauges do not. Every variable is defined, and every query goes to the `${DS_PROMETHEUS}` data
-//! source. The data-quality row shows every agent and matcher loss.
+//! uses is a label of those renderings (or `instance`, which names a collector replica).
+//! Counters and buckets go through rate()/increase() and gauges do not. The collector runs as
+//! replicas, each serving its share: every query over the collector's series sums its
+//! counters and histograms across replicas, or shows each replica, as its gauges must. Every
+//! variable is defined, and every query goes to the `${DS_PROMETHEUS}` data source. The
+//! data-quality row shows every agent and matcher loss.
 //!
 //! What is exposed is read off the renderings themselves (dashboard/exposed.rs); the queries
 //! are read with a small PromQL lexer (dashboard/promql.rs). Then a real Prometheus server
-//! scrapes a collector's and an agent's endpoints, and every query and variable of the
-//! dashboard runs there and returns series.
+//! scrapes two collector replicas' and an agent's endpoints, and every query and variable of
+//! the dashboard runs there and returns series: one per replica where it shows replicas, no
+//! replica's own where it sums them.
 
 #[path = "dashboard/exposed.rs"]
 mod exposed;
@@ -20,7 +24,7 @@ mod promql;
 use exposed::{agent_registry, collector_metrics, exposed, Exposed, HOP_LABELS};
 use phase_3_multi_node::endpoints::{serve, Health};
 use prometheus::Prometheus;
-use promql::{promql, Uses};
+use promql::{promql, Aggregation, Uses};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -29,6 +33,9 @@ use std::time::{Duration, Instant};
 
 /// Grafana's own variables.
 const BUILTIN_VARIABLES: [&str; 4] = ["__rate_interval", "__range", "__interval", "__all"];
+/// The label Prometheus gives each target it scrapes (its address): for the collector's
+/// series, the replica that serves them.
+const REPLICA_LABEL: &str = "instance";
 
 fn dashboard() -> Value {
     let path =
@@ -92,10 +99,11 @@ fn check_expr(expr: &str, exposed: &Exposed, where_: &str) -> Uses {
     }
     for label in &uses.labels {
         assert!(
-            exposed.labels.contains(label),
+            exposed.labels.contains(label) || label == REPLICA_LABEL,
             "{where_}: label {label} is not exposed ({expr})"
         );
     }
+    replicas_merged(&uses, exposed).unwrap_or_else(|e| panic!("{where_}: {e}: {expr}"));
     for grouping in &uses.quantile_groupings {
         assert!(
             grouping.contains("le"),
@@ -109,6 +117,75 @@ fn check_expr(expr: &str, exposed: &Exposed, where_: &str) -> Uses {
         }
     }
     uses
+}
+
+/// Whether a query aggregates the collector's replicas, each of which serves the series of its
+/// own share of the moments. Its counters and histograms are summed across replicas (the
+/// cluster's rate is their sum), or kept per replica by `by (instance, …)`. Its gauges, a
+/// node's clock as one replica maps it, mean nothing summed: they are shown per replica. A
+/// plain selector, or any other aggregation across replicas, is refused.
+fn replicas_merged(uses: &Uses, exposed: &Exposed) -> Result<(), String> {
+    for ((name, _), merged) in uses.metrics.iter().zip(&uses.merged_by) {
+        if !exposed.collector.contains(name) {
+            continue;
+        }
+        let per_replica = merged
+            .as_ref()
+            .is_some_and(|a| a.grouping.keeps(REPLICA_LABEL));
+        let summed = matches!(merged, Some(Aggregation { op, .. }) if op == "sum") && !per_replica;
+        let gauge = exposed.series[name] == "gauge";
+        match (gauge, per_replica, summed) {
+            (_, true, _) | (false, _, true) => {}
+            (true, ..) => {
+                return Err(format!(
+                    "{name}: a collector gauge, each replica's own: aggregate it by ({REPLICA_LABEL}, …)"
+                ))
+            }
+            (false, ..) => {
+                return Err(format!(
+                    "{name}: the collector's replicas each serve a share: sum it by (…) across them, or by ({REPLICA_LABEL}, …)"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn queries_over_the_collector_merge_its_replicas() {
+    let exposed = exposed();
+    let hop = "le, k8s_src_namespace, k8s_src_owner_name, src_name, k8s_dst_namespace, k8s_dst_owner_name, dst_name, kind";
+    let merged = [
+        "sum by (node) (rate(audio_agent_sightings_total[5m]))".to_string(),
+        "sum (rate(audio_collector_unmatched_moments_total[5m]))".into(),
+        format!(
+            "histogram_quantile(0.5, sum by ({hop}) (rate(audio_hop_latency_seconds_bucket[5m])))"
+        ),
+        "max by (instance, node) (audio_node_clock_offset_seconds)".into(),
+        "sum by (instance) (rate(audio_collector_refused_requests_total[5m]))".into(),
+        // An agent's own series: one agent per node, no replicas.
+        "audio_agent_tls_probe_failures".into(),
+    ];
+    for expr in merged {
+        let uses = promql(&expr).unwrap();
+        assert_eq!(replicas_merged(&uses, &exposed), Ok(()), "{expr}");
+    }
+    let not_merged = [
+        "rate(audio_agent_sightings_total[5m])",
+        "max by (node) (rate(audio_agent_sightings_total[5m]))",
+        "histogram_quantile(0.5, rate(audio_hop_latency_seconds_bucket[5m]))",
+        "audio_node_clock_offset_seconds",
+        "sum by (node) (audio_node_clock_bound_seconds)",
+        "deriv(audio_node_clock_offset_seconds[5m])",
+    ];
+    for expr in not_merged {
+        let uses = promql(expr).unwrap();
+        assert!(replicas_merged(&uses, &exposed).is_err(), "{expr}");
+    }
+    assert!(
+        promql("sum(rate(audio_agent_sightings_total[5m])) by (node)").is_err(),
+        "a grouping after the argument is not read"
+    );
 }
 
 #[test]
@@ -172,7 +249,7 @@ fn queries_use_only_exposed_metrics_and_labels() {
                 let label = part.split("}}").next().unwrap().trim();
                 // An aggregation keeps its `by` labels; a plain selector keeps them all.
                 let kept = if uses.grouping.is_empty() {
-                    exposed.labels.contains(label)
+                    exposed.labels.contains(label) || label == REPLICA_LABEL
                 } else {
                     uses.grouping.contains(label)
                 };
@@ -413,12 +490,11 @@ fn as_sent(expr: &str) -> String {
 fn every_query_returns_series_from_a_real_prometheus() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut serving = Vec::new();
-    for registry in [collector_metrics().registry(), Arc::new(agent_registry())] {
+    let serve_on_a_port = |registry| {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
-        serving.push(listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
         let mut stopped = stopped.clone();
         runtime.spawn(serve(
             listener,
@@ -428,10 +504,19 @@ fn every_query_returns_series_from_a_real_prometheus() {
                 stopped.wait_for(|&s| s).await.ok();
             },
         ));
-    }
-    let prometheus = Prometheus::scraping(&[("collector", serving[0]), ("agent", serving[1])]);
+        addr
+    };
+    // Two collector replicas (each with the same series, as replicas sharing the moments of
+    // the same hops and nodes have) and an agent.
+    let replicas = [
+        serve_on_a_port(collector_metrics().registry()),
+        serve_on_a_port(collector_metrics().registry()),
+    ];
+    let agent = serve_on_a_port(Arc::new(agent_registry()));
+    let prometheus = Prometheus::scraping(&[("collector", &replicas), ("agent", &[agent])]);
+    let targets = replicas.len() + 1;
 
-    // Both jobs scraped a few times: enough samples for every rate() over 15 s.
+    // Every target scraped a few times: enough samples for every rate() over 15 s.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let scrapes = prometheus.query("min(count_over_time(up[15s]))");
@@ -440,7 +525,7 @@ fn every_query_returns_series_from_a_real_prometheus() {
                 .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
                 >= Some(4.0)
         });
-        if enough && prometheus.query("up").is_ok_and(|r| r.len() == 2) {
+        if enough && prometheus.query("up").is_ok_and(|r| r.len() == targets) {
             break;
         }
         assert!(
@@ -452,6 +537,8 @@ fn every_query_returns_series_from_a_real_prometheus() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    let replica_names: BTreeSet<String> = replicas.iter().map(|a| a.to_string()).collect();
+    let exposed = exposed();
     let d = dashboard();
     let mut queries = 0;
     for p in panels(&d) {
@@ -463,6 +550,28 @@ fn every_query_returns_series_from_a_real_prometheus() {
                 .unwrap_or_else(|e| panic!("{title}: {expr}: {e}"));
             assert!(!result.is_empty(), "{title}: no series for {expr}");
             queries += 1;
+            // A query over the collector shows every replica, or none on its own.
+            let uses = promql(&expr).unwrap();
+            let over_collector = uses
+                .metrics
+                .iter()
+                .any(|(name, _)| exposed.collector.contains(name));
+            if over_collector {
+                let shown: BTreeSet<String> = result
+                    .iter()
+                    .filter_map(|r| r["metric"][REPLICA_LABEL].as_str().map(String::from))
+                    .collect();
+                let per_replica = uses
+                    .merged_by
+                    .iter()
+                    .flatten()
+                    .any(|a| a.grouping.keeps(REPLICA_LABEL));
+                let expected = match per_replica {
+                    true => replica_names.clone(),
+                    false => BTreeSet::new(),
+                };
+                assert_eq!(shown, expected, "{title}: the replicas of {expr}");
+            }
         }
     }
     for v in d["templating"]["list"].as_array().unwrap() {

@@ -25,6 +25,9 @@ pub struct Exposed {
     /// Series name → type of its family ("histogram", "counter", "gauge").
     pub series: BTreeMap<String, String>,
     pub labels: BTreeSet<String>,
+    /// The series only the collector serves (not the process and build series every binary
+    /// has): each replica serves its own.
+    pub collector: BTreeSet<String>,
 }
 
 /// The collector's metrics with two hops (between workloads with their nodes, between
@@ -85,9 +88,44 @@ pub fn agent_registry() -> Registry {
 
 /// The collector's page and an agent's.
 pub fn exposed() -> Exposed {
-    let registry = agent_registry();
-    let m = collector_metrics();
-    let text = m.render() + &phase_3_multi_node::endpoints::render(&registry);
+    let agent = phase_3_multi_node::endpoints::render(&agent_registry());
+    let collector = collector_metrics().render();
+    let (series, labels) = read(&(collector.clone() + &agent));
+    // One of each kind of series, so that this test sees them all.
+    for f in ["audio_hop_latency_seconds", "audio_hop_error_bound_seconds"] {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            assert!(
+                series.contains_key(&format!("{f}{suffix}")),
+                "{f}{suffix} rendered"
+            );
+        }
+    }
+    for f in [
+        "audio_agent_kernel_events_total",
+        "audio_agent_program_verified_instructions",
+        "audio_collector_unmatched_moments_total",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(series.contains_key(f), "{f} rendered");
+    }
+    let common = read(&phase_3_multi_node::endpoints::render(
+        &phase_3_multi_node::endpoints::registry(),
+    ))
+    .0;
+    let collector = read(&collector)
+        .0
+        .into_keys()
+        .filter(|name| !common.contains_key(name))
+        .collect();
+    Exposed {
+        series,
+        labels,
+        collector,
+    }
+}
+
+/// The series of an exposition, with their family's type, and its label names.
+fn read(text: &str) -> (BTreeMap<String, String>, BTreeSet<String>) {
     let mut types = BTreeMap::new();
     let mut series = BTreeMap::new();
     let mut labels = BTreeSet::new();
@@ -112,24 +150,7 @@ pub fn exposed() -> Exposed {
             labels.extend(sample_label_names(&line[name_end + 1..]));
         }
     }
-    // One of each kind of series, so that this test sees them all.
-    for f in ["audio_hop_latency_seconds", "audio_hop_error_bound_seconds"] {
-        for suffix in ["_bucket", "_sum", "_count"] {
-            assert!(
-                series.contains_key(&format!("{f}{suffix}")),
-                "{f}{suffix} rendered"
-            );
-        }
-    }
-    for f in [
-        "audio_agent_kernel_events_total",
-        "audio_agent_program_verified_instructions",
-        "audio_collector_unmatched_moments_total",
-        "process_cpu_seconds_total",
-    ] {
-        assert!(series.contains_key(f), "{f} rendered");
-    }
-    Exposed { series, labels }
+    (series, labels)
 }
 
 /// The label names of a sample line's `name="value",…}` part (values may hold escapes).

@@ -29,17 +29,19 @@ fn free_addr() -> SocketAddr {
 }
 
 impl Prometheus {
-    /// Scrapes `targets` every second, each as a job of its name.
-    pub fn scraping(targets: &[(&str, SocketAddr)]) -> Self {
+    /// Scrapes every second each job's targets (replicas of one job differ by `instance`).
+    pub fn scraping(jobs: &[(&str, &[SocketAddr])]) -> Self {
         assert!(
             std::path::Path::new(PROMETHEUS).exists(),
             "{PROMETHEUS} is missing: run `bash scripts/setup.sh`"
         );
         let dir = tempfile::tempdir().unwrap();
         let mut config = "global:\n  scrape_interval: 1s\nscrape_configs:\n".to_string();
-        for (job, target) in targets {
+        for (job, targets) in jobs {
+            let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
             config += &format!(
-                "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
             );
         }
         let config_file = dir.path().join("prometheus.yml");

@@ -1,6 +1,7 @@
 //! A PromQL lexer, just enough to tell the dashboard's metric names, label names and functions
-//! apart, and to say which function each metric is a direct argument of. It rejects what it does
-//! not know (an unknown function, a malformed matcher or range) rather than guess.
+//! apart, and to say which function each metric is a direct argument of and which aggregation
+//! first merges its series. It rejects what it does not know (an unknown function, a malformed
+//! matcher or range, a grouping written after its aggregation's argument) rather than guess.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +30,8 @@ const FUNCTIONS: [&str; 22] = [
     "sort_desc",
     "vector",
 ];
+/// The aggregations that merge series (topk and bottomk keep theirs).
+const AGGREGATIONS: [&str; 5] = ["sum", "avg", "min", "max", "count"];
 const KEYWORDS: [&str; 7] = ["and", "or", "unless", "bool", "offset", "inf", "nan"];
 /// Clauses followed by a parenthesised list of label names.
 const LABEL_LISTS: [&str; 6] = [
@@ -40,11 +43,44 @@ const LABEL_LISTS: [&str; 6] = [
     "group_right",
 ];
 
+/// The labels an aggregation keeps: `by (…)` those, `without (…)` all but those.
+#[derive(Clone, Debug)]
+pub enum Grouping {
+    By(BTreeSet<String>),
+    Without(BTreeSet<String>),
+}
+
+impl Grouping {
+    pub fn keeps(&self, label: &str) -> bool {
+        match self {
+            Grouping::By(kept) => kept.contains(label),
+            Grouping::Without(dropped) => !dropped.contains(label),
+        }
+    }
+}
+
+/// An aggregation: its operator (`sum`) and the labels it keeps.
+#[derive(Debug)]
+pub struct Aggregation {
+    pub op: String,
+    pub grouping: Grouping,
+}
+
+/// An open parenthesis: the function it calls ("" for plain grouping), and for an aggregation
+/// the labels it keeps.
+struct Frame {
+    function: String,
+    grouping: Option<Grouping>,
+}
+
 /// What one PromQL expression uses.
 #[derive(Debug, Default)]
 pub struct Uses {
     /// Metric names, each with the function it is a direct argument of ("" for none).
     pub metrics: Vec<(String, String)>,
+    /// For each of `metrics`, the innermost aggregation around it: where its series are first
+    /// merged (`None`: never, every label is kept).
+    pub merged_by: Vec<Option<Aggregation>>,
     pub labels: BTreeSet<String>,
     /// Labels of `by (…)` clauses.
     pub grouping: BTreeSet<String>,
@@ -65,9 +101,11 @@ pub fn promql(expr: &str) -> Result<Uses, String> {
     let chars: Vec<char> = expr.chars().collect();
     let mut uses = Uses::default();
     let mut i = 0;
-    // Functions whose parenthesis is open, innermost last ("" for plain grouping).
-    let mut stack: Vec<String> = Vec::new();
+    // Parentheses open, innermost last.
+    let mut stack: Vec<Frame> = Vec::new();
+    // A function named, its parenthesis not yet open, and an aggregation's grouping given.
     let mut pending: Option<String> = None;
+    let mut pending_grouping: Option<Grouping> = None;
     let skip_ws = |i: &mut usize| {
         while *i < chars.len() && chars[*i].is_whitespace() {
             *i += 1;
@@ -170,9 +208,23 @@ pub fn promql(expr: &str) -> Result<Uses, String> {
                     .map(|s| s.trim().to_string())
                     .filter(|s| !s.is_empty())
                     .collect();
+                if word == "by" || word == "without" {
+                    if !pending
+                        .as_deref()
+                        .is_some_and(|f| AGGREGATIONS.contains(&f) || f == "topk" || f == "bottomk")
+                    {
+                        return Err(format!(
+                            "{word} (…) not right after its aggregation in {expr}: write sum {word} (…) (…)"
+                        ));
+                    }
+                    pending_grouping = Some(match word.as_str() {
+                        "by" => Grouping::By(names.clone()),
+                        _ => Grouping::Without(names.clone()),
+                    });
+                }
                 if word == "by" {
                     uses.grouping.extend(names.iter().cloned());
-                    if stack.last().map(String::as_str) == Some("histogram_quantile") {
+                    if stack.last().map(|f| f.function.as_str()) == Some("histogram_quantile") {
                         uses.quantile_groupings.push(names.clone());
                     }
                 }
@@ -184,11 +236,23 @@ pub fn promql(expr: &str) -> Result<Uses, String> {
                 return Err(format!("unknown function {word} in {expr}"));
             } else if KEYWORDS.contains(&word.as_str()) {
             } else {
-                let inside = stack.last().cloned().unwrap_or_default();
+                let inside = stack.last().map(|f| f.function.clone()).unwrap_or_default();
                 uses.metrics.push((word, inside));
+                let merged = stack
+                    .iter()
+                    .rev()
+                    .find(|f| AGGREGATIONS.contains(&f.function.as_str()));
+                uses.merged_by.push(merged.map(|f| Aggregation {
+                    op: f.function.clone(),
+                    // An aggregation without a grouping merges everything.
+                    grouping: f.grouping.clone().unwrap_or(Grouping::By(BTreeSet::new())),
+                }));
             }
         } else if c == '(' {
-            stack.push(pending.take().unwrap_or_default());
+            stack.push(Frame {
+                function: pending.take().unwrap_or_default(),
+                grouping: pending_grouping.take(),
+            });
             i += 1;
         } else if c == ')' {
             stack.pop().ok_or(format!("unbalanced ) in {expr}"))?;
