@@ -25,6 +25,9 @@ packages=(
   # TLS stacks other than OpenSSL (S12, S13): the harness builds its Go crypto/tls relay and
   # compiles its JDK TLS relay (harness/relays) at run time
   golang-go openjdk-17-jdk-headless
+  # a second Go toolchain the Go TLS conformance tests build their relay with, besides golang-go's
+  # go1.19: go1.23 in /usr/lib/go-1.23/bin (not on PATH), from bookworm-backports (PACKAGE/SUITE)
+  golang-1.23-go/bookworm-backports
   # phase 3's metrics test has a real Prometheus server scrape the collector
   prometheus
   # phase 4's cgroup attribution test runs busybox containers with crun (no docker, no systemd)
@@ -35,10 +38,21 @@ packages=(
 )
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "${p%/*}" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
+  # bookworm-backports' source, added only if no file lists it (apt rejects a suite listed twice
+  # with different Signed-By); its packages keep apt's priority 100: installed only when named.
+  if [[ " ${missing[*]}" == */bookworm-backports* ]] &&
+      ! grep -Eqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+        /etc/apt/sources.list.d/*.sources; then
+    [ "$(. /etc/os-release && echo "${VERSION_CODENAME:-}")" = bookworm ] ||
+      die "${missing[*]}: the bookworm-backports packages need Debian 12 (bookworm)"
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+      http://deb.debian.org/debian /usr/share/keyrings/debian-archive-keyring.gpg \
+      > /etc/apt/sources.list.d/bookworm-backports.sources
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -35,7 +35,7 @@ const LAYOUTS: &str = "go_tls_layouts";
 /// with the register ABI the programs read, to 1.25. Over these, `tls.Conn.conn` (a `net.Conn`
 /// interface: itab word, data word) is the first field, `net.TCPConn`'s embedded `conn.fd` the
 /// first, `netFD.pfd` the first and `poll.FD.Sysfd` follows its 16-byte `fdMutex` (checked in
-/// the sources; tested on go1.19). The itabs are the executable's own (`inspect`).
+/// the sources; tested on go1.19 and go1.23). The itabs are the executable's own (`inspect`).
 const PLACED_MINORS: std::ops::RangeInclusive<u32> = 17..=25;
 const LAYOUT: GoTlsLayout = GoTlsLayout {
     tcp_conn_itab: 0,

@@ -497,49 +497,140 @@ fn a_lone_call_reaches_the_agent_at_the_next_drain() {
     drop(r);
 }
 
-/// The Go TLS relay (`harness/relays/go/relay.go`), built once per test binary, as a fixed
-/// executable (Go's default) or a position-independent one.
-fn go_relay(pie: bool) -> std::path::PathBuf {
-    static RELAYS: [std::sync::OnceLock<std::path::PathBuf>; 2] =
-        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
-    RELAYS[usize::from(pie)]
-        .get_or_init(|| {
-            let (name, mode) = match pie {
-                false => ("go-tls-relay", "exe"),
-                true => ("go-tls-relay-pie", "pie"),
-            };
-            let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-            let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
-            let status = std::process::Command::new("go")
-                .args(["build", "-buildmode", mode, "-o"])
-                .arg(&out)
-                .arg(source)
-                .status()
-                .expect("running `go build` (Go ≥ 1.17 must be installed: golang-go)");
-            assert!(status.success(), "go build {source}: {status}");
-            out
-        })
-        .clone()
+/// A Go toolchain the Go TLS tests build their relay with: its version (`go1.19`) and its `go`.
+struct GoToolchain {
+    version: &'static str,
+    go: &'static str,
 }
 
-/// The Go version `go` builds with, as `runtime.buildVersion` says it (`go1.19.8`).
-fn go_version() -> String {
-    let out = std::process::Command::new("go")
-        .args(["env", "GOVERSION"])
-        .output()
-        .expect("running go env");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+/// Each Go TLS test, once per Go toolchain: a module of thin tests per toolchain, named by its
+/// version (`go1_23::go_tls_…`), whose bodies are the shared functions below.
+macro_rules! go_toolchains {
+    ($($module:ident: $version:literal at $go:literal;)*) => {$(
+        mod $module {
+            use super::{go_tls_relays, go_tls_returns, GoToolchain};
+            const GO: GoToolchain = GoToolchain { version: $version, go: $go };
+
+            #[test]
+            fn go_tls_returns_are_the_rets_go_objdump_lists() {
+                go_tls_returns(&GO);
+            }
+
+            #[test]
+            fn go_tls_relay_plaintext_equals_the_reference_and_makes_hops() {
+                go_tls_relays(&GO, false, 31);
+            }
+
+            #[test]
+            fn go_tls_pie_relay_plaintext_equals_the_reference_and_makes_hops() {
+                go_tls_relays(&GO, true, 41);
+            }
+        }
+    )*};
+}
+
+// Debian's golang-go (on PATH) and bookworm-backports' golang-1.23-go (not on PATH): both
+// installed by scripts/setup.sh.
+go_toolchains! {
+    go1_19: "go1.19" at "go";
+    go1_23: "go1.23" at "/usr/lib/go-1.23/bin/go";
+}
+
+impl GoToolchain {
+    /// `go` with these arguments; GOTOOLCHAIN=local: never another toolchain downloaded.
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(self.go);
+        command.args(args).env("GOTOOLCHAIN", "local");
+        command
+    }
+
+    /// Whether the toolchain is installed. A missing one fails the test under CI (CI=true), and
+    /// elsewhere skips it, saying so.
+    fn installed(&self) -> bool {
+        let present = self
+            .command(&["version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(
+            present || !ci,
+            "{}: {} is not installed: run `bash scripts/setup.sh`",
+            self.version,
+            self.go
+        );
+        if !present {
+            eprintln!(
+                "{}: {} is not installed: test skipped",
+                self.version, self.go
+            );
+        }
+        present
+    }
+
+    /// The Go version it builds with, as `runtime.buildVersion` says it (`go1.19.8`).
+    fn full_version(&self) -> String {
+        let out = self.command(&["env", "GOVERSION"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The Go TLS relay (`harness/relays/go/relay.go`) built by this toolchain, once per test
+    /// binary, as a fixed executable (Go's default) or a position-independent one; `None` when
+    /// the toolchain is missing and may be (`installed`).
+    fn relay(&self, pie: bool) -> Option<std::path::PathBuf> {
+        static RELAYS: std::sync::Mutex<Vec<(&str, bool, std::path::PathBuf)>> =
+            std::sync::Mutex::new(Vec::new());
+        if !self.installed() {
+            return None;
+        }
+        // Held while building: one build at a time.
+        let mut relays = RELAYS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((.., path)) = relays
+            .iter()
+            .find(|(v, p, _)| *v == self.version && *p == pie)
+        {
+            return Some(path.clone());
+        }
+        let mode = if pie { "pie" } else { "exe" };
+        let name = format!("go-tls-relay-{}-{mode}", self.version);
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let out = dir.join(&name);
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
+        // Built aside, then renamed over: another test binary (nextest runs one per test) may be
+        // running the previous build.
+        let built = dir.join(format!("{name}.{}", std::process::id()));
+        let status = self
+            .command(&["build", "-buildmode", mode, "-o"])
+            .arg(&built)
+            .arg(source)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "{}: go build {source}: {status}",
+            self.version
+        );
+        std::fs::rename(&built, &out).unwrap();
+        relays.push((self.version, pie, out.clone()));
+        Some(out)
+    }
 }
 
 /// The RETs found by decoding the relay's (*Conn).Read and Write are those Go's own
 /// disassembler lists, and the version is the toolchain's.
-#[test]
-fn go_tls_returns_are_the_rets_go_objdump_lists() {
+fn go_tls_returns(toolchain: &GoToolchain) {
     use object::{Object, ObjectSection};
     use phase_2_straddle::go_tls::{inspect, FUNCTIONS};
-    let relay = go_relay(false);
+    let Some(relay) = toolchain.relay(false) else {
+        return;
+    };
     let go = inspect(&relay).unwrap().expect("the relay has crypto/tls");
-    assert_eq!(go.version, go_version());
+    assert_eq!(go.version, toolchain.full_version());
+    assert!(
+        go.version.starts_with(&format!("{}.", toolchain.version)),
+        "{} is not the {} the toolchain is named for",
+        go.version,
+        toolchain.version
+    );
     assert!(go.layout.is_some(), "{} is placed", go.version);
     let bytes = std::fs::read(&relay).unwrap();
     let elf = object::File::parse(&*bytes).unwrap();
@@ -552,8 +643,8 @@ fn go_tls_returns_are_the_rets_go_objdump_lists() {
                 .replace(')', "\\)")
                 .replace('*', "\\*")
         );
-        let out = std::process::Command::new("go")
-            .args(["tool", "objdump", "-s", &pattern])
+        let out = toolchain
+            .command(&["tool", "objdump", "-s", &pattern])
             .arg(&relay)
             .output()
             .unwrap();
@@ -637,24 +728,17 @@ fn free_port() -> u16 {
 /// second (TLS in, TCP out), which passes it in the clear to this test. Each relay's plaintext
 /// read and write is the reference's moments on the right socket (no ciphertext scanned), and the
 /// matcher reports every hop: transit client → relay 1 → relay 2 → sink, residence in each relay.
-#[test]
-fn go_tls_relay_plaintext_equals_the_reference_and_makes_hops() {
-    go_tls_relays(go_relay(false), 31);
-}
-
-/// The same through position-independent relays: the Conn's itabs are where the process loaded
+/// With `pie`, through position-independent relays: the Conn's itabs are where the process loaded
 /// them.
-#[test]
-fn go_tls_pie_relay_plaintext_equals_the_reference_and_makes_hops() {
-    go_tls_relays(go_relay(true), 41);
-}
-
-fn go_tls_relays(relay: std::path::PathBuf, seed: u64) {
+fn go_tls_relays(toolchain: &GoToolchain, pie: bool, seed: u64) {
     use agent::pipeline::{Kernel, Matched, MATCH_WINDOW};
     use agent::schema::HopKind;
     use phase_2_straddle::links::Seen;
     use phase_2_straddle::matcher::Matcher;
     use std::io::Read;
+    let Some(relay) = toolchain.relay(pie) else {
+        return;
+    };
     let dir = harness::run::workdir("go-tls-conformance").unwrap();
     let pem = dir.join("test.pem");
     harness::pki::write_test_certificate(&pem).unwrap();
