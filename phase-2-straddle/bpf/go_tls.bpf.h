@@ -22,6 +22,7 @@
 #include "counters.bpf.h"
 #include "calls.bpf.h"
 #include "tls.bpf.h"
+#include "uprobe_guard.bpf.h"
 #include "phase2.h"
 
 /* Filled by the agent for each target process whose Go version it can place. */
@@ -106,21 +107,11 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 dir)
 	return 0;
 }
 
-SEC("uprobe")
-int go_tls_write_enter(struct pt_regs *ctx)
-{
-	return go_tls_enter(ctx, PHASE2_DIR_WRITE);
-}
-
-SEC("uprobe")
-int go_tls_read_enter(struct pt_regs *ctx)
-{
-	return go_tls_enter(ctx, PHASE2_DIR_READ);
-}
+UPROBE_GUARDED("uprobe", go_tls_write_enter, go_tls_enter(ctx, PHASE2_DIR_WRITE))
+UPROBE_GUARDED("uprobe", go_tls_read_enter, go_tls_enter(ctx, PHASE2_DIR_READ))
 
 /* At every RET of (*Conn).Read and (*Conn).Write: scans the n bytes the call moved. */
-SEC("uprobe")
-int go_tls_leave(struct pt_regs *ctx)
+static __always_inline int go_tls_return(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
@@ -143,5 +134,7 @@ int go_tls_leave(struct pt_regs *ctx)
 	call.count = n;
 	return scan_call(id, &call, n);
 }
+
+UPROBE_GUARDED("uprobe", go_tls_leave, go_tls_return(ctx))
 
 #endif /* PHASE2_GO_TLS_BPF_H */

@@ -14,6 +14,7 @@
  *   records.bpf.h  what a call sends: its record, in per-CPU batches;
  *   tls.bpf.h      the OpenSSL uprobes and which sockets carry TLS;
  *   go_tls.bpf.h   the uprobes on Go's crypto/tls;
+ *   uprobe_guard.bpf.h  one uprobe run per CPU at a time: from 6.13 their stack is per CPU;
  *   counters.bpf.h the data path's counters. */
 #include <linux/bpf.h>
 #include <linux/ptrace.h>

@@ -73,6 +73,8 @@ enum phase2_counter {
 	P2_C_GO_TLS_CALLS,   /* Go crypto/tls (*Conn).Read/Write calls whose plaintext was scanned */
 	P2_C_GO_TLS_UNATTRIBUTED, /* ... whose Conn is not over a TCP or unix socket (a wrapper)
 	                           * or could not be read: not scanned */
+	P2_C_UPROBE_RUNS_SKIPPED, /* uprobe runs that found another holding their CPU (preempted
+	                           * mid-run): not run at all, their call unseen (uprobe_guard.bpf.h) */
 	P2_C_NR,
 };
 

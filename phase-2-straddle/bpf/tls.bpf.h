@@ -22,6 +22,7 @@
 #include "counters.bpf.h"
 #include "calls.bpf.h"
 #include "flows.bpf.h"
+#include "uprobe_guard.bpf.h"
 #include "phase2.h"
 
 /* An SSL_read/SSL_write(_ex) in progress on a thread. */
@@ -179,29 +180,10 @@ static __always_inline int tls_enter(struct pt_regs *ctx, __u32 dir, int ex)
 	return 0;
 }
 
-SEC("uprobe")
-int tls_write_enter(struct pt_regs *ctx)
-{
-	return tls_enter(ctx, PHASE2_DIR_WRITE, 0);
-}
-
-SEC("uprobe")
-int tls_write_ex_enter(struct pt_regs *ctx)
-{
-	return tls_enter(ctx, PHASE2_DIR_WRITE, 1);
-}
-
-SEC("uprobe")
-int tls_read_enter(struct pt_regs *ctx)
-{
-	return tls_enter(ctx, PHASE2_DIR_READ, 0);
-}
-
-SEC("uprobe")
-int tls_read_ex_enter(struct pt_regs *ctx)
-{
-	return tls_enter(ctx, PHASE2_DIR_READ, 1);
-}
+UPROBE_GUARDED("uprobe", tls_write_enter, tls_enter(ctx, PHASE2_DIR_WRITE, 0))
+UPROBE_GUARDED("uprobe", tls_write_ex_enter, tls_enter(ctx, PHASE2_DIR_WRITE, 1))
+UPROBE_GUARDED("uprobe", tls_read_enter, tls_enter(ctx, PHASE2_DIR_READ, 0))
+UPROBE_GUARDED("uprobe", tls_read_ex_enter, tls_enter(ctx, PHASE2_DIR_READ, 1))
 
 /* The bytes an SSL call moved: its return value, or, for the _ex variants, what the library
  * stored at moved_at when it returned 1. */
@@ -235,8 +217,7 @@ static __always_inline int tls_name_socket(struct pending *call, __u32 tgid, __u
 	return 1;
 }
 
-SEC("uretprobe")
-int tls_leave(struct pt_regs *ctx)
+static __always_inline int tls_return(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
@@ -264,5 +245,7 @@ int tls_leave(struct pt_regs *ctx)
 	call.count = moved;
 	return scan_call(id, &call, moved);
 }
+
+UPROBE_GUARDED("uretprobe", tls_leave, tls_return(ctx))
 
 #endif /* PHASE2_TLS_BPF_H */

@@ -144,6 +144,7 @@ pub const PHASE2_COUNTERS: [&str; layout::P2_C_NR] = [
     "tls_unprobed",
     "go_tls_calls",
     "go_tls_unattributed",
+    "uprobe_runs_skipped",
 ];
 
 impl Phase2Event {

@@ -267,3 +267,53 @@ impl agent::pipeline::Kernel for Tracer {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    /// The uprobe programs (bpf/uprobe_guard.bpf.h): none touches its stack, which from 6.13
+    /// is per CPU, before its claim of the CPU, an atomic compare-and-exchange.
+    #[test]
+    fn every_uprobe_program_claims_its_cpu_before_touching_its_stack() {
+        const CMPXCHG: i32 = 0xf1;
+        let elf = object::File::parse(super::OBJECT).unwrap();
+        let mut programs = 0;
+        for section in elf.sections() {
+            let name = section.name().unwrap();
+            if name != "uprobe" && name != "uretprobe" {
+                continue;
+            }
+            let code = section.data().unwrap();
+            for symbol in elf.symbols() {
+                if symbol.section_index() != Some(section.index())
+                    || symbol.kind() != object::SymbolKind::Text
+                {
+                    continue;
+                }
+                programs += 1;
+                let start = symbol.address() as usize;
+                let insns = code[start..].chunks_exact(8);
+                let mut claimed = false;
+                for (i, insn) in insns.enumerate() {
+                    let (opcode, regs) = (insn[0], insn[1]);
+                    let imm = i32::from_le_bytes(insn[4..8].try_into().unwrap());
+                    // BPF_STX | BPF_ATOMIC (| BPF_W or BPF_DW)
+                    if (opcode == 0xc3 || opcode == 0xdb) && imm == CMPXCHG {
+                        claimed = true;
+                        break;
+                    }
+                    let (dst, src) = (regs & 0xf, regs >> 4);
+                    assert!(
+                        dst != 10 && src != 10,
+                        "{}: instruction {i} uses the stack before the claim",
+                        symbol.name().unwrap()
+                    );
+                }
+                assert!(claimed, "{}: no claim", symbol.name().unwrap());
+            }
+        }
+        // tls_{write,read}{,_ex}_enter, tls_leave, go_tls_{write,read}_enter, go_tls_leave.
+        assert_eq!(programs, 8);
+    }
+}

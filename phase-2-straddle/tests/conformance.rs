@@ -28,26 +28,24 @@ fn io(fd: i32, buf: *mut u8, len: usize, write: bool, call: Call, rng: &mut StdR
 /// The truth of one call: its flow offset range, the caller's clock before and after it.
 type Calls = Vec<(u64, u64, u64, u64)>;
 
-/// Whether runs of the tracer's programs were disturbed by preemption, so that flow positions
-/// cannot be compared (docs/kernels.md, preemptible kernels); a test that saw it checks what
-/// still holds, and says so. Without it (always, on a kernel that does not preempt programs) it
-/// checks everything. Two ways:
-/// - the kernel skipped runs (`recursion_misses`): while one is preempted mid-scan, the same
-///   program does not run for the next syscalls on that CPU; a skipped call's moments are lost
-///   and its flow's positions after it shift by its bytes;
-/// - a scan ran while another was preempted on its CPU (`nested_scans`): from 6.13 a uprobe
-///   program runs on a per-CPU private stack and nothing stops a second run of it there, which
-///   overwrites the preempted run's stack (seen: one call's bytes counted in another's flow).
+/// Whether runs of the tracer's programs were skipped: on a preemptible kernel, while one is
+/// preempted mid-run, the same syscall program does not run for the next syscalls on that CPU
+/// (the kernel's guard, `recursion_misses`), nor does a uprobe program (ours,
+/// `uprobe_runs_skipped`; docs/kernels.md). A skipped call's moments are lost and the flow's
+/// positions after it shift by its bytes, so a test that saw skips checks what still holds, and
+/// says so. Without skips (always, on a kernel that does not preempt programs) it checks
+/// everything.
 fn skipped_runs(tracer: &Tracer, test: &str) -> bool {
-    let skipped = tracer.recursion_misses();
-    let nested = tracer.counters().map_or(0, |(scan, _)| scan.get("nested_scans"));
-    if skipped > 0 || nested > 0 {
+    let skipped = tracer.recursion_misses()
+        + tracer
+            .counters()
+            .map_or(0, |(_, path)| path.get("uprobe_runs_skipped"));
+    if skipped > 0 {
         eprintln!(
-            "{test}: the kernel skipped {skipped} runs of the programs and {nested} scans ran \
-             while another was preempted: positions not compared"
+            "{test}: the kernel skipped {skipped} runs of the programs: positions not compared"
         );
     }
-    skipped > 0 || nested > 0
+    skipped > 0
 }
 
 /// With skipped runs: every moment found is one of the reference's, and at least 90 % of them
