@@ -107,8 +107,8 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 dir)
 	return 0;
 }
 
-UPROBE_GUARDED("uprobe", go_tls_write_enter, go_tls_enter(ctx, PHASE2_DIR_WRITE))
-UPROBE_GUARDED("uprobe", go_tls_read_enter, go_tls_enter(ctx, PHASE2_DIR_READ))
+UPROBE_GUARDED("uprobe", go_tls_write_enter, UPROBE_GO_TLS_WRITE_ENTER, go_tls_enter(ctx, PHASE2_DIR_WRITE))
+UPROBE_GUARDED("uprobe", go_tls_read_enter, UPROBE_GO_TLS_READ_ENTER, go_tls_enter(ctx, PHASE2_DIR_READ))
 
 /* At every RET of (*Conn).Read and (*Conn).Write: scans the n bytes the call moved. */
 static __always_inline int go_tls_return(struct pt_regs *ctx)
@@ -135,6 +135,6 @@ static __always_inline int go_tls_return(struct pt_regs *ctx)
 	return scan_call(id, &call, n);
 }
 
-UPROBE_GUARDED("uprobe", go_tls_leave, go_tls_return(ctx))
+UPROBE_GUARDED("uprobe", go_tls_leave, UPROBE_GO_TLS_LEAVE, go_tls_return(ctx))
 
 #endif /* PHASE2_GO_TLS_BPF_H */

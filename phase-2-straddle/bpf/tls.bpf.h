@@ -180,10 +180,10 @@ static __always_inline int tls_enter(struct pt_regs *ctx, __u32 dir, int ex)
 	return 0;
 }
 
-UPROBE_GUARDED("uprobe", tls_write_enter, tls_enter(ctx, PHASE2_DIR_WRITE, 0))
-UPROBE_GUARDED("uprobe", tls_write_ex_enter, tls_enter(ctx, PHASE2_DIR_WRITE, 1))
-UPROBE_GUARDED("uprobe", tls_read_enter, tls_enter(ctx, PHASE2_DIR_READ, 0))
-UPROBE_GUARDED("uprobe", tls_read_ex_enter, tls_enter(ctx, PHASE2_DIR_READ, 1))
+UPROBE_GUARDED("uprobe", tls_write_enter, UPROBE_TLS_WRITE_ENTER, tls_enter(ctx, PHASE2_DIR_WRITE, 0))
+UPROBE_GUARDED("uprobe", tls_write_ex_enter, UPROBE_TLS_WRITE_EX_ENTER, tls_enter(ctx, PHASE2_DIR_WRITE, 1))
+UPROBE_GUARDED("uprobe", tls_read_enter, UPROBE_TLS_READ_ENTER, tls_enter(ctx, PHASE2_DIR_READ, 0))
+UPROBE_GUARDED("uprobe", tls_read_ex_enter, UPROBE_TLS_READ_EX_ENTER, tls_enter(ctx, PHASE2_DIR_READ, 1))
 
 /* The bytes an SSL call moved: its return value, or, for the _ex variants, what the library
  * stored at moved_at when it returned 1. */
@@ -246,6 +246,6 @@ static __always_inline int tls_return(struct pt_regs *ctx)
 	return scan_call(id, &call, moved);
 }
 
-UPROBE_GUARDED("uretprobe", tls_leave, tls_return(ctx))
+UPROBE_GUARDED("uretprobe", tls_leave, UPROBE_TLS_LEAVE, tls_return(ctx))
 
 #endif /* PHASE2_TLS_BPF_H */
