@@ -16,11 +16,16 @@ struct {
 	__type(value, __u64);
 } phase2_counters SEC(".maps");
 
-static __always_inline void p2_count(__u32 counter)
+static __always_inline void p2_add(__u32 counter, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&phase2_counters, &counter);
 	if (v)
-		*v += 1;
+		*v += n;
+}
+
+static __always_inline void p2_count(__u32 counter)
+{
+	p2_add(counter, 1);
 }
 
 #endif /* PHASE2_COUNTERS_BPF_H */

@@ -55,12 +55,8 @@ static __noinline void uprobe_let_go(__u32 program)
 		return;
 	__u32 cpu = bpf_get_smp_processor_id() & (UPROBE_GUARD_CPUS - 1);
 	__u32 skipped = __sync_lock_test_and_set(&uprobe_guard.skipped[program][cpu], 0);
-	if (skipped) {
-		__u32 counter = P2_C_UPROBE_RUNS_SKIPPED;
-		__u64 *v = bpf_map_lookup_elem(&phase2_counters, &counter);
-		if (v)
-			*v += skipped;
-	}
+	if (skipped)
+		p2_add(P2_C_UPROBE_RUNS_SKIPPED, skipped);
 	asm volatile("" ::: "memory");
 	*(volatile __u32 *)&uprobe_guard.busy[program][cpu] = 0;
 }
