@@ -1,6 +1,7 @@
 //! The clocks every stamp is on: `CLOCK_MONOTONIC`, which the kernel side stamps with, and the
 //! wall clock records are also dated by so that they can be joined with logs and traces.
 
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads on the same node.
@@ -17,6 +18,31 @@ fn read(clock: libc::clockid_t) -> i128 {
     // SAFETY: ts is a valid out-pointer; both clocks read here always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// A node clock skewed on purpose (demos and tests of unsynchronised nodes): the node's times
+/// as if its clock were `offset_ns` ahead of the real one at `origin_ns` and ran `ppm` fast
+/// since. Production agents use the identity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Skew {
+    pub offset_ns: i64,
+    pub ppm: f64,
+    pub origin_ns: u64,
+}
+
+impl Skew {
+    /// The node's time at real time `t_ns`.
+    pub fn apply(&self, t_ns: u64) -> u64 {
+        let drift = (t_ns as f64 - self.origin_ns as f64) * self.ppm * 1e-6;
+        (t_ns as f64 + drift + self.offset_ns as f64) as u64
+    }
+
+    /// The real time at the node's time `node_ns`: what audits a mapping of node clocks.
+    pub fn real(&self, node_ns: u64) -> u64 {
+        let rate = 1.0 + self.ppm * 1e-6;
+        let since_origin = (node_ns as f64 - self.offset_ns as f64 - self.origin_ns as f64) / rate;
+        (self.origin_ns as f64 + since_origin).round().max(0.0) as u64
+    }
 }
 
 /// How `CLOCK_MONOTONIC` maps onto the wall clock (`CLOCK_REALTIME`, UTC) now, and how well.
@@ -74,6 +100,25 @@ fn estimated_error_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skewed_time_is_undone_to_the_nanosecond() {
+        let skew = Skew {
+            offset_ns: -48_000_000,
+            ppm: 35.0,
+            origin_ns: 7_200_000_000_000,
+        };
+        // Two days of uptime on either side of the origin.
+        for real in [
+            5_000_000_000_000_u64,
+            7_200_000_000_000,
+            180_000_000_000_000,
+        ] {
+            let node = skew.apply(real);
+            assert_ne!(node, real);
+            assert!(skew.real(node).abs_diff(real) <= 1, "{real} → {node}");
+        }
+    }
 
     #[test]
     fn monotonic_stamps_map_onto_the_wall_clock_within_the_bracket() {

@@ -34,6 +34,10 @@ pub struct Sighting {
     pub pos: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// `t_ns` on the node's own clock, when `t_ns` is a collector's mapping of it (phase 3
+    /// on): what joins the sighting with the node's own logs, and what audits the mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_t_ns: Option<u64>,
     /// The process in Kubernetes terms, when the tracer knows them (phase 4 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
@@ -245,6 +249,7 @@ mod tests {
             t_ns,
             pos: Some(99),
             node: None,
+            node_t_ns: None,
             pod: None,
         };
         let r = HopRecord::new(0xFFFF_FFFF_FFFF_FFF1, s(Dir::Write, 100), s(Dir::Read, 350));
@@ -296,6 +301,7 @@ mod tests {
             t_ns,
             pos: None,
             node: None,
+            node_t_ns: None,
             pod: None,
         }
     }

@@ -4,12 +4,12 @@
 //! snapshots the pass/fail matrix, so a regression in any phase fails CI.
 
 use crate::pairs::{Content, Pipe};
+use agent::clock::Skew;
 use agent::loader::ScanMode;
 use agent::pipeline::Kernel;
 use anyhow::Result;
 use harness::scenario::Scenario;
 use harness::score::{Score, TEST_BAR};
-use phase_3_multi_node::uplink::Skew;
 use shared::FingerprintConfig;
 use std::fmt::Write;
 use std::path::Path;
@@ -59,7 +59,8 @@ fn skew(node: &str) -> Skew {
     Skew {
         offset_ns,
         ppm,
-        origin_ns: 0,
+        // From the run's start (`skews_from_now`).
+        ..Skew::default()
     }
 }
 

@@ -41,6 +41,7 @@ pub fn records(gt: &GroundTruth, calls: &[CallTruthIndex], obs: Observes) -> Vec
                 t_ns,
                 pos,
                 node: log.node.clone(),
+                node_t_ns: None,
                 pod: None,
             })
         };

@@ -1,8 +1,10 @@
 //! Ground truth: what the harness's own components record of every read and write they make.
 
+use agent::clock::Skew;
 use agent::schema::Dir;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// How many times the calling thread has been switched out while runnable (`ru_nivcsw` of
@@ -130,10 +132,21 @@ pub struct GroundTruth {
     pub scenario: String,
     pub calls: Vec<CallTruth>,
     pub components: Vec<ComponentLog>,
+    /// The clock each node's agent was told to pretend it has (S9's unsynchronised nodes), by
+    /// node; an unnamed node's clock is the real one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_clocks: BTreeMap<String, Skew>,
 }
 
 impl GroundTruth {
     pub fn component(&self, name: &str) -> Option<&ComponentLog> {
         self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The real time of a stamp on `node`'s own clock.
+    pub fn real_ns(&self, node: &str, node_ns: u64) -> u64 {
+        self.node_clocks
+            .get(node)
+            .map_or(node_ns, |c| c.real(node_ns))
     }
 }

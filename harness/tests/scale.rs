@@ -36,6 +36,7 @@ fn sighting(gt: &GroundTruth, comm: &str, io: &Io, pos: u64) -> Sighting {
         t_ns: io.t_ns,
         pos: Some(pos),
         node: None,
+        node_t_ns: None,
         pod: None,
     }
 }

@@ -42,6 +42,7 @@ impl agent::pipeline::Matching for Matcher {
             // Phase 1's positions count from each write, not from the flow.
             pos: None,
             node: None,
+            node_t_ns: None,
             pod: None,
         };
         out.extend(

@@ -344,6 +344,7 @@ fn sighting(s: &Seen) -> Sighting {
         t_ns: s.e.call.t_ns,
         pos: Some(s.e.end),
         node: None,
+        node_t_ns: None,
         pod: None,
     }
 }

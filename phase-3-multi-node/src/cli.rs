@@ -9,9 +9,10 @@ use crate::metrics::Metrics;
 use crate::mtls::{ClientTls, ServerTls};
 use crate::outputs::Outputs;
 use crate::shards::Shards;
-use crate::uplink::{Skew, UplinkConfig};
+use crate::uplink::UplinkConfig;
 use agent::cli::{listen, listen_address, parse_duration, parse_interval, report_period, FOREVER};
 use agent::clock::monotonic_ns;
+use agent::clock::Skew;
 use agent::stats::{HopStats, Retention};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -55,6 +56,9 @@ pub struct AgentArgs {
         value_parser = finite
     )]
     pub skew_ppm: f64,
+    /// … since this `CLOCK_MONOTONIC` time, ns (default: the agent's start).
+    #[arg(long, value_name = "NS")]
+    pub skew_origin_ns: Option<u64>,
     /// Batches held while the collector is slow or gone (then the oldest are dropped, counted).
     #[arg(long, default_value_t = 4096)]
     pub queue_batches: usize,
@@ -282,7 +286,7 @@ pub fn run_agent_with(args: &AgentArgs, mut hooks: AgentHooks) -> Result<()> {
         skew: Skew {
             offset_ns: (args.skew_offset_ms * 1e6) as i64,
             ppm: args.skew_ppm,
-            origin_ns: monotonic_ns(),
+            origin_ns: args.skew_origin_ns.unwrap_or_else(monotonic_ns),
         },
         tls,
     };

@@ -32,8 +32,8 @@ enum Command {
 /// The demo's node clocks: offsets within ±50 ms and drifts of tens of ppm, as unsynchronised
 /// nodes are.
 #[cfg(feature = "demo")]
-fn demo_skew(node: &str) -> phase_3_multi_node::uplink::Skew {
-    use phase_3_multi_node::uplink::Skew;
+fn demo_skew(node: &str) -> agent::clock::Skew {
+    use agent::clock::Skew;
     match node {
         "b" => Skew {
             offset_ns: 37_500_000,

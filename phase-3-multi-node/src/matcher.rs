@@ -39,6 +39,7 @@ impl NodeSight {
             t_ns: self.mapped_ns,
             pos: Some(self.wire.pos),
             node: Some(self.node.1.to_string()),
+            node_t_ns: Some(self.wire.t_ns),
             pod: self.wire.pod.as_ref().map(|p| PodRef {
                 namespace: p.namespace.clone(),
                 pod: p.pod.clone(),

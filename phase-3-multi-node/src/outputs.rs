@@ -104,6 +104,7 @@ mod tests {
             t_ns: 1_000,
             pos: None,
             node: Some(node.into()),
+            node_t_ns: Some(1_000),
             pod,
         };
         let pod = PodRef {

@@ -6,8 +6,7 @@
 
 use crate::collector::{serve, Service};
 use crate::outputs::Outputs;
-use crate::uplink::Skew;
-use agent::clock::monotonic_ns;
+use agent::clock::{monotonic_ns, Skew};
 use agent::schema::HopRecord;
 use agent::stats::HopStats;
 use anyhow::{bail, Context, Result};
@@ -335,13 +334,26 @@ fn agent_command(
 }
 
 /// The agent flags that skew its node's clock.
-pub fn skew_args(skew: Skew) -> [String; 4] {
+pub fn skew_args(skew: Skew) -> [String; 6] {
     [
         "--skew-offset-ms".into(),
         (skew.offset_ns as f64 / 1e6).to_string(),
         "--skew-ppm".into(),
         skew.ppm.to_string(),
+        "--skew-origin-ns".into(),
+        skew.origin_ns.to_string(),
     ]
+}
+
+/// Each node's skew from now: its offset as given at this instant, the run's start. Known to
+/// the nanosecond, the skews go into the ground truth, which then audits the collector's
+/// clock alignment apart from the stamps' own delays.
+pub fn skews_from_now(skew: impl Fn(&str) -> Skew) -> impl Fn(&str) -> Skew {
+    let origin_ns = monotonic_ns();
+    move |node| Skew {
+        origin_ns,
+        ..skew(node)
+    }
 }
 
 /// Runs `sc` from `exe` with an agent per node; `skew` gives each node's clock skew.
@@ -366,6 +378,7 @@ pub fn trace_scenario_sharded(
         .collect::<Result<_>>()?;
     let urls: Vec<String> = collectors.iter().map(InProcessCollector::url).collect();
     let dir = harness::run::workdir(&format!("phase-3-{}", sc.id))?;
+    let skew = skews_from_now(skew);
     let mut agents: Vec<AgentProcess> = Vec::new();
     let gt = harness::run::run(sc, exe, &dir, |t| {
         for (node, pids) in &t.nodes {
@@ -378,8 +391,12 @@ pub fn trace_scenario_sharded(
     });
     // Agents stop by themselves once their processes are gone, after delivering everything.
     let finished: Result<Vec<_>> = agents.into_iter().map(AgentProcess::finish).collect();
-    let gt = gt?;
+    let mut gt = gt?;
     let agent_lines = finished?;
+    gt.node_clocks = agent_lines
+        .iter()
+        .map(|(node, _)| (node.clone(), skew(node)))
+        .collect();
     let collected = Collected::together(
         collectors
             .into_iter()

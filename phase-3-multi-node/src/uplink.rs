@@ -10,28 +10,11 @@ use crate::outbox::Outbox;
 pub use crate::outbox::UplinkCounters;
 use crate::proto::collector_client::CollectorClient;
 use crate::proto::{Exchange, NodeSighting, SyncRequest};
-use agent::clock::monotonic_ns;
+use agent::clock::{monotonic_ns, Skew};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tonic::transport::Endpoint;
-
-/// A node clock for tests (S9: unsynchronised nodes): the node's times as if its clock were `offset_ns`
-/// ahead of the real one at `origin_ns` and ran `ppm` fast since. Production agents use the
-/// identity.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Skew {
-    pub offset_ns: i64,
-    pub ppm: f64,
-    pub origin_ns: u64,
-}
-
-impl Skew {
-    pub fn apply(&self, t_ns: u64) -> u64 {
-        let drift = (t_ns as f64 - self.origin_ns as f64) * self.ppm * 1e-6;
-        (t_ns as f64 + drift + self.offset_ns as f64) as u64
-    }
-}
 
 /// Delays between failed connects: doubling from 20 ms to 0.5 s, each stretched by a random
 /// part of itself (so never over 1 s), so that the agents of a cluster do not all reconnect in

@@ -3,11 +3,12 @@
 //! another CA signed, or speaking plaintext delivers nothing and keeps retrying, its failure in
 //! one line; unusable PEM files are refused at start, naming the file.
 
+use agent::clock::Skew;
 use harness::pki::{write_test_pki, TestPki, TEST_AGENT_NODE};
 use phase_3_multi_node::collector::{serve, Service};
 use phase_3_multi_node::mtls::{ClientTls, ServerTls};
 use phase_3_multi_node::proto::NodeSighting;
-use phase_3_multi_node::uplink::{Skew, Uplink, UplinkConfig};
+use phase_3_multi_node::uplink::{Uplink, UplinkConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

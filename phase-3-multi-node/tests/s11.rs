@@ -4,10 +4,10 @@
 //! conntrack's post-NAT tuple, so every hop is still found, none falsely, across nodes within
 //! the bound.
 
+use agent::clock::Skew;
 use harness::scenario::s11;
 use harness::score::TEST_BAR;
 use phase_3_multi_node::run::trace_scenario_phase3;
-use phase_3_multi_node::uplink::Skew;
 use std::path::Path;
 
 const EXE: &str = env!("CARGO_BIN_EXE_phase-3-multi-node");
@@ -21,7 +21,8 @@ fn skew(node: &str) -> Skew {
     Skew {
         offset_ns,
         ppm,
-        origin_ns: 0,
+        // From the run's start (`skews_from_now`).
+        ..Skew::default()
     }
 }
 

@@ -4,10 +4,11 @@
 //! bound its record carries. Sharded over three collector replicas, the same holds of what
 //! they report together.
 
+use agent::clock::Skew;
+use agent::schema::{HopRecord, Sighting};
 use harness::scenario::s9;
 use harness::score::TEST_BAR;
 use phase_3_multi_node::run::{trace_scenario_phase3, trace_scenario_sharded, ClusterRun};
-use phase_3_multi_node::uplink::Skew;
 use std::path::Path;
 
 const EXE: &str = env!("CARGO_BIN_EXE_phase-3-multi-node");
@@ -22,7 +23,8 @@ fn skew(node: &str) -> Skew {
     Skew {
         offset_ns,
         ppm,
-        origin_ns: 0,
+        // From the run's start (`skews_from_now`).
+        ..Skew::default()
     }
 }
 
@@ -66,21 +68,37 @@ fn check(r: &ClusterRun, replicas: usize) {
     assert_eq!(x.outside_bound, 0, "{s}");
     // The cross-node promise: error p99 ≤ 200 µs.
     assert!(x.error_p99_ns <= 200_000, "{s}");
-    // Hops inside node b are measured on b's own clock, as phase 2 measures them (the
-    // 20 µs same-node target is a benchmark figure, BENCHMARKS.md; this bound leaves room for a noisy CI).
     let node_of = |hop_end: &str| {
         let name = hop_end.split(':').next().unwrap();
         r.gt.component(name).and_then(|c| c.node.clone())
     };
-    let within: Vec<_> = s
+    let crossing = s
         .hops
         .iter()
-        .filter(|h| node_of(&h.from) == node_of(&h.to))
-        .collect();
+        .filter(|h| node_of(&h.from) != node_of(&h.to))
+        .count();
     // Per call: a → b, b → c twice.
-    assert_eq!(s.hops.len() - within.len(), 3 * 4, "{s}");
-    for h in within {
-        assert!(h.error_p99_ns <= 50_000, "{} → {}: {s}", h.from, h.to);
+    assert_eq!(crossing, 3 * 4, "{s}");
+    // Hops inside node b are measured on b's own clock, as phase 2 measures them: a latency
+    // is what b's stamps say on the real clock (the drift's correction aside), whatever the
+    // mapping. How close b's stamps are to the truth is phase 2's accuracy (its tests, and
+    // BENCHMARKS.md for the 20 µs target).
+    let real = |x: &Sighting| {
+        r.gt.real_ns(x.node.as_deref().unwrap(), x.node_t_ns.unwrap())
+    };
+    let within: Vec<&HopRecord> = r
+        .records
+        .iter()
+        .filter(|x| x.from.node == x.to.node)
+        .collect();
+    assert!(within.len() > 300, "{} records within b", within.len());
+    for x in within {
+        let on_b = real(&x.to) as i64 - real(&x.from) as i64;
+        assert!(
+            (x.latency_ns - on_b).abs() <= 1_000,
+            "{} ns measured, {on_b} ns on b's clock: {x:?}",
+            x.latency_ns
+        );
     }
     // The collector recovered every node's clock: offset (collector − node) within its bound
     // of the skew put in, at the node's drift since the agent started.

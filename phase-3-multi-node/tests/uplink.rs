@@ -4,10 +4,11 @@
 //! sightings sharded over three replicas, one lost and back.
 
 use agent::clock::monotonic_ns;
+use agent::clock::Skew;
 use phase_3_multi_node::collector::{serve, Service};
 use phase_3_multi_node::proto::NodeSighting;
 use phase_3_multi_node::shards::{Rendezvous, Shards};
-use phase_3_multi_node::uplink::{Skew, Uplink, UplinkConfig};
+use phase_3_multi_node::uplink::{Uplink, UplinkConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -189,8 +190,7 @@ async fn a_skewed_node_clock_is_mapped_back_within_its_bound() {
         let Some((mapped, bound)) = r.mapped else {
             continue;
         };
-        let truth =
-            ((r.sighting.t_ns as f64 - skew.offset_ns as f64) / (1.0 + skew.ppm * 1e-6)) as u64;
+        let truth = skew.real(r.sighting.t_ns);
         let err = mapped.abs_diff(truth);
         assert!(err <= bound + 1, "error {err} ns beyond bound {bound} ns");
         if r.sighting.signature >= 300_000 {

@@ -51,8 +51,8 @@ fn main() {
         Command::Collector(c) => run_collector(c),
         #[cfg(feature = "demo")]
         Command::Scenario { id } => {
+            use agent::clock::Skew;
             use anyhow::Context;
-            use phase_3_multi_node::uplink::Skew;
             use phase_4_k8s::run::trace_scenario_phase4;
             let sc = harness::scenario::by_id(id)
                 .with_context(|| format!("unknown scenario {id:?}; `harness list` shows them"))?;

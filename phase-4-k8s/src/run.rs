@@ -18,14 +18,14 @@
 use crate::testbed::crun::{exclusive, host};
 use crate::testbed::plan::{podlist, ContainerPlan, Driver, PodPlan, Qos};
 use crate::testbed::FakeCluster;
+use agent::clock::Skew;
 use agent::schema::{PodRef, Sighting};
 use anyhow::{Context, Result};
 use harness::nodes::HOST;
 use harness::scenario::Scenario;
 use phase_3_multi_node::run::{
-    run_agent_if, skew_args, AgentProcess, ClusterRun, InProcessCollector,
+    run_agent_if, skew_args, skews_from_now, AgentProcess, ClusterRun, InProcessCollector,
 };
-use phase_3_multi_node::uplink::Skew;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -125,6 +125,7 @@ fn trace_on_cluster(
     )?;
     let collector = InProcessCollector::start()?;
     let selector = format!("{SCENARIO_LABEL}={}", sc.id.to_lowercase());
+    let skew = skews_from_now(skew);
     let run_dir = dir.join("run");
     std::fs::create_dir_all(&run_dir)?;
     let mut agents: Vec<AgentProcess> = Vec::new();
@@ -157,8 +158,12 @@ fn trace_on_cluster(
         a.terminate();
     }
     let finished: Result<Vec<_>> = agents.into_iter().map(AgentProcess::finish).collect();
-    let gt = gt?;
+    let mut gt = gt?;
     let agent_lines = finished?;
+    gt.node_clocks = agent_lines
+        .iter()
+        .map(|(node, _)| (node.clone(), skew(node)))
+        .collect();
     let collected = collector.finish()?;
     drop(fake);
     let cluster = ClusterRun::score(gt, collected, agent_lines, "phase-4-k8s")?;

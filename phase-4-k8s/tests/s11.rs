@@ -4,9 +4,9 @@
 //! conntrack's post-NAT tuple: every hop is found, none falsely, every sighting named by its
 //! pod, cross-node latencies within their bound. Needs root, crun and busybox-static.
 
+use agent::clock::Skew;
 use harness::scenario::s11;
 use harness::score::TEST_BAR;
-use phase_3_multi_node::uplink::Skew;
 use phase_4_k8s::run::trace_scenario_phase4;
 use std::path::Path;
 
@@ -21,7 +21,8 @@ fn skew(node: &str) -> Skew {
     Skew {
         offset_ns,
         ppm,
-        origin_ns: 0,
+        // From the run's start (`skews_from_now`).
+        ..Skew::default()
     }
 }
 

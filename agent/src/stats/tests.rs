@@ -79,6 +79,7 @@ fn record(from: &str, to: &str, latency_ns: i64, bound_ns: Option<u64>) -> HopRe
         t_ns: 0,
         pos: None,
         node: None,
+        node_t_ns: None,
         pod: None,
     };
     let mut r = HopRecord::new(1, end(from, Dir::Write), end(to, Dir::Read));
@@ -196,6 +197,7 @@ fn rows_are_workloads_where_known() {
         t_ns: 0,
         pos: None,
         node: Some(node.into()),
+        node_t_ns: None,
         pod: Some(crate::schema::PodRef {
             namespace: "audio".into(),
             pod: pod.into(),

@@ -181,6 +181,7 @@ pub fn run(
         scenario: sc.id.to_string(),
         calls: plan.calls,
         components,
+        node_clocks: Default::default(),
     })
 }
 

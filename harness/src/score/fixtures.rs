@@ -191,6 +191,7 @@ impl Fixture {
             scenario: "fixture".into(),
             calls: vec![call],
             components,
+            node_clocks: Default::default(),
         };
         let calls = CallTruthIndex::build(&gt, FingerprintConfig::default()).unwrap();
         Self { gt, calls, dir }
@@ -244,6 +245,7 @@ impl Fixture {
             t_ns,
             pos,
             node: None,
+            node_t_ns: None,
             pod: None,
         }
     }

@@ -54,6 +54,7 @@ impl FalseMatch {
 
 /// Everything a record is matched against.
 pub(super) struct Matcher<'a> {
+    gt: &'a GroundTruth,
     calls: &'a [CallTruthIndex],
     hops: &'a Hops,
     owners: FlowOwners,
@@ -65,7 +66,7 @@ pub(super) struct Matcher<'a> {
 
 impl<'a> Matcher<'a> {
     pub(super) fn new(
-        gt: &GroundTruth,
+        gt: &'a GroundTruth,
         calls: &'a [CallTruthIndex],
         hops: &'a Hops,
         cfg: FingerprintConfig,
@@ -80,6 +81,7 @@ impl<'a> Matcher<'a> {
             }
         }
         Self {
+            gt,
             calls,
             hops,
             owners: FlowOwners::build(calls),
@@ -162,13 +164,22 @@ impl<'a> Matcher<'a> {
                     let err = (r.latency_ns - m.latency_ns).unsigned_abs();
                     tally.latency_error(err, m.preempted, &[m.hop]);
                     if !m.preempted && r.from.node != r.to.node {
-                        tally.cross_node_error(err, r.bound_ns);
+                        tally.cross_node_error(err, self.clock_error(r), r.bound_ns);
                     }
                 } else {
                     tally.duplicates += 1;
                 }
             }
         }
+    }
+
+    /// How far a cross-node record's latency is from the latency of its own stamps on the
+    /// real clock: the error of its nodes' clock alignment alone, without the stamps' own
+    /// delays, which the bound does not cover. None when its sides carry no node stamps.
+    fn clock_error(&self, r: &HopRecord) -> Option<u64> {
+        let real = |s: &Sighting| Some(self.gt.real_ns(s.node.as_deref()?, s.node_t_ns?));
+        let on_real = i128::from(real(&r.to)?) - i128::from(real(&r.from)?);
+        Some(u64::try_from((i128::from(r.latency_ns) - on_real).unsigned_abs()).unwrap_or(u64::MAX))
     }
 
     /// Both sides name a flow position: a hop matches when both carried the same audio byte.

@@ -123,7 +123,12 @@ pub struct CrossNodeErrors {
     pub error_p50_ns: u64,
     pub error_p99_ns: u64,
     pub error_max_ns: u64,
-    /// Records whose error exceeded their `bound_ns` (or that carried none).
+    /// The part of the error the clock alignment made, of records whose sides carry their
+    /// node's own stamps (the rest is the stamps' own delays, as on one node).
+    pub clock_error_p99_ns: u64,
+    pub clock_error_max_ns: u64,
+    /// Records whose clock error (whole error, without node stamps) exceeded their `bound_ns`
+    /// (or that carried none).
     pub outside_bound: usize,
     pub bound_p50_ns: u64,
     pub bound_max_ns: u64,
@@ -147,6 +152,7 @@ pub(super) struct Tally<'r> {
     /// Per hop, its errors whose truth was not preempted.
     hop_errors: Vec<Vec<u64>>,
     cross_errors: Vec<u64>,
+    clock_errors: Vec<u64>,
     cross_bounds: Vec<u64>,
     outside_bound: usize,
     /// Tracer's stamp − truth of correct records' sides, by direction (`Dir as usize`).
@@ -167,6 +173,7 @@ impl<'r> Tally<'r> {
             errors: Vec::new(),
             hop_errors: vec![Vec::new(); hops],
             cross_errors: Vec::new(),
+            clock_errors: Vec::new(),
             cross_bounds: Vec::new(),
             outside_bound: 0,
             offsets: [Vec::new(), Vec::new()],
@@ -194,12 +201,19 @@ impl<'r> Tally<'r> {
         }
     }
 
-    /// A latency error of a record whose sides are on different nodes, against the bound it
-    /// carries.
-    pub(super) fn cross_node_error(&mut self, err: u64, bound_ns: Option<u64>) {
+    /// A latency error of a record whose sides are on different nodes, and the part of it
+    /// its clock alignment made where known, against the bound the record carries.
+    pub(super) fn cross_node_error(
+        &mut self,
+        err: u64,
+        clock_err: Option<u64>,
+        bound_ns: Option<u64>,
+    ) {
         self.cross_errors.push(err);
+        self.clock_errors.extend(clock_err);
         self.cross_bounds.push(bound_ns.unwrap_or(0));
-        self.outside_bound += usize::from(bound_ns.is_none_or(|b| err > b));
+        let held = clock_err.unwrap_or(err);
+        self.outside_bound += usize::from(bound_ns.is_none_or(|b| held > b));
     }
 
     /// A false record, and why; a few are kept as examples.
@@ -349,6 +363,7 @@ impl<'r> Tally<'r> {
             .sum();
         let cov: Vec<f64> = hop_scores.iter().map(|h| h.coverage).collect();
         self.cross_errors.sort_unstable();
+        self.clock_errors.sort_unstable();
         self.cross_bounds.sort_unstable();
         Score {
             scenario: gt.scenario.clone(),
@@ -385,6 +400,8 @@ impl<'r> Tally<'r> {
                 error_p50_ns: percentile(&self.cross_errors, 0.5),
                 error_p99_ns: percentile(&self.cross_errors, 0.99),
                 error_max_ns: self.cross_errors.last().copied().unwrap_or(0),
+                clock_error_p99_ns: percentile(&self.clock_errors, 0.99),
+                clock_error_max_ns: self.clock_errors.last().copied().unwrap_or(0),
                 outside_bound: self.outside_bound,
                 bound_p50_ns: percentile(&self.cross_bounds, 0.5),
                 bound_max_ns: self.cross_bounds.last().copied().unwrap_or(0),
@@ -442,12 +459,15 @@ impl fmt::Display for Score {
         if x.records > 0 {
             writeln!(
                 f,
-                "  across nodes        {} records: error p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; \
+                "  across nodes        {} records: error p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs \
+                 (of it the clocks' p99 {:.1} µs, max {:.1} µs); \
                  bound p50 {:.1} µs, max {:.1} µs; {} outside their bound",
                 x.records,
                 x.error_p50_ns as f64 / 1e3,
                 x.error_p99_ns as f64 / 1e3,
                 x.error_max_ns as f64 / 1e3,
+                x.clock_error_p99_ns as f64 / 1e3,
+                x.clock_error_max_ns as f64 / 1e3,
                 x.bound_p50_ns as f64 / 1e3,
                 x.bound_max_ns as f64 / 1e3,
                 x.outside_bound
@@ -459,12 +479,23 @@ impl fmt::Display for Score {
             self.read_stamp_offset_p50_ns as f64 / 1e3,
             self.write_stamp_offset_p50_ns as f64 / 1e3
         )?;
-        let per: BTreeMap<(&str, &str), &HopScore> =
-            self.hops.iter().map(|h| ((&*h.from, &*h.to), h)).collect();
+        // One line per hop of the topology, over its calls: moments summed, the worst call's
+        // coverage and errors.
+        let mut per: BTreeMap<(&str, &str), HopScore> = BTreeMap::new();
+        for h in &self.hops {
+            per.entry((&h.from, &h.to))
+                .and_modify(|w| {
+                    w.matched += h.matched;
+                    w.coverage = w.coverage.min(h.coverage);
+                    w.error_p50_ns = w.error_p50_ns.max(h.error_p50_ns);
+                    w.error_p99_ns = w.error_p99_ns.max(h.error_p99_ns);
+                })
+                .or_insert_with(|| h.clone());
+        }
         for ((from, to), h) in per {
             writeln!(
                 f,
-                "    {from:>16} → {to:<16} {:>5} moments  coverage {:5.1} %  error p50 {:5.1} µs p99 {:5.1} µs",
+                "    {from:>16} → {to:<16} {:>5} moments  coverage {:5.1} %  error p50 {:5.1} µs p99 {:5.1} µs (worst call)",
                 h.matched,
                 h.coverage * 100.0,
                 h.error_p50_ns as f64 / 1e3,
@@ -480,6 +511,7 @@ mod tests {
     use super::super::fixtures::*;
     use super::{measurable_seconds, nonsilent_seconds};
     use crate::audio::{digital_silence, speech_like, tone};
+    use agent::clock::Skew;
     use agent::schema::HopRecord;
     use shared::{FingerprintConfig, Scanner};
 
@@ -512,7 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cross_node_error_is_held_against_its_bound() {
+    fn a_cross_node_error_without_node_stamps_is_held_whole_against_its_bound() {
         let f = Fixture::new(false);
         let (mut undisturbed, mut disturbed) = off_records(&f);
         undisturbed.to.node = Some("b".into());
@@ -526,6 +558,32 @@ mod tests {
                 (x.records, x.error_max_ns, x.outside_bound),
                 (1, 1000, outside)
             );
+        }
+    }
+
+    #[test]
+    fn across_nodes_only_the_clocks_part_of_the_error_is_held_against_the_bound() {
+        let mut f = Fixture::new(false);
+        let skew_b = Skew {
+            offset_ns: 50_000_000,
+            ppm: -35.0,
+            origin_ns: 0,
+        };
+        f.gt.node_clocks.insert("b".into(), skew_b);
+        // 1000 ns over the truth's latency; its own stamps, on the real clock, are 800 ns
+        // over it: the stamps' delays, not the clocks'. The clock alignment added 200 ns.
+        let (mut r, _) = off_records(&f);
+        (r.from.node, r.to.node) = (Some("a".into()), Some("b".into()));
+        let real_to = r.from.t_ns + (r.latency_ns - 200) as u64;
+        (r.from.node_t_ns, r.to.node_t_ns) = (Some(r.from.t_ns), Some(skew_b.apply(real_to)));
+        for (bound, outside) in [(500, 0), (150, 1)] {
+            r.bound_ns = Some(bound);
+            let x = f.score(std::slice::from_ref(&r)).cross_node;
+            assert_eq!(
+                (x.records, x.error_max_ns, x.outside_bound),
+                (1, 1000, outside)
+            );
+            assert!(x.clock_error_max_ns.abs_diff(200) <= 1, "{x:?}");
         }
     }
 
