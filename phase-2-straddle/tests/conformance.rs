@@ -28,14 +28,14 @@ fn io(fd: i32, buf: *mut u8, len: usize, write: bool, call: Call, rng: &mut StdR
 /// The truth of one call: its flow offset range, the caller's clock before and after it.
 type Calls = Vec<(u64, u64, u64, u64)>;
 
-/// Whether runs of the tracer's programs were skipped: on a preemptible kernel, while one is
+/// How many runs of the tracer's programs were skipped: on a preemptible kernel, while one is
 /// preempted mid-run, the same syscall program does not run for the next syscalls on that CPU
 /// (the kernel's guard, `recursion_misses`), nor does a uprobe program (ours,
 /// `uprobe_runs_skipped`; docs/kernels.md). A skipped call's moments are lost and the flow's
 /// positions after it shift by its bytes, so a test that saw skips checks what still holds, and
 /// says so. Without skips (always, on a kernel that does not preempt programs) it checks
 /// everything.
-fn skipped_runs(tracer: &Tracer, test: &str) -> bool {
+fn skipped_runs(tracer: &Tracer, test: &str) -> u64 {
     let skipped = tracer.recursion_misses()
         + tracer
             .counters()
@@ -45,12 +45,28 @@ fn skipped_runs(tracer: &Tracer, test: &str) -> bool {
             "{test}: the kernel skipped {skipped} runs of the programs: positions not compared"
         );
     }
-    skipped > 0
+    skipped
 }
 
-/// With skipped runs: every moment found is one of the reference's, and at least 90 % of them
-/// were found.
-fn assert_signatures_hold(got: &[(u64, u64)], want: &[(u64, u64)], what: &str) {
+/// The most moments `skips` lost calls can take: a call's own moments and those whose window
+/// reaches into it, over the `skips` calls that hold the most.
+fn lost_to_skips(want: &[(u64, u64)], calls: &Calls, window: u64, skips: u64) -> usize {
+    let mut per_call: Vec<usize> = calls
+        .iter()
+        .map(|&(a, b, _, _)| want.iter().filter(|m| a < m.0 && m.0 < b + window).count())
+        .collect();
+    per_call.sort_unstable_by(|x, y| y.cmp(x));
+    per_call.iter().take(skips as usize).sum()
+}
+
+/// With skipped runs: every moment found is one of the reference's, and at most `lost_at_most`
+/// of them missing.
+fn assert_signatures_hold(
+    got: &[(u64, u64)],
+    want: &[(u64, u64)],
+    lost_at_most: usize,
+    what: &str,
+) {
     let signatures: std::collections::HashSet<u64> = want.iter().map(|m| m.1).collect();
     let foreign: Vec<_> = got
         .iter()
@@ -62,8 +78,8 @@ fn assert_signatures_hold(got: &[(u64, u64)], want: &[(u64, u64)], what: &str) {
         "{what}: moments the reference does not have: {foreign:?}"
     );
     assert!(
-        got.len() * 10 >= want.len() * 9,
-        "{what}: {} moments, reference {}",
+        got.len() + lost_at_most >= want.len(),
+        "{what}: {} moments, reference {}, at most {lost_at_most} lost to the skipped runs",
         got.len(),
         want.len()
     );
@@ -146,8 +162,9 @@ fn stream(
             .filter(|m| want.binary_search(m).is_err())
             .take(5)
             .collect();
-        if skipped {
-            assert_signatures_hold(&got, &want, what);
+        if skipped > 0 {
+            let lost_at_most = lost_to_skips(&want, truth, cfg.window as u64, skipped);
+            assert_signatures_hold(&got, &want, lost_at_most, what);
             continue;
         }
         assert!(
@@ -336,7 +353,7 @@ fn calls_over_64_kib_are_counted_as_truncated() {
         .map(|m| (m.end, m.signature))
         .collect();
     ends.sort_unstable();
-    if skipped_runs(&tracer, "calls over 64 KiB") {
+    if skipped_runs(&tracer, "calls over 64 KiB") > 0 {
         return;
     }
     assert_eq!(scan.get("truncated"), (100_000 - 65_536) as u64);
@@ -427,8 +444,9 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
         );
         let mut got: Vec<(u64, u64)> = mine.iter().map(|e| (e.end, e.signature)).collect();
         got.sort_unstable();
-        if skipped_runs(&tracer, what) {
-            assert_signatures_hold(&got, &want, what);
+        if skipped_runs(&tracer, what) > 0 {
+            // Calls not recorded one by one here: a tenth of the moments.
+            assert_signatures_hold(&got, &want, want.len() / 10, what);
             continue;
         }
         assert!(
@@ -493,7 +511,7 @@ fn a_lone_call_reaches_the_agent_at_the_next_drain() {
         }
     });
     got.sort_unstable();
-    if !skipped_runs(&tracer, "a lone call") {
+    if skipped_runs(&tracer, "a lone call") == 0 {
         assert_eq!(got, want);
         let (scan, _) = tracer.counters().unwrap();
         assert_eq!(scan.get("moments"), want.len() as u64);
@@ -857,8 +875,9 @@ fn go_tls_relays(toolchain: &GoToolchain, pie: bool, seed: u64) {
         );
         let mut got: Vec<(u64, u64)> = mine.iter().map(|e| (e.end, e.signature)).collect();
         got.sort_unstable();
-        if skipped {
-            assert_signatures_hold(&got, &want, what);
+        if skipped > 0 {
+            // Calls not recorded one by one here: a tenth of the moments.
+            assert_signatures_hold(&got, &want, want.len() / 10, what);
             continue;
         }
         let missing: Vec<_> = want.iter().filter(|m| !got.contains(m)).take(5).collect();
@@ -920,7 +939,7 @@ fn go_tls_relays(toolchain: &GoToolchain, pie: bool, seed: u64) {
         // With skipped runs a hop needs both its ends seen, and this process's own calls (the
         // client and the sink, hundreds of them) are skipped too: most hops, not nearly all.
         assert!(
-            if skipped {
+            if skipped > 0 {
                 n * 2 >= want.len()
             } else {
                 n == want.len()
