@@ -4,8 +4,9 @@
 //! read once per file; its symbol table gives the two functions, an x86 decoder their RET
 //! instructions (Go's stacks move, so no uretprobes), and its Go version where a `crypto/tls.Conn`
 //! keeps its socket. Entry programs go on each function's first instruction, the return program on
-//! each RET, for that process only. Versions whose layout is not known here are refused, counted
-//! and said once per executable: their TLS links are seen as ciphertext.
+//! each RET, for that process only. Versions whose layout is not known here, and executables
+//! stripped of their symbol table (`-ldflags=-s`), are refused, counted and said once per
+//! executable: their TLS links are seen as ciphertext.
 
 use crate::event::GoTlsLayout;
 use crate::tls::{load_programs, program};
@@ -76,8 +77,10 @@ pub struct GoTls {
     /// A position-independent executable's link-time address of its program headers (its
     /// addresses move at load: `load_bias`); `None` for a fixed one.
     pub pie_headers: Option<u64>,
-    /// (*Conn).Write and (*Conn).Read, in `FUNCTIONS`' order.
+    /// (*Conn).Write and (*Conn).Read, in `FUNCTIONS`' order; none when stripped.
     pub functions: Vec<Function>,
+    /// Without a symbol table: neither the functions' nor the itabs' addresses are known.
+    pub stripped: bool,
 }
 
 /// Reads an executable: `None` when it has no Go crypto/tls (not Go, or Go without TLS).
@@ -94,7 +97,7 @@ pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
         .filter_map(|s| Some((s.name().ok().filter(|n| wanted(n))?, s)))
         .collect();
     if !FUNCTIONS.iter().any(|(f, _)| symbols.contains_key(f)) {
-        return Ok(None);
+        return Ok(stripped_go_tls(&file, mapped.bytes()));
     }
     let version = symbols
         .get("runtime.buildVersion")
@@ -128,7 +131,47 @@ pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
             .flatten(),
         version,
         functions,
+        stripped: false,
     }))
+}
+
+/// A Go executable stripped of its symbol table that links crypto/tls: its functions' names are
+/// still in the runtime's own table (pclntab, NUL-terminated) and its version in
+/// `.go.buildinfo`. Without the symbols of the itabs the probes are not placed: it is reported.
+fn stripped_go_tls(file: &object::File, bytes: &[u8]) -> Option<GoTls> {
+    if file.symbols().next().is_some() {
+        return None;
+    }
+    let name = format!("{}\0", FUNCTIONS[0].0);
+    memchr::memmem::find(bytes, name.as_bytes())?;
+    Some(GoTls {
+        version: build_info_version(file).unwrap_or_else(|| "an unknown Go version".into()),
+        layout: None,
+        pie_headers: None,
+        functions: Vec::new(),
+        stripped: true,
+    })
+}
+
+/// The version in `.go.buildinfo` as Go 1.18 on write it: after its 32-byte header, a varint
+/// length and the string.
+fn build_info_version(file: &object::File) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    const INLINE_STRINGS: u8 = 2;
+    let data = file.section_by_name(".go.buildinfo")?.data().ok()?;
+    if !data.starts_with(MAGIC) || data.get(15)? & INLINE_STRINGS == 0 {
+        return None;
+    }
+    let (mut len, mut at) = (0usize, 32);
+    for shift in (0..).step_by(7).take(4) {
+        let b = *data.get(at)?;
+        at += 1;
+        len |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    Some(String::from_utf8_lossy(data.get(at..at.checked_add(len)?)?).into_owned())
 }
 
 /// A file mapped read-only. An executable is read through a mapping, not read(): the tracer scans
@@ -257,7 +300,8 @@ pub struct GoTlsProbes {
     executables: HashMap<(u64, u64), Option<Arc<GoTls>>>,
     /// Processes probed so far, those that exited since included.
     probed: usize,
-    /// Go processes with crypto/tls whose version is not placed (counted once each).
+    /// Go processes with crypto/tls whose version is not placed or whose executable is
+    /// stripped (counted once each).
     unplaced: usize,
     /// Go processes whose probes could not be attached.
     failed: usize,
@@ -328,7 +372,12 @@ impl GoTlsProbes {
                 None
             }
         };
-        if let Some(g) = go.as_ref().filter(|g| g.layout.is_none()) {
+        if let Some(g) = go.as_ref().filter(|g| g.stripped) {
+            tracing::warn!(
+                "Go TLS: pid {pid} runs {} (crypto/tls) stripped of its symbol table (-ldflags=-s): the probes cannot be placed, its TLS links are seen as ciphertext",
+                g.version
+            );
+        } else if let Some(g) = go.as_ref().filter(|g| g.layout.is_none()) {
             tracing::warn!(
                 "Go TLS: pid {pid} runs {} (crypto/tls), whose Conn layout is not known here (placed: go1.{}–go1.{} on amd64): its TLS links are seen as ciphertext",
                 g.version,
@@ -375,7 +424,7 @@ impl GoTlsProbes {
         self.probed
     }
 
-    /// Go processes with crypto/tls whose version is not placed.
+    /// Go processes with crypto/tls whose version is not placed or executable stripped.
     pub fn unplaced(&self) -> usize {
         self.unplaced
     }
@@ -479,6 +528,48 @@ mod tests {
         for unplaced in ["go1.16.15", "go1.26.0", "devel go1.24-abc", "go2.0", ""] {
             assert_eq!(layout_of(unplaced), None, "{unplaced}");
         }
+    }
+
+    /// A stripped Go TLS executable (`-ldflags=-s -w`, fixed and position-independent) built
+    /// by each Go toolchain setup.sh installs is told from a program without Go TLS, with its
+    /// version, and not placed. A missing toolchain fails under CI and is skipped elsewhere.
+    #[test]
+    fn a_stripped_go_tls_executable_is_reported_with_its_version() {
+        let dir = std::env::temp_dir().join(format!("go-tls-stripped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        for go in ["go", "/usr/lib/go-1.23/bin/go"] {
+            let command = |args: &[&str]| {
+                let mut c = std::process::Command::new(go);
+                c.args(args).env("GOTOOLCHAIN", "local");
+                c
+            };
+            let Ok(version) = command(&["env", "GOVERSION"]).output() else {
+                assert!(!ci, "{go} is not installed: run `bash scripts/setup.sh`");
+                eprintln!("{go} is not installed: skipped");
+                continue;
+            };
+            let version = String::from_utf8(version.stdout)
+                .unwrap()
+                .trim()
+                .to_string();
+            for mode in ["exe", "pie"] {
+                let out = dir.join(format!("relay-{mode}"));
+                let built = command(&["build", "-buildmode", mode, "-ldflags=-s -w", "-o"])
+                    .arg(&out)
+                    .arg(source)
+                    .status()
+                    .unwrap();
+                assert!(built.success(), "{go} build: {built}");
+                let got = inspect(&out).unwrap().expect("crypto/tls is linked");
+                assert!(got.stripped && got.layout.is_none() && got.functions.is_empty());
+                assert_eq!(got.version, version, "{go} -buildmode {mode}");
+            }
+        }
+        // Not Go, not stripped: no Go TLS.
+        assert_eq!(inspect(Path::new("/bin/true")).unwrap(), None);
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
