@@ -101,7 +101,7 @@ fn check(r: &ClusterRun, replicas: usize) {
         );
     }
     // The collector recovered every node's clock: offset (collector − node) within its bound
-    // of the skew put in, at the node's drift since the agent started.
+    // of the skew put in, at the node's drift since the run started.
     for node in ["a", "b", "c"] {
         let parts: Vec<&str> = r
             .collector
