@@ -59,23 +59,23 @@ fn lost_to_skips(want: &[(u64, u64)], calls: &Calls, window: u64, skips: u64) ->
     per_call.iter().take(skips as usize).sum()
 }
 
-/// With skipped runs: every moment found is one of the reference's, and at most `lost_at_most`
-/// of them missing.
+/// With `skipped` runs: at most `lost_at_most` of the reference's moments missing, and at most
+/// two found per skipped run that the reference does not have. A lost call glues its flow's
+/// carry across the gap (docs/kernels.md), and a window across that junction can be a moment.
 fn assert_signatures_hold(
     got: &[(u64, u64)],
     want: &[(u64, u64)],
     lost_at_most: usize,
+    skipped: u64,
     what: &str,
 ) {
     let signatures: std::collections::HashSet<u64> = want.iter().map(|m| m.1).collect();
-    let foreign: Vec<_> = got
-        .iter()
-        .filter(|m| !signatures.contains(&m.1))
-        .take(5)
-        .collect();
+    let foreign: Vec<_> = got.iter().filter(|m| !signatures.contains(&m.1)).collect();
     assert!(
-        foreign.is_empty(),
-        "{what}: moments the reference does not have: {foreign:?}"
+        foreign.len() as u64 <= 2 * skipped,
+        "{what}: {} moments the reference does not have, {skipped} runs skipped: {:?}",
+        foreign.len(),
+        &foreign[..foreign.len().min(5)]
     );
     assert!(
         got.len() + lost_at_most >= want.len(),
@@ -164,7 +164,7 @@ fn stream(
             .collect();
         if skipped > 0 {
             let lost_at_most = lost_to_skips(&want, truth, cfg.window as u64, skipped);
-            assert_signatures_hold(&got, &want, lost_at_most, what);
+            assert_signatures_hold(&got, &want, lost_at_most, skipped, what);
             continue;
         }
         assert!(
@@ -444,9 +444,10 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
         );
         let mut got: Vec<(u64, u64)> = mine.iter().map(|e| (e.end, e.signature)).collect();
         got.sort_unstable();
-        if skipped_runs(&tracer, what) > 0 {
+        let skipped = skipped_runs(&tracer, what);
+        if skipped > 0 {
             // Calls not recorded one by one here: a tenth of the moments.
-            assert_signatures_hold(&got, &want, want.len() / 10, what);
+            assert_signatures_hold(&got, &want, want.len() / 10, skipped, what);
             continue;
         }
         assert!(
@@ -877,7 +878,7 @@ fn go_tls_relays(toolchain: &GoToolchain, pie: bool, seed: u64) {
         got.sort_unstable();
         if skipped > 0 {
             // Calls not recorded one by one here: a tenth of the moments.
-            assert_signatures_hold(&got, &want, want.len() / 10, what);
+            assert_signatures_hold(&got, &want, want.len() / 10, skipped, what);
             continue;
         }
         let missing: Vec<_> = want.iter().filter(|m| !got.contains(m)).take(5).collect();
