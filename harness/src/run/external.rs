@@ -17,9 +17,28 @@ pub(super) fn read_port(port_file: &Path) -> Result<u16> {
         .parse()?)
 }
 
-/// A port free on the IPv4 loopback for an external component to listen on (someone else may
-/// take it before it does: a small race, accepted).
+/// A port free on the IPv4 loopback for an external component to listen on, below the kernel's
+/// ephemeral range: a port from that range (what binding port 0 gives) can be handed to another
+/// test's outgoing connection before the component binds it, which made stunnel fail to start
+/// under a full parallel suite. Someone else binding the same port first is still a small race,
+/// accepted.
 pub fn free_port() -> Result<u16> {
+    use rand::Rng;
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let below = ephemeral_low.saturating_sub(12_000).max(1024)..ephemeral_low;
+    let mut rng = rand::thread_rng();
+    for _ in 0..64 {
+        if below.is_empty() {
+            break;
+        }
+        let port = rng.gen_range(below.clone());
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
