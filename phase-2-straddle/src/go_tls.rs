@@ -1,14 +1,16 @@
 //! Go crypto/tls probes: a Go program links its own TLS, so its plaintext is read at
 //! `crypto/tls.(*Conn).Write` and `(*Conn).Read` in the target's executable (`bpf/go_tls.bpf.h`).
 //! For each target process: the executable (`/proc/<pid>/exe`, a container's own included) is
-//! read once per file; its symbol table gives the two functions, an x86 decoder their RET
-//! instructions (Go's stacks move, so no uretprobes), and its Go version where a `crypto/tls.Conn`
-//! keeps its socket. Entry programs go on each function's first instruction, the return program on
-//! each RET, for that process only. Versions whose layout is not known here, and executables
-//! stripped of their symbol table (`-ldflags=-s`), are refused, counted and said once per
-//! executable: their TLS links are seen as ciphertext.
+//! read once per file; its symbol table (or, stripped, the Go runtime's own tables: `go_tables`)
+//! gives the two functions and the itabs that tell a TCP or unix `net.Conn`, an x86 decoder the
+//! functions' RET instructions (Go's stacks move, so no uretprobes), and its Go version where a
+//! `crypto/tls.Conn` keeps its socket. Entry programs go on each function's first instruction,
+//! the return program on each RET, for that process only. Versions whose layout is not known
+//! here are refused, counted and said once per executable: their TLS links are seen as
+//! ciphertext.
 
 use crate::event::GoTlsLayout;
+use crate::go_tables::RuntimeTables;
 use crate::tls::{load_programs, program};
 use agent::targets::process_exists;
 use anyhow::{bail, Context, Result};
@@ -19,6 +21,7 @@ use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -46,17 +49,34 @@ const LAYOUT: GoTlsLayout = GoTlsLayout {
     sysfd: 16,
 };
 
-/// The itabs of the two `net.Conn`s whose data is laid out as `LAYOUT` says (`go.itab.` until
-/// Go 1.19, `go:itab.` since 1.20).
-const ITABS: [[&str; 2]; 2] = [
-    [
-        "go.itab.*net.TCPConn,net.Conn",
-        "go:itab.*net.TCPConn,net.Conn",
-    ],
-    [
-        "go.itab.*net.UnixConn,net.Conn",
-        "go:itab.*net.UnixConn,net.Conn",
-    ],
+/// The receivers whose `net.Conn` data is laid out as `LAYOUT` says, in `GoTlsLayout`'s order,
+/// and the symbols of their itabs (`go.itab.` until Go 1.19, `go:itab.` since 1.20).
+const CONN_RECEIVERS: [(&str, [&str; 2]); 2] = [
+    (
+        "net.(*TCPConn)",
+        [
+            "go.itab.*net.TCPConn,net.Conn",
+            "go:itab.*net.TCPConn,net.Conn",
+        ],
+    ),
+    (
+        "net.(*UnixConn)",
+        [
+            "go.itab.*net.UnixConn,net.Conn",
+            "go:itab.*net.UnixConn,net.Conn",
+        ],
+    ),
+];
+/// `net.Conn`'s methods, sorted by name as an itab's slots are.
+const NET_CONN_METHODS: [&str; 8] = [
+    "Close",
+    "LocalAddr",
+    "Read",
+    "RemoteAddr",
+    "SetDeadline",
+    "SetReadDeadline",
+    "SetWriteDeadline",
+    "Write",
 ];
 
 /// A probed function: where it starts and where it returns, as file offsets.
@@ -77,53 +97,43 @@ pub struct GoTls {
     /// A position-independent executable's link-time address of its program headers (its
     /// addresses move at load: `load_bias`); `None` for a fixed one.
     pub pie_headers: Option<u64>,
-    /// (*Conn).Write and (*Conn).Read, in `FUNCTIONS`' order; none when stripped.
+    /// (*Conn).Write and (*Conn).Read, in `FUNCTIONS`' order; none when not placed.
     pub functions: Vec<Function>,
-    /// Without a symbol table: neither the functions' nor the itabs' addresses are known.
-    pub stripped: bool,
 }
 
-/// Reads an executable: `None` when it has no Go crypto/tls (not Go, or Go without TLS).
+/// Where the probes go, as link-time addresses: the functions in `FUNCTIONS`' order, the itabs
+/// in `CONN_RECEIVERS`' (0: none in this executable).
+struct Places {
+    functions: Vec<Range<u64>>,
+    itabs: [u64; 2],
+}
+
+/// Reads an executable: `None` when it has no Go crypto/tls (not Go, or Go without TLS). Its
+/// symbol table says where the probes go; without one (stripped), the Go runtime's own tables.
 pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
     let mapped = Mapped::open(path).with_context(|| format!("mapping {}", path.display()))?;
     let file = object::File::parse(mapped.bytes()).context("parsing the ELF")?;
-    let wanted = |name: &str| {
-        name == "runtime.buildVersion"
-            || FUNCTIONS.iter().any(|(function, _)| *function == name)
-            || ITABS.iter().flatten().any(|itab| *itab == name)
+    let found = if file.symbols().next().is_some() {
+        from_symbol_table(&file)?
+    } else {
+        from_runtime_tables(&file, mapped.bytes())?
     };
-    let symbols: HashMap<&str, object::Symbol> = file
-        .symbols()
-        .filter_map(|s| Some((s.name().ok().filter(|n| wanted(n))?, s)))
-        .collect();
-    if !FUNCTIONS.iter().any(|(f, _)| symbols.contains_key(f)) {
-        return Ok(stripped_go_tls(&file, mapped.bytes()));
-    }
-    let version = symbols
-        .get("runtime.buildVersion")
-        .context("crypto/tls without runtime.buildVersion")
-        .and_then(|s| build_version(&file, s.address()))?;
-    let functions = FUNCTIONS
-        .iter()
-        .map(|(name, _)| {
-            let symbol = symbols
-                .get(name)
-                .with_context(|| format!("{name} missing from the symbol table"))?;
-            function(&file, symbol).with_context(|| format!("reading {name}"))
-        })
-        .collect::<Result<_>>()?;
-    let amd64 = file.architecture() == object::Architecture::X86_64;
-    let itab = |names: &[&str; 2]| {
-        names
-            .iter()
-            .find_map(|n| symbols.get(n))
-            .map_or(0, |s| s.address())
+    let Some((version, places)) = found else {
+        return Ok(None);
     };
-    let layout = layout_of(&version).filter(|_| amd64).map(|l| GoTlsLayout {
-        tcp_conn_itab: itab(&ITABS[0]),
-        unix_conn_itab: itab(&ITABS[1]),
-        ..l
-    });
+    let (layout, functions) = match places {
+        Some(places) => (
+            Some(GoTlsLayout {
+                tcp_conn_itab: places.itabs[0],
+                unix_conn_itab: places.itabs[1],
+                ..LAYOUT
+            }),
+            (FUNCTIONS.iter().zip(places.functions))
+                .map(|((name, _), f)| function(&file, f).with_context(|| format!("reading {name}")))
+                .collect::<Result<_>>()?,
+        ),
+        None => (None, Vec::new()),
+    };
     Ok(Some(GoTls {
         layout,
         pie_headers: (file.kind() == object::ObjectKind::Dynamic)
@@ -131,26 +141,88 @@ pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
             .flatten(),
         version,
         functions,
-        stripped: false,
     }))
 }
 
-/// A Go executable stripped of its symbol table that links crypto/tls: its functions' names are
-/// still in the runtime's own table (pclntab, NUL-terminated) and its version in
-/// `.go.buildinfo`. Without the symbols of the itabs the probes are not placed: it is reported.
-fn stripped_go_tls(file: &object::File, bytes: &[u8]) -> Option<GoTls> {
-    if file.symbols().next().is_some() {
-        return None;
+/// Whether the probes can be placed in this executable of that Go version.
+fn placed(file: &object::File, version: &str) -> bool {
+    layout_of(version).is_some() && file.architecture() == object::Architecture::X86_64
+}
+
+/// The version, and the places where it is placed, from the symbol table.
+fn from_symbol_table(file: &object::File) -> Result<Option<(String, Option<Places>)>> {
+    let wanted = |name: &str| {
+        name == "runtime.buildVersion"
+            || FUNCTIONS.iter().any(|(function, _)| *function == name)
+            || CONN_RECEIVERS.iter().any(|(_, itab)| itab.contains(&name))
+    };
+    let symbols: HashMap<&str, object::Symbol> = file
+        .symbols()
+        .filter_map(|s| Some((s.name().ok().filter(|n| wanted(n))?, s)))
+        .collect();
+    if !FUNCTIONS.iter().any(|(f, _)| symbols.contains_key(f)) {
+        return Ok(None);
     }
+    let version = symbols
+        .get("runtime.buildVersion")
+        .context("crypto/tls without runtime.buildVersion")
+        .and_then(|s| build_version(file, s.address()))?;
+    if !placed(file, &version) {
+        return Ok(Some((version, None)));
+    }
+    let functions = FUNCTIONS
+        .iter()
+        .map(|(name, _)| {
+            let s = symbols
+                .get(name)
+                .with_context(|| format!("{name} missing from the symbol table"))?;
+            Ok(s.address()..s.address() + s.size())
+        })
+        .collect::<Result<_>>()?;
+    let itabs = CONN_RECEIVERS.map(|(_, names)| {
+        names
+            .iter()
+            .find_map(|n| symbols.get(n))
+            .map_or(0, |s| s.address())
+    });
+    Ok(Some((version, Some(Places { functions, itabs }))))
+}
+
+/// The version (`.go.buildinfo`), and the places where it is placed (`go_tables`), of an
+/// executable stripped of its symbol table.
+fn from_runtime_tables(
+    file: &object::File,
+    bytes: &[u8],
+) -> Result<Option<(String, Option<Places>)>> {
+    // A cheap test first, most targets not being Go: crypto/tls's name in the function table.
     let name = format!("{}\0", FUNCTIONS[0].0);
-    memchr::memmem::find(bytes, name.as_bytes())?;
-    Some(GoTls {
-        version: build_info_version(file).unwrap_or_else(|| "an unknown Go version".into()),
-        layout: None,
-        pie_headers: None,
-        functions: Vec::new(),
-        stripped: true,
-    })
+    if memchr::memmem::find(bytes, name.as_bytes()).is_none() {
+        return Ok(None);
+    }
+    let version = build_info_version(file).unwrap_or_else(|| "an unknown Go version".into());
+    if !placed(file, &version) {
+        return Ok(Some((version, None)));
+    }
+    let methods: HashSet<String> = CONN_RECEIVERS
+        .iter()
+        .flat_map(|(receiver, _)| NET_CONN_METHODS.map(|m| format!("{receiver}.{m}")))
+        .collect();
+    let tables = RuntimeTables::read(file, |name| {
+        FUNCTIONS.iter().any(|(f, _)| *f == name) || methods.contains(name)
+    })?;
+    let functions = FUNCTIONS
+        .iter()
+        .map(|(name, _)| {
+            tables
+                .function(name)
+                .with_context(|| format!("{name} missing from the pclntab"))
+        })
+        .collect::<Result<_>>()?;
+    let mut itabs = [0; 2];
+    for (itab, (receiver, _)) in itabs.iter_mut().zip(CONN_RECEIVERS) {
+        *itab = tables.itab(receiver, &NET_CONN_METHODS)?.unwrap_or(0);
+    }
+    Ok(Some((version, Some(Places { functions, itabs }))))
 }
 
 /// The version in `.go.buildinfo` as Go 1.18 on write it: after its 32-byte header, a varint
@@ -257,17 +329,19 @@ fn build_version(file: &object::File, address: u64) -> Result<String> {
 }
 
 /// A function's entry and RET instructions, as file offsets.
-fn function(file: &object::File, symbol: &object::Symbol) -> Result<Function> {
-    let index = symbol.section_index().context("not in a section")?;
-    let section = file.section_by_index(index)?;
+fn function(file: &object::File, range: Range<u64>) -> Result<Function> {
+    let section = file
+        .sections()
+        .find(|s| (s.address()..s.address() + s.size()).contains(&range.start))
+        .context("not in a section")?;
     let (file_offset, _) = section.file_range().context("section not in the file")?;
-    let start = (symbol.address() - section.address()) as usize;
+    let start = usize::try_from(range.start - section.address())?;
     let code = section
         .data()?
-        .get(start..start + symbol.size() as usize)
+        .get(start..start + usize::try_from(range.end - range.start)?)
         .context("function past its section")?;
     let to_file = |address: u64| address - section.address() + file_offset;
-    let returns: Vec<u64> = ret_addresses(code, symbol.address())
+    let returns: Vec<u64> = ret_addresses(code, range.start)
         .into_iter()
         .map(to_file)
         .collect();
@@ -275,7 +349,7 @@ fn function(file: &object::File, symbol: &object::Symbol) -> Result<Function> {
         bail!("no RET instruction found");
     }
     Ok(Function {
-        entry: to_file(symbol.address()),
+        entry: to_file(range.start),
         returns,
     })
 }
@@ -300,8 +374,7 @@ pub struct GoTlsProbes {
     executables: HashMap<(u64, u64), Option<Arc<GoTls>>>,
     /// Processes probed so far, those that exited since included.
     probed: usize,
-    /// Go processes with crypto/tls whose version is not placed or whose executable is
-    /// stripped (counted once each).
+    /// Go processes with crypto/tls whose version is not placed (counted once each).
     unplaced: usize,
     /// Go processes whose probes could not be attached.
     failed: usize,
@@ -372,14 +445,9 @@ impl GoTlsProbes {
                 None
             }
         };
-        if let Some(g) = go.as_ref().filter(|g| g.stripped) {
+        if let Some(g) = go.as_ref().filter(|g| g.layout.is_none()) {
             tracing::warn!(
-                "Go TLS: pid {pid} runs {} (crypto/tls) stripped of its symbol table (-ldflags=-s): the probes cannot be placed, its TLS links are seen as ciphertext",
-                g.version
-            );
-        } else if let Some(g) = go.as_ref().filter(|g| g.layout.is_none()) {
-            tracing::warn!(
-                "Go TLS: pid {pid} runs {} (crypto/tls), whose Conn layout is not known here (placed: go1.{}–go1.{} on amd64): its TLS links are seen as ciphertext",
+                "Go TLS: pid {pid} runs {} (crypto/tls), whose Conn layout is not known here (placed: go1.{}–go1.{} on amd64, stripped from go1.18): its TLS links are seen as ciphertext",
                 g.version,
                 PLACED_MINORS.start(),
                 PLACED_MINORS.end()
@@ -424,7 +492,7 @@ impl GoTlsProbes {
         self.probed
     }
 
-    /// Go processes with crypto/tls whose version is not placed or executable stripped.
+    /// Go processes with crypto/tls whose version is not placed.
     pub fn unplaced(&self) -> usize {
         self.unplaced
     }
@@ -530,11 +598,12 @@ mod tests {
         }
     }
 
-    /// A stripped Go TLS executable (`-ldflags=-s -w`, fixed and position-independent) built
-    /// by each Go toolchain setup.sh installs is told from a program without Go TLS, with its
-    /// version, and not placed. A missing toolchain fails under CI and is skipped elsewhere.
+    /// A Go TLS executable built by each Go toolchain setup.sh installs, fixed and
+    /// position-independent: the runtime's tables place the probes where its symbol table does
+    /// (both read from the same file), and stripped of both (`-ldflags=-s -w`) it is placed as
+    /// unstripped, version included. A missing toolchain fails under CI and is skipped elsewhere.
     #[test]
-    fn a_stripped_go_tls_executable_is_reported_with_its_version() {
+    fn a_stripped_executable_is_placed_from_its_runtime_tables_as_from_its_symbols() {
         let dir = std::env::temp_dir().join(format!("go-tls-stripped-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
@@ -555,19 +624,37 @@ mod tests {
                 .trim()
                 .to_string();
             for mode in ["exe", "pie"] {
-                let out = dir.join(format!("relay-{mode}"));
-                let built = command(&["build", "-buildmode", mode, "-ldflags=-s -w", "-o"])
-                    .arg(&out)
-                    .arg(source)
-                    .status()
-                    .unwrap();
-                assert!(built.success(), "{go} build: {built}");
-                let got = inspect(&out).unwrap().expect("crypto/tls is linked");
-                assert!(got.stripped && got.layout.is_none() && got.functions.is_empty());
-                assert_eq!(got.version, version, "{go} -buildmode {mode}");
+                let build = |flags: &str| {
+                    let out = dir.join(format!("relay-{mode}{flags}"));
+                    let built = command(&["build", "-buildmode", mode, &format!("-ldflags={flags}")])
+                        .arg("-o")
+                        .arg(&out)
+                        .arg(source)
+                        .status()
+                        .unwrap();
+                    assert!(built.success(), "{go} build: {built}");
+                    out
+                };
+                let (full, stripped) = (build(""), build("-s -w"));
+                let bytes = std::fs::read(&full).unwrap();
+                let file = object::File::parse(&*bytes).unwrap();
+                let (_, symbols) = from_symbol_table(&file).unwrap().unwrap();
+                let (_, tables) = from_runtime_tables(&file, &bytes).unwrap().unwrap();
+                let (symbols, tables) = (symbols.unwrap(), tables.unwrap());
+                assert_eq!(symbols.itabs, tables.itabs, "{go} -buildmode {mode}");
+                assert_ne!(symbols.itabs[0], 0, "the TCP itab is found");
+                for (s, t) in symbols.functions.into_iter().zip(tables.functions) {
+                    assert_eq!(s.start, t.start, "{go} -buildmode {mode}");
+                    assert_eq!(function(&file, s).unwrap(), function(&file, t).unwrap());
+                }
+                let full = inspect(&full).unwrap().expect("crypto/tls is linked");
+                let stripped = inspect(&stripped).unwrap().expect("crypto/tls is linked");
+                assert_eq!(stripped.version, version, "{go} -buildmode {mode}");
+                assert!(stripped.layout.is_some());
+                assert_eq!(stripped, full, "{go} -buildmode {mode}");
             }
         }
-        // Not Go, not stripped: no Go TLS.
+        // Not Go: no Go TLS, with a symbol table or without.
         assert_eq!(inspect(Path::new("/bin/true")).unwrap(), None);
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -8,6 +8,7 @@
 
 pub mod conntrack;
 pub mod event;
+pub mod go_tables;
 pub mod go_tls;
 pub mod links;
 pub mod matcher;

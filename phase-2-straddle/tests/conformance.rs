@@ -545,7 +545,7 @@ macro_rules! go_toolchains {
             }
 
             #[test]
-            fn go_tls_pie_relay_plaintext_equals_the_reference_and_makes_hops() {
+            fn go_tls_stripped_pie_relay_plaintext_equals_the_reference_and_makes_hops() {
                 go_tls_relays(&GO, true, 41);
             }
         }
@@ -597,9 +597,10 @@ impl GoToolchain {
     }
 
     /// The Go TLS relay (`harness/relays/go/relay.go`) built by this toolchain, once per test
-    /// binary, as a fixed executable (Go's default) or a position-independent one; `None` when
-    /// the toolchain is missing and may be (`installed`).
-    fn relay(&self, pie: bool) -> Option<std::path::PathBuf> {
+    /// binary: as Go builds by default (a fixed executable with its symbol table) or, with
+    /// `stripped_pie`, as images often ship it (position-independent, `-ldflags=-s -w`); `None`
+    /// when the toolchain is missing and may be (`installed`).
+    fn relay(&self, stripped_pie: bool) -> Option<std::path::PathBuf> {
         static RELAYS: std::sync::Mutex<Vec<(&str, bool, std::path::PathBuf)>> =
             std::sync::Mutex::new(Vec::new());
         if !self.installed() {
@@ -609,12 +610,16 @@ impl GoToolchain {
         let mut relays = RELAYS.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((.., path)) = relays
             .iter()
-            .find(|(v, p, _)| *v == self.version && *p == pie)
+            .find(|(v, p, _)| *v == self.version && *p == stripped_pie)
         {
             return Some(path.clone());
         }
-        let mode = if pie { "pie" } else { "exe" };
-        let name = format!("go-tls-relay-{}-{mode}", self.version);
+        let (mode, flags, label) = if stripped_pie {
+            ("pie", "-ldflags=-s -w", "stripped-pie")
+        } else {
+            ("exe", "-ldflags=", "exe")
+        };
+        let name = format!("go-tls-relay-{}-{label}", self.version);
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
         let out = dir.join(&name);
         let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
@@ -622,7 +627,7 @@ impl GoToolchain {
         // running the previous build.
         let built = dir.join(format!("{name}.{}", std::process::id()));
         let status = self
-            .command(&["build", "-buildmode", mode, "-o"])
+            .command(&["build", "-buildmode", mode, flags, "-o"])
             .arg(&built)
             .arg(source)
             .status()
@@ -633,7 +638,7 @@ impl GoToolchain {
             self.version
         );
         std::fs::rename(&built, &out).unwrap();
-        relays.push((self.version, pie, out.clone()));
+        relays.push((self.version, stripped_pie, out.clone()));
         Some(out)
     }
 }
@@ -751,15 +756,16 @@ fn free_port() -> u16 {
 /// second (TLS in, TCP out), which passes it in the clear to this test. Each relay's plaintext
 /// read and write is the reference's moments on the right socket (no ciphertext scanned), and the
 /// matcher reports every hop: transit client → relay 1 → relay 2 → sink, residence in each relay.
-/// With `pie`, through position-independent relays: the Conn's itabs are where the process loaded
-/// them.
-fn go_tls_relays(toolchain: &GoToolchain, pie: bool, seed: u64) {
+/// With `stripped_pie`, through position-independent relays stripped of their symbol tables: the
+/// probes are placed from the Go runtime's own tables, and the Conn's itabs are where the process
+/// loaded them.
+fn go_tls_relays(toolchain: &GoToolchain, stripped_pie: bool, seed: u64) {
     use agent::pipeline::{Kernel, Matched, MATCH_WINDOW};
     use agent::schema::HopKind;
     use phase_2_straddle::links::Seen;
     use phase_2_straddle::matcher::Matcher;
     use std::io::Read;
-    let Some(relay) = toolchain.relay(pie) else {
+    let Some(relay) = toolchain.relay(stripped_pie) else {
         return;
     };
     let dir = harness::run::workdir("go-tls-conformance").unwrap();
