@@ -34,14 +34,20 @@ impl<'a, 'f> RuntimeTables<'a, 'f> {
     pub fn read(file: &'f object::File<'a>, wanted: impl Fn(&str) -> bool) -> Result<Self> {
         let section = section(file, "gopclntab")?;
         let table = section.data()?;
-        let u32_at = |at: usize| -> Result<u32> {
-            let b = table.get(at..at + 4).context("pclntab cut")?;
-            Ok(u32::from_le_bytes(b.try_into()?))
+        // Offsets come from the file: checked, a malformed table is an error.
+        let field = |at: usize, len: usize| -> Result<&[u8]> {
+            table
+                .get(at..at.checked_add(len).context("pclntab offset overflows")?)
+                .context("pclntab cut")
         };
+        let u32_at =
+            |at: usize| -> Result<u32> { Ok(u32::from_le_bytes(field(at, 4)?.try_into()?)) };
         let word_at = |at: usize| -> Result<usize> {
-            let b = table.get(at..at + 8).context("pclntab cut")?;
-            Ok(usize::try_from(u64::from_le_bytes(b.try_into()?))?)
+            Ok(usize::try_from(u64::from_le_bytes(
+                field(at, 8)?.try_into()?,
+            ))?)
         };
+        let add = |a: usize, b: usize| a.checked_add(b).context("pclntab offset overflows");
         let magic = u32_at(0)?;
         if !PCLNTAB_MAGICS.contains(&magic) || table.get(7) != Some(&8) {
             bail!("a pclntab this agent cannot read (magic {magic:#x}: Go 1.18 or later, 64-bit)");
@@ -54,18 +60,22 @@ impl<'a, 'f> RuntimeTables<'a, 'f> {
         let mut functions = HashMap::new();
         // ftab: nfunc + 1 (entry offset, _func offset) pairs, sorted, the last the text's end.
         for i in 0..nfunc {
-            let entry = u64::from(u32_at(pcln + i * 8)?);
-            let next = u64::from(u32_at(pcln + i * 8 + 8)?);
+            let pair = add(pcln, i.checked_mul(8).context("pclntab offset overflows")?)?;
+            let entry = u64::from(u32_at(pair)?);
+            let next = u64::from(u32_at(add(pair, 8)?)?);
             // _func: entryOff, then nameOff into the name table.
-            let func = pcln + usize::try_from(u32_at(pcln + i * 8 + 4)?)?;
-            let name_at = names + usize::try_from(u32_at(func + 4)?)?;
-            let name = table.get(name_at..).context("function name past the pclntab")?;
+            let func = add(pcln, usize::try_from(u32_at(add(pair, 4)?)?)?)?;
+            let name_at = add(names, usize::try_from(u32_at(add(func, 4)?)?)?)?;
+            let name = table
+                .get(name_at..)
+                .context("function name past the pclntab")?;
             let name = &name[..memchr::memchr(0, name).context("function name unterminated")?];
             let Ok(name) = std::str::from_utf8(name) else {
                 continue;
             };
             if wanted(name) || name == UNREACHABLE_METHOD {
-                functions.insert(name.to_string(), text_start + entry..text_start + next);
+                let at = |offset: u64| text_start.checked_add(offset).context("text past 2^64");
+                functions.insert(name.to_string(), at(entry)?..at(next)?);
             }
         }
         Ok(Self { file, functions })
@@ -95,11 +105,11 @@ impl<'a, 'f> RuntimeTables<'a, 'f> {
         for link in links.chunks_exact(8) {
             let itab = u64::from_le_bytes(link.try_into()?);
             let interface = self.word(itab)?;
-            if self.word(interface + INTERFACE_METHODS_LEN)? != methods.len() as u64 {
+            if self.word(interface.wrapping_add(INTERFACE_METHODS_LEN))? != methods.len() as u64 {
                 continue;
             }
             let slots = (0..methods.len() as u64)
-                .map(|i| self.word(itab + ITAB_FUN + i * 8))
+                .map(|i| self.word(itab.wrapping_add(ITAB_FUN + i * 8)))
                 .collect::<Result<Vec<u64>>>()?;
             let fits = slots
                 .iter()
@@ -121,10 +131,17 @@ impl<'a, 'f> RuntimeTables<'a, 'f> {
         let s = self
             .file
             .sections()
-            .find(|s| (s.address()..s.address() + s.size()).contains(&address))
+            .find(|s| {
+                address
+                    .checked_sub(s.address())
+                    .is_some_and(|at| at < s.size())
+            })
             .with_context(|| format!("no section holds {address:#x}"))?;
         let at = usize::try_from(address - s.address())?;
-        let b = s.data()?.get(at..at + 8).context("word past its section")?;
+        let b = s
+            .data()?
+            .get(at..at.saturating_add(8))
+            .context("word past its section")?;
         Ok(u64::from_le_bytes(b.try_into()?))
     }
 }

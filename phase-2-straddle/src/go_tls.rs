@@ -112,11 +112,16 @@ struct Places {
 /// symbol table says where the probes go; without one (stripped), the Go runtime's own tables.
 pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
     let mapped = Mapped::open(path).with_context(|| format!("mapping {}", path.display()))?;
-    let file = object::File::parse(mapped.bytes()).context("parsing the ELF")?;
+    inspect_elf(mapped.bytes())
+}
+
+/// `inspect` on an executable's bytes.
+pub fn inspect_elf(bytes: &[u8]) -> Result<Option<GoTls>> {
+    let file = object::File::parse(bytes).context("parsing the ELF")?;
     let found = if file.symbols().next().is_some() {
         from_symbol_table(&file)?
     } else {
-        from_runtime_tables(&file, mapped.bytes())?
+        from_runtime_tables(&file, bytes)?
     };
     let Some((version, places)) = found else {
         return Ok(None);
@@ -137,7 +142,7 @@ pub fn inspect(path: &Path) -> Result<Option<GoTls>> {
     Ok(Some(GoTls {
         layout,
         pie_headers: (file.kind() == object::ObjectKind::Dynamic)
-            .then(|| program_headers(&file, mapped.bytes()))
+            .then(|| program_headers(&file, bytes))
             .flatten(),
         version,
         functions,
@@ -332,13 +337,24 @@ fn build_version(file: &object::File, address: u64) -> Result<String> {
 fn function(file: &object::File, range: Range<u64>) -> Result<Function> {
     let section = file
         .sections()
-        .find(|s| (s.address()..s.address() + s.size()).contains(&range.start))
+        .find(|s| {
+            range
+                .start
+                .checked_sub(s.address())
+                .is_some_and(|at| at < s.size())
+        })
         .context("not in a section")?;
     let (file_offset, _) = section.file_range().context("section not in the file")?;
     let start = usize::try_from(range.start - section.address())?;
+    let len = usize::try_from(
+        range
+            .end
+            .checked_sub(range.start)
+            .context("ends before it starts")?,
+    )?;
     let code = section
         .data()?
-        .get(start..start + usize::try_from(range.end - range.start)?)
+        .get(start..start.saturating_add(len))
         .context("function past its section")?;
     let to_file = |address: u64| address - section.address() + file_offset;
     let returns: Vec<u64> = ret_addresses(code, range.start)
@@ -626,12 +642,13 @@ mod tests {
             for mode in ["exe", "pie"] {
                 let build = |flags: &str| {
                     let out = dir.join(format!("relay-{mode}{flags}"));
-                    let built = command(&["build", "-buildmode", mode, &format!("-ldflags={flags}")])
-                        .arg("-o")
-                        .arg(&out)
-                        .arg(source)
-                        .status()
-                        .unwrap();
+                    let built =
+                        command(&["build", "-buildmode", mode, &format!("-ldflags={flags}")])
+                            .arg("-o")
+                            .arg(&out)
+                            .arg(source)
+                            .status()
+                            .unwrap();
                     assert!(built.success(), "{go} build: {built}");
                     out
                 };
