@@ -87,6 +87,18 @@ static __always_inline void break_carry(struct flow_state *f)
 	f->carry = 0;
 }
 
+/* A call of flow (tgid, fd, dir) went unscanned, `moved` of its bytes known (0: unknown): the
+ * flow, if it has one, advances by those and its carry restarts. */
+static __always_inline void break_flow(__u32 tgid, __s32 fd, __u32 dir, __u64 moved)
+{
+	struct flow_key key = { .tgid = tgid, .fd = fd, .dir = dir };
+	struct flow_state *f = bpf_map_lookup_elem(&flows, &key);
+	if (!f)
+		return;
+	f->pos += moved;
+	break_carry(f);
+}
+
 /* Puts the flow's carry in front of the scratch area's first chunk; 0 when it cannot. Each
  * bound is pinned, then tested on the register the helper gets (clang would test a copy). */
 static __always_inline int restore_carry(struct fp_scratch *s, const struct flow_state *f)

@@ -102,7 +102,15 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 dir)
 	struct go_tls_call c = {
 		.t_enter = t_enter, .buf = ctx->rbx, .len = ctx->rcx, .fd = fd, .dir = dir,
 	};
-	bpf_map_update_elem(&go_tls_calls, &key, &c, BPF_ANY);
+	if (bpf_map_update_elem(&go_tls_calls, &key, &c, BPF_NOEXIST)) {
+		/* The goroutine's previous call never had a return run (skipped): a gap in its flow. */
+		struct go_tls_call *stale = bpf_map_lookup_elem(&go_tls_calls, &key);
+		if (stale) {
+			p2_count(P2_C_UNSEEN_EXITS);
+			break_flow(tgid, stale->fd, stale->dir, 0);
+		}
+		bpf_map_update_elem(&go_tls_calls, &key, &c, BPF_ANY);
+	}
 	mark_tls_socket(tgid, fd, TLS_SOCKET_GO);
 	return 0;
 }

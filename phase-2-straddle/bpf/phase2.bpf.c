@@ -48,6 +48,18 @@ static __always_inline int enter(__s32 fd, __u64 ptr, __u64 count, __u32 dir, __
 		.t_enter = t_enter, .ptr = ptr, .count = count, .fd = fd, .dir = dir, .kind = kind,
 		.cipher = cipher_of(id, tgid, fd),
 	};
+	if (bpf_map_update_elem(&pending, &id, &p, BPF_NOEXIST) == 0)
+		return 0;
+	/* The thread's previous call is still pending: its exit was not seen (on a preemptible
+	 * kernel the guard skips a syscall program's run while another is preempted on the CPU).
+	 * How many bytes it moved is unknown: its flow's carry restarts, so no moment joins the
+	 * bytes before the gap with those after it. */
+	struct pending *stale = bpf_map_lookup_elem(&pending, &id);
+	if (stale) {
+		p2_count(P2_C_UNSEEN_EXITS);
+		if (stale->cipher == CIPHER_NONE)
+			break_flow(tgid, stale->fd, stale->dir, 0);
+	}
 	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
 	return 0;
 }
@@ -118,8 +130,7 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 	if (slot < 0) {
 		/* Not scanned: the flow's positions stay true, its carry restarts. */
 		f->pos += ret;
-		f->carry = 0;
-		p2_count(P2_C_BROKEN_FLOWS);
+		break_carry(f);
 		return 0;
 	}
 	struct fp_scratch *s = fp_scratch(slot);
@@ -130,7 +141,19 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 	return 0;
 }
 
-static __always_inline int leave(long ret)
+/* A call whose entry was not seen moved `ret` bytes on fd: in flight when tracing began, or its
+ * sys_enter run skipped by the kernel's guard. Its flow, if it has one, advances by them and
+ * its carry restarts: the positions after it stay true, and no moment joins the bytes on
+ * either side of the gap. Not for ciphertext: a TLS socket's flow counts plaintext. */
+static __always_inline void unseen_entry(__u64 id, __s32 fd, __u32 dir, long ret)
+{
+	p2_count(P2_C_UNSEEN_CALLS);
+	__u32 tgid = id >> 32;
+	if (cipher_of(id, tgid, fd) == CIPHER_NONE)
+		break_flow(tgid, fd, dir, ret);
+}
+
+static __always_inline int leave(struct pt_regs *regs, long ret, __u32 dir)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	/* One lookup for the processes that are not traced, the common case. */
@@ -139,7 +162,7 @@ static __always_inline int leave(long ret)
 	struct pending *p = bpf_map_lookup_elem(&pending, &id);
 	if (!p) {
 		if (ret > 0)
-			p2_count(P2_C_UNSEEN_CALLS);
+			unseen_entry(id, regs->rdi, dir, ret);
 		return 0;
 	}
 	struct pending call = *p;
@@ -212,16 +235,24 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
+	/* The registers are the caller's still: a peek is told as at entry. */
 	switch (regs->orig_rax) {
 	case __NR_write:
 	case __NR_writev:
 	case __NR_sendto:
 	case __NR_sendmsg:
+		return leave(regs, ret, PHASE2_DIR_WRITE);
 	case __NR_read:
 	case __NR_readv:
+		return leave(regs, ret, PHASE2_DIR_READ);
 	case __NR_recvfrom:
+		if (regs->r10 & MSG_PEEK)
+			return 0;
+		return leave(regs, ret, PHASE2_DIR_READ);
 	case __NR_recvmsg:
-		return leave(ret);
+		if (regs->rdx & MSG_PEEK)
+			return 0;
+		return leave(regs, ret, PHASE2_DIR_READ);
 	}
 	return 0;
 }

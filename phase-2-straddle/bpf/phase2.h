@@ -57,8 +57,9 @@ enum phase2_counter {
 	P2_C_PEEKS_SKIPPED,  /* recv with MSG_PEEK: the bytes are read again later */
 	P2_C_IOV_TRUNCATED,  /* calls with more iovecs than scanned */
 	P2_C_BROKEN_FLOWS,   /* calls whose bytes were not all scanned: the carry restarts */
-	P2_C_UNSEEN_CALLS,   /* calls already in flight when tracing began: their bytes are not
-	                      * counted, so the flow's positions start late */
+	P2_C_UNSEEN_CALLS,   /* calls whose entry was not seen (in flight when tracing began, or
+	                      * skipped by the kernel's guard): not scanned; a flow they continue
+	                      * advances by their bytes, its carry restarts */
 	P2_C_TLS_CALLS,      /* SSL_read/SSL_write(_ex) calls whose plaintext was scanned */
 	P2_C_TLS_SOCKETS,    /* sockets found to carry TLS (their ciphertext is not scanned) */
 	P2_C_TLS_HANDSHAKES, /* flows that opened with a TLS handshake record: how the first of
@@ -75,6 +76,9 @@ enum phase2_counter {
 	                           * or could not be read: not scanned */
 	P2_C_UPROBE_RUNS_SKIPPED, /* uprobe runs that found another holding their CPU (preempted
 	                           * mid-run): not run at all, their call unseen (uprobe_guard.bpf.h) */
+	P2_C_UNSEEN_EXITS,   /* syscalls, SSL and Go calls whose exit or return was not seen (its
+	                      * run skipped): not scanned; their flow's carry restarts, its later
+	                      * positions shift */
 	P2_C_NR,
 };
 

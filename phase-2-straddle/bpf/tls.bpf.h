@@ -176,6 +176,19 @@ static __always_inline int tls_enter(struct pt_regs *ctx, __u32 dir, int ex)
 		.fd = -1,
 		.dir = dir,
 	};
+	if (bpf_map_update_elem(&tls_calls, &id, &c, BPF_NOEXIST) == 0)
+		return 0;
+	/* The thread's previous SSL call never had its return run (skipped): a gap in the flow of
+	 * its socket, if that is known. */
+	struct tls_call *stale = bpf_map_lookup_elem(&tls_calls, &id);
+	if (stale) {
+		p2_count(P2_C_UNSEEN_EXITS);
+		struct tls_session session = { .tgid = id >> 32, .ssl = stale->ssl };
+		__s32 *known = bpf_map_lookup_elem(&tls_sessions, &session);
+		__s32 fd = stale->fd >= 0 ? stale->fd : known ? *known : -1;
+		if (fd >= 0)
+			break_flow(id >> 32, fd, stale->dir, 0);
+	}
 	bpf_map_update_elem(&tls_calls, &id, &c, BPF_ANY);
 	return 0;
 }

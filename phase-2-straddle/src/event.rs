@@ -145,6 +145,7 @@ pub const PHASE2_COUNTERS: [&str; layout::P2_C_NR] = [
     "go_tls_calls",
     "go_tls_unattributed",
     "uprobe_runs_skipped",
+    "unseen_exits",
 ];
 
 impl Phase2Event {
