@@ -7,12 +7,19 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 failed=()
-bash scripts/kernel-matrix.sh || failed+=("kernel matrix")
+# Runs a step, saying how long it took (CI's budget is spent here), and notes a failure.
+step() {
+  local name=$1 start=$SECONDS
+  shift
+  "$@" || failed+=("$name")
+  echo "test.sh: $name took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >&2
+}
+step "kernel matrix" bash scripts/kernel-matrix.sh
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --release --no-fail-fast || failed+=("workspace tests")
+  step "workspace tests" cargo nextest run --workspace --release --no-fail-fast
 else
-  cargo test --workspace --release --no-fail-fast || failed+=("workspace tests")
+  step "workspace tests" cargo test --workspace --release --no-fail-fast
 fi
 # The criterion benchmarks, run once each as tests (their figures: BENCHMARKS.md).
-cargo bench -p bench --benches -- --test || failed+=("benchmarks as tests")
+step "benchmarks as tests" cargo bench -p bench --benches -- --test
 [ ${#failed[@]} = 0 ] || { echo "test.sh: failed: ${failed[*]}" >&2; exit 1; }
