@@ -103,8 +103,14 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 dir)
 		.t_enter = t_enter, .buf = ctx->rbx, .len = ctx->rcx, .fd = fd, .dir = dir,
 	};
 	if (bpf_map_update_elem(&go_tls_calls, &key, &c, BPF_NOEXIST)) {
-		/* The goroutine's previous call never had a return run (skipped): a gap in its flow. */
 		struct go_tls_call *stale = bpf_map_lookup_elem(&go_tls_calls, &key);
+		/* The same call again: Go restarts a function from its first instruction once its
+		 * stack has grown (morestack). Its first stamp is kept. */
+		if (stale && stale->buf == c.buf && stale->len == c.len && stale->fd == fd &&
+		    stale->dir == dir)
+			return 0;
+		/* Else the goroutine's previous call never had a return run (skipped): a gap in
+		 * its flow. */
 		if (stale) {
 			p2_count(P2_C_UNSEEN_EXITS);
 			break_flow(tgid, stale->fd, stale->dir, 0);
