@@ -571,21 +571,20 @@ fn gap_in_a_flow(link: GapLink, lost: LostEnd, seed: u64) {
             .collect()
     };
     // Before the gap, the lost call (one TLS record's most), after it (the rest). The gap is
-    // placed where the test can tell: the bytes on either side of it, joined, hold a moment of
-    // their own.
+    // placed where the test can tell: joined, the bytes on either side of it hold a moment whose
+    // window crosses the junction (a moment depends on its window's bytes alone).
     let gap = 16384;
+    let w = cfg.window;
     let before = (bytes.len() / 3..bytes.len() / 2)
         .find(|&before| {
-            let joined: Vec<u8> = [&bytes[..before], &bytes[before + gap..]].concat();
-            let apart: Vec<u64> = moments(0, before, 0)
-                .into_iter()
-                .chain(moments(before + gap, bytes.len(), 0))
-                .map(|m| m.1)
-                .collect();
+            let junction = [
+                &bytes[before - w..before],
+                &bytes[before + gap..before + gap + w],
+            ];
             Scanner::new(cfg)
-                .feed_collect(&joined)
+                .feed_collect(&junction.concat())
                 .iter()
-                .any(|m| !apart.contains(&m.signature))
+                .any(|m| (w + 1..2 * w).contains(&(m.end as usize)))
         })
         .expect("a junction a moment crosses");
     let mut tracer = Tracer::start(&cfg, Some("p2gap")).expect("loading phase 2 (run as root)");
