@@ -7,7 +7,8 @@
  *
  * This file is the hooks and how a call goes through them: entry saves the call's arguments and
  * time; exit scans exactly the bytes the call moved (a partial write is not scanned twice), as
- * the continuation of its flow. Writes are stamped at entry, reads at exit. Each concern has its
+ * the continuation of its flow. Writes are stamped at entry, reads at exit. A call seen at one
+ * end only (its other run skipped) is a gap in its flow, never a junction. Each concern has its
  * header:
  *   calls.bpf.h    a call between entry and exit, and where its bytes are;
  *   flows.bpf.h    per-flow state: position, carry, who made the calls;
