@@ -21,22 +21,10 @@ fn targets() -> &'static [Target] {
     TARGETS.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("fuzz-go-relay-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
         let mut targets = Vec::new();
         for (mode, flags) in [("exe", ""), ("pie", "-s -w")] {
             let out = dir.join(mode);
-            let built = std::process::Command::new("go")
-                .args([
-                    "build",
-                    "-buildmode",
-                    mode,
-                    &format!("-ldflags={flags}"),
-                    "-o",
-                ])
-                .arg(&out)
-                .arg(source)
-                .env("GOTOOLCHAIN", "local")
-                .status();
+            let built = harness::run::go_relay_build("go", mode, flags, &out).status();
             if !built.as_ref().is_ok_and(|s| s.success()) {
                 let ci = std::env::var("CI").is_ok_and(|v| v == "true");
                 assert!(!ci, "go build: {built:?}: run `bash scripts/setup.sh`");

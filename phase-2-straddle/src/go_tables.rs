@@ -128,19 +128,8 @@ impl<'a, 'f> RuntimeTables<'a, 'f> {
 
     /// The 64-bit word at a link-time address.
     fn word(&self, address: u64) -> Result<u64> {
-        let s = self
-            .file
-            .sections()
-            .find(|s| {
-                address
-                    .checked_sub(s.address())
-                    .is_some_and(|at| at < s.size())
-            })
-            .with_context(|| format!("no section holds {address:#x}"))?;
-        let at = usize::try_from(address - s.address())?;
-        let b = s
-            .data()?
-            .get(at..at.saturating_add(8))
+        let b = bytes_at(self.file, address)?
+            .get(..8)
             .context("word past its section")?;
         Ok(u64::from_le_bytes(b.try_into()?))
     }
@@ -152,4 +141,25 @@ fn section<'a, 'f>(file: &'f object::File<'a>, name: &str) -> Result<object::Sec
     file.section_by_name(&format!(".{name}"))
         .or_else(|| file.section_by_name(&format!(".data.rel.ro.{name}")))
         .with_context(|| format!("no .{name} section"))
+}
+
+/// The section holding a link-time address.
+pub fn section_at<'a, 'f>(
+    file: &'f object::File<'a>,
+    address: u64,
+) -> Result<object::Section<'a, 'f>> {
+    file.sections()
+        .find(|s| {
+            address
+                .checked_sub(s.address())
+                .is_some_and(|at| at < s.size())
+        })
+        .with_context(|| format!("no section holds {address:#x}"))
+}
+
+/// The bytes at a link-time address, up to the end of the section holding it.
+pub fn bytes_at<'a>(file: &object::File<'a>, address: u64) -> Result<&'a [u8]> {
+    let section = section_at(file, address)?;
+    let at = usize::try_from(address - section.address())?;
+    Ok(section.data()?.get(at..).unwrap_or_default())
 }

@@ -10,7 +10,7 @@
 //! ciphertext.
 
 use crate::event::GoTlsLayout;
-use crate::go_tables::RuntimeTables;
+use crate::go_tables::{bytes_at, section_at, RuntimeTables};
 use crate::tls::{load_programs, program};
 use agent::targets::process_exists;
 use anyhow::{bail, Context, Result};
@@ -307,18 +307,6 @@ pub fn layout_of(version: &str) -> Option<GoTlsLayout> {
     PLACED_MINORS.contains(&minor).then_some(LAYOUT)
 }
 
-/// The bytes at a virtual address, up to the end of the section holding it.
-fn bytes_at<'a>(file: &object::File<'a>, address: u64) -> Result<&'a [u8]> {
-    let section = file
-        .sections()
-        .find(|s| (s.address()..s.address() + s.size()).contains(&address))
-        .with_context(|| format!("no section holds {address:#x}"))?;
-    let data = section.data()?;
-    Ok(data
-        .get((address - section.address()) as usize..)
-        .unwrap_or_default())
-}
-
 /// `runtime.buildVersion`: a Go string header (pointer, length) pointing at the version.
 fn build_version(file: &object::File, address: u64) -> Result<String> {
     let header = bytes_at(file, address)?;
@@ -335,15 +323,7 @@ fn build_version(file: &object::File, address: u64) -> Result<String> {
 
 /// A function's entry and RET instructions, as file offsets.
 fn function(file: &object::File, range: Range<u64>) -> Result<Function> {
-    let section = file
-        .sections()
-        .find(|s| {
-            range
-                .start
-                .checked_sub(s.address())
-                .is_some_and(|at| at < s.size())
-        })
-        .context("not in a section")?;
+    let section = section_at(file, range.start)?;
     let (file_offset, _) = section.file_range().context("section not in the file")?;
     let start = usize::try_from(range.start - section.address())?;
     let len = usize::try_from(
@@ -622,15 +602,13 @@ mod tests {
     fn a_stripped_executable_is_placed_from_its_runtime_tables_as_from_its_symbols() {
         let dir = std::env::temp_dir().join(format!("go-tls-stripped-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
         for go in ["go", "/usr/lib/go-1.23/bin/go"] {
-            let command = |args: &[&str]| {
-                let mut c = std::process::Command::new(go);
-                c.args(args).env("GOTOOLCHAIN", "local");
-                c
-            };
-            let Ok(version) = command(&["env", "GOVERSION"]).output() else {
+            let version = std::process::Command::new(go)
+                .args(["env", "GOVERSION"])
+                .env("GOTOOLCHAIN", "local")
+                .output();
+            let Ok(version) = version else {
                 assert!(!ci, "{go} is not installed: run `bash scripts/setup.sh`");
                 eprintln!("{go} is not installed: skipped");
                 continue;
@@ -642,13 +620,9 @@ mod tests {
             for mode in ["exe", "pie"] {
                 let build = |flags: &str| {
                     let out = dir.join(format!("relay-{mode}{flags}"));
-                    let built =
-                        command(&["build", "-buildmode", mode, &format!("-ldflags={flags}")])
-                            .arg("-o")
-                            .arg(&out)
-                            .arg(source)
-                            .status()
-                            .unwrap();
+                    let built = harness::run::go_relay_build(go, mode, flags, &out)
+                        .status()
+                        .unwrap();
                     assert!(built.success(), "{go} build: {built}");
                     out
                 };

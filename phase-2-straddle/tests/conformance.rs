@@ -14,7 +14,8 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use harness::component::{syscall_io, IoCall as Call};
+use harness::component::{syscall_io, tls_acceptor, tls_connect, IoCall as Call};
+use harness::run::free_port;
 
 /// One syscall moving `buf`, split into up to 4 iovecs at random for the vector families.
 fn io(fd: i32, buf: *mut u8, len: usize, write: bool, call: Call, rng: &mut StdRng) -> isize {
@@ -370,7 +371,6 @@ fn calls_over_64_kib_are_counted_as_truncated() {
 /// about 3 % of runs, and matched across the socket as a false hop).
 #[test]
 fn tls_plaintext_at_openssl_equals_the_reference() {
-    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
     let dir = harness::run::workdir("tls-conformance").unwrap();
     let pem = dir.join("test.pem");
     harness::pki::write_test_certificate(&pem).unwrap();
@@ -382,12 +382,7 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-    acceptor
-        .set_private_key_file(&pem, SslFiletype::PEM)
-        .unwrap();
-    acceptor.set_certificate_chain_file(&pem).unwrap();
-    let acceptor = acceptor.build();
+    let acceptor = tls_acceptor(&pem).unwrap();
     let server = std::thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         let fd = tcp.as_raw_fd();
@@ -406,7 +401,7 @@ fn tls_plaintext_at_openssl_equals_the_reference() {
     });
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     let client_fd = tcp.as_raw_fd();
-    let mut tls = tls_client(tcp);
+    let mut tls = tls_connect(tcp).unwrap();
     let mut rng = StdRng::seed_from_u64(20);
     let mut sent = 0;
     while sent < total {
@@ -556,7 +551,6 @@ fn a_call_seen_at_one_end_only_is_a_gap_no_moment_crosses() {
 }
 
 fn gap_in_a_flow(link: GapLink, lost: LostEnd, seed: u64) {
-    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
     use std::io::Read;
     use std::sync::mpsc;
     const TRACED: &str = "p2gap-reader";
@@ -613,13 +607,7 @@ fn gap_in_a_flow(link: GapLink, lost: LostEnd, seed: u64) {
             let dir = harness::run::workdir("tls-gap").unwrap();
             let pem = dir.join("test.pem");
             harness::pki::write_test_certificate(&pem).unwrap();
-            let mut acceptor =
-                SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-            acceptor
-                .set_private_key_file(&pem, SslFiletype::PEM)
-                .unwrap();
-            acceptor.set_certificate_chain_file(&pem).unwrap();
-            let acceptor = acceptor.build();
+            let acceptor = tls_acceptor(&pem).unwrap();
             std::fs::remove_dir_all(&dir).ok();
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -629,7 +617,7 @@ fn gap_in_a_flow(link: GapLink, lost: LostEnd, seed: u64) {
                 (fd, Box::new(acceptor.accept(tcp).unwrap()) as Box<dyn Read>)
             };
             // The client's handshake waits for the reader's.
-            let handshake = std::thread::spawn(move || tls_client(client));
+            let handshake = std::thread::spawn(move || tls_connect(client).unwrap());
             (
                 Box::new(move || Box::new(handshake.join().unwrap()) as Box<dyn Write>),
                 Box::new(accept),
@@ -836,28 +824,20 @@ impl GoToolchain {
             return Some(path.clone());
         }
         let (mode, flags, label) = if stripped_pie {
-            ("pie", "-ldflags=-s -w", "stripped-pie")
+            ("pie", "-s -w", "stripped-pie")
         } else {
-            ("exe", "-ldflags=", "exe")
+            ("exe", "", "exe")
         };
         let name = format!("go-tls-relay-{}-{label}", self.version);
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
         let out = dir.join(&name);
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../harness/relays/go/relay.go");
         // Built aside, then renamed over: another test binary (nextest runs one per test) may be
         // running the previous build.
         let built = dir.join(format!("{name}.{}", std::process::id()));
-        let status = self
-            .command(&["build", "-buildmode", mode, flags, "-o"])
-            .arg(&built)
-            .arg(source)
+        let status = harness::run::go_relay_build(self.go, mode, flags, &built)
             .status()
             .unwrap();
-        assert!(
-            status.success(),
-            "{}: go build {source}: {status}",
-            self.version
-        );
+        assert!(status.success(), "{}: go build: {status}", self.version);
         std::fs::rename(&built, &out).unwrap();
         relays.push((self.version, stripped_pie, out.clone()));
         Some(out)
@@ -940,20 +920,7 @@ fn tcp_fd(pid: u32, which: impl Fn(u16, u16) -> bool) -> i32 {
         .expect("the socket's fd")
 }
 
-/// An OpenSSL client on `tcp` that accepts any certificate (the tests' servers are self-signed).
-fn tls_client(tcp: std::net::TcpStream) -> openssl::ssl::SslStream<std::net::TcpStream> {
-    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-    let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    connector.set_verify(SslVerifyMode::NONE);
-    connector
-        .build()
-        .configure()
-        .unwrap()
-        .verify_hostname(false)
-        .connect("localhost", tcp)
-        .unwrap()
-}
-
+/// A connection to what listens on `port` of the loopback, once something does.
 fn connect_when_listening(port: u16) -> std::net::TcpStream {
     for _ in 0..200 {
         if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -962,14 +929,6 @@ fn connect_when_listening(port: u16) -> std::net::TcpStream {
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     panic!("nothing listens on port {port}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Go's crypto/tls seen from inside, on the real Go relay: an OpenSSL client sends audio over
@@ -998,7 +957,11 @@ fn go_tls_relays(toolchain: &GoToolchain, stripped_pie: bool, seed: u64) {
     let me = std::process::id();
 
     let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (p1, p2, p3) = (free_port(), free_port(), sink.local_addr().unwrap().port());
+    let (p1, p2, p3) = (
+        free_port().unwrap(),
+        free_port().unwrap(),
+        sink.local_addr().unwrap().port(),
+    );
     let spawn = |service: String| {
         let child = std::process::Command::new(&relay)
             .arg(&pem)
@@ -1040,7 +1003,7 @@ fn go_tls_relays(toolchain: &GoToolchain, stripped_pie: bool, seed: u64) {
     });
     let tcp = connect_when_listening(p1);
     let (client_fd, client_port) = (tcp.as_raw_fd(), tcp.local_addr().unwrap().port());
-    let mut tls = tls_client(tcp);
+    let mut tls = tls_connect(tcp).unwrap();
     let mut rng = StdRng::seed_from_u64(22);
     let mut sent = 0;
     while sent < total {

@@ -22,7 +22,7 @@ mod transport;
 
 pub use framing::{crc32c, ENVELOPE_MAGIC};
 pub use spec::{End, Framing, IoCall, Role, Route, SourceCall, Spec, Transport};
-pub use transport::{mkfifo, syscall_io, MAX_IOVECS};
+pub use transport::{mkfifo, syscall_io, tls_acceptor, tls_connect, MAX_IOVECS};
 
 use crate::audio::Audio;
 use crate::truth::{involuntary_switches, Io};

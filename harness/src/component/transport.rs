@@ -150,7 +150,8 @@ impl Conn {
 /// Peers may close without close_notify (stunnel passing on a plain EOF): that is an end too.
 const TLS_OPTIONS: SslOptions = SslOptions::IGNORE_UNEXPECTED_EOF;
 
-fn tls_connect(tcp: TcpStream) -> Result<SslStream<TcpStream>> {
+/// A TLS client on `tcp` that accepts the test certificate.
+pub fn tls_connect(tcp: TcpStream) -> Result<SslStream<TcpStream>> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     b.set_verify(SslVerifyMode::NONE);
     b.set_options(TLS_OPTIONS);
@@ -161,7 +162,8 @@ fn tls_connect(tcp: TcpStream) -> Result<SslStream<TcpStream>> {
         .map_err(|e| anyhow!("TLS handshake: {e}"))
 }
 
-fn tls_acceptor(pem: &Path) -> Result<SslAcceptor> {
+/// A TLS server with the key and certificate in `pem` (`pki::write_test_certificate`).
+pub fn tls_acceptor(pem: &Path) -> Result<SslAcceptor> {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     b.set_private_key_file(pem, SslFiletype::PEM)?;
     b.set_certificate_chain_file(pem)?;

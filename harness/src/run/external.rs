@@ -29,11 +29,13 @@ pub fn free_port() -> Result<u16> {
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
     let below = ephemeral_low.saturating_sub(12_000).max(1024)..ephemeral_low;
-    let mut rng = rand::thread_rng();
-    for _ in 0..if below.is_empty() { 0 } else { 64 } {
-        let port = rng.gen_range(below.clone());
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
+    if !below.is_empty() {
+        let mut rng = rand::thread_rng();
+        for _ in 0..64 {
+            let port = rng.gen_range(below.clone());
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
         }
     }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

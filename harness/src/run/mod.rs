@@ -20,6 +20,7 @@ mod services;
 mod tls_relays;
 
 pub use external::{free_port, listening};
+pub use tls_relays::go_relay_build;
 
 use crate::audio::{self, Audio};
 use crate::component::{self, End, Role, SourceCall, Spec, Transport};

@@ -16,14 +16,10 @@ const SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/relays");
 pub(super) fn command(stack: TlsStack, exe: &Path) -> Result<Command> {
     Ok(match stack {
         TlsStack::Go => {
-            let dir = built("go/relay.go", |src, out| {
-                let mut c = Command::new("go");
-                c.arg("build")
-                    .arg("-o")
-                    .arg(out.join("go-tls-relay"))
-                    .arg(src)
-                    // A cache of its own: the run may have no HOME.
-                    .env("GOCACHE", cache_root().join("go-cache"));
+            let dir = built("go/relay.go", |_, out| {
+                let mut c = go_relay_build("go", "exe", "", &out.join("go-tls-relay"));
+                // A cache of its own: the run may have no HOME.
+                c.env("GOCACHE", cache_root().join("go-cache"));
                 c
             })?;
             Command::new(dir.join("go-tls-relay"))
@@ -49,6 +45,24 @@ pub(super) fn command(stack: TlsStack, exe: &Path) -> Result<Command> {
             c
         }
     })
+}
+
+/// `go build` of the Go relay into `out` by the toolchain `go`, in build mode `mode` (`exe`,
+/// `pie`) with `ldflags` (`-s -w`: stripped); GOTOOLCHAIN=local: never another toolchain
+/// downloaded.
+pub fn go_relay_build(go: &str, mode: &str, ldflags: &str, out: &Path) -> Command {
+    let mut c = Command::new(go);
+    c.args([
+        "build",
+        "-buildmode",
+        mode,
+        &format!("-ldflags={ldflags}"),
+        "-o",
+    ])
+    .arg(out)
+    .arg(Path::new(SOURCES).join("go/relay.go"))
+    .env("GOTOOLCHAIN", "local");
+    c
 }
 
 fn cache_root() -> PathBuf {
