@@ -39,6 +39,7 @@ fn main() {
             ("PHASE2_COMM_LEN", "usize"),
             ("PHASE2_DIR_READ", "u32"),
             ("PHASE2_DIR_WRITE", "u32"),
+            ("PHASE2_TLS_OPAQUE", "u8"),
             ("P2_C_NR", "usize"),
         ],
     );

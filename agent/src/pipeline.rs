@@ -51,8 +51,9 @@ pub trait Kernel: Send + Sized {
 pub trait Matching: Send + Default {
     type Event;
     type Seen: Send;
-    /// The event's signature, time, and what is kept of it until its window closes.
-    fn admit(&mut self, e: Self::Event) -> (u64, u64, Self::Seen);
+    /// The event's signature, time, and what is kept of it until its window closes; `None` for
+    /// an event that is what the matcher learns of the pipeline, not a sighting.
+    fn admit(&mut self, e: Self::Event) -> Option<(u64, u64, Self::Seen)>;
     /// Every sighting of one signature within the window.
     fn close(&mut self, seen: Vec<Self::Seen>, out: &mut Vec<HopRecord>);
     /// The matcher's counters, one line.
@@ -74,8 +75,9 @@ impl<M: Matching> Matched<M> {
     }
 
     pub fn push(&mut self, e: M::Event) {
-        let (signature, t_ns, seen) = self.matcher.admit(e);
-        self.window.push(signature, t_ns, seen);
+        if let Some((signature, t_ns, seen)) = self.matcher.admit(e) {
+            self.window.push(signature, t_ns, seen);
+        }
     }
 
     /// Closes the groups due at `now_ns` (every open group with `None`) into `out`.

@@ -11,7 +11,7 @@
 use agent::pipeline::Matched;
 use anyhow::Result;
 use phase_2_straddle::event::{Phase2Call, Phase2Event, Phase2Moment, DIR_READ, DIR_WRITE};
-use phase_2_straddle::links::{Links, Seen};
+use phase_2_straddle::links::{Links, Observed, Seen};
 use phase_2_straddle::matcher::Matcher;
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
@@ -141,7 +141,7 @@ impl AgentState {
         let link = self
             .links
             .resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
-        self.matching.push(Seen { e, link });
+        self.matching.push(Observed::Moment(Seen { e, link }));
     }
 }
 

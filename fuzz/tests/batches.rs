@@ -1,12 +1,12 @@
 //! The collector's batch handling: whatever agents send — resends, batches out of order, for
 //! another collector instance, with nonsense clock exchanges, counters that go backwards,
-//! indexes past the batch, colliding signatures — the collector answers every batch and never
-//! panics; it takes each (node, epoch, seq) once, and the hops it reports are between sightings
-//! it took.
+//! indexes past the batch, colliding signatures, opaque-socket snapshots of any version — the
+//! collector answers every batch and never panics; it takes each (node, epoch, seq) once, and
+//! the hops it reports are between sightings it took.
 
 use phase_3_multi_node::collector::Service;
 use phase_3_multi_node::proto::collector_server::Collector;
-use phase_3_multi_node::proto::{Batch, Exchange, NodeSighting};
+use phase_3_multi_node::proto::{Batch, Exchange, NodeSighting, OpaqueSocket, OpaqueSockets};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use tonic::Code;
@@ -62,6 +62,24 @@ fn exchange() -> impl Strategy<Value = Exchange> {
     ]
 }
 
+/// A snapshot of opaque sockets on the sightings' processes and links, any version.
+fn opaque() -> impl Strategy<Value = OpaqueSockets> {
+    (
+        prop_oneof![any::<u64>(), 0..4u64],
+        prop::collection::vec((1..4u32, prop::sample::select(vec!["", "L1", "L2"])), 0..4),
+    )
+        .prop_map(|(version, sockets)| OpaqueSockets {
+            version,
+            sockets: sockets
+                .into_iter()
+                .map(|(pid, link)| OpaqueSocket {
+                    pid,
+                    link: link.into(),
+                })
+                .collect(),
+        })
+}
+
 /// What an agent may send; `to_this` says whether it is addressed to this collector.
 #[derive(Clone, Debug)]
 struct Sent {
@@ -84,9 +102,14 @@ fn sent() -> impl Strategy<Value = Sent> {
             prop::collection::vec(0..8u32, 0..3),
             prop::bool::weighted(0.9),
         ),
+        prop::option::of(opaque()),
     )
         .prop_map(
-            |((node, epoch, seq, sightings), (exchanges, lost, taken, matched, to_this))| Sent {
+            |(
+                (node, epoch, seq, sightings),
+                (exchanges, lost, taken, matched, to_this),
+                opaque,
+            )| Sent {
                 batch: Batch {
                     node: node.into(),
                     seq,
@@ -97,6 +120,7 @@ fn sent() -> impl Strategy<Value = Sent> {
                     taken,
                     collector: 0,
                     matched,
+                    opaque,
                 },
                 to_this,
             },

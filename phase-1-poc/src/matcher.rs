@@ -16,8 +16,8 @@ impl agent::pipeline::Matching for Matcher {
     type Event = Phase1Event;
     type Seen = Phase1Event;
 
-    fn admit(&mut self, e: Phase1Event) -> (u64, u64, Phase1Event) {
-        (e.signature, e.t_ns, e)
+    fn admit(&mut self, e: Phase1Event) -> Option<(u64, u64, Phase1Event)> {
+        Some((e.signature, e.t_ns, e))
     }
 
     fn close(&mut self, mut v: Vec<Phase1Event>, out: &mut Vec<HopRecord>) {

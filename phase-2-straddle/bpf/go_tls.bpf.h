@@ -117,7 +117,7 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 dir)
 		}
 		bpf_map_update_elem(&go_tls_calls, &key, &c, BPF_ANY);
 	}
-	mark_tls_socket(tgid, fd, TLS_SOCKET_GO);
+	mark_tls_socket(tgid, fd, PHASE2_TLS_GO);
 	return 0;
 }
 

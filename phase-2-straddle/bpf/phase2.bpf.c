@@ -117,8 +117,8 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 	__u8 record = tls_record_type(call, ret);
 	if (record == TLS_APPLICATION_DATA)
 		p2_count(P2_C_TLS_UNPROBED);
-	if (!f && record == TLS_HANDSHAKE) {
-		skip_handshake(key.tgid, call->fd);
+	if (!f && (record == TLS_HANDSHAKE || record == TLS_APPLICATION_DATA)) {
+		skip_tls_flow(key.tgid, call->fd, record);
 		return 0;
 	}
 	if (!f) {

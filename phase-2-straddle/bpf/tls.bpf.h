@@ -6,9 +6,11 @@
  * Which socket: the first read/write syscall a thread makes inside an SSL call names it and marks
  * it TLS (`tls_sockets`: its syscalls are not scanned from then on), and the SSL object is
  * remembered with it (`tls_sessions`) for reads OpenSSL serves from its buffer without a
- * syscall. A flow that opens with a TLS handshake record is marked at once, probed or not, so no
- * handshake byte can pass for a moment; a syscall outside any SSL call that carries application
- * data is counted, the sign of a TLS stack this tracer does not see.
+ * syscall. A flow that opens with a TLS record (a handshake, or application data when the
+ * handshake came before tracing) is marked at once, probed or not, so no ciphertext byte can pass
+ * for a moment; until a probe names it, its plaintext is seen nowhere (an opaque socket). A
+ * syscall outside any SSL call that carries application data is counted, the sign of a TLS stack
+ * this tracer does not see.
  *
  * The includer defines scan_call (phase2.bpf.c), which scans the plaintext. */
 #ifndef PHASE2_TLS_BPF_H
@@ -58,13 +60,8 @@ struct {
 	__type(value, __s32);
 } tls_sessions SEC(".maps");
 
-/* How a socket in tls_sockets is known to carry TLS. */
-#define TLS_SOCKET_SEEN 1 /* a handshake, or a syscall inside an SSL call */
-#define TLS_SOCKET_GO 2   /* Go's crypto/tls is probed on it: its plaintext is read there, so
-			   * none of its syscalls is a sign of an unprobed stack (go_tls.bpf.h) */
-
-/* Sockets that carry TLS, (tgid << 32 | fd) → TLS_SOCKET_*: their syscalls move ciphertext,
- * never scanned. */
+/* Sockets that carry TLS, (tgid << 32 | fd) → PHASE2_TLS_* (phase2.h): their syscalls move
+ * ciphertext, never scanned. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -77,8 +74,8 @@ static __always_inline __u64 socket_key(__u32 tgid, __s32 fd)
 	return (__u64)tgid << 32 | (__u32)fd;
 }
 
-/* A socket just seen to carry TLS (`how`: TLS_SOCKET_*): from now on its flows are plaintext,
- * from 0. A socket already known keeps its flows; Go's probes upgrade its mark. */
+/* A socket just seen to carry TLS (`how`: PHASE2_TLS_*): from now on its flows are plaintext,
+ * from 0. A socket already known keeps its flows; a probe that names it upgrades its mark. */
 static __always_inline void mark_tls_socket(__u32 tgid, __s32 fd, __u8 how)
 {
 	__u64 key = socket_key(tgid, fd);
@@ -110,13 +107,13 @@ static __always_inline __u32 cipher_of(__u64 id, __u32 tgid, __s32 fd)
 	if (tls) {
 		if (tls->fd < 0) {
 			tls->fd = fd;
-			mark_tls_socket(tgid, fd, TLS_SOCKET_SEEN);
+			mark_tls_socket(tgid, fd, PHASE2_TLS_OPENSSL);
 		}
 		return CIPHER_IN_SSL_CALL;
 	}
 	__u8 *marked = bpf_map_lookup_elem(&tls_sockets, &sk);
 	if (marked)
-		return *marked == TLS_SOCKET_GO ? CIPHER_IN_SSL_CALL : CIPHER_OUTSIDE_SSL_CALL;
+		return *marked == PHASE2_TLS_GO ? CIPHER_IN_SSL_CALL : CIPHER_OUTSIDE_SSL_CALL;
 	return CIPHER_NONE;
 }
 
@@ -125,12 +122,30 @@ static __always_inline __u32 cipher_of(__u64 id, __u32 tgid, __s32 fd)
 
 /* The content type of the TLS record a syscall's bytes begin with, or 0 if they do not look
  * like one: version 3.1-3.4, length at most 2^14 + 2048. OpenSSL reads a record's 5-byte
- * header on its own, so 5 bytes are all there is to go by. */
+ * header on its own, so 5 bytes are all there is to go by; with iovecs (rustls writes its
+ * records with writev), the first iovec's. */
 static __always_inline __u8 tls_record_type(const struct pending *call, __u64 total)
 {
 	__u8 h[5];
-	if (call->kind != CALL_BUF || call->tls || total < sizeof(h) ||
-	    bpf_probe_read_user(h, sizeof(h), (const void *)call->ptr))
+	__u64 at = call->ptr;
+	if (call->tls || total < sizeof(h))
+		return 0;
+	if (call->kind != CALL_BUF) {
+		struct iovec_user first;
+		__u64 iov = call->ptr, iovcnt = call->count;
+		if (call->kind == CALL_MSG) {
+			struct msghdr_iov m;
+			if (bpf_probe_read_user(&m, sizeof(m), (const void *)(call->ptr + MSGHDR_IOV_OFFSET)))
+				return 0;
+			iov = (__u64)m.msg_iov;
+			iovcnt = m.msg_iovlen;
+		}
+		if (iovcnt == 0 || bpf_probe_read_user(&first, sizeof(first), (const void *)iov) ||
+		    first.len < sizeof(h))
+			return 0;
+		at = (__u64)first.base;
+	}
+	if (bpf_probe_read_user(h, sizeof(h), (const void *)at))
 		return 0;
 	if (h[1] != 3 || h[2] < 1 || h[2] > 4 || h[3] > 0x48)
 		return 0;
@@ -147,13 +162,15 @@ static __always_inline void skip_ciphertext(const struct pending *call, long ret
 		p2_count(P2_C_TLS_UNPROBED);
 }
 
-/* A flow that opens with a handshake is TLS from its first byte: not one byte of it is scanned,
+/* A flow that opens with a TLS record is TLS from its first byte: not one byte of it is scanned,
  * so a handshake cannot pass for a moment before an SSL call names the socket (or when no SSL
- * call ever will). */
-static __always_inline void skip_handshake(__u32 tgid, __s32 fd)
+ * call ever will). A flow first seen past its handshake (in flight when tracing began) opens
+ * with application data. */
+static __always_inline void skip_tls_flow(__u32 tgid, __s32 fd, __u8 record)
 {
-	mark_tls_socket(tgid, fd, TLS_SOCKET_SEEN);
-	p2_count(P2_C_TLS_HANDSHAKES);
+	mark_tls_socket(tgid, fd, PHASE2_TLS_OPAQUE);
+	if (record == TLS_HANDSHAKE)
+		p2_count(P2_C_TLS_HANDSHAKES);
 	p2_count(P2_C_CIPHERTEXT_SKIPPED);
 }
 

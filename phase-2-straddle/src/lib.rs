@@ -12,6 +12,7 @@ pub mod go_tables;
 pub mod go_tls;
 pub mod links;
 pub mod matcher;
+pub mod opaque_links;
 pub mod tls;
 pub mod tracer;
 pub mod unix_peers;

@@ -39,6 +39,15 @@ pub struct Seen {
     pub link: Link,
 }
 
+/// What the tracer hands the matcher.
+#[derive(Clone, Debug)]
+pub enum Observed {
+    Moment(Seen),
+    /// The processes holding sockets whose plaintext no probe sees, and those sockets' links,
+    /// as they are now: sent when they change.
+    OpaqueSockets(Vec<(u32, Link)>),
+}
+
 /// Resolves (pid, fd, flow birth) to a link through /proc, once per flow.
 #[derive(Default)]
 pub struct Links {
@@ -69,7 +78,8 @@ impl Links {
         self.untracked
     }
 
-    fn lookup(&mut self, pid: u32, fd: i32) -> Option<Link> {
+    /// The link fd is an end of now, uncached; `None` when it has no known other end.
+    pub fn lookup(&mut self, pid: u32, fd: i32) -> Option<Link> {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         // Following the fd's link reaches the object itself: a pipe (anonymous or named) has
         // one inode for both ends; a socket's inode names one end.

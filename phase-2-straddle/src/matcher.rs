@@ -13,7 +13,8 @@
 //! whose links the tracer resolved as it drained them ([`Seen`]). The matcher reads nothing but
 //! its sightings.
 
-use crate::links::{Link, Seen};
+use crate::links::{Link, Observed, Seen};
+use crate::opaque_links::{End, OpaqueLinks};
 use agent::schema::{Dir, HopKind, HopRecord, Sighting};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -113,6 +114,8 @@ pub struct Hops<S: Sight> {
     /// Moments whose only possible entry into an unseen stretch was the first flow end and
     /// which came out at the second.
     stretches: HashMap<(u64, u64), u64>,
+    /// Who holds which links whose plaintext no probe sees: what a stretch must run through.
+    pub opaque_links: OpaqueLinks<S::Process, S::Link>,
     pub counters: MatchCounters,
 }
 
@@ -123,6 +126,7 @@ impl<S: Sight> Default for Hops<S> {
             hasher: RandomState::new(),
             ends: HashMap::new(),
             stretches: HashMap::new(),
+            opaque_links: OpaqueLinks::default(),
             counters: MatchCounters::default(),
         }
     }
@@ -251,11 +255,12 @@ impl<S: Sight> Hops<S> {
     /// write nobody saw) after it was last seen somewhere (an entry: a write nobody read, a read
     /// nothing was written from) crossed something no probe sees, typically TLS of a stack
     /// without uprobes. Only flow ends that are nearly always roots (or entries) count: a
-    /// moment hidden now and then by a header inside its window leaves holes too. The stretch
-    /// is reported as one hop from its entry to its root when the two flow ends are joined by
-    /// an edge learned from moments whose entry was the only one since the root before, and by
-    /// no other: shared content (hold music on many calls) has many entries and roots at once,
-    /// and a wrong pair there would join two calls.
+    /// moment hidden now and then by a header inside its window leaves holes too. An entry
+    /// and a root are a stretch's ends only if processes holding opaque links join them
+    /// ([`OpaqueLinks::join`]). The stretch is reported as one hop from its entry to its root
+    /// when the two flow ends are joined by an edge learned from moments where no other entry
+    /// could have fed the root, and by no other: shared content (hold music on many calls) has
+    /// many entries and roots at once, and a wrong pair there would join two calls.
     fn opaque(&mut self, seen: &[S], hops: &[(usize, usize)], out: &mut Vec<HopRecord>) {
         let (mut reached, mut left) = (vec![false; seen.len()], vec![false; seen.len()]);
         for &(from, to) in hops {
@@ -289,31 +294,60 @@ impl<S: Sight> Hops<S> {
                 seen[i].paired() && !left[i] && mostly(roles(i).entries, roles(i).sightings)
             })
             .collect();
-        // A later root that is not a stretch's far end (a source starting shared content, a
-        // moment hidden upstream) makes the moment teach nothing.
-        let (far_ends, others): (Vec<usize>, Vec<usize>) = (1..roots.len())
-            .partition(|&k| mostly(roles(roots[k]).later_roots, roles(roots[k]).sightings));
-        let teaches = others.is_empty();
-        for k in far_ends {
+        let end_of = |i: usize| End {
+            process: seen[i].process(),
+            link: seen[i].link(),
+            dir: seen[i].dir(),
+        };
+        // Each later root that is nearly always one, with the entries its stretch can have
+        // begun at: before it, in another process, joined to it by opaque links.
+        let mut far_ends = Vec::new();
+        let mut teaches = true;
+        for (k, &root) in roots.iter().enumerate().skip(1) {
+            if !mostly(roles(root).later_roots, roles(root).sightings) {
+                teaches = false;
+                continue;
+            }
+            let reach: Vec<usize> = entries
+                .iter()
+                .copied()
+                .filter(|&e| {
+                    let (e_, r) = (&seen[e], &seen[root]);
+                    e_.t_ns() < r.t_ns()
+                        && e_.process() != r.process()
+                        && self.opaque_links.join(end_of(e), end_of(root))
+                })
+                .collect();
+            if reach.is_empty() {
+                teaches = false;
+                continue;
+            }
+            far_ends.push((k, reach));
+        }
+        // A later root that is no stretch's far end (a source starting shared content at the
+        // same time as another, a moment hidden upstream) makes the moment teach nothing.
+        for (k, reach) in far_ends {
             let root = roots[k];
             self.counters.opaque_emerged += 1;
-            let before = |e: usize, since: u64| {
-                let (e, r) = (&seen[e], &seen[root]);
-                e.t_ns() >= since && e.t_ns() < r.t_ns() && e.process() != r.process()
-            };
+            // It teaches when one entry is the only one since the root before (a chain of
+            // stretches: each far end's entry follows the previous far end), or the only one
+            // at all (fan-out: the first far end's consumer read last, but joins nothing).
             let since_last_root = seen[roots[k - 1]].t_ns();
-            let recent: Vec<usize> = entries
+            let recent: Vec<usize> = reach
                 .iter()
                 .copied()
-                .filter(|&e| before(e, since_last_root))
+                .filter(|&e| seen[e].t_ns() >= since_last_root)
                 .collect();
-            if let (true, &[only]) = (teaches, recent.as_slice()) {
+            let taught = match (recent.as_slice(), reach.as_slice()) {
+                (&[only], _) | (&[], &[only]) => Some(only),
+                _ => None,
+            };
+            if let (true, Some(only)) = (teaches, taught) {
                 *self.stretches.entry((end[only], end[root])).or_default() += 1;
             }
-            let learned: Vec<usize> = entries
+            let learned: Vec<usize> = reach
                 .iter()
                 .copied()
-                .filter(|&e| before(e, 0))
                 .filter(|&e| {
                     self.stretches
                         .get(&(end[e], end[root]))
@@ -350,11 +384,17 @@ fn sighting(s: &Seen) -> Sighting {
 }
 
 impl agent::pipeline::Matching for Matcher {
-    type Event = Seen;
+    type Event = Observed;
     type Seen = Seen;
 
-    fn admit(&mut self, seen: Seen) -> (u64, u64, Seen) {
-        (seen.e.signature, seen.e.call.t_ns, seen)
+    fn admit(&mut self, observed: Observed) -> Option<(u64, u64, Seen)> {
+        match observed {
+            Observed::Moment(seen) => Some((seen.e.signature, seen.e.call.t_ns, seen)),
+            Observed::OpaqueSockets(held) => {
+                self.hops.opaque_links.set(0, held);
+                None
+            }
+        }
     }
 
     fn close(&mut self, seen: Vec<Seen>, out: &mut Vec<HopRecord>) {
@@ -425,7 +465,7 @@ mod tests {
         let mut links = Links::default();
         let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000_000));
         for e in events {
-            m.push(seen(&mut links, e));
+            m.push(Observed::Moment(seen(&mut links, e)));
         }
         let mut out = Vec::new();
         m.close_due(None, &mut out);
@@ -509,7 +549,7 @@ mod tests {
         let mut links = Links::default();
         let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000));
         for e in events {
-            m.push(seen(&mut links, e));
+            m.push(Observed::Moment(seen(&mut links, e)));
         }
         let mut out = Vec::new();
         m.close_due(Some(5_000), &mut out);
@@ -521,7 +561,7 @@ mod tests {
             ev(3, fd(2, true), true, 10_100, 0),
             ev(3, fd(3, true), true, 10_101, 0),
         ] {
-            m.push(seen(&mut links, e));
+            m.push(Observed::Moment(seen(&mut links, e)));
         }
         out.clear();
         m.close_due(None, &mut out);
@@ -557,14 +597,23 @@ mod tests {
         assert_eq!(c.refused_ambiguous, 0);
     }
 
-    /// Moments closed one by one through one matcher, as a run closes them.
-    fn run_moments(moments: Vec<Vec<Phase2Event>>) -> (Vec<HopRecord>, MatchCounters) {
+    /// Moments closed one by one through one matcher, as a run closes them, with `opaque`: the
+    /// opaque sockets, (pid, fd), as the tracer finds them.
+    fn run_moments(
+        opaque: &[(u32, i32)],
+        moments: Vec<Vec<Phase2Event>>,
+    ) -> (Vec<HopRecord>, MatchCounters) {
         let mut links = Links::default();
         let mut m = Matched::<Matcher>::new(Duration::from_nanos(1_000));
+        let held = opaque
+            .iter()
+            .map(|&(pid, fd)| (pid, links.lookup(pid, fd).expect("a pipe or socket")))
+            .collect();
+        m.push(Observed::OpaqueSockets(held));
         let mut out = Vec::new();
         for events in moments {
             for e in events {
-                m.push(seen(&mut links, e));
+                m.push(Observed::Moment(seen(&mut links, e)));
             }
             m.close_due(None, &mut out);
         }
@@ -584,7 +633,7 @@ mod tests {
         source: std::process::Child,
         sink: std::process::Child,
         out: std::io::PipeWriter,
-        _keep: std::io::PipeReader,
+        dark_in: std::io::PipeReader,
     }
 
     impl DarkCall {
@@ -595,8 +644,13 @@ mod tests {
                 source: holder(a_w.into(), false),
                 sink: holder(b_r.into(), true),
                 out: b_w,
-                _keep: a_r,
+                dark_in: a_r,
             }
+        }
+
+        /// This process's end of pipe a, as the tracer finds an opaque socket.
+        fn opaque(&self) -> (u32, i32) {
+            (std::process::id(), self.dark_in.as_raw_fd())
         }
 
         /// Moment `sig` sent at `t`: the source's write, this process's write `dark_ns` later,
@@ -625,7 +679,7 @@ mod tests {
         let moments = (0..7)
             .map(|i| call.moment(100 + i, 10_000 * i, 300))
             .collect();
-        let (hops, c) = run_moments(moments);
+        let (hops, c) = run_moments(&[call.opaque()], moments);
         let dark = (
             call.source.id(),
             1,
@@ -668,7 +722,7 @@ mod tests {
             .flat_map(|(c, call)| call.moment(999, 1_000_000 + 200 * c as u64, 300))
             .collect();
         moments.push(shared);
-        let (hops, c) = run_moments(moments);
+        let (hops, c) = run_moments(&calls.each_ref().map(|c| c.opaque()), moments);
         let shared: Vec<_> = opaque(
             &hops
                 .iter()
@@ -686,6 +740,90 @@ mod tests {
         };
         assert_eq!(shared, vec![own(&calls[0]), own(&calls[1])], "{hops:?}");
         assert_eq!(c.refused_opaque, 0);
+    }
+
+    #[test]
+    fn calls_that_start_on_shared_content_teach_no_stretch_between_them() {
+        let calls = [DarkCall::new(), DarkCall::new()];
+        let own = |call: &DarkCall| {
+            (
+                call.source.id(),
+                1,
+                std::process::id(),
+                call.out.as_raw_fd(),
+            )
+        };
+        // Hold music first, on both calls, the second 200 ns behind: each source is a root after
+        // the other's often enough to pass for a stretch's far end.
+        let shared = |sig: u64, t: u64| -> Vec<Phase2Event> {
+            calls
+                .iter()
+                .enumerate()
+                .flat_map(|(c, call)| call.moment(sig, t + 200 * c as u64, 300))
+                .collect()
+        };
+        let mut moments: Vec<Vec<Phase2Event>> =
+            (0..6).map(|i| shared(900 + i, 10_000 * i)).collect();
+        // Then each call's own speech, then hold music again.
+        for i in 0..6 {
+            for (c, call) in calls.iter().enumerate() {
+                moments.push(call.moment(200 + 10 * i + c as u64, 100_000 + 10_000 * i, 300));
+            }
+        }
+        moments.push(shared(999, 1_000_000));
+        let (hops, _) = run_moments(&calls.each_ref().map(|c| c.opaque()), moments);
+        let mut found = opaque(&hops);
+        found.sort_unstable();
+        found.dedup();
+        let mut want = vec![own(&calls[0]), own(&calls[1])];
+        want.sort_unstable();
+        assert_eq!(found, want, "{hops:?}");
+        let last: Vec<_> = hops
+            .iter()
+            .filter(|h| h.signature == 999)
+            .cloned()
+            .collect();
+        assert_eq!(opaque(&last), vec![own(&calls[0]), own(&calls[1])]);
+    }
+
+    /// A broker (this process) that decrypts a publisher's TLS unseen and delivers each moment
+    /// to two subscribers over TLS they read through probes: each subscriber's read is a far end
+    /// of the publisher's stretch, and the first subscriber's read, the last sighting before
+    /// the second's, joins nothing.
+    #[test]
+    fn a_stretch_fanned_out_pairs_each_far_end_with_its_own_entry() {
+        let [(a_r, a_w), (b_r, b_w), (c_r, c_w)] = [(); 3].map(|_| std::io::pipe().unwrap());
+        let opaque_fds = [&a_r.as_raw_fd(), &b_w.as_raw_fd(), &c_w.as_raw_fd()]
+            .map(|&fd| (std::process::id(), fd));
+        let mut procs = [
+            holder(a_w.into(), false),
+            holder(b_r.into(), true),
+            holder(c_r.into(), true),
+        ];
+        let [publisher, first, second] = [0, 1, 2].map(|i| procs[i].id());
+        let moments = (0..8u64)
+            .map(|i| {
+                let t = 10_000 * i;
+                vec![
+                    ev(i, 1, true, t, publisher),
+                    ev(i, 0, false, t + 300, first),
+                    ev(i, 0, false, t + 500, second),
+                ]
+            })
+            .collect();
+        let (hops, c) = run_moments(&opaque_fds, moments);
+        for p in &mut procs {
+            p.kill().ok();
+            p.wait().ok();
+        }
+        let mut found = opaque(&hops);
+        found.sort_unstable();
+        let mut want = [(publisher, 1, first, 0), (publisher, 1, second, 0)].repeat(4);
+        want.sort_unstable();
+        // Taught by moments 3 to 5, reported from the fifth on.
+        assert_eq!(found, want, "{hops:?}");
+        assert_eq!(c.refused_opaque, 0);
+        let _keep = (a_r, b_w, c_w);
     }
 
     #[test]
@@ -722,7 +860,9 @@ mod tests {
                 m
             })
             .collect();
-        let (hops, c) = run_moments(moments);
+        // r1 and r2 hold their pipes between them as opaque links: a stretch could join them.
+        let between = [(r1, 1), (r2, 0)];
+        let (hops, c) = run_moments(&between, moments);
         for p in &mut procs {
             p.kill().ok();
             p.wait().ok();

@@ -2,9 +2,9 @@
 //! dispatch every read and write syscall and close/dup2/dup3, and the read and write functions
 //! of OpenSSL and Go's crypto/tls in target processes) and drains their events.
 
-use crate::event::{Phase2Call, Phase2Event, PHASE2_COUNTERS};
+use crate::event::{layout::PHASE2_TLS_OPAQUE, Phase2Call, Phase2Event, PHASE2_COUNTERS};
 use crate::go_tls::GoTlsProbes;
-use crate::links::{Links, Seen};
+use crate::links::{Link, Links, Observed, Seen};
 use crate::tls::TlsProbes;
 use agent::counters::{Counters, SCAN_COUNTERS};
 use agent::loader::{
@@ -16,6 +16,8 @@ use aya::maps::{MapData, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint};
 use aya::{Btf, Ebpf, RawTracePointRunOptions, TestRun};
 use shared::FingerprintConfig;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase2.bpf.o"));
 /// The BTF raw tracepoints that dispatch every syscall by number, and their programs.
@@ -35,6 +37,7 @@ pub struct Tracer {
     comm_prefix: Option<String>,
     /// Each event's link, resolved as it is drained (while its fd is most likely still open).
     links: Links,
+    opaque: OpaqueSockets,
 }
 
 impl Tracer {
@@ -81,6 +84,7 @@ impl Tracer {
             go_tls,
             comm_prefix: comm_prefix.map(str::to_string),
             links: Links::default(),
+            opaque: OpaqueSockets::default(),
         };
         tracer.refresh()?;
         Ok(tracer)
@@ -213,9 +217,81 @@ impl Tracer {
     }
 }
 
+/// Sockets whose plaintext no probe sees (marked `PHASE2_TLS_OPAQUE` in the map tls_sockets),
+/// with their links: where an opaque stretch can run (`opaque_links`).
+#[derive(Default)]
+struct OpaqueSockets {
+    held: HashMap<(u32, i32), OpaqueSocket>,
+    looked: Option<Instant>,
+}
+
+struct OpaqueSocket {
+    inode: u64,
+    link: Link,
+    last_listed: Instant,
+}
+
+/// How often the map is read.
+const OPAQUE_LOOK_EVERY: Duration = Duration::from_millis(100);
+/// How long a socket closed (or evicted from the map) still counts: its last moments are matched
+/// up to a matching window later.
+const OPAQUE_KEPT: Duration = Duration::from_secs(10);
+
+impl OpaqueSockets {
+    /// Every opaque socket's process and link, when they changed since the last look.
+    fn look(&mut self, ebpf: &Ebpf, links: &mut Links) -> Option<Vec<(u32, Link)>> {
+        use std::os::unix::fs::MetadataExt;
+        if self.looked.is_some_and(|t| t.elapsed() < OPAQUE_LOOK_EVERY) {
+            return None;
+        }
+        let now = Instant::now();
+        self.looked = Some(now);
+        let map: aya::maps::HashMap<_, u64, u8> =
+            aya::maps::HashMap::try_from(ebpf.map("tls_sockets")?).ok()?;
+        let before = self.held.len();
+        let mut changed = false;
+        for (key, mark) in map.iter().filter_map(Result::ok) {
+            let socket = ((key >> 32) as u32, key as u32 as i32);
+            // A probe named it since: its plaintext is seen.
+            if mark != PHASE2_TLS_OPAQUE {
+                changed |= self.held.remove(&socket).is_some();
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(format!("/proc/{}/fd/{}", socket.0, socket.1)) else {
+                continue;
+            };
+            match self.held.get_mut(&socket) {
+                Some(s) if s.inode == meta.ino() => s.last_listed = now,
+                _ => {
+                    if let Some(link) = links.lookup(socket.0, socket.1) {
+                        let inode = meta.ino();
+                        self.held.insert(
+                            socket,
+                            OpaqueSocket {
+                                inode,
+                                link,
+                                last_listed: now,
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+            }
+        }
+        self.held.retain(|_, s| now - s.last_listed < OPAQUE_KEPT);
+        changed |= self.held.len() != before;
+        changed.then(|| {
+            self.held
+                .iter()
+                .map(|(&(pid, _), s)| (pid, s.link.clone()))
+                .collect()
+        })
+    }
+}
+
 /// As the agent's pipeline drains it: each event with the link it was seen on.
 impl agent::pipeline::Kernel for Tracer {
-    type Event = Seen;
+    type Event = Observed;
 
     fn start(cfg: &FingerprintConfig, comm_prefix: Option<&str>, mode: ScanMode) -> Result<Self> {
         Tracer::start_with(cfg, comm_prefix, mode, true)
@@ -225,11 +301,15 @@ impl agent::pipeline::Kernel for Tracer {
         remove_targets(&mut self.ebpf, pids)
     }
 
-    fn drain(&mut self, f: &mut dyn FnMut(Seen)) -> usize {
+    /// The opaque sockets first, when they changed: the moments they carry close later.
+    fn drain(&mut self, f: &mut dyn FnMut(Observed)) -> usize {
         let mut links = std::mem::take(&mut self.links);
+        if let Some(held) = self.opaque.look(&self.ebpf, &mut links) {
+            f(Observed::OpaqueSockets(held));
+        }
         let n = Tracer::drain(self, |e| {
             let link = links.resolve(e.call.tgid, e.call.fd, e.call.flow_birth_ns);
-            f(Seen { e, link })
+            f(Observed::Moment(Seen { e, link }))
         });
         self.links = links;
         n

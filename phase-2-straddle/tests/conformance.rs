@@ -942,7 +942,7 @@ fn connect_when_listening(port: u16) -> std::net::TcpStream {
 fn go_tls_relays(toolchain: &GoToolchain, stripped_pie: bool, seed: u64) {
     use agent::pipeline::{Kernel, Matched, MATCH_WINDOW};
     use agent::schema::HopKind;
-    use phase_2_straddle::links::Seen;
+    use phase_2_straddle::links::{Observed, Seen};
     use phase_2_straddle::matcher::Matcher;
     use std::io::Read;
     let Some(relay) = toolchain.relay(stripped_pie) else {
@@ -1042,8 +1042,15 @@ fn go_tls_relays(toolchain: &GoToolchain, stripped_pie: bool, seed: u64) {
             "relay 2 write syscall",
         ),
     ];
-    let mut seen: Vec<Seen> = Vec::new();
-    Kernel::drain(&mut tracer, &mut |s| seen.push(s));
+    let mut observed: Vec<Observed> = Vec::new();
+    Kernel::drain(&mut tracer, &mut |o| observed.push(o));
+    let seen: Vec<&Seen> = observed
+        .iter()
+        .filter_map(|o| match o {
+            Observed::Moment(s) => Some(s),
+            Observed::OpaqueSockets(_) => None,
+        })
+        .collect();
     let health = Kernel::health(&tracer).unwrap();
     std::fs::remove_dir_all(&dir).ok();
 
@@ -1093,8 +1100,8 @@ fn go_tls_relays(toolchain: &GoToolchain, stripped_pie: bool, seed: u64) {
     assert_eq!(elsewhere, 0, "relay moments on other fds; {health}");
 
     let mut matched: Matched<Matcher> = Matched::new(MATCH_WINDOW);
-    for s in seen {
-        matched.push(s);
+    for o in observed {
+        matched.push(o);
     }
     let mut hops = Vec::new();
     matched.close_due(None, &mut hops);

@@ -1,15 +1,16 @@
 //! The node agent: phase 2's kernel side on this node, each event's link resolved here (only
 //! this node can read its /proc), and the sightings shipped to the collector (each to the
-//! replica owning its signature, `shards`) through the uplinks. It matches nothing itself: a moment's other sightings may be on other nodes.
+//! replica owning its signature, `shards`) through the uplinks, with the node's opaque sockets (to
+//! every replica). It matches nothing itself: a moment's other sightings may be on other nodes.
 
 use crate::agent_metrics::Snapshot;
-use crate::proto::{NodeSighting, PodRef};
+use crate::proto::{NodeSighting, OpaqueSocket, PodRef};
 use crate::shards::Shards;
 use agent::pipeline::Kernel;
 use agent::schema::Dir;
 use anyhow::Result;
 use phase_2_straddle::event::Phase2Event;
-use phase_2_straddle::links::{Link, Seen};
+use phase_2_straddle::links::{Link, Observed, Seen};
 use phase_2_straddle::tracer::Tracer;
 use std::time::Duration;
 
@@ -72,9 +73,25 @@ impl NodeAgent {
 
     /// Drains the kernel's events into the uplinks' queues; never waits for a collector.
     pub fn tick(&mut self) {
-        let mut seen = Vec::new();
-        Kernel::drain(&mut self.tracer, &mut |s| seen.push(s));
-        let batch: Vec<NodeSighting> = seen.into_iter().map(|s| self.sighting(s)).collect();
+        let mut observed = Vec::new();
+        Kernel::drain(&mut self.tracer, &mut |o| observed.push(o));
+        let mut batch = Vec::new();
+        for o in observed {
+            match o {
+                Observed::Moment(seen) => batch.push(self.sighting(seen)),
+                Observed::OpaqueSockets(held) => {
+                    let sockets = held
+                        .into_iter()
+                        .map(|(pid, link)| OpaqueSocket {
+                            pid,
+                            link: link_name(&self.node, &link),
+                        })
+                        .filter(|s| !s.link.is_empty())
+                        .collect();
+                    self.shards.set_opaque(sockets);
+                }
+            }
+        }
         self.sightings += batch.len() as u64;
         self.shards.push(batch);
     }

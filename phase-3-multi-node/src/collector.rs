@@ -2,7 +2,8 @@
 //! batches taken once (`delivery`: a resend of a batch it holds is acknowledged and dropped);
 //! each node's clock model fed with the exchanges that ride with the batches; every sighting
 //! mapped onto the collector's clock with its error bound, then matched across nodes (phase 2's
-//! hop rules) once its window has closed. Acknowledgements say how far the windows have closed
+//! hop rules) once its window has closed, opaque hops through the sockets each node's latest
+//! snapshot says are opaque. Acknowledgements say how far the windows have closed
 //! over each agent process's batches: the agent keeps the rest for the next collector.
 
 use crate::admission::Admission;
@@ -374,7 +375,7 @@ impl Collector for Service {
 
     async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
         self.admission.check(&request, &request.get_ref().node)?;
-        let batch = request.into_inner();
+        let mut batch = request.into_inner();
         if batch.collector != self.instance {
             // Sent to the collector before this one, which may have taken batches this one has
             // not: the agent asks again (Sync) and sends everything it kept.
@@ -400,8 +401,22 @@ impl Collector for Service {
         let now_ns = monotonic_ns();
         node.retire_done(now_ns, &state.held);
         let at = node.epoch_index(batch.epoch);
+        let node_index = node.index;
         let epoch = node.epoch_mut(at).expect("just found or added");
         epoch.heard_ns = now_ns;
+        // Whatever batch carries it, a resend included: only the version says it is newer. It
+        // goes in before the batch's sightings, which may run through those sockets.
+        let opaque = batch.opaque.take();
+        if let Some(opaque) = opaque.filter(|o| o.version > epoch.opaque_version) {
+            epoch.opaque_version = opaque.version;
+            let holdings = opaque
+                .sockets
+                .into_iter()
+                .map(|s| ((node_index, s.pid), s.link))
+                .collect();
+            let links = &mut state.matching.matcher.hops.opaque_links;
+            links.set(node_index, holdings);
+        }
         if let Some(to_match) = epoch.take(&batch) {
             for e in &batch.exchanges {
                 clock.add(ClockExchange {

@@ -41,6 +41,8 @@ pub struct Epoch {
     /// (collector clock) it last sent a batch.
     pub told: u64,
     pub heard_ns: u64,
+    /// The version of the latest snapshot of the node's opaque sockets taken from the epoch.
+    pub opaque_version: u64,
     /// Batches taken with sightings still in the window: how many, and which are matched.
     open: BTreeMap<u64, Open>,
 }
@@ -62,6 +64,7 @@ impl Epoch {
             duplicates: 0,
             told: 0,
             heard_ns: 0,
+            opaque_version: 0,
             open: BTreeMap::new(),
         }
     }

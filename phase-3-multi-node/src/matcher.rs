@@ -127,8 +127,8 @@ impl agent::pipeline::Matching for CrossNode {
     type Event = NodeSight;
     type Seen = NodeSight;
 
-    fn admit(&mut self, s: NodeSight) -> (u64, u64, NodeSight) {
-        (s.wire.signature, s.mapped_ns, s)
+    fn admit(&mut self, s: NodeSight) -> Option<(u64, u64, NodeSight)> {
+        Some((s.wire.signature, s.mapped_ns, s))
     }
 
     fn close(&mut self, mut seen: Vec<NodeSight>, out: &mut Vec<HopRecord>) {

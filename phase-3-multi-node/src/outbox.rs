@@ -2,9 +2,10 @@
 //! delivered yet, and those delivered whose sightings' matching windows have not all closed (a
 //! collector crash would lose them, so they go again to the next collector). Bounded: when
 //! full, the oldest delivered batch goes first (the collector holds it), then the oldest
-//! undelivered one, counted lost; never the batch being sent.
+//! undelivered one, counted lost; never the batch being sent. The node's latest opaque sockets
+//! ride with the next batch made whenever the collector may lack them.
 
-use crate::proto::{Ack, Batch, Exchange, NodeSighting};
+use crate::proto::{Ack, Batch, Exchange, NodeSighting, OpaqueSocket, OpaqueSockets};
 use std::collections::VecDeque;
 
 /// What the uplink did, for the agent's health line.
@@ -59,6 +60,10 @@ pub struct Outbox {
     highest_sent: u64,
     /// Exchanges with `collector` that wait for the next batch.
     exchanges: Vec<Exchange>,
+    /// The latest snapshot of the node's opaque sockets (version 0: none yet), and the version
+    /// put into a batch that `collector` holds or will be sent.
+    opaque: OpaqueSockets,
+    opaque_given: u64,
     pub counters: UplinkCounters,
 }
 
@@ -76,6 +81,8 @@ impl Outbox {
             in_flight: None,
             highest_sent: 0,
             exchanges: Vec::new(),
+            opaque: OpaqueSockets::default(),
+            opaque_given: 0,
             counters: UplinkCounters::default(),
         }
     }
@@ -89,24 +96,43 @@ impl Outbox {
                 let n = dropped.sightings.len() as u64;
                 match dropped.seq <= self.delivered_through {
                     true => self.counters.released += n,
-                    false => self.counters.lost += n,
+                    false => {
+                        self.counters.lost += n;
+                        // Its snapshot never arrives: the next batch carries the latest.
+                        if dropped.opaque.is_some() {
+                            self.opaque_given = 0;
+                        }
+                    }
                 }
             }
         }
         self.taken += sightings.len() as u64;
+        let opaque = (self.opaque.version > self.opaque_given).then(|| self.opaque.clone());
+        self.opaque_given = self.opaque.version;
         self.kept.push_back(Batch {
             node: self.node.clone(),
             seq: self.next_seq,
             sightings,
             epoch: self.epoch,
             taken: self.taken,
+            opaque,
             ..Default::default()
         });
         self.next_seq += 1;
     }
 
+    /// The node's opaque sockets now: the next batch made carries them.
+    pub fn set_opaque(&mut self, sockets: Vec<OpaqueSocket>) {
+        self.opaque = OpaqueSockets {
+            version: self.opaque.version + 1,
+            sockets,
+        };
+    }
+
     /// The collector instance that answers now. Another than before holds nothing this epoch
-    /// sent, and its clock is another: every batch kept goes to it again, without exchanges.
+    /// sent, and its clock is another: every batch kept goes to it again, without exchanges,
+    /// and the next batch made carries the opaque sockets (those in batches let go are lost to
+    /// it).
     pub fn answered_by(&mut self, instance: u64) -> bool {
         if instance == self.collector {
             return false;
@@ -116,6 +142,7 @@ impl Outbox {
         }
         self.collector = instance;
         self.delivered_through = 0;
+        self.opaque_given = 0;
         self.exchanges.clear();
         for b in &mut self.kept {
             b.exchanges.clear();
@@ -170,8 +197,10 @@ impl Outbox {
 
     /// Empties the queue for another collector to take over: the sightings of every batch kept
     /// but those the collector matched already. The batch being sent goes too; its ack, if any
-    /// comes, finds nothing to let go.
+    /// comes, finds nothing to let go. The opaque sockets go with the next batch made, in case
+    /// the batch carrying them never arrived.
     pub fn take_unmatched(&mut self) -> Vec<NodeSighting> {
+        self.opaque_given = 0;
         let mut out = Vec::new();
         for b in self.kept.drain(..) {
             out.extend(
@@ -303,6 +332,42 @@ mod tests {
             8,
             "the count travels with later batches"
         );
+    }
+
+    /// The opaque sockets ride with the next batch made, once per version; again whenever the
+    /// collector may lack them: another instance answers (the batch that carried them was let
+    /// go), the batch carrying them is dropped undelivered, or the queue is taken over.
+    #[test]
+    fn opaque_sockets_go_again_to_a_collector_that_may_lack_them() {
+        let mut o = Outbox::new("n", 5, 3);
+        o.answered_by(1);
+        // The version of the snapshot the batch made now carries.
+        let next = |o: &mut Outbox| {
+            o.push(Vec::new());
+            o.kept.back().unwrap().opaque.as_ref().map(|s| s.version)
+        };
+        assert_eq!(next(&mut o), None, "none yet");
+        o.set_opaque(vec![OpaqueSocket {
+            pid: 7,
+            link: "tcp a b".into(),
+        }]);
+        assert_eq!(next(&mut o), Some(1));
+        assert_eq!(next(&mut o), None, "already in a batch");
+        send_all(&mut o, |seq| ack(seq, 1, seq));
+        assert_eq!(o.kept(), 0, "the batch carrying it let go");
+        assert!(o.answered_by(2));
+        assert_eq!(next(&mut o), Some(1), "a new collector holds none");
+        assert_eq!(next(&mut o), None);
+        send_all(&mut o, |seq| ack(seq, 2, seq));
+        o.set_opaque(Vec::new());
+        assert_eq!(next(&mut o), Some(2));
+        assert_eq!(next(&mut o), None);
+        assert_eq!(next(&mut o), None);
+        assert_eq!(next(&mut o), Some(2), "the batch carrying it was dropped");
+        assert_eq!(o.counters.lost, 0, "empty batches");
+        o.take_unmatched();
+        assert_eq!(next(&mut o), Some(2), "taken over with the queue");
+        assert_eq!(next(&mut o), None);
     }
 
     #[test]

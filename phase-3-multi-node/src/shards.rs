@@ -11,9 +11,12 @@
 //! `reroute_after` is lost: ownership is hashed over the live replicas only, and the batches its
 //! queue kept (not delivered, or delivered with matching windows still open) are handed to their
 //! new owners, counted (`rerouted`). It is live again once its uplink reconnects.
+//!
+//! The node's opaque sockets go to every replica: an opaque stretch is matched by the replica
+//! owning the moment, whichever that is, and must know every node's.
 
 use crate::outbox::UplinkCounters;
-use crate::proto::NodeSighting;
+use crate::proto::{NodeSighting, OpaqueSocket};
 use crate::uplink::{Uplink, UplinkConfig};
 use std::time::{Duration, Instant};
 use xxhash_rust::xxh64::xxh64;
@@ -121,6 +124,13 @@ impl Shards {
                 r.uplink.push(part);
                 r.last_push = Instant::now();
             }
+        }
+    }
+
+    /// The node's opaque sockets now: each replica's next batch carries them.
+    pub fn set_opaque(&mut self, sockets: Vec<OpaqueSocket>) {
+        for r in &self.replicas {
+            r.uplink.set_opaque(sockets.clone());
         }
     }
 

@@ -9,7 +9,7 @@
 use crate::outbox::Outbox;
 pub use crate::outbox::UplinkCounters;
 use crate::proto::collector_client::CollectorClient;
-use crate::proto::{Exchange, NodeSighting, SyncRequest};
+use crate::proto::{Exchange, NodeSighting, OpaqueSocket, SyncRequest};
 use agent::clock::{monotonic_ns, Skew};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,6 +92,11 @@ impl Uplink {
     pub fn hand_over(&self, sightings: Vec<NodeSighting>) {
         self.queue.lock().unwrap().outbox.push(sightings);
         self.wake.notify_one();
+    }
+
+    /// The node's opaque sockets now, for the next batch to carry.
+    pub fn set_opaque(&self, sockets: Vec<OpaqueSocket>) {
+        self.queue.lock().unwrap().outbox.set_opaque(sockets);
     }
 
     /// Empties the queue of every sighting the collector has not matched, for another to take.

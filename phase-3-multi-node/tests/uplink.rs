@@ -1,12 +1,16 @@
 //! An agent's uplink against a real collector over gRPC on loopback: a collector restart gets
 //! every batch the one before had not matched, once; a collector gone too long costs counted losses, never silent ones;
 //! a node clock offset by 50 ms and drifting 30 ppm is mapped back within its reported bound;
-//! sightings sharded over three replicas, one lost and back.
+//! sightings sharded over three replicas, one lost and back; the node's opaque sockets reach
+//! every replica, and a new collector instance, and never go back to an older snapshot.
 
 use agent::clock::monotonic_ns;
 use agent::clock::Skew;
+use agent::schema::Dir;
+use phase_2_straddle::opaque_links::End;
 use phase_3_multi_node::collector::{serve, Service};
-use phase_3_multi_node::proto::NodeSighting;
+use phase_3_multi_node::proto::collector_client::CollectorClient;
+use phase_3_multi_node::proto::{Batch, NodeSighting, OpaqueSocket, OpaqueSockets, SyncRequest};
 use phase_3_multi_node::shards::{Rendezvous, Shards};
 use phase_3_multi_node::uplink::{Uplink, UplinkConfig};
 use std::collections::HashMap;
@@ -307,4 +311,109 @@ async fn shards_send_each_signature_to_its_owner_and_reroute_a_lost_replicas_sha
     shards.push(sightings(3, 300, monotonic_ns()));
     shards_drained(&mut shards).await;
     assert_eq!(owned_by(&[one, &back, two], 3), want(3, &all));
+}
+
+/// Whether the collector has process `pid` of its first node hold an opaque link: a stretch
+/// read and written by that process alone is joined only then.
+fn holds_opaque(service: &Service, pid: u32) -> bool {
+    let state = service.state.lock().unwrap();
+    let unused = String::new();
+    let end = |dir| End {
+        process: (0, pid),
+        link: &unused,
+        dir,
+    };
+    (state.matching.matcher.hops.opaque_links).join(end(Dir::Read), end(Dir::Write))
+}
+
+fn opaque_socket(pid: u32) -> Vec<OpaqueSocket> {
+    vec![OpaqueSocket {
+        pid,
+        link: "tcp 10.0.0.1:4000 10.0.0.2:443".into(),
+    }]
+}
+
+/// Pushes heartbeats until every one of `services` holds `pid` (and only it) opaque.
+async fn opaque_reached(shards: &mut Shards, services: &[&Service], pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reached = |s: &&Service| holds_opaque(s, pid) && !holds_opaque(s, pid - 1);
+    while !services.iter().all(reached) {
+        assert!(Instant::now() < deadline, "pid {pid} never held opaque");
+        shards.push(Vec::new());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The node's opaque sockets go to every replica, whichever owns the sightings, and a change
+/// replaces them. A replica restarted (a new collector instance, holding nothing) gets them
+/// again without a change: the heartbeat that carried them was let go long before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_sockets_reach_every_replica_and_a_new_collector_again() {
+    let addrs: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut replicas: Vec<_> = addrs.iter().map(|&a| start_collector(a)).collect();
+    let services: Vec<Service> = replicas.iter().map(|(s, _, _)| s.clone()).collect();
+    let mut shards = Shards::start(
+        &config(addrs[0], 10_000, Skew::default()),
+        &urls,
+        Duration::from_secs(60),
+    );
+    shards.set_opaque(opaque_socket(7));
+    opaque_reached(&mut shards, &[&services[0], &services[1]], 7).await;
+    shards.set_opaque(opaque_socket(8));
+    opaque_reached(&mut shards, &[&services[0], &services[1]], 8).await;
+    shards_drained(&mut shards).await;
+    assert_eq!(shards.kept(), 0, "every heartbeat let go");
+
+    let (_, stop, task) = replicas.remove(0);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let (restarted, _stop, _task) = start_collector(addrs[0]);
+    opaque_reached(&mut shards, &[&restarted], 8).await;
+    assert_eq!(shards.uplink_counters().collector_changes, 1);
+}
+
+/// Over gRPC, as an agent would send them: a resend of an older batch does not bring its older
+/// snapshot back; a restarted agent (a new epoch) counts its snapshots from 1 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_opaque_snapshot_never_overrides_a_newer_one() {
+    let addr = free_addr();
+    let (collector, _stop, _task) = start_collector(addr);
+    // The collector binds in its task: until then, connects are refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = loop {
+        match CollectorClient::connect(format!("http://{addr}")).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let instance = (client.sync(SyncRequest {
+        node: "node-a".into(),
+        t1: 0,
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .instance;
+    let batch = |epoch, seq, version, pid| Batch {
+        node: "node-a".into(),
+        seq,
+        epoch,
+        collector: instance,
+        opaque: Some(OpaqueSockets {
+            version,
+            sockets: opaque_socket(pid),
+        }),
+        ..Default::default()
+    };
+    let held = |pid| holds_opaque(&collector, pid);
+    client.send(batch(1, 1, 1, 1)).await.unwrap();
+    assert!(held(1));
+    client.send(batch(1, 2, 2, 2)).await.unwrap();
+    assert!(held(2) && !held(1));
+    client.send(batch(1, 1, 1, 1)).await.unwrap();
+    assert!(held(2) && !held(1), "a resend of version 1");
+    client.send(batch(2, 1, 1, 3)).await.unwrap();
+    assert!(held(3) && !held(2), "a restarted agent");
 }
