@@ -10,8 +10,11 @@
 //! where PEM holds the server's key and certificate and each SERVICE is IN>OUT, both tls:PORT
 //! or tcp:PORT on 127.0.0.1: it accepts on IN and, per connection, connects to OUT (TCP_NODELAY)
 //! and copies what it reads on to it, one read and one write per chunk (so that every byte
-//! passes a read and a write syscall, as plaintext or inside a TLS record). Its client side
-//! accepts any certificate.
+//! passes a read and a write syscall, as plaintext or inside a TLS record). A service
+//! IN>OUT1+OUT2... fans out, as a broker delivers a topic to several subscriptions: per
+//! connection it connects to every OUT and writes each chunk it reads to each of them, in that
+//! order, one write per chunk and output (only this relay does; the Go and Java ones take one
+//! OUT). Its client side accepts any certificate.
 
 use anyhow::{anyhow, bail, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -64,12 +67,14 @@ fn side(s: &str) -> Result<Side> {
     })
 }
 
+const USAGE: &str = "usage: relay PEM IN>OUT[+OUT...]...";
+
 fn run(args: &[String]) -> Result<()> {
     let [pem, services @ ..] = args else {
-        bail!("usage: relay PEM IN>OUT...");
+        bail!(USAGE);
     };
     if services.is_empty() {
-        bail!("usage: relay PEM IN>OUT...");
+        bail!(USAGE);
     }
     // Not ours: named as itself, not as the binary it runs from.
     // SAFETY: PR_SET_NAME reads a NUL-terminated string; threads started later inherit it.
@@ -96,17 +101,18 @@ fn run(args: &[String]) -> Result<()> {
     for s in services {
         let (from, to) = s
             .split_once('>')
-            .with_context(|| format!("bad service {s:?}: want IN>OUT"))?;
-        let (from, to) = (side(from)?, side(to)?);
+            .with_context(|| format!("bad service {s:?}: want IN>OUT[+OUT...]"))?;
+        let from = side(from)?;
+        let to = to.split('+').map(side).collect::<Result<Vec<_>>>()?;
         let listener = TcpListener::bind(("127.0.0.1", from.port))
             .with_context(|| format!("listening on port {}", from.port))?;
         let (server, client) = (server.clone(), client.clone());
         threads.push(std::thread::spawn(move || -> Result<()> {
             loop {
                 let (tcp, _) = listener.accept()?;
-                let (server, client) = (server.clone(), client.clone());
+                let (server, client, to) = (server.clone(), client.clone(), to.clone());
                 std::thread::spawn(move || {
-                    if let Err(e) = relay(tcp, from, to, server, client) {
+                    if let Err(e) = relay(tcp, from, &to, server, client) {
                         eprintln!("rustls relay: {e:#}");
                     }
                 });
@@ -163,11 +169,12 @@ impl Conn {
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-/// Copies one accepted connection to a new one to `to`, one read and one write per chunk.
+/// Copies one accepted connection to a new one to each of `to`, one read per chunk and one
+/// write per chunk and output.
 fn relay(
     tcp: TcpStream,
     from: Side,
-    to: Side,
+    to: &[Side],
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 ) -> Result<()> {
@@ -180,18 +187,10 @@ fn relay(
     } else {
         Conn::Plain(tcp)
     };
-    let out_tcp = TcpStream::connect(("127.0.0.1", to.port))
-        .with_context(|| format!("connecting to port {}", to.port))?;
-    out_tcp.set_nodelay(true)?;
-    let mut output = if to.tls {
-        let name = ServerName::try_from("localhost")?;
-        Conn::Client(Box::new(StreamOwned::new(
-            ClientConnection::new(client, name)?,
-            out_tcp,
-        )))
-    } else {
-        Conn::Plain(out_tcp)
-    };
+    let mut outputs = to
+        .iter()
+        .map(|&to| connect(to, &client))
+        .collect::<Result<Vec<_>>>()?;
     let mut buf = vec![0; 16 * 1024];
     loop {
         // A peer gone without close_notify is an end too.
@@ -199,10 +198,30 @@ fn relay(
         if n == 0 {
             break;
         }
-        output.stream().write_all(&buf[..n])?;
+        for output in &mut outputs {
+            output.stream().write_all(&buf[..n])?;
+        }
     }
-    output.finish();
+    for output in outputs {
+        output.finish();
+    }
     Ok(())
+}
+
+/// A new connection to `to`.
+fn connect(to: Side, client: &Arc<ClientConfig>) -> Result<Conn> {
+    let tcp = TcpStream::connect(("127.0.0.1", to.port))
+        .with_context(|| format!("connecting to port {}", to.port))?;
+    tcp.set_nodelay(true)?;
+    Ok(if to.tls {
+        let name = ServerName::try_from("localhost")?;
+        Conn::Client(Box::new(StreamOwned::new(
+            ClientConnection::new(client.clone(), name)?,
+            tcp,
+        )))
+    } else {
+        Conn::Plain(tcp)
+    })
 }
 
 /// The client side's verifier: any certificate will do (as for the harness's other TLS

@@ -1,7 +1,8 @@
 //! The harness proves its own scoring: on real runs of S1 and S2, the oracle tracer scores
 //! perfectly and deliberately broken tracers score as badly as they should; on S5, S6 and
-//! S12–S15 (a real nats-server, stunnel4, relays on Go's, the JDK's and rustls's TLS in the path)
-//! the ground truth holds up and chains through those black boxes are scored.
+//! S12–S16 (a real nats-server, stunnel4, relays on Go's, the JDK's and rustls's TLS in the
+//! path, a rustls broker) the ground truth holds up and chains through those black boxes are
+//! scored.
 
 use agent::schema::{self, Dir, HopRecord, Sighting};
 use harness::scenario::{External, Kind};
@@ -553,9 +554,10 @@ fn errors_on_preempted_truth_are_set_aside() {
     assert_eq!(full.error_max_all_ns, 0);
 }
 
-/// The relays on other TLS stacks (S12 Go, S13 Java, S14 rustls, S15 two rustls sidecars) pass
-/// every byte through, and the oracle scores perfectly both as the truth has it (every point)
-/// and as a tracer that does not see those stacks does (one hop across each).
+/// The relays on other TLS stacks (S12 Go, S13 Java, S14 rustls, S15 two rustls sidecars, S16
+/// a rustls broker fanning out to two sinks) pass every byte through, and the oracle scores
+/// perfectly both as the truth has it (every point) and as a tracer that does not see those
+/// stacks does (one hop across each).
 #[test]
 fn tls_stack_relays_deliver_every_byte_and_the_oracle_scores_perfectly() {
     for (id, comm, hops_all, hops_unseen) in [
@@ -563,6 +565,7 @@ fn tls_stack_relays_deliver_every_byte_and_the_oracle_scores_perfectly() {
         ("S13", "java", 6, 4),
         ("S14", "rustls-relay", 14, 10),
         ("S15", "rustls-relay", 10, 6),
+        ("S16", "rustls-relay", 10, 4),
     ] {
         let r = &run_once(id);
         for ext in r.gt.components.iter().filter(|c| c.external) {

@@ -261,3 +261,34 @@ fn s15_sidecars_tls_between_two_proxies_is_one_opaque_hop() {
     assert_eq!(r.score.hops_exist, 6, "{:?}", r.score.hops);
     assert_opaque(&r, &[("proxy-a", "proxy-b")]);
 }
+
+#[test]
+fn s16_a_tls_broker_fanning_out_is_one_opaque_hop_to_each_subscriber() {
+    let r = run(scenario::s16());
+    // Per call: the source's SSL_write_ex → each sink's SSL_read_ex, across the broker (opaque).
+    assert_eq!(r.score.hops_exist, 4, "{:?}", r.score.hops);
+    assert_opaque(
+        &r,
+        &[
+            ("c0-src", "c0-sink-a"),
+            ("c0-src", "c0-sink-b"),
+            ("c1-src", "c1-sink-a"),
+            ("c1-src", "c1-sink-b"),
+        ],
+    );
+    // A subscriber's read is no other's entry: a hop between two sinks would pair a far end
+    // with its sibling.
+    let sinks: Vec<u32> = scenario::s16()
+        .topology
+        .comps
+        .iter()
+        .filter(|c| c.kind == scenario::Kind::Sink)
+        .map(|c| r.gt.component(&c.name).unwrap().pid)
+        .collect();
+    let between: Vec<_> = r
+        .records
+        .iter()
+        .filter(|h| sinks.contains(&h.from.pid) && sinks.contains(&h.to.pid))
+        .collect();
+    assert!(between.is_empty(), "hops between sinks: {between:?}");
+}

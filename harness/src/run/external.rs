@@ -104,7 +104,7 @@ impl ExternalPlan {
                     connects: Vec::new(),
                 }
             }
-            External::Stunnel | External::TlsRelay(_) => Self {
+            External::Stunnel | External::TlsRelay(_) | External::TlsBroker => Self {
                 comp,
                 kind,
                 listens: files(&c.inputs)?,
@@ -124,9 +124,9 @@ impl ExternalPlan {
     ) -> Result<std::process::Command> {
         let t = &sc.topology;
         let c = &t.comps[self.comp];
-        let mut cmd = match self.kind {
-            External::TlsRelay(stack) => tls_relays::command(stack, exe)?,
-            _ => std::process::Command::new(self.kind.programs()[0]),
+        let mut cmd = match self.kind.tls_stack() {
+            Some(stack) => tls_relays::command(stack, exe)?,
+            None => std::process::Command::new(self.kind.programs()[0]),
         };
         match self.kind {
             External::Nats => {
@@ -160,20 +160,31 @@ impl ExternalPlan {
                 std::fs::write(&conf, text)?;
                 cmd.arg(conf);
             }
-            External::TlsRelay(_) => {
+            External::TlsRelay(_) | External::TlsBroker => {
                 cmd.arg(pem);
-                for (i, (&input, &output)) in c.inputs.iter().zip(&c.outputs).enumerate() {
-                    let end = |link: usize, port_file: &Path| -> Result<String> {
-                        let mode = match t.links[link].spec.kind {
-                            LinkKind::Tls => "tls",
-                            _ => "tcp",
-                        };
-                        Ok(format!("{mode}:{}", read_port(port_file)?))
+                let end = |link: usize, port_file: &Path| -> Result<String> {
+                    let mode = match t.links[link].spec.kind {
+                        LinkKind::Tls => "tls",
+                        _ => "tcp",
                     };
+                    Ok(format!("{mode}:{}", read_port(port_file)?))
+                };
+                for (i, &input) in c.inputs.iter().enumerate() {
+                    // Its routes (Same, Pairs) send every call of an input alike.
+                    let outputs = self
+                        .kind
+                        .route()
+                        .outputs(i, 0, c.outputs.len())
+                        .into_iter()
+                        .map(|o| match c.outputs.get(o) {
+                            Some(&output) => end(output, &self.connects[o]),
+                            None => bail!("{}: input {i} goes to output {o}, not there", c.name),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
                     cmd.arg(format!(
                         "{}>{}",
                         end(input, &self.listens[i])?,
-                        end(output, &self.connects[i])?
+                        outputs.join("+")
                     ));
                 }
             }

@@ -107,9 +107,7 @@ fn call_tree(sc: &Scenario, call: u32, src: usize, output: usize, wav: PathBuf) 
             dir,
             link: link.name.clone(),
             tls_stack: match c.kind {
-                Kind::External(External::TlsRelay(stack)) if link.spec.kind == LinkKind::Tls => {
-                    Some(stack)
-                }
+                Kind::External(kind) if link.spec.kind == LinkKind::Tls => kind.tls_stack(),
                 _ => None,
             },
         }

@@ -1,4 +1,4 @@
-//! Each scenario's definition: S1 to S8 and S12 to S15 (the catalogue every phase runs), S9 and
+//! Each scenario's definition: S1 to S8 and S12 to S16 (the catalogue every phase runs), S9 and
 //! S11 (across nodes; S10 is phase 4's, on its fake cluster) and SCALE (many calls at once), the
 //! last three found by id only.
 
@@ -339,6 +339,39 @@ pub fn s15() -> Scenario {
             t.link(relays[0], relays[1], TLS_STREAM);
             t.link(relays[1], sink, TCP_STREAM);
         },
+    )
+}
+
+/// S16 TLS fan-out: per call, source --TLS--> a rustls broker --TLS--> two sinks, one broker
+/// process for both calls, delivering every byte it reads to both sinks of its call, as a
+/// Pulsar broker delivers a topic to two subscriptions. The source writes and the sinks read
+/// through OpenSSL; the broker's plaintext is seen nowhere: one opaque stretch with one entry
+/// and two far ends, a hop from the source to each sink.
+pub fn s16() -> Scenario {
+    let calls = 2;
+    let mut t = Topology::default();
+    let broker = t.comp("rustls-broker", Kind::External(External::TlsBroker));
+    for c in 0..calls {
+        let src = t.comp(
+            format!("c{c}-src"),
+            Kind::Source {
+                calls: vec![(c, 0)],
+            },
+        );
+        t.link(src, broker, TLS_STREAM);
+        // Outputs 2c and 2c + 1: the broker's route (Pairs).
+        for sub in ["a", "b"] {
+            let sink = t.comp(format!("c{c}-sink-{sub}"), Kind::Sink);
+            t.link(broker, sink, TLS_STREAM);
+        }
+    }
+    Scenario::speech(
+        "S16",
+        "TLS fan-out: OpenSSL source → rustls broker → two OpenSSL sinks",
+        calls,
+        15.0,
+        3.0,
+        t,
     )
 }
 

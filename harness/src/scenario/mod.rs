@@ -7,7 +7,7 @@ mod topology;
 
 pub use crate::truth::TlsStack;
 pub use entries::{
-    s1, s11, s12, s13, s14, s15, s2, s3, s4, s5, s6, s7, s8, s9, scale, SCALE_CONNECTIONS,
+    s1, s11, s12, s13, s14, s15, s16, s2, s3, s4, s5, s6, s7, s8, s9, scale, SCALE_CONNECTIONS,
 };
 pub use topology::{Comp, External, Kind, Link, LinkKind, LinkSpec, Topology};
 
@@ -62,7 +62,7 @@ impl Scenario {
     }
 }
 
-/// The scenarios every phase runs: S1 to S8, and S12 to S15 (TLS stacks other than OpenSSL).
+/// The scenarios every phase runs: S1 to S8, and S12 to S16 (TLS stacks other than OpenSSL).
 /// S9 and S11 need nodes and SCALE is a benchmark, so none is here.
 pub fn catalogue() -> Vec<Scenario> {
     vec![
@@ -78,6 +78,7 @@ pub fn catalogue() -> Vec<Scenario> {
         s13(),
         s14(),
         s15(),
+        s16(),
     ]
 }
 

@@ -71,6 +71,9 @@ pub enum External {
     /// One relay process on a TLS stack other than OpenSSL (harness/relays, the rustls one in
     /// `crate::tls_relay`); service i takes input i to output i, either side TLS or plain.
     TlsRelay(TlsStack),
+    /// The rustls relay as a broker delivering a topic to two subscriptions: service i
+    /// (`IN>OUT1+OUT2`) takes input i to outputs 2i and 2i + 1, each side TLS or plain.
+    TlsBroker,
 }
 
 impl External {
@@ -82,6 +85,7 @@ impl External {
             External::TlsRelay(TlsStack::Go) => "the Go crypto/tls relay",
             External::TlsRelay(TlsStack::Java) => "the JDK TLS relay",
             External::TlsRelay(TlsStack::Rustls) => "the rustls relay",
+            External::TlsBroker => "the rustls broker",
         }
     }
 
@@ -93,7 +97,25 @@ impl External {
             External::Stunnel => &["stunnel4"],
             External::TlsRelay(TlsStack::Go) => &["go"],
             External::TlsRelay(TlsStack::Java) => &["javac", "java"],
-            External::TlsRelay(TlsStack::Rustls) => &[],
+            External::TlsRelay(TlsStack::Rustls) | External::TlsBroker => &[],
+        }
+    }
+
+    /// Which outputs it sends what an input brought to.
+    pub fn route(self) -> Route {
+        match self {
+            External::Nats => Route::All,
+            External::Stunnel | External::TlsRelay(_) => Route::Same,
+            External::TlsBroker => Route::Pairs,
+        }
+    }
+
+    /// The TLS stack its TLS links end in, when not OpenSSL.
+    pub fn tls_stack(self) -> Option<TlsStack> {
+        match self {
+            External::TlsRelay(stack) => Some(stack),
+            External::TlsBroker => Some(TlsStack::Rustls),
+            External::Nats | External::Stunnel => None,
         }
     }
 }
@@ -103,8 +125,7 @@ impl Kind {
     pub fn route(&self) -> Option<Route> {
         match self {
             Kind::Relay { route, .. } => Some(*route),
-            Kind::External(External::Nats) => Some(Route::All),
-            Kind::External(External::Stunnel | External::TlsRelay(_)) => Some(Route::Same),
+            Kind::External(kind) => Some(kind.route()),
             Kind::Source { .. } | Kind::Sink => None,
         }
     }
