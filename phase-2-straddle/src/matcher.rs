@@ -300,7 +300,10 @@ impl<S: Sight> Hops<S> {
             dir: seen[i].dir(),
         };
         // Each later root that is nearly always one, with the entries its stretch can have
-        // begun at: before it, in another process, joined to it by opaque links.
+        // begun at: before it, in another process, joined to it by opaque links. A later root
+        // that is no stretch's far end (not nearly always one, or joined to no entry: a source
+        // starting shared content at the same time as another, a moment hidden upstream) makes
+        // the moment teach nothing.
         let mut far_ends = Vec::new();
         let mut teaches = true;
         for (k, &root) in roots.iter().enumerate().skip(1) {
@@ -308,6 +311,7 @@ impl<S: Sight> Hops<S> {
                 teaches = false;
                 continue;
             }
+            self.counters.opaque_emerged += 1;
             let reach: Vec<usize> = entries
                 .iter()
                 .copied()
@@ -324,11 +328,8 @@ impl<S: Sight> Hops<S> {
             }
             far_ends.push((k, reach));
         }
-        // A later root that is no stretch's far end (a source starting shared content at the
-        // same time as another, a moment hidden upstream) makes the moment teach nothing.
         for (k, reach) in far_ends {
             let root = roots[k];
-            self.counters.opaque_emerged += 1;
             // It teaches when one entry is the only one since the root before (a chain of
             // stretches: each far end's entry follows the previous far end), or the only one
             // at all (fan-out: the first far end's consumer read last, but joins nothing).

@@ -340,10 +340,11 @@ impl agent::pipeline::Kernel for Tracer {
             None => "off".into(),
         };
         Ok(format!(
-            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls} go_tls_probed_processes={go_tls} tcp_links_untracked={}",
+            "{scan} {path} flows_live={live} flows_evicted={evicted} batch_flush_failures={} recursion_misses={} tls_probed_processes={tls} go_tls_probed_processes={go_tls} tcp_links_untracked={} opaque_sockets={}",
             self.flush_failures,
             self.recursion_misses(),
-            self.tcp_links_untracked()
+            self.tcp_links_untracked(),
+            self.opaque.held.len()
         ))
     }
 }
