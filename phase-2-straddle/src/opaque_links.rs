@@ -91,147 +91,85 @@ impl<P: Copy + Eq + Hash, L: Clone + Eq + Hash> OpaqueLinks<P, L> {
 mod tests {
     use super::*;
 
-    fn end(process: u32, link: &'static str, dir: Dir) -> End<'static, u32, &'static str> {
+    /// "process:link ..." → every holding of an origin.
+    fn holdings(text: &'static str) -> Vec<(u32, &'static str)> {
+        text.split_whitespace()
+            .map(|h| h.split_once(':').unwrap())
+            .map(|(p, l)| (p.parse().unwrap(), l))
+            .collect()
+    }
+
+    /// "process link r|w" → one end of a stretch.
+    fn end(text: &'static str) -> End<'static, u32, &'static str> {
+        let [p, link, dir] = text.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("{text}")
+        };
         End {
-            process,
+            process: p.parse().unwrap(),
             link: Box::leak(Box::new(link)),
-            dir,
+            dir: if dir == "w" { Dir::Write } else { Dir::Read },
         }
     }
 
     /// Each row: who holds which opaque link, a stretch's two ends, whether they are joined.
     #[test]
     fn a_stretch_joins_its_ends_only_through_opaque_links() {
-        use Dir::{Read, Write};
-        type Holdings = &'static [(u32, &'static str)];
-        let rows: [(&str, Holdings, _, _, bool); 10] = [
+        // Broker 2 decrypts publisher 1's TLS unseen and fans it out to subscribers 3 and 4.
+        const BROKER: &str = "2:pub 2:sub3 2:sub4 3:sub3 4:sub4";
+        const CHAIN: &str = "2:a 2:b 3:b 3:c 4:c 4:d 5:d";
+        let rows = [
             // Source 1 writes TLS (probed) to relay 2, which decrypts unseen and writes on.
-            (
-                "into a relay",
-                &[(2, "tls")],
-                end(1, "tls", Write),
-                end(2, "tcp", Write),
-                true,
-            ),
+            ("into a relay", "2:tls", "1 tls w", "2 tcp w", true),
             // Relay 2 reads plaintext and encrypts it unseen to sink 3, which reads it (probed).
-            (
-                "out of a relay",
-                &[(2, "tls")],
-                end(2, "tcp", Read),
-                end(3, "tls", Read),
-                true,
-            ),
+            ("out of a relay", "2:tls", "2 tcp r", "3 tls r", true),
             // Sidecars: proxy 2 reads plain and encrypts, proxy 3 decrypts and writes plain.
             (
                 "between sidecars",
-                &[(2, "mesh"), (3, "mesh")],
-                end(2, "in", Read),
-                end(3, "out", Write),
+                "2:mesh 3:mesh",
+                "2 in r",
+                "3 out w",
                 true,
             ),
-            // A broker 2 fans publisher 1's TLS out to subscribers 3 and 4, decrypting unseen.
-            (
-                "through a broker",
-                &[
-                    (2, "pub"),
-                    (2, "sub3"),
-                    (2, "sub4"),
-                    (3, "sub3"),
-                    (4, "sub4"),
-                ],
-                end(1, "pub", Write),
-                end(4, "x", Write),
-                true,
-            ),
+            ("through a broker", BROKER, "1 pub w", "4 x w", true),
             // Subscriber 3's consumer 5 read the moment last: it holds no opaque link.
-            (
-                "from a consumer",
-                &[
-                    (2, "pub"),
-                    (2, "sub3"),
-                    (2, "sub4"),
-                    (3, "sub3"),
-                    (4, "sub4"),
-                ],
-                end(5, "c3", Read),
-                end(4, "x", Write),
-                false,
-            ),
+            ("from a consumer", BROKER, "5 c3 r", "4 x w", false),
             // Two sources into one relay: source 1's TLS is probed, so source 1 decrypts
             // nothing of source 0's.
             (
                 "into another source",
-                &[(2, "tls0"), (2, "tls1")],
-                end(0, "tls0", Write),
-                end(1, "tls1", Write),
+                "2:tls0 2:tls1",
+                "0 tls0 w",
+                "1 tls1 w",
                 false,
             ),
             // A plain link: nobody holds it.
-            (
-                "over a plain link",
-                &[(2, "tls")],
-                end(1, "pipe", Write),
-                end(2, "tcp", Write),
-                false,
-            ),
-            // Two relays apart, never joined.
-            (
-                "between strangers",
-                &[(2, "a"), (3, "b")],
-                end(1, "a", Write),
-                end(3, "c", Write),
-                false,
-            ),
+            ("over a plain link", "2:tls", "1 pipe w", "2 tcp w", false),
+            ("between strangers", "2:a 3:b", "1 a w", "3 c w", false),
             // Through as many processes as a stretch may cross, and through one more.
-            (
-                "far",
-                &[
-                    (2, "a"),
-                    (2, "b"),
-                    (3, "b"),
-                    (3, "c"),
-                    (4, "c"),
-                    (4, "d"),
-                    (5, "d"),
-                ],
-                end(1, "a", Write),
-                end(5, "y", Write),
-                true,
-            ),
+            ("far", CHAIN, "1 a w", "5 y w", true),
             (
                 "too far",
-                &[
-                    (2, "a"),
-                    (2, "b"),
-                    (3, "b"),
-                    (3, "c"),
-                    (4, "c"),
-                    (4, "d"),
-                    (5, "d"),
-                    (5, "e"),
-                    (6, "e"),
-                ],
-                end(1, "a", Write),
-                end(6, "y", Write),
+                "2:a 2:b 3:b 3:c 4:c 4:d 5:d 5:e 6:e",
+                "1 a w",
+                "6 y w",
                 false,
             ),
         ];
-        for (what, holdings, entry, root, joined) in rows {
+        for (what, held, entry, root, joined) in rows {
             let mut links = OpaqueLinks::default();
-            links.set(0, holdings.to_vec());
-            assert_eq!(links.join(entry, root), joined, "{what}");
+            links.set(0, holdings(held));
+            assert_eq!(links.join(end(entry), end(root)), joined, "{what}");
         }
     }
 
     #[test]
     fn a_snapshot_replaces_only_its_origins_links() {
-        use Dir::Write;
         let mut links = OpaqueLinks::default();
-        links.set(0, vec![(2, "a")]);
-        links.set(1, vec![(7, "b")]);
-        assert!(links.join(end(1, "a", Write), end(2, "x", Write)));
-        links.set(0, vec![]);
-        assert!(!links.join(end(1, "a", Write), end(2, "x", Write)));
-        assert!(links.join(end(6, "b", Write), end(7, "x", Write)));
+        links.set(0, holdings("2:a"));
+        links.set(1, holdings("7:b"));
+        assert!(links.join(end("1 a w"), end("2 x w")));
+        links.set(0, Vec::new());
+        assert!(!links.join(end("1 a w"), end("2 x w")));
+        assert!(links.join(end("6 b w"), end("7 x w")));
     }
 }

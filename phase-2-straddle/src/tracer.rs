@@ -218,15 +218,15 @@ impl Tracer {
 }
 
 /// Sockets whose plaintext no probe sees (marked `PHASE2_TLS_OPAQUE` in the map tls_sockets),
-/// with their links: where an opaque stretch can run (`opaque_links`).
+/// with their links: where an opaque stretch can run (`opaque_links`). Keyed by (pid, fd,
+/// inode): a socket closed is kept a while even when its fd already names another.
 #[derive(Default)]
 struct OpaqueSockets {
-    held: HashMap<(u32, i32), OpaqueSocket>,
+    held: HashMap<(u32, i32, u64), OpaqueSocket>,
     looked: Option<Instant>,
 }
 
 struct OpaqueSocket {
-    inode: u64,
     link: Link,
     last_listed: Instant,
 }
@@ -249,41 +249,31 @@ impl OpaqueSockets {
         let map: aya::maps::HashMap<_, u64, u8> =
             aya::maps::HashMap::try_from(ebpf.map("tls_sockets")?).ok()?;
         let before = self.held.len();
-        let mut changed = false;
+        let mut added = false;
         for (key, mark) in map.iter().filter_map(Result::ok) {
-            let socket = ((key >> 32) as u32, key as u32 as i32);
+            let (pid, fd) = ((key >> 32) as u32, key as u32 as i32);
             // A probe named it since: its plaintext is seen.
             if mark != PHASE2_TLS_OPAQUE {
-                changed |= self.held.remove(&socket).is_some();
+                self.held.retain(|&(p, f, _), _| (p, f) != (pid, fd));
                 continue;
             }
-            let Ok(meta) = std::fs::metadata(format!("/proc/{}/fd/{}", socket.0, socket.1)) else {
+            let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
                 continue;
             };
-            match self.held.get_mut(&socket) {
-                Some(s) if s.inode == meta.ino() => s.last_listed = now,
-                _ => {
-                    if let Some(link) = links.lookup(socket.0, socket.1) {
-                        let inode = meta.ino();
-                        self.held.insert(
-                            socket,
-                            OpaqueSocket {
-                                inode,
-                                link,
-                                last_listed: now,
-                            },
-                        );
-                        changed = true;
-                    }
-                }
+            let socket = (pid, fd, meta.ino());
+            if let Some(s) = self.held.get_mut(&socket) {
+                s.last_listed = now;
+            } else if let Some(link) = links.lookup(pid, fd) {
+                let last_listed = now;
+                self.held.insert(socket, OpaqueSocket { link, last_listed });
+                added = true;
             }
         }
         self.held.retain(|_, s| now - s.last_listed < OPAQUE_KEPT);
-        changed |= self.held.len() != before;
-        changed.then(|| {
+        (added || self.held.len() != before).then(|| {
             self.held
                 .iter()
-                .map(|(&(pid, _), s)| (pid, s.link.clone()))
+                .map(|(&(pid, ..), s)| (pid, s.link.clone()))
                 .collect()
         })
     }
