@@ -114,7 +114,7 @@ __noinline int scan_call(__u64 id, const struct pending *p, long ret)
 	__u64 t_ns = call->t_enter;
 	struct flow_key key = { .tgid = id >> 32, .fd = call->fd, .dir = call->dir };
 	struct flow_state *f = bpf_map_lookup_elem(&flows, &key);
-	__u8 record = tls_record_type(call, ret);
+	__u8 record = tls_record_type(call, ret, !f);
 	if (record == TLS_APPLICATION_DATA)
 		p2_count(P2_C_TLS_UNPROBED);
 	if (!f && (record == TLS_HANDSHAKE || record == TLS_APPLICATION_DATA)) {

@@ -53,7 +53,7 @@ struct go_tls_layout {
 /* How a socket in the map tls_sockets, (tgid << 32 | fd) → mark, is known to carry TLS. The
  * agent reads the map for the sockets whose plaintext no probe sees: the links an opaque
  * stretch can cross. */
-#define PHASE2_TLS_OPAQUE 1  /* its flow opened with a handshake, and no probe has named it */
+#define PHASE2_TLS_OPAQUE 1  /* its flow opened with a TLS record, and no probe has named it */
 #define PHASE2_TLS_OPENSSL 2 /* a syscall inside an OpenSSL call named it: read there */
 #define PHASE2_TLS_GO 3      /* Go's crypto/tls is probed on it: read there, and none of its
 			      * syscalls is a sign of an unprobed stack (go_tls.bpf.h) */

@@ -123,12 +123,14 @@ static __always_inline __u32 cipher_of(__u64 id, __u32 tgid, __s32 fd)
 /* The content type of the TLS record a syscall's bytes begin with, or 0 if they do not look
  * like one: version 3.1-3.4, length at most 2^14 + 2048. OpenSSL reads a record's 5-byte
  * header on its own, so 5 bytes are all there is to go by; with iovecs (rustls writes its
- * records with writev), the first iovec's. */
-static __always_inline __u8 tls_record_type(const struct pending *call, __u64 total)
+ * records with writev), the first iovec's, when `iovecs` asks: only where the answer decides
+ * something (a new flow, ciphertext), as a plaintext flow's every writev would pay two more
+ * reads of user memory for it. */
+static __always_inline __u8 tls_record_type(const struct pending *call, __u64 total, int iovecs)
 {
 	__u8 h[5];
 	__u64 at = call->ptr;
-	if (call->tls || total < sizeof(h))
+	if (call->tls || total < sizeof(h) || (call->kind != CALL_BUF && !iovecs))
 		return 0;
 	if (call->kind != CALL_BUF) {
 		struct iovec_user first;
@@ -158,7 +160,7 @@ static __always_inline void skip_ciphertext(const struct pending *call, long ret
 {
 	p2_count(P2_C_CIPHERTEXT_SKIPPED);
 	if (call->cipher == CIPHER_OUTSIDE_SSL_CALL &&
-	    tls_record_type(call, ret) == TLS_APPLICATION_DATA)
+	    tls_record_type(call, ret, 1) == TLS_APPLICATION_DATA)
 		p2_count(P2_C_TLS_UNPROBED);
 }
 

@@ -316,9 +316,9 @@ impl<S: Sight> Hops<S> {
                 .iter()
                 .copied()
                 .filter(|&e| {
-                    let (e_, r) = (&seen[e], &seen[root]);
-                    e_.t_ns() < r.t_ns()
-                        && e_.process() != r.process()
+                    let (entry, far_end) = (&seen[e], &seen[root]);
+                    entry.t_ns() < far_end.t_ns()
+                        && entry.process() != far_end.process()
                         && self.opaque_links.join(end_of(e), end_of(root))
                 })
                 .collect();

@@ -16,7 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint};
 use aya::{Btf, Ebpf, RawTracePointRunOptions, TestRun};
 use shared::FingerprintConfig;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phase2.bpf.o"));
@@ -250,11 +250,12 @@ impl OpaqueSockets {
             aya::maps::HashMap::try_from(ebpf.map("tls_sockets")?).ok()?;
         let before = self.held.len();
         let mut added = false;
+        // Sockets a probe named since: their plaintext is seen.
+        let mut named = HashSet::new();
         for (key, mark) in map.iter().filter_map(Result::ok) {
             let (pid, fd) = ((key >> 32) as u32, key as u32 as i32);
-            // A probe named it since: its plaintext is seen.
             if mark != PHASE2_TLS_OPAQUE {
-                self.held.retain(|&(p, f, _), _| (p, f) != (pid, fd));
+                named.insert((pid, fd));
                 continue;
             }
             let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")) else {
@@ -269,7 +270,9 @@ impl OpaqueSockets {
                 added = true;
             }
         }
-        self.held.retain(|_, s| now - s.last_listed < OPAQUE_KEPT);
+        self.held.retain(|&(pid, fd, _), s| {
+            !named.contains(&(pid, fd)) && now - s.last_listed < OPAQUE_KEPT
+        });
         (added || self.held.len() != before).then(|| {
             self.held
                 .iter()
